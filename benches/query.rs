@@ -1,0 +1,164 @@
+//! End-to-end Query benchmark over mutual TLS against a real in-process server.
+//!
+//! Loads N flags (default 1,000,000; `FLAGSHARE_BENCH_N`), then measures Query throughput
+//! with batches of 1,000 digests (100% misses and 10% hits) and single-digest latency.
+//! Server and client share this machine's cores, so figures are a floor, not a ceiling.
+//!
+//!     scripts/cargo bench --profile dev --bench query
+//!
+//! (The dev profile builds dependencies, RocksDB included, at opt-level 3; using it avoids a
+//! second 25-minute RocksDB build for the release profile.)
+
+use std::time::{Duration, Instant};
+
+use flagshare::client::{Bundle, enroll};
+use flagshare::config::Config;
+use flagshare::digest::Digest;
+use flagshare::model::Role;
+use flagshare::pb;
+use flagshare::pb::flags_client::FlagsClient;
+use tonic::transport::Channel;
+
+const LOAD_BATCH: usize = 10_000;
+const QUERY_BATCH: usize = 1_000;
+/// Requests in flight at once on the one connection.
+const IN_FLIGHT: usize = 8;
+const ROUNDS: usize = 5;
+const BATCHES_PER_ROUND: usize = 200;
+const LATENCY_CALLS: usize = 3_000;
+
+fn digest_of(space: u8, index: u64) -> Digest {
+    let mut input = [0u8; 9];
+    input[0] = space;
+    input[1..].copy_from_slice(&index.to_be_bytes());
+    *blake3::hash(&input).as_bytes()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    sorted[((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1)]
+}
+
+/// Packed query batches: `hit_percent` of the digests were loaded, the rest never were.
+fn query_batches(n_loaded: u64, hit_percent: u64, n_batches: usize, seed: u64) -> Vec<bytes::Bytes> {
+    (0..n_batches)
+        .map(|batch| {
+            let mut packed = Vec::with_capacity(QUERY_BATCH * 32);
+            for item in 0..QUERY_BATCH as u64 {
+                let n = seed * 1_000_000_000 + batch as u64 * QUERY_BATCH as u64 + item;
+                let digest = if n % 100 < hit_percent {
+                    digest_of(0, blake3::hash(&n.to_be_bytes()).as_bytes()[0] as u64 * 7919 % n_loaded + n % n_loaded)
+                } else {
+                    digest_of(1, n)
+                };
+                packed.extend_from_slice(&digest);
+            }
+            packed.into()
+        })
+        .collect()
+}
+
+async fn throughput(client: &FlagsClient<Channel>, n_loaded: u64, hit_percent: u64) -> (f64, usize) {
+    let mut rates = Vec::new();
+    let mut n_matches = 0;
+    for round in 0..ROUNDS {
+        let batches = query_batches(n_loaded, hit_percent, BATCHES_PER_ROUND, round as u64 + 1);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for lane in 0..IN_FLIGHT {
+            let mut client = client.clone();
+            let mine: Vec<_> = batches.iter().skip(lane).step_by(IN_FLIGHT).cloned().collect();
+            tasks.push(tokio::spawn(async move {
+                let mut matched = 0;
+                for digests in mine {
+                    matched += client.query(pb::QueryRequest { digests }).await.unwrap().into_inner().matches.len();
+                }
+                matched
+            }));
+        }
+        for task in tasks {
+            n_matches += task.await.unwrap();
+        }
+        rates.push((BATCHES_PER_ROUND * QUERY_BATCH) as f64 / start.elapsed().as_secs_f64());
+    }
+    (median(&mut rates), n_matches)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: u64 = std::env::var("FLAGSHARE_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir()?;
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
+    flagshare::cli::setup::initialize(&config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flagshare::server::run(config.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+
+    let admin = Bundle::load(&dir.path().join("clients").join("admin"))?;
+    let mut admin_client = pb::admin_client::AdminClient::new(admin.connect(Some(&endpoint)).await?);
+    let loader = enroll(&mut admin_client, "loader", Role::Member, &endpoint, "localhost").await?;
+    let reader = enroll(&mut admin_client, "reader", Role::Member, &endpoint, "localhost").await?;
+    let mut loader_client = FlagsClient::new(loader.connect(None).await?);
+
+    let start = Instant::now();
+    let mut next = 0u64;
+    while next < n {
+        let end = (next + LOAD_BATCH as u64).min(n);
+        let flags = (next..end)
+            .map(|i| pb::Flag {
+                digest: digest_of(0, i).to_vec(),
+                kind: pb::IdentifierKind::Email as i32,
+                category: pb::Category::Grooming as i32,
+                confidence: 80,
+                ..Default::default()
+            })
+            .collect();
+        loader_client.submit(pb::SubmitRequest { flags, key_id: 1 }).await?;
+        next = end;
+    }
+    let load_secs = start.elapsed().as_secs_f64();
+
+    let reader_client = FlagsClient::new(reader.connect(None).await?);
+    let (miss_rate, miss_matches) = throughput(&reader_client, n, 0).await;
+    let (hit_rate, hit_matches) = throughput(&reader_client, n, 10).await;
+    assert_eq!(miss_matches, 0, "the miss workload must not match");
+    assert!(hit_matches > 0, "the 10% workload must match");
+
+    let mut single = reader_client.clone();
+    let mut latencies = Vec::with_capacity(LATENCY_CALLS);
+    for i in 0..LATENCY_CALLS as u64 {
+        let digest = if i % 10 == 0 { digest_of(0, i * 7 % n) } else { digest_of(2, i) };
+        let started = Instant::now();
+        single
+            .query(pb::QueryRequest {
+                digests: digest.to_vec().into(),
+            })
+            .await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+
+    println!("flagshare Query benchmark: N = {n} flags, mutual TLS, server in-process on 127.0.0.1");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| bulk load via Submit (batches of {LOAD_BATCH}, fsync per batch) | {load_secs:.1} s, {:.0} flags/s |", n as f64 / load_secs);
+    println!("| Query, batches of {QUERY_BATCH}, 100% misses, {IN_FLIGHT} in flight on 1 connection (median of {ROUNDS}) | {miss_rate:.0} digests/s |");
+    println!("| Query, batches of {QUERY_BATCH}, 10% hits, {IN_FLIGHT} in flight on 1 connection (median of {ROUNDS}) | {hit_rate:.0} digests/s |");
+    println!("| single-digest Query latency p50 ({LATENCY_CALLS} sequential calls, 10% hits) | {:.0} µs |", percentile(&latencies, 0.50).as_secs_f64() * 1e6);
+    println!("| single-digest Query latency p99 | {:.0} µs |", percentile(&latencies, 0.99).as_secs_f64() * 1e6);
+
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}

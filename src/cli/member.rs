@@ -1,0 +1,392 @@
+//! Member-side commands. Identifiers are normalised and hashed here with the consortium
+//! key; only digests are sent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::client::Bundle;
+use crate::digest::{ConsortiumKey, Digest, Hasher, Kind, NormalizeOptions};
+use crate::model::{Category, RetractReason};
+use crate::pb;
+use crate::pb::flags_client::FlagsClient;
+use crate::server::convert::{category_to_pb, kind_to_pb, timestamp_from_ms};
+
+use super::input::{self, InputRecord, Rejected};
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// File to write (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// Key id (epoch); increase it when rotating.
+    #[arg(long, default_value_t = 1)]
+    key_id: u32,
+}
+
+#[derive(Args, Clone)]
+pub struct HashingArgs {
+    /// Consortium key file.
+    #[arg(long, env = "FLAGSHARE_KEY")]
+    key: PathBuf,
+    /// Identifier kind (email, phone, username, device_id, ip_address, other); a file's
+    /// `kind` column overrides it.
+    #[arg(long)]
+    kind: Option<Kind>,
+    /// Region (ISO 3166, e.g. GB) for phone numbers written without +country code.
+    #[arg(long)]
+    region: Option<String>,
+}
+
+#[derive(Args)]
+pub struct HashArgs {
+    #[command(flatten)]
+    hashing: HashingArgs,
+    /// Identifiers to hash.
+    #[arg(required = true)]
+    identifiers: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct ConnectArgs {
+    /// Client bundle folder (from `flagshare admin member add`).
+    #[arg(long, env = "FLAGSHARE_BUNDLE")]
+    bundle: PathBuf,
+    /// Server endpoint (default: the bundle's).
+    #[arg(long, env = "FLAGSHARE_ENDPOINT")]
+    endpoint: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct InputArgs {
+    /// A .csv (header row with an `identifier` column) or .jsonl file of identifiers.
+    #[arg(long, conflicts_with = "identifiers")]
+    file: Option<PathBuf>,
+    /// Identifiers given on the command line.
+    identifiers: Vec<String>,
+    /// Items per call (at most 10,000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch_size: u32,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    hashing: HashingArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Category (a file's `category` column overrides it).
+    #[arg(long)]
+    category: Option<Category>,
+    /// Confidence 0-100 (a file's `confidence` column overrides it).
+    #[arg(long, default_value_t = 80)]
+    confidence: u32,
+    /// Expire the flags after this long (e.g. 90d); default: the operator's retention.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<Duration>,
+    /// Member-side reference (case number) for every flag, at most 128 bytes.
+    #[arg(long)]
+    reference: Option<String>,
+}
+
+#[derive(Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    hashing: HashingArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// One JSON object per match instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct RetractArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    hashing: HashingArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Only this category (default: every category the caller flagged).
+    #[arg(long)]
+    category: Option<Category>,
+    #[arg(long)]
+    reason: RetractReason,
+}
+
+pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+    let key = ConsortiumKey::generate(args.key_id)?;
+    key.save_new(&args.out)?;
+    println!("wrote consortium key {} (key id {}), mode 0600", args.out.display(), args.key_id);
+    Ok(())
+}
+
+/// A record hashed and ready to send, with where it came from.
+struct Hashed {
+    record: InputRecord,
+    kind: Kind,
+    digest: Digest,
+}
+
+fn normalize_options(hashing: &HashingArgs) -> anyhow::Result<NormalizeOptions> {
+    let default_phone_region = match &hashing.region {
+        Some(region) => Some(
+            region
+                .to_ascii_uppercase()
+                .parse::<phonenumber::country::Id>()
+                .map_err(|_| anyhow::anyhow!("--region: '{region}' is not an ISO 3166 region code"))?,
+        ),
+        None => None,
+    };
+    Ok(NormalizeOptions { default_phone_region })
+}
+
+/// Normalises and hashes every record; failures become rejected lines.
+fn hash_records(
+    hashing: &HashingArgs,
+    records: Vec<InputRecord>,
+    rejected: &mut Vec<Rejected>,
+) -> anyhow::Result<(u32, Vec<Hashed>)> {
+    let key = ConsortiumKey::load(&hashing.key)?;
+    let hasher = Hasher::new(&key);
+    let options = normalize_options(hashing)?;
+    let mut hashed = Vec::with_capacity(records.len());
+    for record in records {
+        let kind = match (&record.kind, hashing.kind) {
+            (Some(text), _) => text.parse::<Kind>(),
+            (None, Some(kind)) => Ok(kind),
+            (None, None) => Err("no kind: give --kind or a kind column".to_owned()),
+        };
+        let kind = match kind {
+            Ok(kind) => kind,
+            Err(reason) => {
+                rejected.push(Rejected {
+                    line: record.line,
+                    reason,
+                });
+                continue;
+            }
+        };
+        match hasher.digest(kind, &record.identifier, &options) {
+            Ok((_normalized, digest)) => hashed.push(Hashed { record, kind, digest }),
+            Err(err) => rejected.push(Rejected {
+                line: record.line,
+                reason: err.to_string(),
+            }),
+        }
+    }
+    Ok((key.key_id(), hashed))
+}
+
+fn read_input(input_args: &InputArgs) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
+    match &input_args.file {
+        Some(path) => input::from_file(path),
+        None if input_args.identifiers.is_empty() => anyhow::bail!("give identifiers or --file"),
+        None => Ok((input::from_args(&input_args.identifiers), Vec::new())),
+    }
+}
+
+fn report_rejected(rejected: &mut [Rejected]) -> ExitCode {
+    if rejected.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    rejected.sort_by_key(|rejected| rejected.line);
+    eprintln!("{} line(s) rejected:", rejected.len());
+    for item in rejected.iter() {
+        eprintln!("  line {}: {}", item.line, item.reason);
+    }
+    ExitCode::FAILURE
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("server refused: {} ({:?})", status.message(), status.code())
+}
+
+async fn flags_client(connect: &ConnectArgs) -> anyhow::Result<FlagsClient<tonic::transport::Channel>> {
+    let bundle = Bundle::load(&connect.bundle)?;
+    let channel = bundle.connect(connect.endpoint.as_deref()).await?;
+    Ok(FlagsClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+fn parse_time(field: &str, text: &str) -> Result<i64, String> {
+    let time = humantime::parse_rfc3339_weak(text).map_err(|err| format!("{field}: '{text}' is not an RFC 3339 time ({err})"))?;
+    Ok(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+}
+
+pub fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
+    let key = ConsortiumKey::load(&args.hashing.key)?;
+    let hasher = Hasher::new(&key);
+    let options = normalize_options(&args.hashing)?;
+    let kind = args.hashing.kind.context("--kind is required")?;
+    let mut code = ExitCode::SUCCESS;
+    for identifier in &args.identifiers {
+        match hasher.digest(kind, identifier, &options) {
+            Ok((normalized, digest)) => println!("{normalized}\t{}", hex::encode(digest)),
+            Err(err) => {
+                eprintln!("'{identifier}': {err}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let (records, mut rejected) = read_input(&args.input)?;
+    let (key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let mut flags = Vec::with_capacity(hashed.len());
+    for item in hashed {
+        match flag_from_record(args, &item, now_ms) {
+            Ok(flag) => flags.push(flag),
+            Err(reason) => rejected.push(Rejected {
+                line: item.record.line,
+                reason,
+            }),
+        }
+    }
+    let mut client = flags_client(&args.connect).await?;
+    let (mut n_created, mut n_updated) = (0u64, 0u64);
+    for batch in flags.chunks(args.input.batch_size as usize) {
+        let response = client
+            .submit(pb::SubmitRequest {
+                flags: batch.to_vec(),
+                key_id,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        n_created += u64::from(response.n_created);
+        n_updated += u64::from(response.n_updated);
+    }
+    println!("submitted {} flag(s): {n_created} new, {n_updated} updated", flags.len());
+    Ok(report_rejected(&mut rejected))
+}
+
+fn flag_from_record(args: &SubmitArgs, item: &Hashed, now_ms: i64) -> Result<pb::Flag, String> {
+    let record = &item.record;
+    let category = match (&record.category, args.category) {
+        (Some(text), _) => text.parse::<Category>()?,
+        (None, Some(category)) => category,
+        (None, None) => return Err("no category: give --category or a category column".to_owned()),
+    };
+    let expires_at_ms = match (&record.expires_at, args.expires_in) {
+        (Some(text), _) => Some(parse_time("expires_at", text)?),
+        (None, Some(duration)) => Some(now_ms + duration.as_millis() as i64),
+        (None, None) => None,
+    };
+    let observed_at_ms = record.observed_at.as_deref().map(|text| parse_time("observed_at", text)).transpose()?;
+    let reference = record.reference.clone().or_else(|| args.reference.clone()).unwrap_or_default();
+    Ok(pb::Flag {
+        digest: item.digest.to_vec(),
+        kind: kind_to_pb(item.kind) as i32,
+        category: category_to_pb(category) as i32,
+        confidence: record.confidence.unwrap_or(args.confidence),
+        observed_at: observed_at_ms.map(timestamp_from_ms),
+        expires_at: expires_at_ms.map(timestamp_from_ms),
+        reference: reference.into_bytes(),
+    })
+}
+
+pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
+    let (records, mut rejected) = read_input(&args.input)?;
+    let (_key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
+    let mut client = flags_client(&args.connect).await?;
+    let mut n_matched = 0usize;
+    if !args.json {
+        println!("{:<32} {:>7} {:<28} {:<28} {:>4} {:<3}", "IDENTIFIER", "MEMBERS", "FLAGGED BY", "CATEGORIES", "CONF", "YOU");
+    }
+    for batch in hashed.chunks(args.input.batch_size as usize) {
+        let mut packed = Vec::with_capacity(batch.len() * 32);
+        for item in batch {
+            packed.extend_from_slice(&item.digest);
+        }
+        let response = client
+            .query(pb::QueryRequest { digests: packed.into() })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for found in response.matches {
+            let item = &batch[found.index as usize];
+            n_matched += 1;
+            print_match(&item.record.identifier, &found, args.json);
+        }
+    }
+    eprintln!("queried {} identifier(s): {n_matched} flagged", hashed.len());
+    Ok(report_rejected(&mut rejected))
+}
+
+fn category_names(values: &[i32]) -> Vec<&'static str> {
+    values
+        .iter()
+        .map(|value| Category::from_u8(*value as u8).map_or("unknown", Category::as_str))
+        .collect()
+}
+
+fn print_match(identifier: &str, found: &pb::Match, json: bool) {
+    let categories = category_names(&found.categories);
+    if json {
+        let line = serde_json::json!({
+            "identifier": identifier,
+            "digest": hex::encode(&found.digest),
+            "n_members": found.n_members,
+            "members": found.members,
+            "categories": categories,
+            "first_seen": found.first_seen.as_ref().map(|ts| crate::util::format_ms(ts.seconds * 1000)),
+            "last_seen": found.last_seen.as_ref().map(|ts| crate::util::format_ms(ts.seconds * 1000)),
+            "max_confidence": found.max_confidence,
+            "flagged_by_caller": found.flagged_by_caller,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{:<32} {:>7} {:<28} {:<28} {:>4} {:<3}",
+            identifier,
+            found.n_members,
+            found.members.join(","),
+            categories.join(","),
+            found.max_confidence,
+            if found.flagged_by_caller { "yes" } else { "no" }
+        );
+    }
+}
+
+pub async fn retract(args: &RetractArgs) -> anyhow::Result<ExitCode> {
+    let (records, mut rejected) = read_input(&args.input)?;
+    let (_key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
+    let mut client = flags_client(&args.connect).await?;
+    let mut n_retracted = 0u64;
+    for batch in hashed.chunks(args.input.batch_size as usize) {
+        let selectors = batch
+            .iter()
+            .map(|item| pb::FlagSelector {
+                digest: item.digest.to_vec(),
+                kind: kind_to_pb(item.kind) as i32,
+                category: args.category.map_or(0, |category| category_to_pb(category) as i32),
+            })
+            .collect();
+        let response = client
+            .retract(pb::RetractRequest {
+                flags: selectors,
+                reason: args.reason as i32,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        n_retracted += u64::from(response.n_retracted);
+        for index in response.unmatched_indexes {
+            let item = &batch[index as usize];
+            eprintln!("line {}: you have no flag on '{}'", item.record.line, item.record.identifier);
+        }
+    }
+    println!("retracted {n_retracted} flag(s)");
+    Ok(report_rejected(&mut rejected))
+}

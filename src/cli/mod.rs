@@ -1,0 +1,140 @@
+//! The `flagshare` command line: the server (`serve`, `init`), the member-side tools
+//! (`keygen`, `hash`, `submit`, `query`, `retract`) and the operator's `admin` commands.
+//! Every command except `init` and `serve` is a gRPC client using a bundle's mutual TLS.
+
+mod admin;
+mod input;
+mod member;
+pub mod setup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_DATA_DIR};
+
+#[derive(Parser)]
+#[command(name = "flagshare", version, about = "Share keyed digests of flagged accounts between platforms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. With no flags: data in ./flagshare-data, a development PKI made on first start.
+    Serve(ServeArgs),
+    /// Create the operator's PKI and first admin principal in a data folder.
+    Init(InitArgs),
+    /// Write a new consortium key file (mode 0600) for member platforms to share.
+    Keygen(member::KeygenArgs),
+    /// Normalise identifiers and print their digests (nothing is sent anywhere).
+    Hash(member::HashArgs),
+    /// Hash identifiers locally and submit them as flags.
+    Submit(member::SubmitArgs),
+    /// Hash identifiers locally and ask which were flagged.
+    Query(member::QueryArgs),
+    /// Withdraw the caller's own flags on identifiers (after an appeal, say).
+    Retract(member::RetractArgs),
+    /// Operator commands against a running server (admin role).
+    Admin(admin::AdminArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Data folder (PKI, database, client bundles).
+    #[arg(long, env = "FLAGSHARE_DATA", default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    /// Address to listen on; overrides the data folder's flagshare.toml.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Data folder to create.
+    #[arg(long, env = "FLAGSHARE_DATA", default_value = DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
+    /// The operator's name, written into the CA certificate.
+    #[arg(long, default_value = "flagshare-dev")]
+    pub operator: String,
+    /// Host names (or IP addresses) clients reach the server by; repeat for several.
+    #[arg(long = "host", default_values = ["localhost", "127.0.0.1", "::1"])]
+    pub host_names: Vec<String>,
+    /// Address the server will listen on.
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Init(args) => setup::init_command(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Keygen(args) => member::keygen(&args).map(|()| ExitCode::SUCCESS),
+            Command::Hash(args) => member::hash(&args),
+            Command::Submit(args) => member::submit(&args).await,
+            Command::Query(args) => member::query(&args).await,
+            Command::Retract(args) => member::retract(&args).await,
+            Command::Admin(args) => admin::run(&args).await.map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(&args.data)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if !crate::pki::Pki::exists(&config.data_dir) {
+        let report = setup::initialize(&config).await?;
+        eprintln!("{}", report.describe(&config));
+    } else {
+        eprintln!(
+            "flagshare: data in {}; admin bundle in {}",
+            config.data_dir.display(),
+            config.clients_dir().join("admin").display()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    eprintln!("flagshare: listening on {} (mutual TLS)", listener.local_addr()?);
+    crate::server::run(config, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+}

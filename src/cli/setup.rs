@@ -1,0 +1,86 @@
+//! `flagshare init`: the operator's PKI, the database and a first admin principal.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use rcgen::PublicKeyData as _;
+
+use crate::client::{Bundle, BundleConfig};
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::model::Role;
+use crate::pki::{Pki, generate_client_key};
+use crate::store::Store;
+
+use super::InitArgs;
+
+pub struct InitReport {
+    pub admin_bundle: PathBuf,
+}
+
+impl InitReport {
+    pub fn describe(&self, config: &Config) -> String {
+        format!(
+            "flagshare: created a PKI in {pki} and the first admin principal.\n\
+             flagshare: admin client bundle: {admin}\n\
+             flagshare: add members with `flagshare admin --bundle {admin} member add NAME --out DIR`",
+            pki = Pki::dir(&config.data_dir).display(),
+            admin = self.admin_bundle.display(),
+        )
+    }
+}
+
+pub async fn init_command(args: &InitArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(&args.data)?;
+    config.operator_name = args.operator.clone();
+    config.host_names = args.host_names.clone();
+    config.listen = args.listen;
+    let report = initialize(&config).await?;
+    std::fs::write(
+        config.data_dir.join("flagshare.toml"),
+        toml::to_string(&config).context("serialising the configuration")?,
+    )?;
+    println!("{}", report.describe(&config));
+    Ok(())
+}
+
+/// Creates the PKI and the database of `config`, registers the principal `admin` and
+/// writes its bundle under `<data>/clients/admin`. Refuses if a PKI exists.
+pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let pki = Pki::create(&config.data_dir, &config.operator_name, &config.host_names)?;
+    let store = Store::open(&config.db_dir(), &config.store_options())?;
+    let domain = Domain::open(store, config.policy())?;
+
+    let admin_key = generate_client_key()?;
+    let (cert_pem, cert_sha256) =
+        pki.issue_client_certificate("admin", Role::Admin, &admin_key.subject_public_key_info())?;
+    domain.add_principal("admin".to_owned(), Role::Admin, cert_sha256).await?;
+    let admin_bundle = config.clients_dir().join("admin");
+    // Clients reach the server by its certificate's first host name; for a development
+    // server that is "localhost", which is dialled as the loopback address it listens on.
+    let endpoint = if config.server_name() == "localhost" {
+        let ip = match config.listen.ip() {
+            ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        format!("https://{}", std::net::SocketAddr::new(ip, config.listen.port()))
+    } else {
+        format!("https://{}:{}", config.server_name(), config.listen.port())
+    };
+    Bundle {
+        dir: admin_bundle.clone(),
+        config: BundleConfig {
+            name: "admin".to_owned(),
+            role: Role::Admin.to_string(),
+            endpoint,
+            server_name: config.server_name().to_owned(),
+        },
+        cert_pem,
+        key_pem: admin_key.serialize_pem(),
+        ca_pem: pki.ca_pem.clone(),
+    }
+    .write(&admin_bundle)?;
+    Ok(InitReport { admin_bundle })
+}

@@ -1,0 +1,171 @@
+//! Client bundles: what a member, admin or peer needs to call a flagshare server over
+//! mutual TLS. A bundle is a folder:
+//!
+//! - `cert.pem`: the principal's certificate, signed by the operator CA
+//! - `key.pem`: its private key (mode 0600), made on the machine that wrote the bundle
+//! - `ca.pem`: the operator CA, to authenticate the server
+//! - `client.toml`: principal name, role, endpoint and the server's TLS name
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::pki::{PkiError, write_file};
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// The principal this bundle authenticates as.
+    pub name: String,
+    /// Its role, for display; the server decides from its own registry.
+    pub role: String,
+    /// Where the server listens, e.g. `https://localhost:50051`.
+    pub endpoint: String,
+    /// The name the server certificate must carry.
+    pub server_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub config: BundleConfig,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read bundle file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("bundle {path}: client.toml is malformed: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+    #[error("bundle folder {0} already holds a bundle")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("endpoint '{endpoint}': {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+}
+
+fn read(path: &Path) -> Result<String, BundleError> {
+    std::fs::read_to_string(path).map_err(|source| BundleError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+        let config_path = dir.join("client.toml");
+        let config: BundleConfig = toml::from_str(&read(&config_path)?).map_err(|err| BundleError::Malformed {
+            path: dir.to_owned(),
+            reason: err.message().to_owned(),
+        })?;
+        Ok(Bundle {
+            dir: dir.to_owned(),
+            config,
+            cert_pem: read(&dir.join("cert.pem"))?,
+            key_pem: read(&dir.join("key.pem"))?,
+            ca_pem: read(&dir.join("ca.pem"))?,
+        })
+    }
+
+    /// Writes the bundle's files into `dir` (created if needed; must not hold a bundle).
+    pub fn write(&self, dir: &Path) -> Result<(), BundleError> {
+        if dir.join("client.toml").exists() {
+            return Err(BundleError::Exists(dir.to_owned()));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        write_file(&dir.join("key.pem"), &self.key_pem, true)?;
+        write_file(&dir.join("cert.pem"), &self.cert_pem, false)?;
+        write_file(&dir.join("ca.pem"), &self.ca_pem, false)?;
+        let config = toml::to_string(&self.config).expect("a bundle config always serialises");
+        write_file(&dir.join("client.toml"), &config, false)?;
+        Ok(())
+    }
+
+    /// Opens a mutual-TLS channel to `endpoint` (or the bundle's own endpoint).
+    pub async fn connect(&self, endpoint: Option<&str>) -> Result<Channel, BundleError> {
+        let endpoint = endpoint.unwrap_or(&self.config.endpoint).to_owned();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.config.server_name.clone());
+        let endpoint_error = |reason: String| BundleError::Endpoint {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let configured = Endpoint::from_shared(endpoint.clone())
+            .map_err(|err| endpoint_error(err.to_string()))?
+            .tls_config(tls)
+            .map_err(|err| endpoint_error(err.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .tcp_nodelay(true);
+        configured.connect().await.map_err(|err| BundleError::Connect {
+            endpoint,
+            reason: error_chain(&err),
+        })
+    }
+}
+
+/// An error and its sources on one line: tonic's transport errors hide the cause.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Registers a new principal through the `Admin` service and returns its bundle (not yet
+/// written). The key pair is made here, so the private key never travels.
+pub async fn enroll(
+    admin: &mut crate::pb::admin_client::AdminClient<Channel>,
+    name: &str,
+    role: crate::model::Role,
+    endpoint: &str,
+    server_name: &str,
+) -> Result<Bundle, EnrollError> {
+    use rcgen::PublicKeyData as _;
+    let key = crate::pki::generate_client_key()?;
+    let response = admin
+        .add_principal(crate::pb::AddPrincipalRequest {
+            name: name.to_owned(),
+            role: role as i32,
+            public_key_der: key.subject_public_key_info(),
+        })
+        .await?
+        .into_inner();
+    let principal = response
+        .principal
+        .ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
+    Ok(Bundle {
+        dir: PathBuf::new(),
+        config: BundleConfig {
+            name: principal.name,
+            role: role.to_string(),
+            endpoint: endpoint.to_owned(),
+            server_name: server_name.to_owned(),
+        },
+        cert_pem: response.certificate_pem,
+        key_pem: key.serialize_pem(),
+        ca_pem: response.ca_certificate_pem,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("server refused: {} ({:?})", .0.message(), .0.code())]
+    Refused(#[from] tonic::Status),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}

@@ -1,0 +1,87 @@
+//! Server configuration: defaults that run a development server with no flags, overridable
+//! by `<data>/flagshare.toml` and then by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where `flagshare serve` keeps everything when no `--data` is given.
+pub const DEFAULT_DATA_DIR: &str = "flagshare-data";
+/// Loopback by default: a development server is not reachable from the network by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Holds `pki/`, `db/` and `clients/`.
+    pub data_dir: PathBuf,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Names the server certificate is issued for (DNS names or IP addresses), used when the
+    /// PKI is created. Clients must reach the server under one of them.
+    pub host_names: Vec<String>,
+    /// The operator's name, written into its CA certificate.
+    pub operator_name: String,
+    /// Acknowledge a write only after its WAL record reached the disk (fsync). Turning it
+    /// off trades the last few writes before a power loss for throughput.
+    pub sync_writes: bool,
+    /// Size of the RocksDB block cache, in MiB.
+    pub block_cache_mib: usize,
+    /// How long a flag matches when its member gave no expiry, in days.
+    pub default_flag_ttl_days: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+            host_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()],
+            operator_name: "flagshare-dev".to_owned(),
+            sync_writes: true,
+            block_cache_mib: 256,
+            default_flag_ttl_days: 730,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `<data_dir>/flagshare.toml` when it exists, else the defaults for `data_dir`.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Config> {
+        let path = data_dir.join("flagshare.toml");
+        let mut config = if path.exists() {
+            let text = std::fs::read_to_string(&path)?;
+            toml::from_str::<Config>(&text).map_err(|err| anyhow::anyhow!("{}: {}", path.display(), err.message()))?
+        } else {
+            Config::default()
+        };
+        config.data_dir = data_dir.to_owned();
+        Ok(config)
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    pub fn clients_dir(&self) -> PathBuf {
+        self.data_dir.join("clients")
+    }
+
+    /// The name clients use to check the server certificate.
+    pub fn server_name(&self) -> &str {
+        self.host_names.first().map(String::as_str).unwrap_or("localhost")
+    }
+
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            block_cache_bytes: self.block_cache_mib << 20,
+            sync_writes: self.sync_writes,
+        }
+    }
+
+    pub fn policy(&self) -> crate::domain::Policy {
+        let ttl_ms = i64::from(self.default_flag_ttl_days) * 24 * 60 * 60 * 1000;
+        crate::domain::Policy {
+            default_ttl_ms: crate::model::Category::ALL.iter().map(|category| (*category, ttl_ms)).collect(),
+        }
+    }
+}

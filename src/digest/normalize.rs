@@ -1,0 +1,266 @@
+//! Normalisation rules of spec v1. Each rule is written out in docs/digest-v1.md; keep the
+//! two in step, and add a test vector for every rule changed.
+
+use std::net::IpAddr;
+
+use unicode_normalization::UnicodeNormalization;
+
+use super::{InvalidIdentifier, Kind, NormalizeOptions};
+
+/// Longest accepted normal form of a username, device id or `other` identifier, in bytes.
+const MAX_FREE_FORM_LEN: usize = 256;
+/// Longest accepted email address (RFC 5321 path limit).
+const MAX_EMAIL_LEN: usize = 254;
+/// Email providers whose local parts ignore dots. `googlemail.com` is an alias of `gmail.com`.
+const DOT_INSENSITIVE_EMAIL_DOMAINS: [&str; 2] = ["gmail.com", "googlemail.com"];
+
+/// Returns the normal form of `raw` read as `kind`, or why it is not a valid identifier.
+pub fn normalize(kind: Kind, raw: &str, options: &NormalizeOptions) -> Result<String, InvalidIdentifier> {
+    let invalid = |reason: &str| InvalidIdentifier {
+        kind,
+        reason: reason.to_owned(),
+    };
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    match kind {
+        Kind::Email => normalize_email(trimmed).map_err(|reason| invalid(&reason)),
+        Kind::Phone => normalize_phone(trimmed, options).map_err(|reason| invalid(&reason)),
+        Kind::Username => normalize_username(trimmed).map_err(|reason| invalid(&reason)),
+        Kind::DeviceId => normalize_device_id(trimmed).map_err(|reason| invalid(&reason)),
+        Kind::IpAddress => normalize_ip(trimmed).map_err(|reason| invalid(&reason)),
+        Kind::Other => normalize_other(trimmed).map_err(|reason| invalid(&reason)),
+    }
+}
+
+fn has_space_or_control(s: &str) -> bool {
+    s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn normalize_email(trimmed: &str) -> Result<String, String> {
+    let lowered: String = trimmed.nfkc().collect::<String>().to_lowercase();
+    if has_space_or_control(&lowered) {
+        return Err("it contains white space or control characters".to_owned());
+    }
+    let Some((local, domain)) = lowered.rsplit_once('@') else {
+        return Err("it has no '@'".to_owned());
+    };
+    if local.contains('@') {
+        return Err("it has more than one '@'".to_owned());
+    }
+    if local.is_empty() {
+        return Err("the part before '@' is empty".to_owned());
+    }
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    validate_email_domain(domain)?;
+    // Plus-tags ("alice+shop@") are dropped for every provider: most large providers
+    // deliver them to the base address, and offenders use them to register again.
+    let local = match local.split_once('+') {
+        Some((base, _tag)) => base,
+        None => local,
+    };
+    if local.is_empty() {
+        return Err("the part before '@' is empty once its plus-tag is removed".to_owned());
+    }
+    let (local, domain) = if DOT_INSENSITIVE_EMAIL_DOMAINS.contains(&domain) {
+        (local.replace('.', ""), "gmail.com")
+    } else {
+        (local.to_owned(), domain)
+    };
+    if local.is_empty() {
+        return Err("the part before '@' is empty once its dots are removed".to_owned());
+    }
+    let normal = format!("{local}@{domain}");
+    if normal.len() > MAX_EMAIL_LEN {
+        return Err(format!("it is longer than {MAX_EMAIL_LEN} bytes"));
+    }
+    Ok(normal)
+}
+
+fn validate_email_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("the domain after '@' is empty".to_owned());
+    }
+    if !domain.contains('.') {
+        return Err(format!("the domain '{domain}' has no dot"));
+    }
+    for label in domain.split('.') {
+        let well_formed = !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_alphanumeric() || c == '-');
+        if !well_formed {
+            return Err(format!("the domain '{domain}' has a malformed label '{label}'"));
+        }
+    }
+    Ok(())
+}
+
+fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, String> {
+    let international = trimmed.starts_with('+');
+    if !international && options.default_phone_region.is_none() {
+        return Err(
+            "it has no '+' country code and no default region was given (write it as +<country code><number>)"
+                .to_owned(),
+        );
+    }
+    let region = if international { None } else { options.default_phone_region };
+    let number = phonenumber::parse(region, trimmed).map_err(|err| format!("it does not parse as a phone number ({err})"))?;
+    if !phonenumber::is_valid(&number) {
+        return Err("it is not a valid number in its country's numbering plan".to_owned());
+    }
+    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+fn normalize_username(trimmed: &str) -> Result<String, String> {
+    let Some((platform, name)) = trimmed.split_once(':') else {
+        return Err("it has no platform scope: write it as <platform>:<name>, e.g. instagram:alice".to_owned());
+    };
+    let platform = platform.trim().to_ascii_lowercase();
+    let platform_ok = !platform.is_empty()
+        && platform.len() <= 64
+        && platform
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    if !platform_ok {
+        return Err(format!(
+            "the platform '{platform}' must be 1 to 64 of a-z, 0-9, '.', '-' and '_'"
+        ));
+    }
+    let name = name.trim();
+    let name = name.strip_prefix('@').unwrap_or(name);
+    // NFKC, full case folding, NFKC again: folding can leave text unnormalised.
+    let folded: String = caseless::default_case_fold_str(&name.nfkc().collect::<String>())
+        .nfkc()
+        .collect();
+    if folded.is_empty() {
+        return Err("the name after the platform is empty".to_owned());
+    }
+    if has_space_or_control(&folded) {
+        return Err("the name contains white space or control characters".to_owned());
+    }
+    if folded.len() > MAX_FREE_FORM_LEN {
+        return Err(format!("the name is longer than {MAX_FREE_FORM_LEN} bytes"));
+    }
+    Ok(format!("{platform}:{folded}"))
+}
+
+fn normalize_device_id(trimmed: &str) -> Result<String, String> {
+    let lowered: String = trimmed.nfkc().collect::<String>().to_lowercase();
+    // Hardware and advertising ids are hex written with assorted separators (MAC
+    // addresses, UUIDs, IMEIs): drop the separators so every spelling agrees.
+    let compact: String = lowered.chars().filter(|c| !matches!(c, '-' | ':' | '.' | ' ')).collect();
+    let normal = if !compact.is_empty() && compact.chars().all(|c| c.is_ascii_hexdigit()) {
+        compact
+    } else {
+        lowered
+    };
+    if has_space_or_control(&normal) {
+        return Err("it contains white space or control characters".to_owned());
+    }
+    if normal.len() > MAX_FREE_FORM_LEN {
+        return Err(format!("it is longer than {MAX_FREE_FORM_LEN} bytes"));
+    }
+    Ok(normal)
+}
+
+fn normalize_ip(trimmed: &str) -> Result<String, String> {
+    let unbracketed = trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    let address: IpAddr = unbracketed
+        .parse()
+        .map_err(|_| "it is not an IPv4 address in dotted decimal or an IPv6 address".to_owned())?;
+    let canonical = match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        // An IPv4-mapped address is the IPv4 host: give both spellings one digest.
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+    };
+    Ok(canonical)
+}
+
+fn normalize_other(trimmed: &str) -> Result<String, String> {
+    let normal: String = trimmed.nfc().collect();
+    if normal.len() > MAX_FREE_FORM_LEN * 4 {
+        return Err(format!("it is longer than {} bytes", MAX_FREE_FORM_LEN * 4));
+    }
+    Ok(normal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(kind: Kind, raw: &str) -> Result<String, String> {
+        let options = NormalizeOptions {
+            default_phone_region: Some(phonenumber::country::Id::GB),
+        };
+        normalize(kind, raw, &options).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn email_rules() {
+        assert_eq!(norm(Kind::Email, "  Foo.Bar+x@Example.COM ").unwrap(), "foo.bar@example.com");
+        assert_eq!(norm(Kind::Email, "F.o.o+tag@GoogleMail.com").unwrap(), "foo@gmail.com");
+        assert_eq!(norm(Kind::Email, "foo@example.com.").unwrap(), "foo@example.com");
+        assert!(norm(Kind::Email, "foo.example.com").unwrap_err().contains("has no '@'"));
+        assert!(norm(Kind::Email, "a@b@example.com").unwrap_err().contains("more than one '@'"));
+        assert!(norm(Kind::Email, "+tag@example.com").unwrap_err().contains("plus-tag"));
+        assert!(norm(Kind::Email, "foo@localhost").unwrap_err().contains("has no dot"));
+        assert!(norm(Kind::Email, "foo bar@example.com").unwrap_err().contains("white space"));
+        assert!(norm(Kind::Email, "").unwrap_err().contains("it is empty"));
+    }
+
+    #[test]
+    fn phone_rules() {
+        assert_eq!(norm(Kind::Phone, "+44 7700 900123").unwrap(), "+447700900123");
+        assert_eq!(norm(Kind::Phone, "07700 900123").unwrap(), "+447700900123");
+        assert_eq!(norm(Kind::Phone, "+1 (202) 555-0143").unwrap(), "+12025550143");
+        assert!(norm(Kind::Phone, "not a number").unwrap_err().contains("invalid phone identifier"));
+        assert!(norm(Kind::Phone, "+44 12").unwrap_err().contains("phone"));
+        let no_region = normalize(Kind::Phone, "07700 900123", &NormalizeOptions::default()).unwrap_err();
+        assert!(no_region.reason.contains("no default region"), "{no_region}");
+    }
+
+    #[test]
+    fn username_rules() {
+        assert_eq!(norm(Kind::Username, "Instagram:@Alice").unwrap(), "instagram:alice");
+        assert_eq!(norm(Kind::Username, "tiktok:STRASSE").unwrap(), "tiktok:strasse");
+        assert_eq!(norm(Kind::Username, "tiktok:Straße").unwrap(), "tiktok:strasse");
+        assert_eq!(norm(Kind::Username, "discord:ｆｕｌｌｗｉｄｔｈ").unwrap(), "discord:fullwidth");
+        assert!(norm(Kind::Username, "alice").unwrap_err().contains("no platform scope"));
+        assert!(norm(Kind::Username, "in sta:alice").unwrap_err().contains("platform"));
+        assert!(norm(Kind::Username, "x:").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn device_id_rules() {
+        assert_eq!(norm(Kind::DeviceId, "AA:BB:CC:00:11:22").unwrap(), "aabbcc001122");
+        assert_eq!(
+            norm(Kind::DeviceId, "123E4567-E89B-12D3-A456-426614174000").unwrap(),
+            "123e4567e89b12d3a456426614174000"
+        );
+        assert_eq!(norm(Kind::DeviceId, "Android-ID_xyz").unwrap(), "android-id_xyz");
+        assert!(norm(Kind::DeviceId, "a b\tc").unwrap_err().contains("white space"));
+    }
+
+    #[test]
+    fn ip_rules() {
+        assert_eq!(norm(Kind::IpAddress, "192.0.2.1").unwrap(), "192.0.2.1");
+        assert_eq!(norm(Kind::IpAddress, "2001:DB8:0:0:0:0:0:1").unwrap(), "2001:db8::1");
+        assert_eq!(norm(Kind::IpAddress, "[2001:db8::1]").unwrap(), "2001:db8::1");
+        assert_eq!(norm(Kind::IpAddress, "::ffff:192.0.2.1").unwrap(), "192.0.2.1");
+        assert!(norm(Kind::IpAddress, "300.1.1.1").unwrap_err().contains("not an IPv4"));
+        assert!(norm(Kind::IpAddress, "010.0.0.1").is_err());
+    }
+
+    #[test]
+    fn other_keeps_case_but_not_surrounding_space() {
+        assert_eq!(norm(Kind::Other, "  Case Matters ").unwrap(), "Case Matters");
+    }
+}

@@ -1,0 +1,281 @@
+//! The rules for flags: what a valid submission is, how a resubmission updates a flag,
+//! and how the flags on a digest add up to a match.
+
+use std::collections::BTreeSet;
+
+use crate::digest::{Digest, Kind};
+use crate::error::{Error, Result};
+use crate::model::{Category, FlagKey, FlagRecord, PrincipalId, SummaryEntry};
+
+/// Most flags, digests or selectors in one call. Larger sets are sent as several calls.
+pub const MAX_BATCH: usize = 10_000;
+/// Longest member-side reference, in bytes.
+pub const MAX_REFERENCE_LEN: usize = 128;
+/// How far in the future an `observed_at` may lie before it is refused as a clock error.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// A flag as submitted, after wire-level decoding.
+#[derive(Debug, Clone)]
+pub struct NewFlag {
+    pub digest: Digest,
+    pub kind: Kind,
+    pub category: Category,
+    pub confidence: u32,
+    pub observed_at_ms: Option<i64>,
+    pub expires_at_ms: Option<i64>,
+    pub reference: Vec<u8>,
+}
+
+/// Selects some of the caller's flags on one digest; `None` selects every kind or category.
+#[derive(Debug, Clone)]
+pub struct FlagSelector {
+    pub digest: Digest,
+    pub kind: Option<Kind>,
+    pub category: Option<Category>,
+}
+
+impl FlagSelector {
+    pub fn selects(&self, member: PrincipalId, entry: &SummaryEntry) -> bool {
+        entry.member == member
+            && self.kind.is_none_or(|kind| kind == entry.kind)
+            && self.category.is_none_or(|category| category == entry.category)
+    }
+}
+
+/// What a query reports about one digest that at least one member flagged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub index: u32,
+    pub digest: Digest,
+    /// Distinct flagging members, by name, sorted.
+    pub members: Vec<String>,
+    pub categories: Vec<Category>,
+    pub kinds: Vec<Kind>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub max_confidence: u8,
+    pub flagged_by_caller: bool,
+}
+
+/// Checks the size of a batch: it must hold 1 to `MAX_BATCH` items.
+pub fn check_batch_len(field: &str, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(Error::invalid(format!("{field}: the batch is empty")));
+    }
+    if len > MAX_BATCH {
+        return Err(Error::invalid(format!(
+            "{field}: the batch holds {len} items, the limit is {MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks each flag against the rules; the first violation names the item and field.
+pub fn validate_new_flags(flags: &[NewFlag], now_ms: i64) -> Result<()> {
+    check_batch_len("flags", flags.len())?;
+    for (index, flag) in flags.iter().enumerate() {
+        if flag.confidence > 100 {
+            return Err(Error::invalid(format!(
+                "flags[{index}].confidence: {} is above 100",
+                flag.confidence
+            )));
+        }
+        if flag.reference.len() > MAX_REFERENCE_LEN {
+            return Err(Error::invalid(format!(
+                "flags[{index}].reference: {} bytes, the limit is {MAX_REFERENCE_LEN}",
+                flag.reference.len()
+            )));
+        }
+        if let Some(observed_at_ms) = flag.observed_at_ms
+            && observed_at_ms > now_ms + MAX_CLOCK_SKEW_MS
+        {
+            return Err(Error::invalid(format!(
+                "flags[{index}].observed_at: {} lies in the future",
+                crate::util::format_ms(observed_at_ms)
+            )));
+        }
+        if let Some(expires_at_ms) = flag.expires_at_ms
+            && expires_at_ms <= now_ms
+        {
+            return Err(Error::invalid(format!(
+                "flags[{index}].expires_at: {} is not in the future",
+                crate::util::format_ms(expires_at_ms)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The stored record after `new` is applied on top of `existing` (if the member had
+/// already raised this flag): times widen, confidence and expiry take the latest word.
+pub fn merge_flag(
+    existing: Option<&FlagRecord>,
+    new: &NewFlag,
+    key_id: u32,
+    default_expires_at_ms: i64,
+    now_ms: i64,
+) -> FlagRecord {
+    let observed_at_ms = new.observed_at_ms.unwrap_or(now_ms);
+    let expires_at_ms = new.expires_at_ms.unwrap_or(default_expires_at_ms);
+    let confidence = new.confidence as u8;
+    match existing {
+        None => FlagRecord {
+            confidence,
+            first_seen_ms: observed_at_ms,
+            last_seen_ms: observed_at_ms,
+            expires_at_ms,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            key_id,
+            reference: new.reference.clone(),
+        },
+        Some(old) => FlagRecord {
+            confidence,
+            first_seen_ms: old.first_seen_ms.min(observed_at_ms),
+            last_seen_ms: old.last_seen_ms.max(observed_at_ms),
+            expires_at_ms,
+            created_at_ms: old.created_at_ms,
+            updated_at_ms: now_ms,
+            key_id,
+            reference: if new.reference.is_empty() {
+                old.reference.clone()
+            } else {
+                new.reference.clone()
+            },
+        },
+    }
+}
+
+/// Replaces (or adds) the entry of `key` in a digest's summary.
+pub fn upsert_summary_entry(entries: &mut Vec<SummaryEntry>, key: &FlagKey, record: &FlagRecord) {
+    let entry = SummaryEntry::from_flag(key, record);
+    match entries.iter_mut().find(|existing| existing.same_flag(key)) {
+        Some(existing) => *existing = entry,
+        None => entries.push(entry),
+    }
+}
+
+/// Adds up the unexpired flags on one digest. `None` when every flag has expired.
+pub fn aggregate(
+    index: u32,
+    digest: Digest,
+    entries: &[SummaryEntry],
+    caller: PrincipalId,
+    now_ms: i64,
+    name_of: impl Fn(PrincipalId) -> String,
+) -> Option<Match> {
+    let mut members = BTreeSet::new();
+    let mut categories = BTreeSet::new();
+    let mut kinds = BTreeSet::new();
+    let mut first_seen_ms = i64::MAX;
+    let mut last_seen_ms = i64::MIN;
+    let mut max_confidence = 0;
+    for entry in entries.iter().filter(|entry| entry.expires_at_ms > now_ms) {
+        members.insert(entry.member);
+        categories.insert(entry.category);
+        kinds.insert(entry.kind);
+        first_seen_ms = first_seen_ms.min(entry.first_seen_ms);
+        last_seen_ms = last_seen_ms.max(entry.last_seen_ms);
+        max_confidence = max_confidence.max(entry.confidence);
+    }
+    if members.is_empty() {
+        return None;
+    }
+    let mut member_names: Vec<String> = members.iter().map(|id| name_of(*id)).collect();
+    member_names.sort();
+    Some(Match {
+        index,
+        digest,
+        flagged_by_caller: members.contains(&caller),
+        members: member_names,
+        categories: categories.into_iter().collect(),
+        kinds: kinds.into_iter().collect(),
+        first_seen_ms,
+        last_seen_ms,
+        max_confidence,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_flag(confidence: u32) -> NewFlag {
+        NewFlag {
+            digest: [1; 32],
+            kind: Kind::Email,
+            category: Category::Grooming,
+            confidence,
+            observed_at_ms: Some(1_000),
+            expires_at_ms: None,
+            reference: Vec::new(),
+        }
+    }
+
+    fn entry(member: u32, category: Category, confidence: u8, expires_at_ms: i64) -> SummaryEntry {
+        SummaryEntry {
+            member,
+            kind: Kind::Email,
+            category,
+            confidence,
+            first_seen_ms: 100 * member as i64,
+            last_seen_ms: 1000 + member as i64,
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_item_and_field() {
+        let now = 10_000;
+        let mut flags = vec![new_flag(50), new_flag(101)];
+        assert_eq!(
+            validate_new_flags(&flags, now).unwrap_err().to_string(),
+            "flags[1].confidence: 101 is above 100"
+        );
+        flags[1].confidence = 1;
+        flags[1].reference = vec![0; 129];
+        assert!(validate_new_flags(&flags, now).unwrap_err().to_string().starts_with("flags[1].reference"));
+        flags[1].reference.clear();
+        flags[0].expires_at_ms = Some(now - 1);
+        assert!(validate_new_flags(&flags, now).unwrap_err().to_string().starts_with("flags[0].expires_at"));
+        flags[0].expires_at_ms = None;
+        flags[0].observed_at_ms = Some(now + MAX_CLOCK_SKEW_MS + 1);
+        assert!(validate_new_flags(&flags, now).unwrap_err().to_string().starts_with("flags[0].observed_at"));
+        assert!(validate_new_flags(&[], now).unwrap_err().to_string().contains("empty"));
+        let too_many = vec![new_flag(1); MAX_BATCH + 1];
+        assert!(validate_new_flags(&too_many, now).unwrap_err().to_string().contains("limit is 10000"));
+    }
+
+    #[test]
+    fn resubmission_widens_times_and_keeps_creation() {
+        let first = merge_flag(None, &new_flag(40), 1, 9_999, 5_000);
+        let mut again = new_flag(90);
+        again.observed_at_ms = Some(3_000);
+        let merged = merge_flag(Some(&first), &again, 1, 9_999, 6_000);
+        assert_eq!(merged.confidence, 90);
+        assert_eq!(merged.first_seen_ms, 1_000);
+        assert_eq!(merged.last_seen_ms, 3_000);
+        assert_eq!(merged.created_at_ms, 5_000);
+        assert_eq!(merged.updated_at_ms, 6_000);
+    }
+
+    #[test]
+    fn aggregation_counts_distinct_members_and_skips_expired_flags() {
+        let entries = vec![
+            entry(1, Category::Grooming, 40, 10_000),
+            entry(1, Category::Sextortion, 60, 10_000),
+            entry(2, Category::Grooming, 70, 10_000),
+            entry(3, Category::Trafficking, 99, 500),
+        ];
+        let name_of = |id: u32| format!("m{id}");
+        let found = aggregate(7, [1; 32], &entries, 2, 1_000, name_of).unwrap();
+        assert_eq!(found.members, vec!["m1", "m2"]);
+        assert_eq!(found.categories, vec![Category::Grooming, Category::Sextortion]);
+        assert_eq!(found.max_confidence, 70);
+        assert_eq!(found.first_seen_ms, 100);
+        assert_eq!(found.last_seen_ms, 1002);
+        assert!(found.flagged_by_caller);
+        let only_expired = [entry(3, Category::Trafficking, 99, 500)];
+        assert!(aggregate(0, [1; 32], &only_expired, 2, 1_000, name_of).is_none());
+    }
+}

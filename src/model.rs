@@ -1,0 +1,180 @@
+//! The vocabulary shared by `store` (which persists it) and `domain` (which applies the
+//! rules to it). Plain data: no I/O, no tonic or rocksdb types.
+//!
+//! Every `#[repr(u8)]` value below is both a wire value in `flagshare.v1` and an on-disk
+//! byte: never renumber, only add.
+
+use crate::digest::{Digest, Kind};
+
+/// Principals (members, admins, peers) are numbered densely; flags refer to the number, so
+/// renaming a principal never rewrites its flags.
+pub type PrincipalId = u32;
+
+macro_rules! byte_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $value:literal => $label:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum $name { $($variant = $value),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn from_u8(value: u8) -> Option<$name> {
+                match value { $($value => Some($name::$variant),)+ _ => None }
+            }
+
+            /// Lowercase name, as the CLI reads and prints it.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
+                $name::ALL.iter().copied().find(|v| v.as_str() == wanted).ok_or_else(|| {
+                    let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("unknown {} '{}' (expected one of: {})", stringify!($name).to_ascii_lowercase(), s, names.join(", "))
+                })
+            }
+        }
+    };
+}
+
+byte_enum!(
+    /// Why an account was flagged.
+    Category {
+        Grooming = 1 => "grooming",
+        Sextortion = 2 => "sextortion",
+        CsamSharing = 3 => "csam_sharing",
+        CsamSolicitation = 4 => "csam_solicitation",
+        Trafficking = 5 => "trafficking",
+        Other = 6 => "other",
+    }
+);
+
+byte_enum!(
+    /// What a principal may do. Checked on every call.
+    Role {
+        Member = 1 => "member",
+        Admin = 2 => "admin",
+        Peer = 3 => "peer",
+    }
+);
+
+byte_enum!(
+    /// Whether a principal may call at all.
+    PrincipalStatus {
+        Active = 1 => "active",
+        Suspended = 2 => "suspended",
+    }
+);
+
+byte_enum!(
+    /// Why a member withdrew a flag.
+    RetractReason {
+        Unspecified = 0 => "unspecified",
+        AppealUpheld = 1 => "appeal_upheld",
+        FalsePositive = 2 => "false_positive",
+        Duplicate = 3 => "duplicate",
+        Other = 4 => "other",
+    }
+);
+
+/// Identifies one flag: one member's flag of one digest, under one kind, for one category.
+/// Re-submitting the same key updates the flag instead of adding one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlagKey {
+    pub digest: Digest,
+    pub member: PrincipalId,
+    pub kind: Kind,
+    pub category: Category,
+}
+
+/// Everything stored about one flag, beyond its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagRecord {
+    pub confidence: u8,
+    /// Earliest `observed_at` the member reported for this flag.
+    pub first_seen_ms: i64,
+    /// Latest `observed_at` the member reported for this flag.
+    pub last_seen_ms: i64,
+    /// When the flag stops matching.
+    pub expires_at_ms: i64,
+    /// Server time of the first submission.
+    pub created_at_ms: i64,
+    /// Server time of the latest submission.
+    pub updated_at_ms: i64,
+    /// Epoch of the consortium key the digest was made with.
+    pub key_id: u32,
+    /// Opaque member-side reference, at most 128 bytes.
+    pub reference: Vec<u8>,
+}
+
+/// The part of a flag a query needs, kept beside its siblings under the digest so a query
+/// reads one value per digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SummaryEntry {
+    pub member: PrincipalId,
+    pub kind: Kind,
+    pub category: Category,
+    pub confidence: u8,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl SummaryEntry {
+    pub fn from_flag(key: &FlagKey, record: &FlagRecord) -> SummaryEntry {
+        SummaryEntry {
+            member: key.member,
+            kind: key.kind,
+            category: key.category,
+            confidence: record.confidence,
+            first_seen_ms: record.first_seen_ms,
+            last_seen_ms: record.last_seen_ms,
+            expires_at_ms: record.expires_at_ms,
+        }
+    }
+
+    pub fn same_flag(&self, key: &FlagKey) -> bool {
+        self.member == key.member && self.kind == key.kind && self.category == key.category
+    }
+}
+
+/// A registered client identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalRecord {
+    pub id: PrincipalId,
+    pub name: String,
+    pub role: Role,
+    pub status: PrincipalStatus,
+    pub created_at_ms: i64,
+    /// SHA-256 of the DER of the one certificate that currently authenticates it.
+    pub cert_sha256: [u8; 32],
+}
+
+/// One entry of the change log: what a feed or a federation peer replays, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub at_ms: i64,
+    pub key: FlagKey,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The flag was created or updated and now reads as given.
+    Upsert(SummaryEntry),
+    /// The member withdrew the flag.
+    Retract(RetractReason),
+}

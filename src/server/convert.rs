@@ -1,0 +1,235 @@
+//! Conversions between the generated `pb` types and the domain, with the wire-level checks
+//! (lengths, enum values, timestamps). Every message names the field and item index.
+
+use prost_types::Timestamp;
+use tonic::Status;
+
+use crate::digest::{DIGEST_LEN, Digest, Kind};
+use crate::domain::{FlagSelector, Match, NewFlag, SubmitOutcome, RetractOutcome};
+use crate::error::{Error, Result};
+use crate::model::{Category, PrincipalRecord, PrincipalStatus, RetractReason, Role};
+use crate::pb;
+
+/// The one place library errors become gRPC statuses. Storage and internal details are
+/// logged, never sent.
+pub fn status_from_error(err: Error) -> Status {
+    match err {
+        Error::InvalidArgument(message) => Status::invalid_argument(message),
+        Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+        Error::NotFound(message) => Status::not_found(message),
+        Error::AlreadyExists(message) => Status::already_exists(message),
+        Error::Unauthenticated(message) => Status::unauthenticated(message),
+        Error::PermissionDenied(message) => Status::permission_denied(message),
+        err @ (Error::Storage(_) | Error::Internal(_)) => {
+            tracing::error!(error = %err, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+pub fn ms_from_timestamp(field: &str, timestamp: &Timestamp) -> Result<i64> {
+    if !(0..1_000_000_000).contains(&timestamp.nanos) {
+        return Err(Error::invalid(format!("{field}: nanos {} is outside 0..1e9", timestamp.nanos)));
+    }
+    timestamp
+        .seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(timestamp.nanos / 1_000_000)))
+        .ok_or_else(|| Error::invalid(format!("{field}: {} seconds is out of range", timestamp.seconds)))
+}
+
+pub fn timestamp_from_ms(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn digest_from_bytes(field: &str, bytes: &[u8]) -> Result<Digest> {
+    bytes.try_into().map_err(|_| {
+        Error::invalid(format!("{field}: expected {DIGEST_LEN} bytes, got {}", bytes.len()))
+    })
+}
+
+pub fn kind_from_pb(field: &str, value: i32, required: bool) -> Result<Option<Kind>> {
+    match pb::IdentifierKind::try_from(value) {
+        Ok(pb::IdentifierKind::Unspecified) if required => Err(Error::invalid(format!("{field}: must be set"))),
+        Ok(pb::IdentifierKind::Unspecified) => Ok(None),
+        Ok(_) => Ok(Kind::from_u8(value as u8)),
+        Err(_) => Err(Error::invalid(format!("{field}: unknown identifier kind {value}"))),
+    }
+}
+
+pub fn kind_to_pb(kind: Kind) -> pb::IdentifierKind {
+    pb::IdentifierKind::try_from(kind as i32).unwrap_or(pb::IdentifierKind::Unspecified)
+}
+
+pub fn category_from_pb(field: &str, value: i32, required: bool) -> Result<Option<Category>> {
+    match pb::Category::try_from(value) {
+        Ok(pb::Category::Unspecified) if required => Err(Error::invalid(format!("{field}: must be set"))),
+        Ok(pb::Category::Unspecified) => Ok(None),
+        Ok(_) => Ok(Category::from_u8(value as u8)),
+        Err(_) => Err(Error::invalid(format!("{field}: unknown category {value}"))),
+    }
+}
+
+pub fn category_to_pb(category: Category) -> pb::Category {
+    pb::Category::try_from(category as i32).unwrap_or(pb::Category::Unspecified)
+}
+
+pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
+    crate::domain::flags::check_batch_len("flags", flags.len())?;
+    flags
+        .into_iter()
+        .enumerate()
+        .map(|(index, flag)| {
+            let field = |name: &str| format!("flags[{index}].{name}");
+            Ok(NewFlag {
+                digest: digest_from_bytes(&field("digest"), &flag.digest)?,
+                kind: kind_from_pb(&field("kind"), flag.kind, true)?.expect("required"),
+                category: category_from_pb(&field("category"), flag.category, true)?.expect("required"),
+                confidence: flag.confidence,
+                observed_at_ms: flag
+                    .observed_at
+                    .as_ref()
+                    .map(|ts| ms_from_timestamp(&field("observed_at"), ts))
+                    .transpose()?,
+                expires_at_ms: flag
+                    .expires_at
+                    .as_ref()
+                    .map(|ts| ms_from_timestamp(&field("expires_at"), ts))
+                    .transpose()?,
+                reference: flag.reference,
+            })
+        })
+        .collect()
+}
+
+/// Splits a packed `N x 32` byte string into digests.
+pub fn digests_from_packed(packed: &[u8]) -> Result<Vec<Digest>> {
+    if !packed.len().is_multiple_of(DIGEST_LEN) {
+        return Err(Error::invalid(format!(
+            "digests: {} bytes is not a whole number of {DIGEST_LEN}-byte digests",
+            packed.len()
+        )));
+    }
+    crate::domain::flags::check_batch_len("digests", packed.len() / DIGEST_LEN)?;
+    Ok(packed
+        .chunks_exact(DIGEST_LEN)
+        .map(|chunk| chunk.try_into().expect("exact chunk"))
+        .collect())
+}
+
+pub fn match_to_pb(found: Match) -> pb::Match {
+    pb::Match {
+        index: found.index,
+        digest: found.digest.to_vec(),
+        n_members: found.members.len() as u32,
+        members: found.members,
+        categories: found.categories.into_iter().map(|c| category_to_pb(c) as i32).collect(),
+        kinds: found.kinds.into_iter().map(|k| kind_to_pb(k) as i32).collect(),
+        first_seen: Some(timestamp_from_ms(found.first_seen_ms)),
+        last_seen: Some(timestamp_from_ms(found.last_seen_ms)),
+        max_confidence: u32::from(found.max_confidence),
+        flagged_by_caller: found.flagged_by_caller,
+    }
+}
+
+pub fn submit_outcome_to_pb(outcome: SubmitOutcome) -> pb::SubmitResponse {
+    pb::SubmitResponse {
+        n_created: outcome.n_created,
+        n_updated: outcome.n_updated,
+        sequence: outcome.sequence,
+    }
+}
+
+pub fn selectors_from_pb(selectors: Vec<pb::FlagSelector>) -> Result<Vec<FlagSelector>> {
+    crate::domain::flags::check_batch_len("flags", selectors.len())?;
+    selectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, selector)| {
+            let field = |name: &str| format!("flags[{index}].{name}");
+            Ok(FlagSelector {
+                digest: digest_from_bytes(&field("digest"), &selector.digest)?,
+                kind: kind_from_pb(&field("kind"), selector.kind, false)?,
+                category: category_from_pb(&field("category"), selector.category, false)?,
+            })
+        })
+        .collect()
+}
+
+pub fn retract_reason_from_pb(value: i32) -> Result<RetractReason> {
+    pb::RetractReason::try_from(value)
+        .ok()
+        .and_then(|_| RetractReason::from_u8(value as u8))
+        .ok_or_else(|| Error::invalid(format!("reason: unknown retract reason {value}")))
+}
+
+pub fn retract_outcome_to_pb(outcome: RetractOutcome) -> pb::RetractResponse {
+    pb::RetractResponse {
+        n_retracted: outcome.n_retracted,
+        unmatched_indexes: outcome.unmatched_indexes,
+        sequence: outcome.sequence,
+    }
+}
+
+pub fn role_from_pb(value: i32) -> Result<Role> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Unspecified) => Err(Error::invalid("role: must be set")),
+        Ok(_) => Ok(Role::from_u8(value as u8).expect("pb roles mirror model roles")),
+        Err(_) => Err(Error::invalid(format!("role: unknown role {value}"))),
+    }
+}
+
+pub fn status_from_pb(value: i32) -> Result<PrincipalStatus> {
+    match pb::PrincipalStatus::try_from(value) {
+        Ok(pb::PrincipalStatus::Unspecified) => Err(Error::invalid("status: must be set")),
+        Ok(_) => Ok(PrincipalStatus::from_u8(value as u8).expect("pb statuses mirror model statuses")),
+        Err(_) => Err(Error::invalid(format!("status: unknown status {value}"))),
+    }
+}
+
+pub fn principal_to_pb(record: &PrincipalRecord) -> pb::Principal {
+    pb::Principal {
+        name: record.name.clone(),
+        role: record.role as i32,
+        status: record.status as i32,
+        created_at: Some(timestamp_from_ms(record.created_at_ms)),
+        certificate_sha256: hex::encode(record.cert_sha256),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_in_milliseconds() {
+        for ms in [0, 1, 999, 1_000, 1_700_000_000_123, -1, -1_001] {
+            assert_eq!(ms_from_timestamp("t", &timestamp_from_ms(ms)).unwrap(), ms);
+        }
+        let bad = Timestamp { seconds: 1, nanos: -5 };
+        assert!(ms_from_timestamp("flags[0].observed_at", &bad).unwrap_err().to_string().starts_with("flags[0].observed_at"));
+    }
+
+    #[test]
+    fn packed_digests_must_be_whole() {
+        assert_eq!(digests_from_packed(&[0u8; 64]).unwrap().len(), 2);
+        assert!(digests_from_packed(&[0u8; 33]).unwrap_err().to_string().contains("33 bytes"));
+        assert!(digests_from_packed(&[]).unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn enum_values_mirror_the_wire() {
+        for kind in Kind::ALL {
+            assert_eq!(kind_from_pb("k", kind_to_pb(kind) as i32, true).unwrap(), Some(kind));
+        }
+        for category in Category::ALL {
+            assert_eq!(category_from_pb("c", category_to_pb(*category) as i32, true).unwrap(), Some(*category));
+        }
+        assert!(kind_from_pb("flags[2].kind", 17, true).unwrap_err().to_string().contains("flags[2].kind: unknown identifier kind 17"));
+        assert_eq!(kind_from_pb("k", 0, false).unwrap(), None);
+        assert!(category_from_pb("c", 0, true).is_err());
+    }
+}

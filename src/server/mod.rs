@@ -1,0 +1,103 @@
+//! The gRPC server: mutual TLS, the `Flags` and `Admin` services, health checking and
+//! reflection. Handlers are thin; the rules live in `domain`.
+
+mod admin;
+pub mod convert;
+mod flags;
+mod identity;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tower::util::MapResponseLayer;
+
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::pb;
+use crate::pki::Pki;
+use crate::store::Store;
+
+/// Largest request message accepted, in bytes. A full batch of 10,000 flags with maximal
+/// references is about 1.9 MB; a full query batch is 320 KB.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// tonic refuses an oversized request with OUT_OF_RANGE and an internal-sounding message;
+/// callers expect RESOURCE_EXHAUSTED and a plain statement of the limit.
+fn rewrite_oversized_request_status(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let is_out_of_range = headers.get("grpc-status").is_some_and(|code| code.as_bytes() == b"11");
+    let is_size_refusal = headers.get("grpc-message").is_some_and(|message| {
+        let message = String::from_utf8_lossy(message.as_bytes()).replace("%20", " ");
+        message.contains("decoded message length too large")
+    });
+    if is_out_of_range && is_size_refusal {
+        headers.insert("grpc-status", HeaderValue::from_static("8"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static(
+                "request%20message%20exceeds%20the%204%20MiB%20limit%3A%20send%20fewer%20items%20per%20call",
+            ),
+        );
+    }
+    response
+}
+
+/// Opens the store and PKI of `config`, serves on `listener` until `shutdown` completes,
+/// then drains in-flight calls and closes the store.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let pki = Arc::new(Pki::load(&config.data_dir)?);
+    let store = Store::open(&config.db_dir(), &config.store_options())?;
+    let domain = Domain::open(store, config.policy())?;
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
+        .client_ca_root(Certificate::from_pem(&pki.ca_pem));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::flags_server::FlagsServer<flags::FlagsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<admin::AdminService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
+
+    let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService { domain: domain.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let admin_service = pb::admin_server::AdminServer::new(admin::AdminService {
+        domain: domain.clone(),
+        pki,
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let local_addr = listener.local_addr()?;
+    tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
+    Server::builder()
+        .tls_config(tls)
+        .context("configuring TLS")?
+        .tcp_nodelay(true)
+        .layer(MapResponseLayer::new(rewrite_oversized_request_status))
+        .add_service(flags_service)
+        .add_service(admin_service)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+        .await
+        .context("serving")?;
+    tracing::info!("flagshare stopped");
+    Ok(())
+}

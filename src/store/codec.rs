@@ -1,0 +1,357 @@
+//! Value codecs. Every value starts with a format-version byte so the on-disk format can
+//! migrate; a decoder rejects versions it does not know instead of misreading them.
+
+use crate::digest::Kind;
+use crate::model::{
+    Category, Change, ChangeRecord, FlagKey, FlagRecord, PrincipalRecord, PrincipalStatus, RetractReason, Role,
+    SummaryEntry,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode {what} value: {reason}")]
+pub struct DecodeError {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+const SUMMARY_V1: u8 = 1;
+const SUMMARY_ENTRY_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8;
+const FLAG_V1: u8 = 1;
+const CHANGE_V1: u8 = 1;
+const PRINCIPAL_V1: u8 = 1;
+const CHANGE_UPSERT: u8 = 1;
+const CHANGE_RETRACT: u8 = 2;
+
+/// Reads fields in order, turning a short or malformed value into a `DecodeError`.
+struct Reader<'a> {
+    what: &'static str,
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(what: &'static str, bytes: &'a [u8], version: u8) -> Result<Reader<'a>, DecodeError> {
+        let mut reader = Reader { what, rest: bytes };
+        let got = reader.u8()?;
+        if got != version {
+            return Err(reader.error(format!("unknown format version {got} (expected {version})")));
+        }
+        Ok(reader)
+    }
+
+    fn error(&self, reason: String) -> DecodeError {
+        DecodeError { what: self.what, reason }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < n {
+            return Err(self.error(format!("truncated: needed {n} more bytes, found {}", self.rest.len())));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn array32(&mut self) -> Result<[u8; 32], DecodeError> {
+        Ok(self.take(32)?.try_into().expect("32 bytes"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.u16()? as usize;
+        self.take(len)
+    }
+
+    fn kind(&mut self) -> Result<Kind, DecodeError> {
+        let byte = self.u8()?;
+        Kind::from_u8(byte).ok_or_else(|| self.error(format!("unknown kind {byte}")))
+    }
+
+    fn category(&mut self) -> Result<Category, DecodeError> {
+        let byte = self.u8()?;
+        Category::from_u8(byte).ok_or_else(|| self.error(format!("unknown category {byte}")))
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, DecodeError> {
+        if self.rest.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.error(format!("{} trailing bytes", self.rest.len())))
+        }
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u16::try_from(bytes.len()).expect("stored byte strings are validated to be short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_summary_entry(out: &mut Vec<u8>, entry: &SummaryEntry) {
+    out.extend_from_slice(&entry.member.to_be_bytes());
+    out.push(entry.kind as u8);
+    out.push(entry.category as u8);
+    out.push(entry.confidence);
+    out.extend_from_slice(&entry.first_seen_ms.to_be_bytes());
+    out.extend_from_slice(&entry.last_seen_ms.to_be_bytes());
+    out.extend_from_slice(&entry.expires_at_ms.to_be_bytes());
+}
+
+fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeError> {
+    Ok(SummaryEntry {
+        member: reader.u32()?,
+        kind: reader.kind()?,
+        category: reader.category()?,
+        confidence: reader.u8()?,
+        first_seen_ms: reader.i64()?,
+        last_seen_ms: reader.i64()?,
+        expires_at_ms: reader.i64()?,
+    })
+}
+
+pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
+    let n_entries = u16::try_from(entries.len()).expect("a digest holds at most one flag per member, kind and category");
+    let mut out = Vec::with_capacity(3 + entries.len() * SUMMARY_ENTRY_LEN);
+    out.push(SUMMARY_V1);
+    out.extend_from_slice(&n_entries.to_be_bytes());
+    for entry in entries {
+        put_summary_entry(&mut out, entry);
+    }
+    out
+}
+
+pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
+    let mut reader = Reader::new("summary", bytes, SUMMARY_V1)?;
+    let n_entries = reader.u16()? as usize;
+    let mut entries = Vec::with_capacity(n_entries);
+    for _ in 0..n_entries {
+        entries.push(read_summary_entry(&mut reader)?);
+    }
+    reader.finish(entries)
+}
+
+/// flag v1: `[1, confidence u8, first_seen i64, last_seen i64, expires_at i64,
+/// created_at i64, updated_at i64, key_id u32, reference_len u16, reference]`.
+pub fn encode_flag(record: &FlagRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + record.reference.len());
+    out.push(FLAG_V1);
+    out.push(record.confidence);
+    for time in [
+        record.first_seen_ms,
+        record.last_seen_ms,
+        record.expires_at_ms,
+        record.created_at_ms,
+        record.updated_at_ms,
+    ] {
+        out.extend_from_slice(&time.to_be_bytes());
+    }
+    out.extend_from_slice(&record.key_id.to_be_bytes());
+    put_bytes(&mut out, &record.reference);
+    out
+}
+
+pub fn decode_flag(bytes: &[u8]) -> Result<FlagRecord, DecodeError> {
+    let mut reader = Reader::new("flag", bytes, FLAG_V1)?;
+    let record = FlagRecord {
+        confidence: reader.u8()?,
+        first_seen_ms: reader.i64()?,
+        last_seen_ms: reader.i64()?,
+        expires_at_ms: reader.i64()?,
+        created_at_ms: reader.i64()?,
+        updated_at_ms: reader.i64()?,
+        key_id: reader.u32()?,
+        reference: reader.bytes()?.to_vec(),
+    };
+    reader.finish(record)
+}
+
+/// change v1: `[1, at i64, digest(32), member u32, kind u8, category u8, op u8, body]`;
+/// op 1 (upsert) body: `confidence u8, first_seen i64, last_seen i64, expires_at i64`;
+/// op 2 (retract) body: `reason u8`.
+pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(72);
+    out.push(CHANGE_V1);
+    out.extend_from_slice(&record.at_ms.to_be_bytes());
+    out.extend_from_slice(&record.key.digest);
+    out.extend_from_slice(&record.key.member.to_be_bytes());
+    out.push(record.key.kind as u8);
+    out.push(record.key.category as u8);
+    match &record.change {
+        Change::Upsert(entry) => {
+            out.push(CHANGE_UPSERT);
+            out.push(entry.confidence);
+            out.extend_from_slice(&entry.first_seen_ms.to_be_bytes());
+            out.extend_from_slice(&entry.last_seen_ms.to_be_bytes());
+            out.extend_from_slice(&entry.expires_at_ms.to_be_bytes());
+        }
+        Change::Retract(reason) => {
+            out.push(CHANGE_RETRACT);
+            out.push(*reason as u8);
+        }
+    }
+    out
+}
+
+pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
+    let mut reader = Reader::new("change", bytes, CHANGE_V1)?;
+    let at_ms = reader.i64()?;
+    let key = FlagKey {
+        digest: reader.array32()?,
+        member: reader.u32()?,
+        kind: reader.kind()?,
+        category: reader.category()?,
+    };
+    let change = match reader.u8()? {
+        CHANGE_UPSERT => Change::Upsert(SummaryEntry {
+            member: key.member,
+            kind: key.kind,
+            category: key.category,
+            confidence: reader.u8()?,
+            first_seen_ms: reader.i64()?,
+            last_seen_ms: reader.i64()?,
+            expires_at_ms: reader.i64()?,
+        }),
+        CHANGE_RETRACT => {
+            let byte = reader.u8()?;
+            let reason = RetractReason::from_u8(byte).ok_or_else(|| reader.error(format!("unknown retract reason {byte}")))?;
+            Change::Retract(reason)
+        }
+        other => return Err(reader.error(format!("unknown change op {other}"))),
+    };
+    reader.finish(ChangeRecord { at_ms, key, change })
+}
+
+/// principal v1: `[1, id u32, role u8, status u8, created_at i64, cert_sha256(32), name_len u16, name]`.
+pub fn encode_principal(record: &PrincipalRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(52 + record.name.len());
+    out.push(PRINCIPAL_V1);
+    out.extend_from_slice(&record.id.to_be_bytes());
+    out.push(record.role as u8);
+    out.push(record.status as u8);
+    out.extend_from_slice(&record.created_at_ms.to_be_bytes());
+    out.extend_from_slice(&record.cert_sha256);
+    put_bytes(&mut out, record.name.as_bytes());
+    out
+}
+
+pub fn decode_principal(bytes: &[u8]) -> Result<PrincipalRecord, DecodeError> {
+    let mut reader = Reader::new("principal", bytes, PRINCIPAL_V1)?;
+    let id = reader.u32()?;
+    let role_byte = reader.u8()?;
+    let role = Role::from_u8(role_byte).ok_or_else(|| reader.error(format!("unknown role {role_byte}")))?;
+    let status_byte = reader.u8()?;
+    let status =
+        PrincipalStatus::from_u8(status_byte).ok_or_else(|| reader.error(format!("unknown status {status_byte}")))?;
+    let created_at_ms = reader.i64()?;
+    let cert_sha256 = reader.array32()?;
+    let name = String::from_utf8(reader.bytes()?.to_vec()).map_err(|_| reader.error("name is not UTF-8".to_owned()))?;
+    reader.finish(PrincipalRecord {
+        id,
+        name,
+        role,
+        status,
+        created_at_ms,
+        cert_sha256,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(member: u32) -> SummaryEntry {
+        SummaryEntry {
+            member,
+            kind: Kind::Phone,
+            category: Category::Sextortion,
+            confidence: 87,
+            first_seen_ms: 1_700_000_000_000,
+            last_seen_ms: 1_700_000_500_000,
+            expires_at_ms: i64::MAX,
+        }
+    }
+
+    #[test]
+    fn summary_round_trips() {
+        let entries = vec![entry(1), entry(2), entry(u32::MAX)];
+        let encoded = encode_summary(&entries);
+        assert_eq!(encoded.len(), 3 + 3 * SUMMARY_ENTRY_LEN);
+        assert_eq!(decode_summary(&encoded).unwrap(), entries);
+    }
+
+    #[test]
+    fn flag_round_trips() {
+        let record = FlagRecord {
+            confidence: 100,
+            first_seen_ms: -5,
+            last_seen_ms: 10,
+            expires_at_ms: 20,
+            created_at_ms: 30,
+            updated_at_ms: 40,
+            key_id: 7,
+            reference: b"case-123".to_vec(),
+        };
+        assert_eq!(decode_flag(&encode_flag(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn change_round_trips_both_ops() {
+        let key = FlagKey {
+            digest: [3; 32],
+            member: 2,
+            kind: Kind::Phone,
+            category: Category::Sextortion,
+        };
+        let upsert = ChangeRecord {
+            at_ms: 99,
+            key,
+            change: Change::Upsert(entry(2)),
+        };
+        assert_eq!(decode_change(&encode_change(&upsert)).unwrap(), upsert);
+        let retract = ChangeRecord {
+            at_ms: 100,
+            key,
+            change: Change::Retract(RetractReason::AppealUpheld),
+        };
+        assert_eq!(decode_change(&encode_change(&retract)).unwrap(), retract);
+    }
+
+    #[test]
+    fn principal_round_trips() {
+        let record = PrincipalRecord {
+            id: 4,
+            name: "platform-a".to_owned(),
+            role: Role::Member,
+            status: PrincipalStatus::Suspended,
+            created_at_ms: 12,
+            cert_sha256: [0xee; 32],
+        };
+        assert_eq!(decode_principal(&encode_principal(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn unknown_versions_truncation_and_trailing_bytes_are_rejected() {
+        let mut encoded = encode_summary(&[entry(1)]);
+        encoded[0] = 9;
+        assert!(decode_summary(&encoded).unwrap_err().reason.contains("unknown format version 9"));
+        let encoded = encode_summary(&[entry(1)]);
+        assert!(decode_summary(&encoded[..encoded.len() - 1]).unwrap_err().reason.contains("truncated"));
+        let mut padded = encoded.clone();
+        padded.push(0);
+        assert!(decode_summary(&padded).unwrap_err().reason.contains("trailing"));
+    }
+}

@@ -1,0 +1,375 @@
+//! RocksDB storage: column families (`cf`), key layouts (`keys`), value codecs (`codec`).
+//!
+//! Everything here is synchronous; `domain` calls it from `spawn_blocking`. Every change
+//! that touches more than one row goes through one `Batch`, committed atomically.
+
+pub mod cf;
+pub mod codec;
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    DataBlockIndexType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use crate::digest::Digest;
+use crate::model::{ChangeRecord, FlagKey, FlagRecord, PrincipalRecord, SummaryEntry};
+
+pub use codec::DecodeError;
+pub use keys::KeyError;
+
+/// Version of the layout described in `cf.rs`. Bumped when a family or a layout changes;
+/// a store written by another version is refused at open rather than misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database at {0} is in use by another process (is a flagshare server running on it?)")]
+    Locked(PathBuf),
+    #[error("database at {path} has schema version {found}, this build reads version {expected}")]
+    SchemaMismatch { path: PathBuf, found: u32, expected: u32 },
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Tuning that an operator may change without changing the on-disk format.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Bytes of the block cache shared by all families (data, index and filter blocks), so
+    /// memory stays flat as data grows.
+    pub block_cache_bytes: usize,
+    /// Whether each commit waits for the WAL to reach the disk (fsync) before it returns.
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_cache_bytes: 256 << 20,
+            sync_writes: true,
+        }
+    }
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    write_options: WriteOptions,
+}
+
+fn family_options(name: &str, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_format_version(5);
+    // Filters and indexes live in the bounded cache; level-0 ones stay pinned because
+    // every lookup consults them.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut options = Options::default();
+    match name {
+        cf::SUMMARIES | cf::FLAGS => {
+            // Point lookups of random keys, mostly misses: a full (not block-based) bloom
+            // filter on the whole key answers a miss without reading a data block.
+            table.set_bloom_filter(10.0, false);
+            table.set_whole_key_filtering(true);
+            table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+            table.set_index_type(BlockBasedIndexType::BinarySearch);
+            options.set_memtable_whole_key_filtering(true);
+            options.set_memtable_prefix_bloom_ratio(0.02);
+            // Random digests do not compress; skip the work on the read path.
+            options.set_compression_type(DBCompressionType::None);
+        }
+        _ => options.set_compression_type(DBCompressionType::Lz4),
+    }
+    options.set_block_based_table_factory(&table);
+    options
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`. Every family is opened with its
+    /// explicit options: opening by name alone would silently drop the bloom filters.
+    pub fn open(path: &Path, store_options: &StoreOptions) -> Result<Store, StoreError> {
+        let cache = Cache::new_hyper_clock_cache(store_options.block_cache_bytes, 0);
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.increase_parallelism(2);
+        db_options.set_bytes_per_sync(1 << 20);
+        let descriptors = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|err| {
+            if err.to_string().contains("lock") {
+                StoreError::Locked(path.to_owned())
+            } else {
+                StoreError::Rocks(err)
+            }
+        })?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(store_options.sync_writes);
+        let store = Store {
+            db,
+            path: path.to_owned(),
+            write_options,
+        };
+        store.check_schema_version()?;
+        Ok(store)
+    }
+
+    fn check_schema_version(&self) -> Result<(), StoreError> {
+        let meta = self.cf(cf::META);
+        match self.db.get_cf(meta, keys::SCHEMA_VERSION_KEY)? {
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaMismatch {
+                        path: self.path.clone(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                let mut write_options = WriteOptions::default();
+                write_options.set_sync(true);
+                self.db.put_cf_opt(
+                    meta,
+                    keys::SCHEMA_VERSION_KEY,
+                    SCHEMA_VERSION.to_be_bytes(),
+                    &write_options,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every family in cf::ALL is opened at start")
+    }
+
+    /// Summaries of `digests`, which must be sorted (RocksDB then batches the reads per
+    /// block). One result per digest, in order.
+    pub fn get_summaries(&self, sorted_digests: &[Digest]) -> Result<Vec<Option<Vec<SummaryEntry>>>, StoreError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_verify_checksums(false);
+        let values = self
+            .db
+            .batched_multi_get_cf_opt(self.cf(cf::SUMMARIES), sorted_digests, true, &read_options);
+        values
+            .into_iter()
+            .map(|value| -> Result<_, StoreError> {
+                match value? {
+                    Some(bytes) => Ok(Some(codec::decode_summary(&bytes)?)),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    /// Flag records by exact key; `sorted_keys` must be sorted. One result per key.
+    pub fn get_flags(&self, sorted_keys: &[FlagKey]) -> Result<Vec<Option<FlagRecord>>, StoreError> {
+        let encoded: Vec<[u8; keys::FLAG_KEY_LEN]> = sorted_keys.iter().map(keys::flag_key).collect();
+        let values = self.db.batched_multi_get_cf(self.cf(cf::FLAGS), &encoded, true);
+        values
+            .into_iter()
+            .map(|value| -> Result<_, StoreError> {
+                match value? {
+                    Some(bytes) => Ok(Some(codec::decode_flag(&bytes)?)),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    /// Every stored flag of one digest: one prefix scan.
+    pub fn flags_of_digest(&self, digest: &Digest) -> Result<Vec<(FlagKey, FlagRecord)>, StoreError> {
+        let mut flags = Vec::new();
+        let iterator = self
+            .db
+            .iterator_cf(self.cf(cf::FLAGS), IteratorMode::From(digest, Direction::Forward));
+        for item in iterator {
+            let (key, value) = item?;
+            if !key.starts_with(digest) {
+                break;
+            }
+            flags.push((keys::decode_flag_key(&key)?, codec::decode_flag(&value)?));
+        }
+        Ok(flags)
+    }
+
+    pub fn load_principals(&self) -> Result<Vec<PrincipalRecord>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(cf::PRINCIPALS), IteratorMode::Start)
+            .map(|item| -> Result<_, StoreError> {
+                let (_key, value) = item?;
+                Ok(codec::decode_principal(&value)?)
+            })
+            .collect()
+    }
+
+    /// The sequence number of the newest change-log entry, 0 when the log is empty.
+    pub fn last_sequence(&self) -> Result<u64, StoreError> {
+        let mut iterator = self.db.iterator_cf(self.cf(cf::CHANGES), IteratorMode::End);
+        match iterator.next() {
+            Some(item) => Ok(keys::decode_sequence_key(&item?.0)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Up to `limit` change-log entries with a sequence number above `after`, in order.
+    pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, ChangeRecord)>, StoreError> {
+        let start = keys::sequence_key(after.saturating_add(1));
+        self.db
+            .iterator_cf(self.cf(cf::CHANGES), IteratorMode::From(&start, Direction::Forward))
+            .take(limit)
+            .map(|item| -> Result<_, StoreError> {
+                let (key, value) = item?;
+                Ok((keys::decode_sequence_key(&key)?, codec::decode_change(&value)?))
+            })
+            .collect()
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+        }
+    }
+
+    /// Writes the whole batch atomically; with `sync_writes` it returns only once the WAL
+    /// is on disk.
+    pub fn commit(&self, batch: Batch<'_>) -> Result<(), StoreError> {
+        self.db.write_opt(batch.inner, &self.write_options)?;
+        Ok(())
+    }
+}
+
+/// An atomic group of writes across families.
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: WriteBatch,
+}
+
+impl Batch<'_> {
+    /// Stores the summary of `digest`, or deletes it when no flag is left.
+    pub fn put_summary(&mut self, digest: &Digest, entries: &[SummaryEntry]) {
+        let family = self.store.cf(cf::SUMMARIES);
+        if entries.is_empty() {
+            self.inner.delete_cf(family, digest);
+        } else {
+            self.inner.put_cf(family, digest, codec::encode_summary(entries));
+        }
+    }
+
+    pub fn put_flag(&mut self, key: &FlagKey, record: &FlagRecord) {
+        self.inner
+            .put_cf(self.store.cf(cf::FLAGS), keys::flag_key(key), codec::encode_flag(record));
+    }
+
+    pub fn delete_flag(&mut self, key: &FlagKey) {
+        self.inner.delete_cf(self.store.cf(cf::FLAGS), keys::flag_key(key));
+    }
+
+    pub fn put_change(&mut self, sequence: u64, record: &ChangeRecord) {
+        self.inner.put_cf(
+            self.store.cf(cf::CHANGES),
+            keys::sequence_key(sequence),
+            codec::encode_change(record),
+        );
+    }
+
+    pub fn put_principal(&mut self, record: &PrincipalRecord) {
+        self.inner.put_cf(
+            self.store.cf(cf::PRINCIPALS),
+            keys::principal_key(record.id),
+            codec::encode_principal(record),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Kind;
+    use crate::model::{Category, Change};
+
+    fn entry(member: u32) -> SummaryEntry {
+        SummaryEntry {
+            member,
+            kind: Kind::Email,
+            category: Category::Grooming,
+            confidence: 50,
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            expires_at_ms: 3,
+        }
+    }
+
+    #[test]
+    fn batch_commits_all_families_together_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions::default();
+        let key = FlagKey {
+            digest: [1; 32],
+            member: 1,
+            kind: Kind::Email,
+            category: Category::Grooming,
+        };
+        {
+            let store = Store::open(dir.path(), &options).unwrap();
+            let mut batch = store.batch();
+            batch.put_summary(&key.digest, &[entry(1)]);
+            batch.put_change(
+                1,
+                &ChangeRecord {
+                    at_ms: 5,
+                    key,
+                    change: Change::Upsert(entry(1)),
+                },
+            );
+            store.commit(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &options).unwrap();
+        let found = store.get_summaries(&[[0; 32], [1; 32], [2; 32]]).unwrap();
+        assert_eq!(found, vec![None, Some(vec![entry(1)]), None]);
+        assert_eq!(store.last_sequence().unwrap(), 1);
+        assert_eq!(store.changes_after(0, 10).unwrap().len(), 1);
+        assert!(store.changes_after(1, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_path_is_refused_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let second = Store::open(dir.path(), &StoreOptions::default());
+        assert!(matches!(second, Err(StoreError::Locked(_))), "{:?}", second.err());
+    }
+
+    #[test]
+    fn another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            store
+                .db
+                .put_cf(store.cf(cf::META), keys::SCHEMA_VERSION_KEY, 99u32.to_be_bytes())
+                .unwrap();
+        }
+        let reopened = Store::open(dir.path(), &StoreOptions::default());
+        assert!(matches!(reopened, Err(StoreError::SchemaMismatch { found: 99, .. })));
+    }
+}

@@ -1,0 +1,180 @@
+//! The `flagshare` binary, driven as a user would: keygen, hash, and the README walkthrough
+//! (init, serve, add two members, submit, query) against a real server process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flagshare::digest::{ConsortiumKey, Hasher, Kind, NormalizeOptions};
+
+fn flagshare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flagshare"))
+        .args(args)
+        .env_remove("FLAGSHARE_BUNDLE")
+        .env_remove("FLAGSHARE_KEY")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_hash_prints_the_spec_digest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("consortium.key");
+    let output = flagshare(&["keygen", "--out", path(&key_path)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!flagshare(&["keygen", "--out", path(&key_path)]).status.success(), "never overwrite a key");
+
+    let output = flagshare(&["hash", "--kind", "email", "--key", path(&key_path), "Foo.Bar+x@Example.com"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let key = ConsortiumKey::load(&key_path).unwrap();
+    let expected = Hasher::new(&key).digest_normalized(Kind::Email, "foo.bar@example.com");
+    assert_eq!(stdout(&output), format!("foo.bar@example.com\t{}\n", hex::encode(expected)));
+
+    let output = flagshare(&["hash", "--kind", "email", "--key", path(&key_path), "not-an-email"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("invalid email identifier: it has no '@'"), "{}", stderr(&output));
+    let _ = NormalizeOptions::default();
+}
+
+/// A `flagshare serve` child process, stopped with SIGTERM on drop.
+struct ServeProcess {
+    child: Child,
+    port: u16,
+}
+
+impl ServeProcess {
+    fn start(data: &Path) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flagshare"))
+            .args(["serve", "--data", path(data), "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, port) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(address) = line.split("listening on ").nth(1) {
+                    let port: u16 = address.split_whitespace().next().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+                    let _ = found.send(port);
+                }
+            }
+        });
+        let port = port
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server prints its address within a minute");
+        ServeProcess { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server must stop within 30 s of SIGTERM");
+            // A plain test thread, not a runtime worker: polling the child is fine here.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn the_readme_walkthrough_works_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("consortium.key");
+    let alpha = dir.path().join("alpha");
+    let beta = dir.path().join("beta");
+
+    let output = flagshare(&["init", "--data", path(&data)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!flagshare(&["init", "--data", path(&data)]).status.success(), "init refuses to run twice");
+    let server = ServeProcess::start(&data);
+    let endpoint = server.endpoint();
+    let admin = data.join("clients").join("admin");
+
+    for (name, out) in [("alpha", &alpha), ("beta", &beta)] {
+        let output = flagshare(&[
+            "admin", "--bundle", path(&admin), "--endpoint", &endpoint, "member", "add", name, "--out", path(out),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(stdout(&output).contains(&format!("added member '{name}'")), "{}", stdout(&output));
+    }
+    let output = flagshare(&["admin", "--bundle", path(&admin), "--endpoint", &endpoint, "member", "list"]);
+    assert!(stdout(&output).contains("alpha") && stdout(&output).contains("beta"), "{}", stdout(&output));
+
+    assert!(flagshare(&["keygen", "--out", path(&key)]).status.success());
+    let output = flagshare(&[
+        "submit", "--bundle", path(&alpha), "--endpoint", &endpoint, "--key", path(&key), "--kind", "email",
+        "--category", "grooming", "--confidence", "90", "Offender+alt@Example.com",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("submitted 1 flag(s): 1 new, 0 updated"), "{}", stdout(&output));
+
+    let output = flagshare(&[
+        "query", "--bundle", path(&beta), "--endpoint", &endpoint, "--key", path(&key), "--kind", "email", "--json",
+        "offender@example.com", "innocent@example.com",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "only the flagged identifier is printed: {}", stdout(&output));
+    assert_eq!(lines[0]["identifier"], "offender@example.com");
+    assert_eq!(lines[0]["members"], serde_json::json!(["alpha"]));
+    assert_eq!(lines[0]["categories"], serde_json::json!(["grooming"]));
+    assert_eq!(lines[0]["max_confidence"], 90);
+    assert_eq!(lines[0]["flagged_by_caller"], false);
+
+    // A file with one bad line: the good lines are submitted, the bad one is reported by
+    // line number, and the exit code says something was rejected.
+    let csv = dir.path().join("ids.csv");
+    std::fs::write(&csv, "identifier,kind,category\nsecond@example.com,email,sextortion\nno-at-sign,email,grooming\n+447700900123,phone,grooming\n").unwrap();
+    let output = flagshare(&[
+        "submit", "--bundle", path(&alpha), "--endpoint", &endpoint, "--key", path(&key), "--file", path(&csv),
+    ]);
+    assert!(!output.status.success());
+    assert!(stdout(&output).contains("submitted 2 flag(s)"), "{}", stdout(&output));
+    assert!(stderr(&output).contains("line 3: invalid email identifier: it has no '@'"), "{}", stderr(&output));
+
+    let output = flagshare(&[
+        "retract", "--bundle", path(&alpha), "--endpoint", &endpoint, "--key", path(&key), "--kind", "email",
+        "--reason", "appeal_upheld", "offender@example.com",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("retracted 1 flag(s)"), "{}", stdout(&output));
+    let output = flagshare(&[
+        "query", "--bundle", path(&beta), "--endpoint", &endpoint, "--key", path(&key), "--kind", "email", "--json",
+        "offender@example.com",
+    ]);
+    assert_eq!(stdout(&output), "", "a retracted flag no longer matches");
+
+    assert!(server.stop().success(), "SIGTERM stops the server cleanly");
+}

@@ -1,0 +1,255 @@
+//! Submit, query and retract across members, and durability across a restart.
+
+use flagshare::pb;
+use tonic::Code;
+
+use crate::support::{TestServer, email_digest, flag, query, submit_request};
+
+#[tokio::test]
+async fn a_flag_submitted_by_one_member_matches_another_members_query() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let flagged = email_digest("offender@example.com");
+    let clean = email_digest("someone.else@example.com");
+
+    let response = alpha
+        .submit(submit_request(vec![flag(flagged, pb::Category::Grooming, 90)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((response.n_created, response.n_updated), (1, 0));
+    assert!(response.sequence >= 1);
+
+    let matches = query(&mut beta, &[clean, flagged, clean]).await;
+    assert_eq!(matches.len(), 1, "misses are not returned");
+    let found = &matches[0];
+    assert_eq!(found.index, 1);
+    assert_eq!(found.digest, flagged.to_vec());
+    assert_eq!(found.n_members, 1);
+    assert_eq!(found.members, vec!["alpha"]);
+    assert_eq!(found.categories, vec![pb::Category::Grooming as i32]);
+    assert_eq!(found.kinds, vec![pb::IdentifierKind::Email as i32]);
+    assert_eq!(found.max_confidence, 90);
+    assert!(!found.flagged_by_caller);
+    assert!(found.first_seen.is_some() && found.last_seen.is_some());
+
+    let own = query(&mut alpha, &[flagged]).await;
+    assert!(own[0].flagged_by_caller);
+}
+
+#[tokio::test]
+async fn distinct_members_are_counted_once_each() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let mut gamma = server.member("gamma").await;
+    let digest = email_digest("counted@example.com");
+
+    alpha
+        .submit(submit_request(vec![
+            flag(digest, pb::Category::Grooming, 40),
+            flag(digest, pb::Category::Sextortion, 60),
+        ]))
+        .await
+        .unwrap();
+    beta.submit(submit_request(vec![flag(digest, pb::Category::Grooming, 75)]))
+        .await
+        .unwrap();
+
+    let matches = query(&mut gamma, &[digest]).await;
+    assert_eq!(matches[0].n_members, 2, "two categories from alpha still count alpha once");
+    assert_eq!(matches[0].members, vec!["alpha", "beta"]);
+    assert_eq!(
+        matches[0].categories,
+        vec![pb::Category::Grooming as i32, pb::Category::Sextortion as i32]
+    );
+    assert_eq!(matches[0].max_confidence, 75);
+}
+
+#[tokio::test]
+async fn resubmitting_the_same_flag_updates_it_instead_of_duplicating_it() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let digest = email_digest("again@example.com");
+
+    let first = alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 30)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 95)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.n_created, first.n_updated), (1, 0));
+    assert_eq!((second.n_created, second.n_updated), (0, 1));
+    assert!(second.sequence > first.sequence);
+
+    let matches = query(&mut beta, &[digest]).await;
+    assert_eq!(matches[0].n_members, 1);
+    assert_eq!(matches[0].categories.len(), 1);
+    assert_eq!(matches[0].max_confidence, 95, "the latest confidence wins");
+}
+
+#[tokio::test]
+async fn retraction_removes_the_match_and_only_touches_the_callers_flags() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let shared = email_digest("shared@example.com");
+    let alpha_only = email_digest("alpha.only@example.com");
+    alpha
+        .submit(submit_request(vec![
+            flag(shared, pb::Category::Grooming, 80),
+            flag(alpha_only, pb::Category::Grooming, 80),
+            flag(alpha_only, pb::Category::Trafficking, 80),
+        ]))
+        .await
+        .unwrap();
+    beta.submit(submit_request(vec![flag(shared, pb::Category::Sextortion, 50)]))
+        .await
+        .unwrap();
+
+    // beta cannot withdraw alpha's flag: its selector matches nothing of its own.
+    let refused = beta
+        .retract(pb::RetractRequest {
+            flags: vec![pb::FlagSelector {
+                digest: alpha_only.to_vec(),
+                kind: 0,
+                category: 0,
+            }],
+            reason: pb::RetractReason::FalsePositive as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refused.n_retracted, 0);
+    assert_eq!(refused.unmatched_indexes, vec![0]);
+    assert_eq!(query(&mut beta, &[alpha_only]).await.len(), 1);
+
+    // An unspecified kind and category withdraw every one of alpha's flags on the digest.
+    let retracted = alpha
+        .retract(pb::RetractRequest {
+            flags: vec![
+                pb::FlagSelector {
+                    digest: alpha_only.to_vec(),
+                    kind: 0,
+                    category: 0,
+                },
+                pb::FlagSelector {
+                    digest: shared.to_vec(),
+                    kind: pb::IdentifierKind::Email as i32,
+                    category: pb::Category::Grooming as i32,
+                },
+            ],
+            reason: pb::RetractReason::AppealUpheld as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retracted.n_retracted, 3);
+    assert!(retracted.unmatched_indexes.is_empty());
+
+    let matches = query(&mut beta, &[alpha_only, shared]).await;
+    assert_eq!(matches.len(), 1, "alpha_only no longer matches");
+    assert_eq!(matches[0].index, 1);
+    assert_eq!(matches[0].members, vec!["beta"], "beta's own flag on the shared digest stays");
+}
+
+#[tokio::test]
+async fn flags_and_principals_survive_a_restart() {
+    let server = TestServer::start().await;
+    let alpha_bundle = server.enroll("alpha", flagshare::model::Role::Member).await;
+    let beta_bundle = server.enroll("beta", flagshare::model::Role::Member).await;
+    let digest = email_digest("durable@example.com");
+    let mut alpha = flagshare::pb::flags_client::FlagsClient::new(server.channel(&alpha_bundle).await);
+    let before = alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::CsamSharing, 70)]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir).await;
+
+    let mut beta = flagshare::pb::flags_client::FlagsClient::new(server.channel(&beta_bundle).await);
+    let matches = query(&mut beta, &[digest]).await;
+    assert_eq!(matches.len(), 1);
+    assert_eq!(matches[0].members, vec!["alpha"]);
+    assert_eq!(matches[0].categories, vec![pb::Category::CsamSharing as i32]);
+
+    // The change log continues where it stopped: sequence numbers never repeat.
+    let mut alpha = flagshare::pb::flags_client::FlagsClient::new(server.channel(&alpha_bundle).await);
+    let after = alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 70)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.sequence, before.sequence + 1);
+}
+
+#[tokio::test]
+async fn an_expired_flag_stops_matching() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let digest = email_digest("short.lived@example.com");
+    let mut short = flag(digest, pb::Category::Grooming, 80);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let expires_ms = now.as_millis() as i64 + 1_500;
+    short.expires_at = Some(flagshare::server::convert::timestamp_from_ms(expires_ms));
+    alpha.submit(submit_request(vec![short])).await.unwrap();
+    assert_eq!(query(&mut alpha, &[digest]).await.len(), 1);
+    // Bounded wait for the expiry to pass (the flag's own clock, not a timing assertion).
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    assert!(query(&mut alpha, &[digest]).await.is_empty());
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_without_proto_files() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start().await;
+    let channel = server.channel(&server.admin).await;
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "flagshare.v1.Flags".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    for expected in ["flagshare.v1.Flags", "flagshare.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+    }
+}

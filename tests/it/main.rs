@@ -1,0 +1,8 @@
+//! Integration tests: one binary, real servers on 127.0.0.1:0 with generated PKIs.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod flags;
+mod identity;

@@ -1,0 +1,138 @@
+//! Test harness: real flagshare servers on 127.0.0.1:0, each with its own temporary data
+//! folder and freshly generated PKI.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use flagshare::client::{Bundle, enroll};
+use flagshare::config::Config;
+use flagshare::digest::{ConsortiumKey, Digest, Hasher, Kind, NormalizeOptions};
+use flagshare::model::Role;
+use flagshare::pb;
+use flagshare::pb::admin_client::AdminClient;
+use flagshare::pb::flags_client::FlagsClient;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub admin: Bundle,
+    dir: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+fn test_config(data_dir: &Path) -> Config {
+    Config {
+        data_dir: data_dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// A new data folder, `init`ed, and a server on it.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        flagshare::cli::setup::initialize(&test_config(dir.path())).await.unwrap();
+        TestServer::start_in(dir).await
+    }
+
+    /// A server on an existing data folder (after `stop`).
+    pub async fn start_in(dir: TempDir) -> TestServer {
+        let config = test_config(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(flagshare::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let admin = Bundle::load(&dir.path().join("clients").join("admin")).unwrap();
+        TestServer {
+            addr,
+            admin,
+            dir: Some(dir),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Stops the server, waits until it closed its database, and hands back the folder.
+    pub async fn stop(mut self) -> TempDir {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap().unwrap();
+        self.dir.take().unwrap()
+    }
+
+    pub async fn channel(&self, bundle: &Bundle) -> Channel {
+        bundle.connect(Some(&self.endpoint())).await.unwrap()
+    }
+
+    pub async fn admin_client(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(&self.admin).await)
+    }
+
+    pub async fn enroll(&self, name: &str, role: Role) -> Bundle {
+        let mut admin = self.admin_client().await;
+        enroll(&mut admin, name, role, &self.endpoint(), "localhost").await.unwrap()
+    }
+
+    /// A new member principal and a `Flags` client for it.
+    pub async fn member(&self, name: &str) -> FlagsClient<Channel> {
+        let bundle = self.enroll(name, Role::Member).await;
+        FlagsClient::new(self.channel(&bundle).await)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn hasher() -> Hasher {
+    Hasher::new(&ConsortiumKey::from_parts(1, [42; 32]))
+}
+
+pub fn email_digest(address: &str) -> Digest {
+    hasher().digest(Kind::Email, address, &NormalizeOptions::default()).unwrap().1
+}
+
+pub fn flag(digest: Digest, category: pb::Category, confidence: u32) -> pb::Flag {
+    pb::Flag {
+        digest: digest.to_vec(),
+        kind: pb::IdentifierKind::Email as i32,
+        category: category as i32,
+        confidence,
+        observed_at: None,
+        expires_at: None,
+        reference: Vec::new(),
+    }
+}
+
+pub fn submit_request(flags: Vec<pb::Flag>) -> pb::SubmitRequest {
+    pb::SubmitRequest { flags, key_id: 1 }
+}
+
+pub fn query_request(digests: &[Digest]) -> pb::QueryRequest {
+    pb::QueryRequest {
+        digests: digests.concat().into(),
+    }
+}
+
+/// Queries `digests` as `client` and returns the matches.
+pub async fn query(client: &mut FlagsClient<Channel>, digests: &[Digest]) -> Vec<pb::Match> {
+    client.query(query_request(digests)).await.unwrap().into_inner().matches
+}
