@@ -81,7 +81,10 @@ impl Config {
     pub fn policy(&self) -> crate::domain::Policy {
         let ttl_ms = i64::from(self.default_flag_ttl_days) * 24 * 60 * 60 * 1000;
         crate::domain::Policy {
-            default_ttl_ms: crate::model::Category::ALL.iter().map(|category| (*category, ttl_ms)).collect(),
+            default_ttl_ms: crate::model::Category::ALL
+                .iter()
+                .map(|category| (*category, ttl_ms))
+                .collect(),
         }
     }
 }

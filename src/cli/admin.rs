@@ -93,7 +93,14 @@ async fn add_member(
         anyhow::bail!("{} already holds a bundle", args.out.display());
     }
     let endpoint = endpoint.unwrap_or(&admin_bundle.config.endpoint);
-    let bundle = enroll(client, &args.name, args.role, endpoint, &admin_bundle.config.server_name).await?;
+    let bundle = enroll(
+        client,
+        &args.name,
+        args.role,
+        endpoint,
+        &admin_bundle.config.server_name,
+    )
+    .await?;
     bundle.write(&args.out)?;
     println!(
         "added {} '{}' (certificate sha256 {}); bundle written to {}",
@@ -119,7 +126,10 @@ async fn list_members(client: &mut AdminClient<tonic::transport::Channel>) -> an
         .await
         .map_err(status_error)?
         .into_inner();
-    println!("{:<24} {:<8} {:<10} {:<22} CERTIFICATE SHA-256", "NAME", "ROLE", "STATUS", "CREATED");
+    println!(
+        "{:<24} {:<8} {:<10} {:<22} CERTIFICATE SHA-256",
+        "NAME", "ROLE", "STATUS", "CREATED"
+    );
     for principal in response.principals {
         let created = principal
             .created_at

@@ -48,7 +48,11 @@ pub fn from_args(values: &[String]) -> Vec<InputRecord> {
 
 /// Reads a `.csv` or `.jsonl` file. Lines that cannot be read are returned as rejected.
 pub fn from_file(path: &Path) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
-    let extension = path.extension().and_then(|ext| ext.to_str()).unwrap_or("").to_ascii_lowercase();
+    let extension = path
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match extension.as_str() {
         "csv" => from_csv(path),
         "jsonl" | "ndjson" | "json" => from_jsonl(path),
@@ -121,7 +125,11 @@ mod tests {
     fn csv_rows_keep_their_line_numbers_and_bad_rows_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.csv");
-        std::fs::write(&path, "identifier,category,confidence\na@example.com,grooming,80\nb@example.com,,x\nc@example.com,,\n").unwrap();
+        std::fs::write(
+            &path,
+            "identifier,category,confidence\na@example.com,grooming,80\nb@example.com,,x\nc@example.com,,\n",
+        )
+        .unwrap();
         let (records, rejected) = from_file(&path).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].line, 2);
@@ -135,7 +143,11 @@ mod tests {
     fn jsonl_lines_are_read_and_bad_lines_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.jsonl");
-        std::fs::write(&path, "{\"identifier\":\"+447700900123\",\"kind\":\"phone\"}\n\nnot json\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"identifier\":\"+447911123456\",\"kind\":\"phone\"}\n\nnot json\n",
+        )
+        .unwrap();
         let (records, rejected) = from_file(&path).unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].kind.as_deref(), Some("phone"));

@@ -125,7 +125,11 @@ pub struct RetractArgs {
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
     let key = ConsortiumKey::generate(args.key_id)?;
     key.save_new(&args.out)?;
-    println!("wrote consortium key {} (key id {}), mode 0600", args.out.display(), args.key_id);
+    println!(
+        "wrote consortium key {} (key id {}), mode 0600",
+        args.out.display(),
+        args.key_id
+    );
     Ok(())
 }
 
@@ -217,8 +221,12 @@ async fn flags_client(connect: &ConnectArgs) -> anyhow::Result<FlagsClient<tonic
 }
 
 fn parse_time(field: &str, text: &str) -> Result<i64, String> {
-    let time = humantime::parse_rfc3339_weak(text).map_err(|err| format!("{field}: '{text}' is not an RFC 3339 time ({err})"))?;
-    Ok(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|err| format!("{field}: '{text}' is not an RFC 3339 time ({err})"))?;
+    Ok(time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }
 
 pub fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
@@ -267,7 +275,10 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         n_created += u64::from(response.n_created);
         n_updated += u64::from(response.n_updated);
     }
-    println!("submitted {} flag(s): {n_created} new, {n_updated} updated", flags.len());
+    println!(
+        "submitted {} flag(s): {n_created} new, {n_updated} updated",
+        flags.len()
+    );
     Ok(report_rejected(&mut rejected))
 }
 
@@ -283,8 +294,16 @@ fn flag_from_record(args: &SubmitArgs, item: &Hashed, now_ms: i64) -> Result<pb:
         (None, Some(duration)) => Some(now_ms + duration.as_millis() as i64),
         (None, None) => None,
     };
-    let observed_at_ms = record.observed_at.as_deref().map(|text| parse_time("observed_at", text)).transpose()?;
-    let reference = record.reference.clone().or_else(|| args.reference.clone()).unwrap_or_default();
+    let observed_at_ms = record
+        .observed_at
+        .as_deref()
+        .map(|text| parse_time("observed_at", text))
+        .transpose()?;
+    let reference = record
+        .reference
+        .clone()
+        .or_else(|| args.reference.clone())
+        .unwrap_or_default();
     Ok(pb::Flag {
         digest: item.digest.to_vec(),
         kind: kind_to_pb(item.kind) as i32,
@@ -302,7 +321,10 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
     let mut client = flags_client(&args.connect).await?;
     let mut n_matched = 0usize;
     if !args.json {
-        println!("{:<32} {:>7} {:<28} {:<28} {:>4} {:<3}", "IDENTIFIER", "MEMBERS", "FLAGGED BY", "CATEGORIES", "CONF", "YOU");
+        println!(
+            "{:<32} {:>7} {:<28} {:<28} {:>4} {:<3}",
+            "IDENTIFIER", "MEMBERS", "FLAGGED BY", "CATEGORIES", "CONF", "YOU"
+        );
     }
     for batch in hashed.chunks(args.input.batch_size as usize) {
         let mut packed = Vec::with_capacity(batch.len() * 32);
@@ -384,7 +406,10 @@ pub async fn retract(args: &RetractArgs) -> anyhow::Result<ExitCode> {
         n_retracted += u64::from(response.n_retracted);
         for index in response.unmatched_indexes {
             let item = &batch[index as usize];
-            eprintln!("line {}: you have no flag on '{}'", item.record.line, item.record.identifier);
+            eprintln!(
+                "line {}: you have no flag on '{}'",
+                item.record.line, item.record.identifier
+            );
         }
     }
     println!("retracted {n_retracted} flag(s)");

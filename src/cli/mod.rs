@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, DEFAULT_DATA_DIR};
 
 #[derive(Parser)]
-#[command(name = "flagshare", version, about = "Share keyed digests of flagged accounts between platforms")]
+#[command(
+    name = "flagshare",
+    version,
+    about = "Share keyed digests of flagged accounts between platforms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,10 +73,17 @@ pub struct InitArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

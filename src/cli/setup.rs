@@ -47,8 +47,7 @@ pub async fn init_command(args: &InitArgs) -> anyhow::Result<()> {
 /// Creates the PKI and the database of `config`, registers the principal `admin` and
 /// writes its bundle under `<data>/clients/admin`. Refuses if a PKI exists.
 pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let pki = Pki::create(&config.data_dir, &config.operator_name, &config.host_names)?;
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy())?;
@@ -56,7 +55,9 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     let admin_key = generate_client_key()?;
     let (cert_pem, cert_sha256) =
         pki.issue_client_certificate("admin", Role::Admin, &admin_key.subject_public_key_info())?;
-    domain.add_principal("admin".to_owned(), Role::Admin, cert_sha256).await?;
+    domain
+        .add_principal("admin".to_owned(), Role::Admin, cert_sha256)
+        .await?;
     let admin_bundle = config.clients_dir().join("admin");
     // Clients reach the server by its certificate's first host name; for a development
     // server that is "localhost", which is dialled as the loopback address it listens on.

@@ -123,7 +123,10 @@ mod tests {
         let loaded = ConsortiumKey::load(&path).unwrap();
         assert_eq!(loaded.key_id(), 3);
         assert_eq!(loaded.secret(), key.secret());
-        assert!(key.save_new(&path).is_err(), "an existing key file must not be overwritten");
+        assert!(
+            key.save_new(&path).is_err(),
+            "an existing key file must not be overwritten"
+        );
     }
 
     #[test]

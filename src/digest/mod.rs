@@ -91,7 +91,9 @@ impl FromStr for Kind {
             .into_iter()
             .find(|kind| kind.as_str() == wanted || (wanted == "ip" && *kind == Kind::IpAddress))
             .ok_or_else(|| {
-                format!("unknown identifier kind '{s}' (expected email, phone, username, device_id, ip_address or other)")
+                format!(
+                    "unknown identifier kind '{s}' (expected email, phone, username, device_id, ip_address or other)"
+                )
             })
     }
 }
@@ -171,8 +173,8 @@ mod tests {
     #[test]
     fn different_keys_give_different_digests() {
         let first = hasher().digest_normalized(Kind::Email, "a@example.com");
-        let second = Hasher::new(&ConsortiumKey::from_parts(2, [8u8; 32]))
-            .digest_normalized(Kind::Email, "a@example.com");
+        let second =
+            Hasher::new(&ConsortiumKey::from_parts(2, [8u8; 32])).digest_normalized(Kind::Email, "a@example.com");
         assert_ne!(first, second);
     }
 
@@ -190,7 +192,12 @@ mod tests {
         assert_eq!("EMAIL".parse::<Kind>().unwrap(), Kind::Email);
         assert_eq!("device-id".parse::<Kind>().unwrap(), Kind::DeviceId);
         assert_eq!("ip".parse::<Kind>().unwrap(), Kind::IpAddress);
-        assert!("fax".parse::<Kind>().unwrap_err().contains("unknown identifier kind 'fax'"));
+        assert!(
+            "fax"
+                .parse::<Kind>()
+                .unwrap_err()
+                .contains("unknown identifier kind 'fax'")
+        );
     }
 }
 
@@ -218,18 +225,29 @@ mod vectors {
             let kind: Kind = vector["kind"].as_str().unwrap().parse().unwrap();
             let input = vector["input"].as_str().unwrap();
             let (normalized, digest) = hasher.digest(kind, input, &options).unwrap();
-            assert_eq!(normalized, vector["normalized"].as_str().unwrap(), "normal form of {input:?}");
+            assert_eq!(
+                normalized,
+                vector["normalized"].as_str().unwrap(),
+                "normal form of {input:?}"
+            );
             if write {
                 vector["digest"] = serde_json::Value::String(hex::encode(digest));
             } else {
-                assert_eq!(hex::encode(digest), vector["digest"].as_str().unwrap(), "digest of {input:?}");
+                assert_eq!(
+                    hex::encode(digest),
+                    vector["digest"].as_str().unwrap(),
+                    "digest of {input:?}"
+                );
             }
         }
         for invalid in doc["invalid"].as_array().unwrap() {
             let kind: Kind = invalid["kind"].as_str().unwrap().parse().unwrap();
             let input = invalid["input"].as_str().unwrap();
             let err = normalize(kind, input, &options).unwrap_err();
-            assert!(err.reason.contains(invalid["reason"].as_str().unwrap()), "{input:?}: {err}");
+            assert!(
+                err.reason.contains(invalid["reason"].as_str().unwrap()),
+                "{input:?}: {err}"
+            );
         }
         if write {
             std::fs::write(PATH, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();

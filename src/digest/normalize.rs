@@ -105,8 +105,13 @@ fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, 
                 .to_owned(),
         );
     }
-    let region = if international { None } else { options.default_phone_region };
-    let number = phonenumber::parse(region, trimmed).map_err(|err| format!("it does not parse as a phone number ({err})"))?;
+    let region = if international {
+        None
+    } else {
+        options.default_phone_region
+    };
+    let number =
+        phonenumber::parse(region, trimmed).map_err(|err| format!("it does not parse as a phone number ({err})"))?;
     if !phonenumber::is_valid(&number) {
         return Err("it is not a valid number in its country's numbering plan".to_owned());
     }
@@ -150,7 +155,10 @@ fn normalize_device_id(trimmed: &str) -> Result<String, String> {
     let lowered: String = trimmed.nfkc().collect::<String>().to_lowercase();
     // Hardware and advertising ids are hex written with assorted separators (MAC
     // addresses, UUIDs, IMEIs): drop the separators so every spelling agrees.
-    let compact: String = lowered.chars().filter(|c| !matches!(c, '-' | ':' | '.' | ' ')).collect();
+    let compact: String = lowered
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':' | '.' | ' '))
+        .collect();
     let normal = if !compact.is_empty() && compact.chars().all(|c| c.is_ascii_hexdigit()) {
         compact
     } else {
@@ -205,25 +213,40 @@ mod tests {
 
     #[test]
     fn email_rules() {
-        assert_eq!(norm(Kind::Email, "  Foo.Bar+x@Example.COM ").unwrap(), "foo.bar@example.com");
+        assert_eq!(
+            norm(Kind::Email, "  Foo.Bar+x@Example.COM ").unwrap(),
+            "foo.bar@example.com"
+        );
         assert_eq!(norm(Kind::Email, "F.o.o+tag@GoogleMail.com").unwrap(), "foo@gmail.com");
         assert_eq!(norm(Kind::Email, "foo@example.com.").unwrap(), "foo@example.com");
         assert!(norm(Kind::Email, "foo.example.com").unwrap_err().contains("has no '@'"));
-        assert!(norm(Kind::Email, "a@b@example.com").unwrap_err().contains("more than one '@'"));
+        assert!(
+            norm(Kind::Email, "a@b@example.com")
+                .unwrap_err()
+                .contains("more than one '@'")
+        );
         assert!(norm(Kind::Email, "+tag@example.com").unwrap_err().contains("plus-tag"));
         assert!(norm(Kind::Email, "foo@localhost").unwrap_err().contains("has no dot"));
-        assert!(norm(Kind::Email, "foo bar@example.com").unwrap_err().contains("white space"));
+        assert!(
+            norm(Kind::Email, "foo bar@example.com")
+                .unwrap_err()
+                .contains("white space")
+        );
         assert!(norm(Kind::Email, "").unwrap_err().contains("it is empty"));
     }
 
     #[test]
     fn phone_rules() {
-        assert_eq!(norm(Kind::Phone, "+44 7700 900123").unwrap(), "+447700900123");
-        assert_eq!(norm(Kind::Phone, "07700 900123").unwrap(), "+447700900123");
+        assert_eq!(norm(Kind::Phone, "+44 7911 123456").unwrap(), "+447911123456");
+        assert_eq!(norm(Kind::Phone, "07911 123456").unwrap(), "+447911123456");
         assert_eq!(norm(Kind::Phone, "+1 (202) 555-0143").unwrap(), "+12025550143");
-        assert!(norm(Kind::Phone, "not a number").unwrap_err().contains("invalid phone identifier"));
+        assert!(
+            norm(Kind::Phone, "not a number")
+                .unwrap_err()
+                .contains("invalid phone identifier")
+        );
         assert!(norm(Kind::Phone, "+44 12").unwrap_err().contains("phone"));
-        let no_region = normalize(Kind::Phone, "07700 900123", &NormalizeOptions::default()).unwrap_err();
+        let no_region = normalize(Kind::Phone, "07911 123456", &NormalizeOptions::default()).unwrap_err();
         assert!(no_region.reason.contains("no default region"), "{no_region}");
     }
 
@@ -232,7 +255,10 @@ mod tests {
         assert_eq!(norm(Kind::Username, "Instagram:@Alice").unwrap(), "instagram:alice");
         assert_eq!(norm(Kind::Username, "tiktok:STRASSE").unwrap(), "tiktok:strasse");
         assert_eq!(norm(Kind::Username, "tiktok:Straße").unwrap(), "tiktok:strasse");
-        assert_eq!(norm(Kind::Username, "discord:ｆｕｌｌｗｉｄｔｈ").unwrap(), "discord:fullwidth");
+        assert_eq!(
+            norm(Kind::Username, "discord:ｆｕｌｌｗｉｄｔｈ").unwrap(),
+            "discord:fullwidth"
+        );
         assert!(norm(Kind::Username, "alice").unwrap_err().contains("no platform scope"));
         assert!(norm(Kind::Username, "in sta:alice").unwrap_err().contains("platform"));
         assert!(norm(Kind::Username, "x:").unwrap_err().contains("empty"));

@@ -234,16 +234,36 @@ mod tests {
         );
         flags[1].confidence = 1;
         flags[1].reference = vec![0; 129];
-        assert!(validate_new_flags(&flags, now).unwrap_err().to_string().starts_with("flags[1].reference"));
+        assert!(
+            validate_new_flags(&flags, now)
+                .unwrap_err()
+                .to_string()
+                .starts_with("flags[1].reference")
+        );
         flags[1].reference.clear();
         flags[0].expires_at_ms = Some(now - 1);
-        assert!(validate_new_flags(&flags, now).unwrap_err().to_string().starts_with("flags[0].expires_at"));
+        assert!(
+            validate_new_flags(&flags, now)
+                .unwrap_err()
+                .to_string()
+                .starts_with("flags[0].expires_at")
+        );
         flags[0].expires_at_ms = None;
         flags[0].observed_at_ms = Some(now + MAX_CLOCK_SKEW_MS + 1);
-        assert!(validate_new_flags(&flags, now).unwrap_err().to_string().starts_with("flags[0].observed_at"));
+        assert!(
+            validate_new_flags(&flags, now)
+                .unwrap_err()
+                .to_string()
+                .starts_with("flags[0].observed_at")
+        );
         assert!(validate_new_flags(&[], now).unwrap_err().to_string().contains("empty"));
         let too_many = vec![new_flag(1); MAX_BATCH + 1];
-        assert!(validate_new_flags(&too_many, now).unwrap_err().to_string().contains("limit is 10000"));
+        assert!(
+            validate_new_flags(&too_many, now)
+                .unwrap_err()
+                .to_string()
+                .contains("limit is 10000")
+        );
     }
 
     #[test]

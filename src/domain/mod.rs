@@ -34,7 +34,10 @@ pub const DEFAULT_TTL_MS: i64 = 2 * 365 * 24 * 60 * 60 * 1000;
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            default_ttl_ms: Category::ALL.iter().map(|category| (*category, DEFAULT_TTL_MS)).collect(),
+            default_ttl_ms: Category::ALL
+                .iter()
+                .map(|category| (*category, DEFAULT_TTL_MS))
+                .collect(),
         }
     }
 }
@@ -277,8 +280,10 @@ impl Inner {
         let mut n_retracted = 0;
         for (index, selector) in selectors.iter().enumerate() {
             let entries = summaries.get_mut(&selector.digest).expect("every digest was read");
-            let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
-                entries.iter().copied().partition(|entry| selector.selects(caller.id, entry));
+            let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) = entries
+                .iter()
+                .copied()
+                .partition(|entry| selector.selects(caller.id, entry));
             if selected.is_empty() {
                 unmatched_indexes.push(index as u32);
                 continue;

@@ -150,7 +150,10 @@ mod tests {
         ]);
         assert_eq!(registry.authenticate(&[1; 32]).unwrap().name, "alpha");
         assert!(matches!(registry.authenticate(&[2; 32]), Err(Error::PermissionDenied(m)) if m.contains("suspended")));
-        assert!(matches!(registry.authenticate(&[3; 32]), Err(Error::Unauthenticated(_))));
+        assert!(matches!(
+            registry.authenticate(&[3; 32]),
+            Err(Error::Unauthenticated(_))
+        ));
     }
 
     #[test]

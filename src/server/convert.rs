@@ -5,7 +5,7 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::digest::{DIGEST_LEN, Digest, Kind};
-use crate::domain::{FlagSelector, Match, NewFlag, SubmitOutcome, RetractOutcome};
+use crate::domain::{FlagSelector, Match, NewFlag, RetractOutcome, SubmitOutcome};
 use crate::error::{Error, Result};
 use crate::model::{Category, PrincipalRecord, PrincipalStatus, RetractReason, Role};
 use crate::pb;
@@ -29,7 +29,10 @@ pub fn status_from_error(err: Error) -> Status {
 
 pub fn ms_from_timestamp(field: &str, timestamp: &Timestamp) -> Result<i64> {
     if !(0..1_000_000_000).contains(&timestamp.nanos) {
-        return Err(Error::invalid(format!("{field}: nanos {} is outside 0..1e9", timestamp.nanos)));
+        return Err(Error::invalid(format!(
+            "{field}: nanos {} is outside 0..1e9",
+            timestamp.nanos
+        )));
     }
     timestamp
         .seconds
@@ -46,9 +49,9 @@ pub fn timestamp_from_ms(ms: i64) -> Timestamp {
 }
 
 fn digest_from_bytes(field: &str, bytes: &[u8]) -> Result<Digest> {
-    bytes.try_into().map_err(|_| {
-        Error::invalid(format!("{field}: expected {DIGEST_LEN} bytes, got {}", bytes.len()))
-    })
+    bytes
+        .try_into()
+        .map_err(|_| Error::invalid(format!("{field}: expected {DIGEST_LEN} bytes, got {}", bytes.len())))
 }
 
 pub fn kind_from_pb(field: &str, value: i32, required: bool) -> Result<Option<Kind>> {
@@ -210,13 +213,23 @@ mod tests {
             assert_eq!(ms_from_timestamp("t", &timestamp_from_ms(ms)).unwrap(), ms);
         }
         let bad = Timestamp { seconds: 1, nanos: -5 };
-        assert!(ms_from_timestamp("flags[0].observed_at", &bad).unwrap_err().to_string().starts_with("flags[0].observed_at"));
+        assert!(
+            ms_from_timestamp("flags[0].observed_at", &bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("flags[0].observed_at")
+        );
     }
 
     #[test]
     fn packed_digests_must_be_whole() {
         assert_eq!(digests_from_packed(&[0u8; 64]).unwrap().len(), 2);
-        assert!(digests_from_packed(&[0u8; 33]).unwrap_err().to_string().contains("33 bytes"));
+        assert!(
+            digests_from_packed(&[0u8; 33])
+                .unwrap_err()
+                .to_string()
+                .contains("33 bytes")
+        );
         assert!(digests_from_packed(&[]).unwrap_err().to_string().contains("empty"));
     }
 
@@ -226,9 +239,17 @@ mod tests {
             assert_eq!(kind_from_pb("k", kind_to_pb(kind) as i32, true).unwrap(), Some(kind));
         }
         for category in Category::ALL {
-            assert_eq!(category_from_pb("c", category_to_pb(*category) as i32, true).unwrap(), Some(*category));
+            assert_eq!(
+                category_from_pb("c", category_to_pb(*category) as i32, true).unwrap(),
+                Some(*category)
+            );
         }
-        assert!(kind_from_pb("flags[2].kind", 17, true).unwrap_err().to_string().contains("flags[2].kind: unknown identifier kind 17"));
+        assert!(
+            kind_from_pb("flags[2].kind", 17, true)
+                .unwrap_err()
+                .to_string()
+                .contains("flags[2].kind: unknown identifier kind 17")
+        );
         assert_eq!(kind_from_pb("k", 0, false).unwrap(), None);
         assert!(category_from_pb("c", 0, true).is_err());
     }

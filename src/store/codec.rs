@@ -39,7 +39,10 @@ impl<'a> Reader<'a> {
     }
 
     fn error(&self, reason: String) -> DecodeError {
-        DecodeError { what: self.what, reason }
+        DecodeError {
+            what: self.what,
+            reason,
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -124,7 +127,8 @@ fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeErr
 }
 
 pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
-    let n_entries = u16::try_from(entries.len()).expect("a digest holds at most one flag per member, kind and category");
+    let n_entries =
+        u16::try_from(entries.len()).expect("a digest holds at most one flag per member, kind and category");
     let mut out = Vec::with_capacity(3 + entries.len() * SUMMARY_ENTRY_LEN);
     out.push(SUMMARY_V1);
     out.extend_from_slice(&n_entries.to_be_bytes());
@@ -227,7 +231,8 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
         }),
         CHANGE_RETRACT => {
             let byte = reader.u8()?;
-            let reason = RetractReason::from_u8(byte).ok_or_else(|| reader.error(format!("unknown retract reason {byte}")))?;
+            let reason =
+                RetractReason::from_u8(byte).ok_or_else(|| reader.error(format!("unknown retract reason {byte}")))?;
             Change::Retract(reason)
         }
         other => return Err(reader.error(format!("unknown change op {other}"))),
@@ -347,9 +352,19 @@ mod tests {
     fn unknown_versions_truncation_and_trailing_bytes_are_rejected() {
         let mut encoded = encode_summary(&[entry(1)]);
         encoded[0] = 9;
-        assert!(decode_summary(&encoded).unwrap_err().reason.contains("unknown format version 9"));
+        assert!(
+            decode_summary(&encoded)
+                .unwrap_err()
+                .reason
+                .contains("unknown format version 9")
+        );
         let encoded = encode_summary(&[entry(1)]);
-        assert!(decode_summary(&encoded[..encoded.len() - 1]).unwrap_err().reason.contains("truncated"));
+        assert!(
+            decode_summary(&encoded[..encoded.len() - 1])
+                .unwrap_err()
+                .reason
+                .contains("truncated")
+        );
         let mut padded = encoded.clone();
         padded.push(0);
         assert!(decode_summary(&padded).unwrap_err().reason.contains("trailing"));

@@ -137,14 +137,26 @@ mod tests {
 
     #[test]
     fn bad_lengths_and_bytes_are_rejected() {
-        assert!(matches!(decode_flag_key(&[0u8; 37]), Err(KeyError::Length { got: 37, .. })));
-        assert!(matches!(decode_sequence_key(&[0u8; 7]), Err(KeyError::Length { got: 7, .. })));
-        assert!(matches!(decode_principal_key(&[0u8; 5]), Err(KeyError::Length { got: 5, .. })));
+        assert!(matches!(
+            decode_flag_key(&[0u8; 37]),
+            Err(KeyError::Length { got: 37, .. })
+        ));
+        assert!(matches!(
+            decode_sequence_key(&[0u8; 7]),
+            Err(KeyError::Length { got: 7, .. })
+        ));
+        assert!(matches!(
+            decode_principal_key(&[0u8; 5]),
+            Err(KeyError::Length { got: 5, .. })
+        ));
         let mut bad_kind = flag_key(&key(1, 1, Kind::Email, Category::Grooming));
         bad_kind[36] = 99;
         assert_eq!(
             decode_flag_key(&bad_kind),
-            Err(KeyError::UnknownEnum { what: "kind", value: 99 })
+            Err(KeyError::UnknownEnum {
+                what: "kind",
+                value: 99
+            })
         );
     }
 }

@@ -276,8 +276,11 @@ impl Batch<'_> {
     }
 
     pub fn put_flag(&mut self, key: &FlagKey, record: &FlagRecord) {
-        self.inner
-            .put_cf(self.store.cf(cf::FLAGS), keys::flag_key(key), codec::encode_flag(record));
+        self.inner.put_cf(
+            self.store.cf(cf::FLAGS),
+            keys::flag_key(key),
+            codec::encode_flag(record),
+        );
     }
 
     pub fn delete_flag(&mut self, key: &FlagKey) {

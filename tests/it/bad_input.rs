@@ -14,7 +14,11 @@ async fn assert_submit_refused(bad: pb::Flag, code: Code, message_part: &str) {
     let server = TestServer::start().await;
     let mut alpha = server.member("alpha").await;
     let before = alpha
-        .submit(submit_request(vec![flag(email_digest("baseline@example.com"), pb::Category::Other, 1)]))
+        .submit(submit_request(vec![flag(
+            email_digest("baseline@example.com"),
+            pb::Category::Other,
+            1,
+        )]))
         .await
         .unwrap()
         .into_inner()
@@ -25,14 +29,25 @@ async fn assert_submit_refused(bad: pb::Flag, code: Code, message_part: &str) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), code, "{}", status.message());
-    assert!(status.message().contains(message_part), "{:?} lacks {message_part:?}", status.message());
+    assert!(
+        status.message().contains(message_part),
+        "{:?} lacks {message_part:?}",
+        status.message()
+    );
     assert_unchanged(&mut alpha, good, before).await;
 }
 
 async fn assert_unchanged(client: &mut FlagsClient<Channel>, good: [u8; 32], sequence_before: u64) {
-    assert!(query(client, &[good]).await.is_empty(), "a refused batch must write nothing");
+    assert!(
+        query(client, &[good]).await.is_empty(),
+        "a refused batch must write nothing"
+    );
     let next = client
-        .submit(submit_request(vec![flag(email_digest("probe@example.com"), pb::Category::Other, 1)]))
+        .submit(submit_request(vec![flag(
+            email_digest("probe@example.com"),
+            pb::Category::Other,
+            1,
+        )]))
         .await
         .unwrap()
         .into_inner()
@@ -51,7 +66,12 @@ async fn a_digest_of_the_wrong_length_is_refused() {
 async fn an_unknown_or_missing_kind_is_refused() {
     let mut bad = flag(email_digest("x@example.com"), pb::Category::Grooming, 50);
     bad.kind = 17;
-    assert_submit_refused(bad.clone(), Code::InvalidArgument, "flags[1].kind: unknown identifier kind 17").await;
+    assert_submit_refused(
+        bad.clone(),
+        Code::InvalidArgument,
+        "flags[1].kind: unknown identifier kind 17",
+    )
+    .await;
     bad.kind = 0;
     assert_submit_refused(bad, Code::InvalidArgument, "flags[1].kind: must be set").await;
 }
@@ -73,7 +93,12 @@ async fn a_confidence_above_100_is_refused() {
 async fn a_reference_over_128_bytes_is_refused() {
     let mut bad = flag(email_digest("x@example.com"), pb::Category::Grooming, 50);
     bad.reference = vec![b'r'; 129];
-    assert_submit_refused(bad, Code::InvalidArgument, "flags[1].reference: 129 bytes, the limit is 128").await;
+    assert_submit_refused(
+        bad,
+        Code::InvalidArgument,
+        "flags[1].reference: 129 bytes, the limit is 128",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -106,12 +131,18 @@ async fn empty_and_oversized_batches_are_refused() {
         .collect();
     let status = alpha.submit(submit_request(too_many)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.message(), "flags: the batch holds 10001 items, the limit is 10000");
+    assert_eq!(
+        status.message(),
+        "flags: the batch holds 10001 items, the limit is 10000"
+    );
 
     let digests = vec![good; 10_001];
     let status = alpha.query(query_request(&digests)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.message(), "digests: the batch holds 10001 items, the limit is 10000");
+    assert_eq!(
+        status.message(),
+        "digests: the batch holds 10001 items, the limit is 10000"
+    );
 
     let status = alpha
         .query(pb::QueryRequest {
@@ -120,7 +151,11 @@ async fn empty_and_oversized_batches_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("33 bytes is not a whole number"), "{}", status.message());
+    assert!(
+        status.message().contains("33 bytes is not a whole number"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -177,7 +212,11 @@ async fn bad_retractions_are_refused_and_change_nothing() {
 
     assert_eq!(query(&mut alpha, &[digest]).await.len(), 1, "the flag is still there");
     let next = alpha
-        .submit(submit_request(vec![flag(email_digest("probe@example.com"), pb::Category::Other, 1)]))
+        .submit(submit_request(vec![flag(
+            email_digest("probe@example.com"),
+            pb::Category::Other,
+            1,
+        )]))
         .await
         .unwrap()
         .into_inner()

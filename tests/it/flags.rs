@@ -58,7 +58,10 @@ async fn distinct_members_are_counted_once_each() {
         .unwrap();
 
     let matches = query(&mut gamma, &[digest]).await;
-    assert_eq!(matches[0].n_members, 2, "two categories from alpha still count alpha once");
+    assert_eq!(
+        matches[0].n_members, 2,
+        "two categories from alpha still count alpha once"
+    );
     assert_eq!(matches[0].members, vec!["alpha", "beta"]);
     assert_eq!(
         matches[0].categories,
@@ -156,7 +159,11 @@ async fn retraction_removes_the_match_and_only_touches_the_callers_flags() {
     let matches = query(&mut beta, &[alpha_only, shared]).await;
     assert_eq!(matches.len(), 1, "alpha_only no longer matches");
     assert_eq!(matches[0].index, 1);
-    assert_eq!(matches[0].members, vec!["beta"], "beta's own flag on the shared digest stays");
+    assert_eq!(
+        matches[0].members,
+        vec!["beta"],
+        "beta's own flag on the shared digest stays"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +204,9 @@ async fn an_expired_flag_stops_matching() {
     let mut alpha = server.member("alpha").await;
     let digest = email_digest("short.lived@example.com");
     let mut short = flag(digest, pb::Category::Grooming, 80);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let expires_ms = now.as_millis() as i64 + 1_500;
     short.expires_at = Some(flagshare::server::convert::timestamp_from_ms(expires_ms));
     alpha.submit(submit_request(vec![short])).await.unwrap();
@@ -225,7 +234,10 @@ async fn health_and_reflection_answer_without_proto_files() {
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let unknown = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "no.such.Service".to_owned(),
@@ -250,6 +262,9 @@ async fn health_and_reflection_answer_without_proto_files() {
     };
     let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
     for expected in ["flagshare.v1.Flags", "flagshare.v1.Admin", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected} missing from {names:?}"
+        );
     }
 }

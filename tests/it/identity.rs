@@ -106,7 +106,11 @@ async fn a_suspended_member_is_refused_on_an_already_open_connection_and_can_be_
         .unwrap();
     let status = alpha.query(query_request(&[digest])).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("'alpha' is suspended"), "{}", status.message());
+    assert!(
+        status.message().contains("'alpha' is suspended"),
+        "{}",
+        status.message()
+    );
 
     admin
         .set_principal_status(pb::SetPrincipalStatusRequest {
@@ -128,7 +132,10 @@ async fn plaintext_connections_are_refused() {
         .connect()
         .await
         .ok();
-    assert!(first_call_refusal(channel).await.is_some(), "plaintext must never be served");
+    assert!(
+        first_call_refusal(channel).await.is_some(),
+        "plaintext must never be served"
+    );
 }
 
 #[tokio::test]
@@ -143,7 +150,11 @@ async fn each_role_reaches_only_its_own_service() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("has role member; this call needs role admin"), "{}", status.message());
+    assert!(
+        status.message().contains("has role member; this call needs role admin"),
+        "{}",
+        status.message()
+    );
 
     let mut admin_as_member = FlagsClient::new(server.channel(&server.admin).await);
     let status = admin_as_member

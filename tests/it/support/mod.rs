@@ -36,7 +36,9 @@ impl TestServer {
     /// A new data folder, `init`ed, and a server on it.
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        flagshare::cli::setup::initialize(&test_config(dir.path())).await.unwrap();
+        flagshare::cli::setup::initialize(&test_config(dir.path()))
+            .await
+            .unwrap();
         TestServer::start_in(dir).await
     }
 
@@ -84,7 +86,9 @@ impl TestServer {
 
     pub async fn enroll(&self, name: &str, role: Role) -> Bundle {
         let mut admin = self.admin_client().await;
-        enroll(&mut admin, name, role, &self.endpoint(), "localhost").await.unwrap()
+        enroll(&mut admin, name, role, &self.endpoint(), "localhost")
+            .await
+            .unwrap()
     }
 
     /// A new member principal and a `Flags` client for it.
@@ -107,7 +111,10 @@ pub fn hasher() -> Hasher {
 }
 
 pub fn email_digest(address: &str) -> Digest {
-    hasher().digest(Kind::Email, address, &NormalizeOptions::default()).unwrap().1
+    hasher()
+        .digest(Kind::Email, address, &NormalizeOptions::default())
+        .unwrap()
+        .1
 }
 
 pub fn flag(digest: Digest, category: pb::Category, confidence: u32) -> pb::Flag {
