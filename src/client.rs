@@ -162,6 +162,41 @@ pub async fn enroll(
     })
 }
 
+/// Replaces the certificate of principal `name` with one over a key pair made here; the
+/// returned bundle (for `endpoint`) is the only one that works afterwards.
+pub async fn rotate(
+    admin: &mut crate::pb::admin_client::AdminClient<Channel>,
+    name: &str,
+    endpoint: &str,
+    server_name: &str,
+) -> Result<Bundle, EnrollError> {
+    use rcgen::PublicKeyData as _;
+    let key = crate::pki::generate_client_key()?;
+    let response = admin
+        .rotate_certificate(crate::pb::RotateCertificateRequest {
+            name: name.to_owned(),
+            public_key_der: key.subject_public_key_info(),
+        })
+        .await?
+        .into_inner();
+    let principal = response
+        .principal
+        .ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
+    let role = crate::model::Role::from_u8(principal.role as u8).map_or("unknown", |role| role.as_str());
+    Ok(Bundle {
+        dir: PathBuf::new(),
+        config: BundleConfig {
+            name: principal.name,
+            role: role.to_owned(),
+            endpoint: endpoint.to_owned(),
+            server_name: server_name.to_owned(),
+        },
+        cert_pem: response.certificate_pem,
+        key_pem: key.serialize_pem(),
+        ca_pem: response.ca_certificate_pem,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
     #[error("server refused: {} ({:?})", .0.message(), .0.code())]

@@ -17,6 +17,8 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("internal: {0}")]

@@ -72,21 +72,45 @@ byte_enum!(
 );
 
 byte_enum!(
-    /// Whether a principal may call at all.
+    /// Whether a principal may call at all. `removed` is for good: the name stays reserved
+    /// so the audit log stays unambiguous.
     PrincipalStatus {
         Active = 1 => "active",
         Suspended = 2 => "suspended",
+        Removed = 3 => "removed",
     }
 );
 
 byte_enum!(
-    /// Why a member withdrew a flag.
+    /// Why a flag was withdrawn; `withdrawn` is the operator's withdrawal of the flags of a
+    /// suspended or removed member.
     RetractReason {
         Unspecified = 0 => "unspecified",
         AppealUpheld = 1 => "appeal_upheld",
         FalsePositive = 2 => "false_positive",
         Duplicate = 3 => "duplicate",
         Other = 4 => "other",
+        Withdrawn = 5 => "withdrawn",
+    }
+);
+
+byte_enum!(
+    /// What an audit entry records.
+    AuditOp {
+        Submit = 1 => "submit",
+        Query = 2 => "query",
+        Retract = 3 => "retract",
+        Dispute = 4 => "dispute",
+        AddPrincipal = 5 => "add_principal",
+        SetPrincipalStatus = 6 => "set_principal_status",
+        RemovePrincipal = 7 => "remove_principal",
+        RotateCertificate = 8 => "rotate_certificate",
+        ListPrincipals = 9 => "list_principals",
+        ReadAudit = 10 => "read_audit",
+        Stats = 11 => "stats",
+        Backup = 12 => "backup",
+        PurgeExpired = 13 => "purge_expired",
+        PruneAudit = 14 => "prune_audit",
     }
 );
 
@@ -175,6 +199,43 @@ pub struct ChangeRecord {
 pub enum Change {
     /// The flag was created or updated and now reads as given.
     Upsert(SummaryEntry),
-    /// The member withdrew the flag.
+    /// The member (or the operator) withdrew the flag.
     Retract(RetractReason),
+    /// The flag passed its expiry and was purged.
+    Expire,
+}
+
+/// Per-principal activity counters, updated in the same batch as the audit entry of the
+/// call they count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrincipalStats {
+    /// Server time of the principal's latest audited call; 0 when it never called.
+    pub last_seen_ms: i64,
+    pub n_flags_submitted: u64,
+    pub n_queries: u64,
+    pub n_digests_queried: u64,
+}
+
+/// One entry of the append-only audit log. `prev_hash` is the BLAKE3 hash of the stored
+/// bytes of the entry before it, so altering or deleting an entry breaks the chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub sequence: u64,
+    pub at_ms: i64,
+    /// Principal name at the time of the call; `system` for the server's own tasks.
+    pub principal: String,
+    pub op: String,
+    /// Items in the request (flags submitted, digests queried, ...).
+    pub n_items: u64,
+    /// Items the call changed or found (flags created+updated, matches, retractions, ...).
+    pub n_changed: u64,
+    /// What else identifies the action: a target principal, a reason, a backup folder.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// Digests the action concerns, hex: the matches of a query (never its misses), the
+    /// flags submitted, retracted or disputed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
+    pub prev_hash: String,
 }

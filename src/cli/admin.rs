@@ -1,16 +1,19 @@
 //! `flagshare admin ...`: operator commands, sent to the running server over mutual TLS
 //! with an admin bundle.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use crate::client::{Bundle, enroll};
+use crate::client::{Bundle, enroll, rotate};
 use crate::config::DEFAULT_DATA_DIR;
-use crate::model::{PrincipalStatus, Role};
+use crate::model::{AuditOp, PrincipalStatus, Role};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
+use crate::server::convert::timestamp_from_ms;
+use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -32,18 +35,87 @@ enum AdminCommand {
     /// Same as `member add`.
     #[command(hide = true)]
     AddMember(AddArgs),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Digests, flags by kind and category, principals, disk use, sequences, purge counts.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent copy of the database to DIR on the server's machine, while it serves.
+    Backup {
+        /// Absolute path on the server's file system; must not exist.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum MemberCommand {
     /// Register a principal and write its certificate bundle (the private key is made here).
     Add(AddArgs),
-    /// List principals.
-    List,
+    /// List principals with their activity.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Refuse every further call of a principal, also on open connections.
-    Suspend { name: String },
+    Suspend(StatusArgs),
     /// Let a suspended principal call again.
     Reinstate { name: String },
+    /// Off-board a principal for good (its name stays reserved).
+    Remove(StatusArgs),
+    /// Issue a new certificate bundle; the old certificate is refused from the next call on.
+    RotateCert {
+        name: String,
+        /// Folder to write the new bundle to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    name: String,
+    /// Also withdraw all the principal's flags (retracted with reason `withdrawn`). Without
+    /// it they keep matching until they expire.
+    #[arg(long)]
+    withdraw_flags: bool,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Audit entries, oldest first (the newest `--limit` of those that match).
+    List(AuditListArgs),
+    /// Walk the hash chain and report the first broken link.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct AuditListArgs {
+    /// Only calls by this principal (`system` for the server's own tasks).
+    #[arg(long)]
+    member: Option<String>,
+    /// Only this operation (submit, query, retract, dispute, add_principal, ...).
+    #[arg(long)]
+    op: Option<AuditOp>,
+    /// From this time: RFC 3339 (2026-11-01T00:00:00Z) or an age (30d, 12h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time: RFC 3339 or an age.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only entries naming this digest (64 hex characters), e.g. queries that matched it.
+    #[arg(long)]
+    digest: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -64,18 +136,29 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join("clients").join("admin"));
     let bundle = Bundle::load(&bundle_dir)?;
     let channel = bundle.connect(args.endpoint.as_deref()).await?;
-    let mut client = AdminClient::new(channel);
+    let mut client = AdminClient::new(channel).max_decoding_message_size(64 << 20);
+    let endpoint = args.endpoint.as_deref();
     match &args.command {
         AdminCommand::Member(MemberCommand::Add(add)) | AdminCommand::AddMember(add) => {
-            add_member(&mut client, &bundle, args.endpoint.as_deref(), add).await
+            add_member(&mut client, &bundle, endpoint, add).await
         }
-        AdminCommand::Member(MemberCommand::List) => list_members(&mut client).await,
-        AdminCommand::Member(MemberCommand::Suspend { name }) => {
-            set_status(&mut client, name, PrincipalStatus::Suspended).await
+        AdminCommand::Member(MemberCommand::List { json }) => list_members(&mut client, *json).await,
+        AdminCommand::Member(MemberCommand::Suspend(status)) => {
+            set_status(&mut client, &status.name, PrincipalStatus::Suspended, status.withdraw_flags).await
         }
         AdminCommand::Member(MemberCommand::Reinstate { name }) => {
-            set_status(&mut client, name, PrincipalStatus::Active).await
+            set_status(&mut client, name, PrincipalStatus::Active, false).await
         }
+        AdminCommand::Member(MemberCommand::Remove(status)) => {
+            set_status(&mut client, &status.name, PrincipalStatus::Removed, status.withdraw_flags).await
+        }
+        AdminCommand::Member(MemberCommand::RotateCert { name, out }) => {
+            rotate_cert(&mut client, &bundle, endpoint, name, out).await
+        }
+        AdminCommand::Audit(AuditCommand::List(list)) => audit_list(&mut client, list).await,
+        AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
+        AdminCommand::Stats { json } => stats(&mut client, *json).await,
+        AdminCommand::Backup { dir } => backup(&mut client, dir).await,
     }
 }
 
@@ -84,7 +167,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 async fn add_member(
-    client: &mut AdminClient<tonic::transport::Channel>,
+    client: &mut AdminClient<Channel>,
     admin_bundle: &Bundle,
     endpoint: Option<&str>,
     args: &AddArgs,
@@ -120,47 +203,248 @@ fn status_name(value: i32) -> &'static str {
     PrincipalStatus::from_u8(value as u8).map_or("unknown", PrincipalStatus::as_str)
 }
 
-async fn list_members(client: &mut AdminClient<tonic::transport::Channel>) -> anyhow::Result<()> {
+async fn list_members(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<()> {
     let response = client
         .list_principals(pb::ListPrincipalsRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
-    println!(
-        "{:<24} {:<8} {:<10} {:<22} CERTIFICATE SHA-256",
-        "NAME", "ROLE", "STATUS", "CREATED"
-    );
-    for principal in response.principals {
-        let created = principal
-            .created_at
-            .map(|ts| crate::util::format_ms(ts.seconds * 1000))
-            .unwrap_or_default();
+    if !json {
         println!(
-            "{:<24} {:<8} {:<10} {:<22} {}",
-            principal.name,
-            role_name(principal.role),
-            status_name(principal.status),
-            created,
-            principal.certificate_sha256
+            "{:<24} {:<7} {:<10} {:<21} {:<21} {:>9} {:>9} CERTIFICATE SHA-256",
+            "NAME", "ROLE", "STATUS", "CREATED", "LAST SEEN", "FLAGS", "QUERIES"
         );
+    }
+    for principal in response.principals {
+        let created = principal.created_at.map(|ts| timestamp_text(&ts)).unwrap_or_default();
+        let last_seen = principal
+            .last_seen
+            .map(|ts| timestamp_text(&ts))
+            .unwrap_or_else(|| "never".to_owned());
+        if json {
+            let line = serde_json::json!({
+                "name": principal.name,
+                "role": role_name(principal.role),
+                "status": status_name(principal.status),
+                "created": created,
+                "last_seen": principal.last_seen.map(|ts| timestamp_text(&ts)),
+                "flags_submitted": principal.n_flags_submitted,
+                "queries": principal.n_queries,
+                "digests_queried": principal.n_digests_queried,
+                "certificate_sha256": principal.certificate_sha256,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<24} {:<7} {:<10} {:<21} {:<21} {:>9} {:>9} {}",
+                principal.name,
+                role_name(principal.role),
+                status_name(principal.status),
+                created,
+                last_seen,
+                principal.n_flags_submitted,
+                principal.n_queries,
+                principal.certificate_sha256
+            );
+        }
     }
     Ok(())
 }
 
+fn timestamp_text(ts: &prost_types::Timestamp) -> String {
+    crate::util::format_ms(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
+}
+
 async fn set_status(
-    client: &mut AdminClient<tonic::transport::Channel>,
+    client: &mut AdminClient<Channel>,
     name: &str,
     status: PrincipalStatus,
+    withdraw_flags: bool,
 ) -> anyhow::Result<()> {
     let response = client
         .set_principal_status(pb::SetPrincipalStatusRequest {
             name: name.to_owned(),
             status: status as i32,
+            withdraw_flags,
         })
         .await
         .map_err(status_error)?
         .into_inner();
     let principal = response.principal.context("server sent no principal")?;
-    println!("{} is now {}", principal.name, status_name(principal.status));
+    println!(
+        "{} is now {}; {} flag(s) withdrawn",
+        principal.name,
+        status_name(principal.status),
+        response.n_withdrawn
+    );
+    Ok(())
+}
+
+async fn rotate_cert(
+    client: &mut AdminClient<Channel>,
+    admin_bundle: &Bundle,
+    endpoint: Option<&str>,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if out.join("client.toml").exists() {
+        anyhow::bail!("{} already holds a bundle", out.display());
+    }
+    let endpoint = endpoint.unwrap_or(&admin_bundle.config.endpoint);
+    let bundle = rotate(client, name, endpoint, &admin_bundle.config.server_name).await?;
+    bundle.write(out)?;
+    println!(
+        "new certificate for '{name}' (sha256 {}) written to {}; the old one is refused from now on",
+        hex::encode(crate::pki::pem_certificate_sha256(&bundle.cert_pem)?),
+        out.display()
+    );
+    Ok(())
+}
+
+/// An RFC 3339 time, or an age such as `30d` counted back from now.
+fn parse_time_or_age(field: &str, text: &str) -> anyhow::Result<prost_types::Timestamp> {
+    let ms = if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    } else if let Ok(age) = humantime::parse_duration(text) {
+        crate::util::now_ms() - age.as_millis() as i64
+    } else {
+        anyhow::bail!("--{field}: '{text}' is neither an RFC 3339 time nor an age like 30d");
+    };
+    Ok(timestamp_from_ms(ms))
+}
+
+async fn audit_list(client: &mut AdminClient<Channel>, args: &AuditListArgs) -> anyhow::Result<()> {
+    let digest = match &args.digest {
+        Some(text) => {
+            let bytes = hex::decode(text.trim()).map_err(|_| anyhow::anyhow!("--digest: '{text}' is not hex"))?;
+            anyhow::ensure!(bytes.len() == 32, "--digest: {} bytes, expected 32 (64 hex characters)", bytes.len());
+            bytes
+        }
+        None => Vec::new(),
+    };
+    let request = pb::ListAuditRequest {
+        principal: args.member.clone().unwrap_or_default(),
+        op: args.op.map(|op| op.as_str().to_owned()).unwrap_or_default(),
+        since: args.since.as_deref().map(|t| parse_time_or_age("since", t)).transpose()?,
+        until: args.until.as_deref().map(|t| parse_time_or_age("until", t)).transpose()?,
+        digest,
+        limit: args.limit,
+    };
+    let entries = client
+        .list_audit(request)
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .entries;
+    for entry in entries {
+        let at = entry.at.map(|ts| timestamp_text(&ts)).unwrap_or_default();
+        if args.json {
+            let line = serde_json::json!({
+                "sequence": entry.sequence,
+                "at": at,
+                "principal": entry.principal,
+                "op": entry.op,
+                "n_items": entry.n_items,
+                "n_changed": entry.n_changed,
+                "detail": entry.detail,
+                "digests": entry.digests,
+                "prev_hash": entry.prev_hash,
+            });
+            println!("{line}");
+        } else {
+            let mut line = format!(
+                "{:>8} {at} {:<20} {:<20} items={} changed={}",
+                entry.sequence, entry.principal, entry.op, entry.n_items, entry.n_changed
+            );
+            if !entry.detail.is_empty() {
+                line.push_str(&format!(" ({})", entry.detail));
+            }
+            for digest in &entry.digests {
+                line.push_str(&format!("\n{:>8} digest {digest}", ""));
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+async fn audit_verify(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<()> {
+    let report = client
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": report.ok,
+                "checked": report.n_checked,
+                "first_sequence": report.first_sequence,
+                "last_sequence": report.last_sequence,
+                "head_hash": report.head_hash,
+                "broken_sequence": (!report.ok).then_some(report.broken_sequence),
+                "problem": report.problem,
+            })
+        );
+    } else if report.ok {
+        println!(
+            "audit chain intact: {} entries ({}..={}), head {}",
+            report.n_checked, report.first_sequence, report.last_sequence, report.head_hash
+        );
+    } else {
+        println!(
+            "audit chain BROKEN at entry {}: {} ({} entries checked before it)",
+            report.broken_sequence, report.problem, report.n_checked
+        );
+    }
+    anyhow::ensure!(report.ok, "the audit log failed verification");
+    Ok(())
+}
+
+async fn stats(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<()> {
+    let stats = client
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let sorted = |map: &std::collections::HashMap<String, u64>| -> std::collections::BTreeMap<String, u64> {
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    let time = |ts: &Option<prost_types::Timestamp>| ts.as_ref().map(timestamp_text);
+    let value = serde_json::json!({
+        "digests": stats.n_digests,
+        "active_flags": stats.n_active_flags,
+        "expired_flags_awaiting_purge": stats.n_expired_flags,
+        "active_flags_by_kind": sorted(&stats.active_flags_by_kind),
+        "active_flags_by_category": sorted(&stats.active_flags_by_category),
+        "active_principals_by_role": sorted(&stats.active_principals_by_role),
+        "disk_bytes": stats.disk_bytes,
+        "oldest_flag": time(&stats.oldest_flag),
+        "newest_flag": time(&stats.newest_flag),
+        "change_sequence": stats.change_sequence,
+        "audit_sequence": stats.audit_sequence,
+        "flags_expired_purged_since_start": stats.flags_expired_purged,
+        "audit_entries_pruned_since_start": stats.audit_entries_pruned,
+    });
+    if json {
+        println!("{value}");
+    } else if let Some(object) = value.as_object() {
+        for (key, item) in object {
+            println!("{key:<34} {item}");
+        }
+    }
+    Ok(())
+}
+
+async fn backup(client: &mut AdminClient<Channel>, dir: &Path) -> anyhow::Result<()> {
+    let response = client
+        .backup(pb::BackupRequest {
+            dir: dir.display().to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("backup written to {} on the server", response.dir);
     Ok(())
 }

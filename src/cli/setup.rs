@@ -7,7 +7,7 @@ use rcgen::PublicKeyData as _;
 
 use crate::client::{Bundle, BundleConfig};
 use crate::config::Config;
-use crate::domain::Domain;
+use crate::domain::{Actor, Domain};
 use crate::model::Role;
 use crate::pki::{Pki, generate_client_key};
 use crate::store::Store;
@@ -56,7 +56,7 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     let (cert_pem, cert_sha256) =
         pki.issue_client_certificate("admin", Role::Admin, &admin_key.subject_public_key_info())?;
     domain
-        .add_principal("admin".to_owned(), Role::Admin, cert_sha256)
+        .add_principal(Actor::system(), "admin".to_owned(), Role::Admin, cert_sha256)
         .await?;
     let admin_bundle = config.clients_dir().join("admin");
     // Clients reach the server by its certificate's first host name; for a development

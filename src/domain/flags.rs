@@ -55,6 +55,8 @@ pub struct Match {
     pub last_seen_ms: i64,
     pub max_confidence: u8,
     pub flagged_by_caller: bool,
+    /// Disputes by members of the flags of members in `members`.
+    pub n_disputes: u32,
 }
 
 /// Checks the size of a batch: it must hold 1 to `MAX_BATCH` items.
@@ -193,6 +195,7 @@ pub fn aggregate(
         first_seen_ms,
         last_seen_ms,
         max_confidence,
+        n_disputes: 0,
     })
 }
 

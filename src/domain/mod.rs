@@ -3,21 +3,28 @@
 //! Reads run concurrently; writes take one lock, so sequence numbers are handed out in
 //! commit order and a read-modify-write of a digest's summary never races another.
 
+pub mod audit;
 pub mod flags;
+pub mod maintenance;
 pub mod principals;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{
-    Category, Change, ChangeRecord, FlagKey, PrincipalRecord, PrincipalStatus, RetractReason, Role, SummaryEntry,
+    AuditEntry, AuditOp, Category, Change, ChangeRecord, FlagKey, PrincipalId, PrincipalRecord, PrincipalStats,
+    PrincipalStatus, RetractReason, Role, SummaryEntry,
 };
-use crate::store::Store;
+use crate::store::{Batch, Durability, Store};
 use crate::util::now_ms;
 
+pub use audit::{Actor, AuditEvent, AuditFilter, Ledger, VerifyReport};
 pub use flags::{FlagSelector, Match, NewFlag};
+pub use maintenance::{Stats, Sweep};
 pub use principals::{Caller, Registry};
 
 /// Rules an operator configures.
@@ -63,13 +70,39 @@ pub struct RetractOutcome {
     pub sequence: u64,
 }
 
+/// Counters since the server started, for `admin stats`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub flags_expired_purged: AtomicU64,
+    pub audit_entries_pruned: AtomicU64,
+}
+
+/// A principal with its activity counters, for `admin member list`.
+#[derive(Debug, Clone)]
+pub struct PrincipalView {
+    pub record: PrincipalRecord,
+    pub stats: PrincipalStats,
+}
+
 struct Inner {
     store: Store,
     registry: Registry,
     policy: Policy,
     /// Held for the whole read-modify-write of every change; guards the last sequence
-    /// number handed out.
+    /// number handed out. Taken before `ledger` when both are needed.
     writer: Mutex<u64>,
+    /// The audit chain's head; every audited commit goes through it.
+    ledger: Mutex<Ledger>,
+    metrics: Metrics,
+}
+
+impl From<&Caller> for Actor {
+    fn from(caller: &Caller) -> Actor {
+        Actor {
+            id: Some(caller.id),
+            name: caller.name.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -88,14 +121,21 @@ impl Domain {
     pub fn open(store: Store, policy: Policy) -> Result<Domain> {
         let registry = Registry::new(store.load_principals()?);
         let last_sequence = store.last_sequence()?;
+        let ledger = Ledger::load(&store)?;
         Ok(Domain {
             inner: Arc::new(Inner {
                 store,
                 registry,
                 policy,
                 writer: Mutex::new(last_sequence),
+                ledger: Mutex::new(ledger),
+                metrics: Metrics::default(),
             }),
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn registry(&self) -> &Registry {
@@ -146,14 +186,124 @@ impl Domain {
     }
 
     /// Registers a new principal authenticated by the certificate with `cert_sha256`.
-    pub async fn add_principal(&self, name: String, role: Role, cert_sha256: [u8; 32]) -> Result<PrincipalRecord> {
+    pub async fn add_principal(
+        &self,
+        admin: Actor,
+        name: String,
+        role: Role,
+        cert_sha256: [u8; 32],
+    ) -> Result<PrincipalRecord> {
         let inner = self.inner.clone();
-        blocking(move || inner.add_principal(&name, role, cert_sha256)).await
+        blocking(move || inner.add_principal(&admin, &name, role, cert_sha256)).await
     }
 
-    pub async fn set_principal_status(&self, name: String, status: PrincipalStatus) -> Result<PrincipalRecord> {
+    /// Suspends, reinstates or removes a principal; with `withdraw_flags`, its flags stop
+    /// matching in the same commit (they are retracted with reason `withdrawn`).
+    pub async fn set_principal_status(
+        &self,
+        admin: Caller,
+        name: String,
+        status: PrincipalStatus,
+        withdraw_flags: bool,
+    ) -> Result<(PrincipalRecord, u32)> {
         let inner = self.inner.clone();
-        blocking(move || inner.set_principal_status(&name, status)).await
+        blocking(move || inner.set_principal_status(&admin, &name, status, withdraw_flags)).await
+    }
+
+    /// Replaces a principal's certificate; the old one is refused from the next call on.
+    pub async fn rotate_certificate(&self, admin: Caller, name: String, cert_sha256: [u8; 32]) -> Result<PrincipalRecord> {
+        let inner = self.inner.clone();
+        blocking(move || inner.rotate_certificate(&admin, &name, cert_sha256)).await
+    }
+
+    /// Records that `caller` disputes `flagged_by`'s flags on `digest`.
+    pub async fn dispute(&self, caller: Caller, digest: Digest, flagged_by: String, note: String) -> Result<u32> {
+        let inner = self.inner.clone();
+        blocking(move || inner.dispute(&caller, digest, &flagged_by, &note)).await
+    }
+
+    pub async fn list_principals(&self, admin: Caller) -> Result<Vec<PrincipalView>> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let records = inner.registry.list();
+            inner.record(AuditEvent::new((&admin).into(), AuditOp::ListPrincipals).counts(0, records.len() as u64))?;
+            let ledger = inner.ledger();
+            Ok(records
+                .into_iter()
+                .map(|record| PrincipalView {
+                    stats: ledger.stats_of(record.id),
+                    record,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn list_audit(&self, admin: Caller, filter: AuditFilter) -> Result<Vec<AuditEntry>> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let entries = audit::list(&inner.store, &filter)?;
+            inner.record(
+                AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
+                    .counts(0, entries.len() as u64)
+                    .detail("list"),
+            )?;
+            Ok(entries)
+        })
+        .await
+    }
+
+    pub async fn verify_audit(&self, admin: Caller) -> Result<VerifyReport> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            // Under the ledger lock: no entry is appended while the chain is walked.
+            let report = {
+                let _ledger = inner.ledger();
+                audit::verify(&inner.store)?
+            };
+            inner.record(
+                AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
+                    .counts(report.n_checked, 0)
+                    .detail("verify"),
+            )?;
+            Ok(report)
+        })
+        .await
+    }
+
+    pub async fn stats(&self, admin: Caller) -> Result<Stats> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let stats = maintenance::stats(&inner, now_ms())?;
+            inner.record(AuditEvent::new((&admin).into(), AuditOp::Stats))?;
+            Ok(stats)
+        })
+        .await
+    }
+
+    /// A consistent copy of the database in `dir` (on the server's file system), taken
+    /// while the server keeps serving.
+    pub async fn backup(&self, admin: Caller, dir: PathBuf) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            if dir.exists() {
+                return Err(Error::AlreadyExists(format!("dir: {} already exists", dir.display())));
+            }
+            // Recorded first, so the copy holds the entry that describes it.
+            inner.record(AuditEvent::new((&admin).into(), AuditOp::Backup).detail(dir.display().to_string()))?;
+            inner.store.checkpoint(&dir).map_err(|err| {
+                tracing::warn!(dir = %dir.display(), %err, "backup failed");
+                Error::Internal(format!("backup to {} failed; the server log has the cause", dir.display()))
+            })
+        })
+        .await
+    }
+
+    /// Purges expired flags and audit entries past retention. Run by the server's
+    /// maintenance task.
+    pub async fn sweep(&self, audit_retention_ms: i64) -> Result<Sweep> {
+        let inner = self.inner.clone();
+        blocking(move || maintenance::sweep(&inner, now_ms(), audit_retention_ms)).await
     }
 
     /// Fails unless `name` is well formed and free, so a certificate is not issued in vain.
@@ -167,6 +317,25 @@ impl Domain {
 }
 
 impl Inner {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock poisoned")
+    }
+
+    fn writer(&self) -> MutexGuard<'_, u64> {
+        self.writer.lock().expect("writer lock poisoned")
+    }
+
+    /// Commits `batch` together with the audit entry of `event`.
+    fn commit_audited(&self, batch: Batch<'_>, event: AuditEvent, now: i64) -> Result<u64> {
+        self.ledger()
+            .commit(&self.store, batch, event, now, Durability::Configured)
+    }
+
+    /// Records a call that changes nothing else.
+    fn record(&self, event: AuditEvent) -> Result<u64> {
+        self.commit_audited(self.store.batch(), event, now_ms())
+    }
+
     fn submit(&self, caller: &Caller, new_flags: &[NewFlag], key_id: u32, now: i64) -> Result<SubmitOutcome> {
         let flag_keys: Vec<FlagKey> = new_flags
             .iter()
@@ -183,19 +352,14 @@ impl Inner {
         let mut digests: Vec<Digest> = sorted_keys.iter().map(|key| key.digest).collect();
         digests.dedup();
 
-        let mut last_sequence = self.writer.lock().expect("writer lock poisoned");
+        let mut last_sequence = self.writer();
         let mut records: HashMap<FlagKey, _> = sorted_keys
             .iter()
             .copied()
             .zip(self.store.get_flags(&sorted_keys)?)
             .filter_map(|(key, record)| record.map(|record| (key, record)))
             .collect();
-        let mut summaries: HashMap<Digest, Vec<SummaryEntry>> = digests
-            .iter()
-            .copied()
-            .zip(self.store.get_summaries(&digests)?)
-            .map(|(digest, entries)| (digest, entries.unwrap_or_default()))
-            .collect();
+        let mut summaries = self.read_summaries(&digests)?;
 
         let mut batch = self.store.batch();
         let mut sequence = *last_sequence;
@@ -226,7 +390,11 @@ impl Inner {
         for (digest, entries) in &summaries {
             batch.put_summary(digest, entries);
         }
-        self.store.commit(batch)?;
+        // The flags themselves say who flagged what; the entry counts them.
+        let event = AuditEvent::new(caller.into(), AuditOp::Submit)
+            .counts(new_flags.len() as u64, u64::from(n_created + n_updated))
+            .detail(format!("{n_created} created, {n_updated} updated"));
+        self.commit_audited(batch, event, now)?;
         *last_sequence = sequence;
         Ok(SubmitOutcome {
             n_created,
@@ -235,23 +403,53 @@ impl Inner {
         })
     }
 
+    fn read_summaries(&self, sorted_digests: &[Digest]) -> Result<HashMap<Digest, Vec<SummaryEntry>>> {
+        Ok(sorted_digests
+            .iter()
+            .copied()
+            .zip(self.store.get_summaries(sorted_digests)?)
+            .map(|(digest, entries)| (digest, entries.unwrap_or_default()))
+            .collect())
+    }
+
     fn query(&self, caller: &Caller, digests: &[Digest], now: i64) -> Result<Vec<Match>> {
         // Sorted input lets RocksDB batch the reads block by block.
         let mut order: Vec<u32> = (0..digests.len() as u32).collect();
         order.sort_unstable_by_key(|index| digests[*index as usize]);
         let sorted: Vec<Digest> = order.iter().map(|index| digests[*index as usize]).collect();
         let summaries = self.store.get_summaries(&sorted)?;
-        let mut matches: Vec<Match> = order
-            .iter()
-            .zip(summaries)
-            .filter_map(|(index, entries)| {
-                let entries = entries?;
-                flags::aggregate(*index, digests[*index as usize], &entries, caller.id, now, |id| {
-                    self.registry.name_of(id)
-                })
-            })
-            .collect();
+        let mut matches = Vec::new();
+        for (index, entries) in order.iter().zip(summaries) {
+            let Some(entries) = entries else { continue };
+            let digest = digests[*index as usize];
+            let Some(mut found) = flags::aggregate(*index, digest, &entries, caller.id, now, |id| {
+                self.registry.name_of(id)
+            }) else {
+                continue;
+            };
+            // Disputes are rare and only matter for matches: one prefix scan per match.
+            let live: BTreeSet<PrincipalId> = entries
+                .iter()
+                .filter(|entry| entry.expires_at_ms > now)
+                .map(|entry| entry.member)
+                .collect();
+            found.n_disputes = self
+                .store
+                .disputes_of(&digest)?
+                .iter()
+                .filter(|(flagged_by, _)| live.contains(flagged_by))
+                .count() as u32;
+            matches.push(found);
+        }
         matches.sort_unstable_by_key(|found| found.index);
+        let mut matched: Vec<Digest> = matches.iter().map(|found| found.digest).collect();
+        matched.sort_unstable();
+        matched.dedup();
+        let event = AuditEvent::new(caller.into(), AuditOp::Query)
+            .counts(digests.len() as u64, matches.len() as u64)
+            .digests(matched);
+        self.ledger()
+            .commit(&self.store, self.store.batch(), event, now, Durability::Buffered)?;
         Ok(matches)
     }
 
@@ -266,56 +464,38 @@ impl Inner {
         digests.sort_unstable();
         digests.dedup();
 
-        let mut last_sequence = self.writer.lock().expect("writer lock poisoned");
-        let mut summaries: HashMap<Digest, Vec<SummaryEntry>> = digests
-            .iter()
-            .copied()
-            .zip(self.store.get_summaries(&digests)?)
-            .map(|(digest, entries)| (digest, entries.unwrap_or_default()))
-            .collect();
+        let mut last_sequence = self.writer();
+        let mut summaries = self.read_summaries(&digests)?;
 
         let mut batch = self.store.batch();
         let mut sequence = *last_sequence;
         let mut unmatched_indexes = Vec::new();
+        let mut retracted_digests = BTreeSet::new();
         let mut n_retracted = 0;
         for (index, selector) in selectors.iter().enumerate() {
             let entries = summaries.get_mut(&selector.digest).expect("every digest was read");
-            let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) = entries
-                .iter()
-                .copied()
-                .partition(|entry| selector.selects(caller.id, entry));
+            let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
+                entries.iter().copied().partition(|entry| selector.selects(caller.id, entry));
             if selected.is_empty() {
                 unmatched_indexes.push(index as u32);
                 continue;
             }
             *entries = kept;
+            retracted_digests.insert(selector.digest);
             for entry in selected {
-                let key = FlagKey {
-                    digest: selector.digest,
-                    member: entry.member,
-                    kind: entry.kind,
-                    category: entry.category,
-                };
-                batch.delete_flag(&key);
-                sequence += 1;
-                batch.put_change(
-                    sequence,
-                    &ChangeRecord {
-                        at_ms: now,
-                        key,
-                        change: Change::Retract(reason),
-                    },
-                );
+                stage_removal(&mut batch, &mut sequence, selector.digest, &entry, Change::Retract(reason), now);
                 n_retracted += 1;
             }
         }
-        if n_retracted > 0 {
-            for (digest, entries) in &summaries {
-                batch.put_summary(digest, entries);
-            }
-            self.store.commit(batch)?;
-            *last_sequence = sequence;
+        for digest in &retracted_digests {
+            batch.put_summary(digest, &summaries[digest]);
         }
+        let event = AuditEvent::new(caller.into(), AuditOp::Retract)
+            .counts(selectors.len() as u64, u64::from(n_retracted))
+            .detail(format!("reason {reason}"))
+            .digests(retracted_digests.into_iter().collect());
+        self.commit_audited(batch, event, now)?;
+        *last_sequence = sequence;
         Ok(RetractOutcome {
             n_retracted,
             unmatched_indexes,
@@ -323,9 +503,52 @@ impl Inner {
         })
     }
 
-    fn add_principal(&self, name: &str, role: Role, cert_sha256: [u8; 32]) -> Result<PrincipalRecord> {
+    fn dispute(&self, caller: &Caller, digest: Digest, flagged_by: &str, note: &str) -> Result<u32> {
+        if note.len() > flags::MAX_REFERENCE_LEN {
+            return Err(Error::invalid(format!(
+                "note: {} bytes is over the limit of {}",
+                note.len(),
+                flags::MAX_REFERENCE_LEN
+            )));
+        }
+        let target = self
+            .registry
+            .by_name(flagged_by)
+            .ok_or_else(|| Error::NotFound(format!("member: no principal named '{flagged_by}'")))?;
+        if target.id == caller.id {
+            return Err(Error::invalid("member: a member cannot dispute its own flags; retract them instead"));
+        }
+        let now = now_ms();
+        let _writer = self.writer();
+        let entries = self.store.get_summaries(&[digest])?.pop().flatten().unwrap_or_default();
+        let n_flags = entries
+            .iter()
+            .filter(|entry| entry.member == target.id && entry.expires_at_ms > now)
+            .count() as u32;
+        if n_flags == 0 {
+            return Err(Error::NotFound(format!(
+                "digest: '{flagged_by}' has no live flag on {}",
+                hex::encode(digest)
+            )));
+        }
+        let mut batch = self.store.batch();
+        batch.put_dispute(&digest, target.id, caller.id, now);
+        let mut detail = format!("disputes flags of {flagged_by}");
+        if !note.is_empty() {
+            detail.push_str(": ");
+            detail.push_str(note);
+        }
+        let event = AuditEvent::new(caller.into(), AuditOp::Dispute)
+            .counts(1, u64::from(n_flags))
+            .detail(detail)
+            .digests(vec![digest]);
+        self.commit_audited(batch, event, now)?;
+        Ok(n_flags)
+    }
+
+    fn add_principal(&self, admin: &Actor, name: &str, role: Role, cert_sha256: [u8; 32]) -> Result<PrincipalRecord> {
         principals::validate_principal_name(name)?;
-        let _writer = self.writer.lock().expect("writer lock poisoned");
+        let _writer = self.writer();
         if self.registry.by_name(name).is_some() {
             return Err(Error::AlreadyExists(format!("name: a principal named '{name}' exists")));
         }
@@ -334,32 +557,139 @@ impl Inner {
                 "certificate: already registered to another principal".to_owned(),
             ));
         }
+        let now = now_ms();
         let record = PrincipalRecord {
             id: self.registry.next_id(),
             name: name.to_owned(),
             role,
             status: PrincipalStatus::Active,
-            created_at_ms: now_ms(),
+            created_at_ms: now,
             cert_sha256,
         };
         let mut batch = self.store.batch();
         batch.put_principal(&record);
-        self.store.commit(batch)?;
+        let event = AuditEvent::new(admin.clone(), AuditOp::AddPrincipal)
+            .counts(1, 1)
+            .detail(format!("{name} as {role}"));
+        self.commit_audited(batch, event, now)?;
         self.registry.upsert(record.clone());
         Ok(record)
     }
 
-    fn set_principal_status(&self, name: &str, status: PrincipalStatus) -> Result<PrincipalRecord> {
-        let _writer = self.writer.lock().expect("writer lock poisoned");
+    fn set_principal_status(
+        &self,
+        admin: &Caller,
+        name: &str,
+        status: PrincipalStatus,
+        withdraw_flags: bool,
+    ) -> Result<(PrincipalRecord, u32)> {
+        if name == admin.name {
+            return Err(Error::FailedPrecondition(
+                "name: an admin cannot change its own status (it would lock itself out)".to_owned(),
+            ));
+        }
+        if withdraw_flags && status == PrincipalStatus::Active {
+            return Err(Error::invalid("withdraw_flags: only a suspension or a removal withdraws flags"));
+        }
+        let mut last_sequence = self.writer();
         let mut record = self
             .registry
             .by_name(name)
             .ok_or_else(|| Error::NotFound(format!("name: no principal named '{name}'")))?;
+        if record.status == PrincipalStatus::Removed {
+            return Err(Error::FailedPrecondition(format!(
+                "name: '{name}' was removed; add the platform again under a new name"
+            )));
+        }
+        let now = now_ms();
         record.status = status;
         let mut batch = self.store.batch();
         batch.put_principal(&record);
-        self.store.commit(batch)?;
+        let mut sequence = *last_sequence;
+        let n_withdrawn = if withdraw_flags {
+            self.stage_withdrawal(&mut batch, &mut sequence, record.id, now)?
+        } else {
+            0
+        };
+        let op = if status == PrincipalStatus::Removed {
+            AuditOp::RemovePrincipal
+        } else {
+            AuditOp::SetPrincipalStatus
+        };
+        let event = AuditEvent::new(admin.into(), op)
+            .counts(1, u64::from(n_withdrawn))
+            .detail(format!("{name} is now {status}; {n_withdrawn} flag(s) withdrawn"));
+        self.commit_audited(batch, event, now)?;
+        *last_sequence = sequence;
+        self.registry.upsert(record.clone());
+        Ok((record, n_withdrawn))
+    }
+
+    /// Stages the retraction (reason `withdrawn`) of every flag of `member`.
+    fn stage_withdrawal(&self, batch: &mut Batch<'_>, sequence: &mut u64, member: PrincipalId, now: i64) -> Result<u32> {
+        let keys = self.store.flag_keys_of_member(member)?;
+        let mut digests: Vec<Digest> = keys.iter().map(|key| key.digest).collect();
+        digests.dedup();
+        let mut n_withdrawn = 0;
+        for (digest, mut entries) in self.read_summaries(&digests)? {
+            let (withdrawn, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
+                entries.drain(..).partition(|entry| entry.member == member);
+            for entry in &withdrawn {
+                stage_removal(batch, sequence, digest, entry, Change::Retract(RetractReason::Withdrawn), now);
+                n_withdrawn += 1;
+            }
+            batch.put_summary(&digest, &kept);
+        }
+        Ok(n_withdrawn)
+    }
+
+    fn rotate_certificate(&self, admin: &Caller, name: &str, cert_sha256: [u8; 32]) -> Result<PrincipalRecord> {
+        let _writer = self.writer();
+        let mut record = self
+            .registry
+            .by_name(name)
+            .ok_or_else(|| Error::NotFound(format!("name: no principal named '{name}'")))?;
+        if record.status == PrincipalStatus::Removed {
+            return Err(Error::FailedPrecondition(format!("name: '{name}' was removed")));
+        }
+        if self.registry.contains_fingerprint(&cert_sha256) {
+            return Err(Error::AlreadyExists(
+                "certificate: already registered to a principal".to_owned(),
+            ));
+        }
+        let old = record.cert_sha256;
+        record.cert_sha256 = cert_sha256;
+        let mut batch = self.store.batch();
+        batch.put_principal(&record);
+        let event = AuditEvent::new(admin.into(), AuditOp::RotateCertificate)
+            .counts(1, 1)
+            .detail(format!(
+                "{name}: certificate {} replaced by {}",
+                hex::encode(old),
+                hex::encode(cert_sha256)
+            ));
+        self.commit_audited(batch, event, now_ms())?;
         self.registry.upsert(record.clone());
         Ok(record)
     }
+}
+
+/// Stages the removal of one flag: its row goes, and the change log says why.
+fn stage_removal(batch: &mut Batch<'_>, sequence: &mut u64, digest: Digest, entry: &SummaryEntry, change: Change, now: i64) {
+    let key = FlagKey {
+        digest,
+        member: entry.member,
+        kind: entry.kind,
+        category: entry.category,
+    };
+    batch.delete_flag(&key);
+    *sequence += 1;
+    batch.put_change(
+        *sequence,
+        &ChangeRecord {
+            at_ms: now,
+            key,
+            change,
+        },
+    );
 }

@@ -19,32 +19,38 @@ pub struct AdminService {
     pub pki: Arc<Pki>,
 }
 
+impl AdminService {
+    /// Signs a certificate for `name` over a client-made public key.
+    fn issue(&self, name: &str, role: Role, public_key_der: &[u8]) -> Result<(String, [u8; 32]), Status> {
+        self.pki
+            .issue_client_certificate(name, role, public_key_der)
+            .map_err(|err| {
+                status_from_error(Error::invalid(format!(
+                    "public_key_der: not a usable SubjectPublicKeyInfo ({err})"
+                )))
+            })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn add_principal(
         &self,
         request: Request<pb::AddPrincipalRequest>,
     ) -> Result<Response<pb::AddPrincipalResponse>, Status> {
-        authorize(&self.domain, &request, &[Role::Admin])?;
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let request = request.into_inner();
         let role = convert::role_from_pb(request.role).map_err(status_from_error)?;
         self.domain
             .check_new_principal_name(&request.name)
             .map_err(status_from_error)?;
-        let (certificate_pem, cert_sha256) = self
-            .pki
-            .issue_client_certificate(&request.name, role, &request.public_key_der)
-            .map_err(|err| {
-                status_from_error(Error::invalid(format!(
-                    "public_key_der: not a usable SubjectPublicKeyInfo ({err})"
-                )))
-            })?;
+        let (certificate_pem, cert_sha256) = self.issue(&request.name, role, &request.public_key_der)?;
         let record = self
             .domain
-            .add_principal(request.name, role, cert_sha256)
+            .add_principal((&admin).into(), request.name, role, cert_sha256)
             .await
             .map_err(status_from_error)?;
-        tracing::info!(principal = %record.name, role = %record.role, "principal added");
+        tracing::info!(principal = %record.name, role = %record.role, by = %admin.name, "principal added");
         Ok(Response::new(pb::AddPrincipalResponse {
             principal: Some(convert::principal_to_pb(&record)),
             certificate_pem,
@@ -56,13 +62,14 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListPrincipalsRequest>,
     ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
-        authorize(&self.domain, &request, &[Role::Admin])?;
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let principals = self
             .domain
-            .registry()
-            .list()
+            .list_principals(admin)
+            .await
+            .map_err(status_from_error)?
             .iter()
-            .map(convert::principal_to_pb)
+            .map(convert::principal_view_to_pb)
             .collect();
         Ok(Response::new(pb::ListPrincipalsResponse { principals }))
     }
@@ -71,22 +78,98 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::SetPrincipalStatusRequest>,
     ) -> Result<Response<pb::SetPrincipalStatusResponse>, Status> {
-        let caller = authorize(&self.domain, &request, &[Role::Admin])?;
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let request = request.into_inner();
         let status = convert::status_from_pb(request.status).map_err(status_from_error)?;
-        if request.name == caller.name {
-            return Err(Status::failed_precondition(
-                "name: an admin cannot change its own status (it would lock itself out)",
-            ));
-        }
-        let record = self
+        let (record, n_withdrawn) = self
             .domain
-            .set_principal_status(request.name, status)
+            .set_principal_status(admin.clone(), request.name, status, request.withdraw_flags)
             .await
             .map_err(status_from_error)?;
-        tracing::info!(principal = %record.name, status = %record.status, "principal status changed");
+        tracing::info!(principal = %record.name, status = %record.status, n_withdrawn, by = %admin.name, "principal status changed");
         Ok(Response::new(pb::SetPrincipalStatusResponse {
             principal: Some(convert::principal_to_pb(&record)),
+            n_withdrawn,
         }))
+    }
+
+    async fn rotate_certificate(
+        &self,
+        request: Request<pb::RotateCertificateRequest>,
+    ) -> Result<Response<pb::RotateCertificateResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let request = request.into_inner();
+        let role = self
+            .domain
+            .registry()
+            .by_name(&request.name)
+            .map(|record| record.role)
+            .ok_or_else(|| Status::not_found(format!("name: no principal named '{}'", request.name)))?;
+        let (certificate_pem, cert_sha256) = self.issue(&request.name, role, &request.public_key_der)?;
+        let record = self
+            .domain
+            .rotate_certificate(admin.clone(), request.name, cert_sha256)
+            .await
+            .map_err(status_from_error)?;
+        tracing::info!(principal = %record.name, by = %admin.name, "certificate rotated");
+        Ok(Response::new(pb::RotateCertificateResponse {
+            principal: Some(convert::principal_to_pb(&record)),
+            certificate_pem,
+            ca_certificate_pem: self.pki.ca_pem.clone(),
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let filter = convert::audit_filter_from_pb(request.into_inner()).map_err(status_from_error)?;
+        let entries = self
+            .domain
+            .list_audit(admin, filter)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(pb::ListAuditResponse {
+            entries: entries.into_iter().map(convert::audit_entry_to_pb).collect(),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let report = self.domain.verify_audit(admin).await.map_err(status_from_error)?;
+        if let Some((sequence, problem)) = &report.broken {
+            tracing::warn!(sequence, problem, "audit chain broken");
+        }
+        Ok(Response::new(convert::verify_report_to_pb(report)))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let stats = self.domain.stats(admin).await.map_err(status_from_error)?;
+        Ok(Response::new(convert::stats_to_pb(stats)))
+    }
+
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let dir = request.into_inner().dir;
+        if dir.is_empty() {
+            return Err(Status::invalid_argument("dir: must name a folder on the server"));
+        }
+        let path = std::path::PathBuf::from(&dir);
+        if !path.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "dir: '{dir}' must be an absolute path (it is on the server, whose working folder the caller does not know)"
+            )));
+        }
+        self.domain.backup(admin, path).await.map_err(status_from_error)?;
+        tracing::info!(dir, "backup written");
+        Ok(Response::new(pb::BackupResponse { dir }))
     }
 }

@@ -5,9 +5,11 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::digest::{DIGEST_LEN, Digest, Kind};
-use crate::domain::{FlagSelector, Match, NewFlag, RetractOutcome, SubmitOutcome};
+use crate::domain::{
+    AuditFilter, FlagSelector, Match, NewFlag, PrincipalView, RetractOutcome, Stats, SubmitOutcome, VerifyReport,
+};
 use crate::error::{Error, Result};
-use crate::model::{Category, PrincipalRecord, PrincipalStatus, RetractReason, Role};
+use crate::model::{AuditEntry, AuditOp, Category, PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role};
 use crate::pb;
 
 /// The one place library errors become gRPC statuses. Storage and internal details are
@@ -20,6 +22,7 @@ pub fn status_from_error(err: Error) -> Status {
         Error::AlreadyExists(message) => Status::already_exists(message),
         Error::Unauthenticated(message) => Status::unauthenticated(message),
         Error::PermissionDenied(message) => Status::permission_denied(message),
+        Error::FailedPrecondition(message) => Status::failed_precondition(message),
         err @ (Error::Storage(_) | Error::Internal(_)) => {
             tracing::error!(error = %err, "internal error");
             Status::internal("internal error")
@@ -48,7 +51,7 @@ pub fn timestamp_from_ms(ms: i64) -> Timestamp {
     }
 }
 
-fn digest_from_bytes(field: &str, bytes: &[u8]) -> Result<Digest> {
+pub fn digest_from_bytes(field: &str, bytes: &[u8]) -> Result<Digest> {
     bytes
         .try_into()
         .map_err(|_| Error::invalid(format!("{field}: expected {DIGEST_LEN} bytes, got {}", bytes.len())))
@@ -135,6 +138,7 @@ pub fn match_to_pb(found: Match) -> pb::Match {
         last_seen: Some(timestamp_from_ms(found.last_seen_ms)),
         max_confidence: u32::from(found.max_confidence),
         flagged_by_caller: found.flagged_by_caller,
+        n_disputes: found.n_disputes,
     }
 }
 
@@ -162,11 +166,18 @@ pub fn selectors_from_pb(selectors: Vec<pb::FlagSelector>) -> Result<Vec<FlagSel
         .collect()
 }
 
+/// A member's retraction reason; `withdrawn` is the operator's alone.
 pub fn retract_reason_from_pb(value: i32) -> Result<RetractReason> {
-    pb::RetractReason::try_from(value)
+    match pb::RetractReason::try_from(value)
         .ok()
         .and_then(|_| RetractReason::from_u8(value as u8))
-        .ok_or_else(|| Error::invalid(format!("reason: unknown retract reason {value}")))
+    {
+        Some(RetractReason::Withdrawn) => Err(Error::invalid(
+            "reason: withdrawn is set by the operator when it withdraws a member's flags",
+        )),
+        Some(reason) => Ok(reason),
+        None => Err(Error::invalid(format!("reason: unknown retract reason {value}"))),
+    }
 }
 
 pub fn retract_outcome_to_pb(outcome: RetractOutcome) -> pb::RetractResponse {
@@ -194,12 +205,103 @@ pub fn status_from_pb(value: i32) -> Result<PrincipalStatus> {
 }
 
 pub fn principal_to_pb(record: &PrincipalRecord) -> pb::Principal {
+    principal_view_to_pb(&PrincipalView {
+        record: record.clone(),
+        stats: PrincipalStats::default(),
+    })
+}
+
+pub fn principal_view_to_pb(view: &PrincipalView) -> pb::Principal {
+    let record = &view.record;
     pb::Principal {
         name: record.name.clone(),
         role: record.role as i32,
         status: record.status as i32,
         created_at: Some(timestamp_from_ms(record.created_at_ms)),
         certificate_sha256: hex::encode(record.cert_sha256),
+        last_seen: (view.stats.last_seen_ms > 0).then(|| timestamp_from_ms(view.stats.last_seen_ms)),
+        n_flags_submitted: view.stats.n_flags_submitted,
+        n_queries: view.stats.n_queries,
+        n_digests_queried: view.stats.n_digests_queried,
+    }
+}
+
+pub fn audit_entry_to_pb(entry: AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        sequence: entry.sequence,
+        at: Some(timestamp_from_ms(entry.at_ms)),
+        principal: entry.principal,
+        op: entry.op,
+        n_items: entry.n_items,
+        n_changed: entry.n_changed,
+        detail: entry.detail,
+        digests: entry.digests,
+        prev_hash: entry.prev_hash,
+    }
+}
+
+pub const DEFAULT_AUDIT_LIST_LIMIT: u32 = 1_000;
+
+pub fn audit_filter_from_pb(request: pb::ListAuditRequest) -> Result<AuditFilter> {
+    let op = match request.op.as_str() {
+        "" => None,
+        text => Some(text.parse::<AuditOp>().map_err(|reason| Error::invalid(format!("op: {reason}")))?),
+    };
+    let digest = match request.digest.len() {
+        0 => None,
+        DIGEST_LEN => Some(request.digest.as_slice().try_into().expect("32 bytes")),
+        n => {
+            return Err(Error::invalid(format!(
+                "digest: {n} bytes, expected {DIGEST_LEN}"
+            )));
+        }
+    };
+    Ok(AuditFilter {
+        principal: (!request.principal.is_empty()).then_some(request.principal),
+        op,
+        since_ms: request.since.map(|t| ms_from_timestamp("since", &t)).transpose()?,
+        until_ms: request.until.map(|t| ms_from_timestamp("until", &t)).transpose()?,
+        digest,
+        limit: if request.limit == 0 {
+            DEFAULT_AUDIT_LIST_LIMIT as usize
+        } else {
+            request.limit as usize
+        },
+    })
+}
+
+pub fn verify_report_to_pb(report: VerifyReport) -> pb::VerifyAuditResponse {
+    let (broken_sequence, problem) = report.broken.clone().unwrap_or_default();
+    pb::VerifyAuditResponse {
+        ok: report.broken.is_none(),
+        n_checked: report.n_checked,
+        first_sequence: report.first_sequence,
+        last_sequence: report.last_sequence,
+        head_hash: hex::encode(report.head_hash),
+        broken_sequence,
+        problem,
+    }
+}
+
+pub fn stats_to_pb(stats: Stats) -> pb::GetStatsResponse {
+    fn named<K: std::fmt::Display>(map: std::collections::BTreeMap<K, u64>) -> std::collections::HashMap<String, u64> {
+        map.into_iter().map(|(key, n)| (key.to_string(), n)).collect()
+    }
+    let optional_time = |ms: i64| (ms != 0).then(|| timestamp_from_ms(ms));
+    pb::GetStatsResponse {
+        n_digests: stats.n_digests,
+        n_active_flags: stats.n_active_flags,
+        n_expired_flags: stats.n_expired_flags,
+        active_flags_by_kind: named(stats.active_by_kind),
+        active_flags_by_category: named(stats.active_by_category),
+        active_principals_by_role: named(stats.principals_by_role),
+        disk_bytes: stats.disk_bytes,
+        oldest_flag: optional_time(stats.oldest_flag_ms),
+        newest_flag: optional_time(stats.newest_flag_ms),
+        change_sequence: stats.change_sequence,
+        audit_sequence: stats.audit_sequence,
+        flags_expired_purged: stats.flags_expired_purged,
+        audit_entries_pruned: stats.audit_entries_pruned,
     }
 }
 

@@ -50,4 +50,16 @@ impl pb::flags_server::Flags for FlagsService {
             .map_err(status_from_error)?;
         Ok(Response::new(convert::retract_outcome_to_pb(outcome)))
     }
+
+    async fn dispute(&self, request: Request<pb::DisputeRequest>) -> Result<Response<pb::DisputeResponse>, Status> {
+        let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        let request = request.into_inner();
+        let digest = convert::digest_from_bytes("digest", &request.digest).map_err(status_from_error)?;
+        let n_flags = self
+            .domain
+            .dispute(caller, digest, request.member, request.note)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(pb::DisputeResponse { n_flags }))
+    }
 }

@@ -4,8 +4,10 @@
 //! Integers in keys are big-endian, so byte order is numeric order (`keys.rs`). Every value
 //! starts with a format-version byte (`codec.rs`).
 
-/// Schema bookkeeping.
-/// Rows: `b"schema_version"` → u32 BE, checked at open.
+/// Schema bookkeeping and the audit chain's ends.
+/// Rows: `b"schema_version"` → u32 BE, checked at open; `b"audit_head"` → `sequence u64 |
+/// BLAKE3 hash(32)` of the newest audit entry; `b"audit_anchor"` → the same for the newest
+/// entry removed by audit retention (the chain is verified from there).
 pub const META: &str = "meta";
 
 /// The lookup path: one row per digest that has at least one stored flag.
@@ -27,5 +29,20 @@ pub const CHANGES: &str = "changes";
 /// Rows: `principal id u32` → principal v1 (see `codec::encode_principal`).
 pub const PRINCIPALS: &str = "principals";
 
+/// Activity counters per principal, for `admin member list`.
+/// Rows: `principal id u32` → stats v1: `[1, last_seen i64, flags_submitted u64, queries u64,
+/// digests_queried u64]`.
+pub const PRINCIPAL_STATS: &str = "principal_stats";
+
+/// The append-only, hash-chained audit log.
+/// Rows: `sequence u64` → audit v1: `[1, JSON of model::AuditEntry]`. JSON because operators
+/// and their tools read entries as they are; the hash covers the stored bytes.
+pub const AUDIT: &str = "audit";
+
+/// Disputes of one member's flags on a digest by another member.
+/// Rows: `digest(32) | flagged-by member u32 | disputing member u32` → dispute v1: `[1, at i64]`.
+/// All disputes of a digest are one prefix scan, done only for digests that matched.
+pub const DISPUTES: &str = "disputes";
+
 /// All families, in the order they are opened.
-pub const ALL: &[&str] = &[META, SUMMARIES, FLAGS, CHANGES, PRINCIPALS];
+pub const ALL: &[&str] = &[META, SUMMARIES, FLAGS, CHANGES, PRINCIPALS, PRINCIPAL_STATS, AUDIT, DISPUTES];

@@ -3,8 +3,8 @@
 
 use crate::digest::Kind;
 use crate::model::{
-    Category, Change, ChangeRecord, FlagKey, FlagRecord, PrincipalRecord, PrincipalStatus, RetractReason, Role,
-    SummaryEntry,
+    AuditEntry, Category, Change, ChangeRecord, FlagKey, FlagRecord, PrincipalRecord, PrincipalStats, PrincipalStatus,
+    RetractReason, Role, SummaryEntry,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,10 @@ const CHANGE_V1: u8 = 1;
 const PRINCIPAL_V1: u8 = 1;
 const CHANGE_UPSERT: u8 = 1;
 const CHANGE_RETRACT: u8 = 2;
+const CHANGE_EXPIRE: u8 = 3;
+const PRINCIPAL_STATS_V1: u8 = 1;
+const AUDIT_V1: u8 = 1;
+const DISPUTE_V1: u8 = 1;
 
 /// Reads fields in order, turning a short or malformed value into a `DecodeError`.
 struct Reader<'a> {
@@ -185,7 +189,7 @@ pub fn decode_flag(bytes: &[u8]) -> Result<FlagRecord, DecodeError> {
 
 /// change v1: `[1, at i64, digest(32), member u32, kind u8, category u8, op u8, body]`;
 /// op 1 (upsert) body: `confidence u8, first_seen i64, last_seen i64, expires_at i64`;
-/// op 2 (retract) body: `reason u8`.
+/// op 2 (retract) body: `reason u8`; op 3 (expire): no body.
 pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(72);
     out.push(CHANGE_V1);
@@ -206,6 +210,7 @@ pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
             out.push(CHANGE_RETRACT);
             out.push(*reason as u8);
         }
+        Change::Expire => out.push(CHANGE_EXPIRE),
     }
     out
 }
@@ -235,6 +240,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
                 RetractReason::from_u8(byte).ok_or_else(|| reader.error(format!("unknown retract reason {byte}")))?;
             Change::Retract(reason)
         }
+        CHANGE_EXPIRE => Change::Expire,
         other => return Err(reader.error(format!("unknown change op {other}"))),
     };
     reader.finish(ChangeRecord { at_ms, key, change })
@@ -272,6 +278,60 @@ pub fn decode_principal(bytes: &[u8]) -> Result<PrincipalRecord, DecodeError> {
         created_at_ms,
         cert_sha256,
     })
+}
+
+pub fn encode_principal_stats(stats: &PrincipalStats) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33);
+    out.push(PRINCIPAL_STATS_V1);
+    out.extend_from_slice(&stats.last_seen_ms.to_be_bytes());
+    out.extend_from_slice(&stats.n_flags_submitted.to_be_bytes());
+    out.extend_from_slice(&stats.n_queries.to_be_bytes());
+    out.extend_from_slice(&stats.n_digests_queried.to_be_bytes());
+    out
+}
+
+pub fn decode_principal_stats(bytes: &[u8]) -> Result<PrincipalStats, DecodeError> {
+    let mut reader = Reader::new("principal stats", bytes, PRINCIPAL_STATS_V1)?;
+    let stats = PrincipalStats {
+        last_seen_ms: reader.i64()?,
+        n_flags_submitted: reader.i64()? as u64,
+        n_queries: reader.i64()? as u64,
+        n_digests_queried: reader.i64()? as u64,
+    };
+    reader.finish(stats)
+}
+
+/// audit v1: `[1, JSON]`.
+pub fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
+    let mut out = vec![AUDIT_V1];
+    serde_json::to_writer(&mut out, entry).expect("an audit entry serialises");
+    out
+}
+
+pub fn decode_audit(bytes: &[u8]) -> Result<AuditEntry, DecodeError> {
+    let reader = Reader::new("audit", bytes, AUDIT_V1)?;
+    serde_json::from_slice(reader.rest).map_err(|err| reader.error(format!("malformed entry ({err})")))
+}
+
+/// The end of the audit chain: `sequence u64 | hash(32)`.
+pub fn encode_chain_end(sequence: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40);
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(hash);
+    out
+}
+
+pub fn decode_chain_end(bytes: &[u8]) -> Result<(u64, [u8; 32]), DecodeError> {
+    let mut reader = Reader { what: "audit chain end", rest: bytes };
+    let sequence = reader.i64()? as u64;
+    let hash = reader.array32()?;
+    reader.finish((sequence, hash))
+}
+
+pub fn encode_dispute(at_ms: i64) -> Vec<u8> {
+    let mut out = vec![DISPUTE_V1];
+    out.extend_from_slice(&at_ms.to_be_bytes());
+    out
 }
 
 #[cfg(test)]
@@ -346,6 +406,42 @@ mod tests {
             cert_sha256: [0xee; 32],
         };
         assert_eq!(decode_principal(&encode_principal(&record)).unwrap(), record);
+    }
+
+    #[test]
+    fn stats_audit_and_expire_round_trip() {
+        let stats = PrincipalStats {
+            last_seen_ms: 5,
+            n_flags_submitted: 6,
+            n_queries: 7,
+            n_digests_queried: 8,
+        };
+        assert_eq!(decode_principal_stats(&encode_principal_stats(&stats)).unwrap(), stats);
+        let entry = AuditEntry {
+            sequence: 3,
+            at_ms: 9,
+            principal: "platform-a".to_owned(),
+            op: "query".to_owned(),
+            n_items: 2,
+            n_changed: 1,
+            detail: String::new(),
+            digests: vec!["ab".to_owned()],
+            prev_hash: "00".to_owned(),
+        };
+        assert_eq!(decode_audit(&encode_audit(&entry)).unwrap(), entry);
+        assert!(decode_audit(b"\x01{not json").is_err());
+        assert_eq!(decode_chain_end(&encode_chain_end(4, &[7; 32])).unwrap(), (4, [7; 32]));
+        let change = ChangeRecord {
+            at_ms: 1,
+            key: FlagKey {
+                digest: [2; 32],
+                member: 3,
+                kind: Kind::Phone,
+                category: Category::Other,
+            },
+            change: Change::Expire,
+        };
+        assert_eq!(decode_change(&encode_change(&change)).unwrap(), change);
     }
 
     #[test]

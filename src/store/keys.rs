@@ -19,6 +19,31 @@ pub enum KeyError {
 pub const FLAG_KEY_LEN: usize = DIGEST_LEN + 4 + 1 + 1;
 
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+pub const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
+pub const AUDIT_ANCHOR_KEY: &[u8] = b"audit_anchor";
+pub const DISPUTE_KEY_LEN: usize = DIGEST_LEN + 4 + 4;
+
+pub fn dispute_key(digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId) -> [u8; DISPUTE_KEY_LEN] {
+    let mut out = [0u8; DISPUTE_KEY_LEN];
+    out[..DIGEST_LEN].copy_from_slice(digest);
+    out[DIGEST_LEN..DIGEST_LEN + 4].copy_from_slice(&flagged_by.to_be_bytes());
+    out[DIGEST_LEN + 4..].copy_from_slice(&disputer.to_be_bytes());
+    out
+}
+
+/// `(flagged_by, disputer)` of a dispute key.
+pub fn decode_dispute_key(bytes: &[u8]) -> Result<(PrincipalId, PrincipalId), KeyError> {
+    if bytes.len() != DISPUTE_KEY_LEN {
+        return Err(KeyError::Length {
+            what: "dispute",
+            got: bytes.len(),
+            expected: DISPUTE_KEY_LEN,
+        });
+    }
+    let flagged_by = u32::from_be_bytes(bytes[DIGEST_LEN..DIGEST_LEN + 4].try_into().expect("4 bytes"));
+    let disputer = u32::from_be_bytes(bytes[DIGEST_LEN + 4..].try_into().expect("4 bytes"));
+    Ok((flagged_by, disputer))
+}
 
 pub fn flag_key(key: &FlagKey) -> [u8; FLAG_KEY_LEN] {
     let mut out = [0u8; FLAG_KEY_LEN];

@@ -15,7 +15,7 @@ use rocksdb::{
 };
 
 use crate::digest::Digest;
-use crate::model::{ChangeRecord, FlagKey, FlagRecord, PrincipalRecord, SummaryEntry};
+use crate::model::{ChangeRecord, FlagKey, FlagRecord, PrincipalId, PrincipalRecord, PrincipalStats, SummaryEntry};
 
 pub use codec::DecodeError;
 pub use keys::KeyError;
@@ -61,6 +61,16 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     write_options: WriteOptions,
+}
+
+/// Whether a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// As configured (`sync_writes`): flag changes and admin actions.
+    Configured,
+    /// WAL written but not fsynced: the audit record of a read-only call, where a power
+    /// loss may lose the last few records but a query is never slowed by an fsync.
+    Buffered,
 }
 
 fn family_options(name: &str, cache: &Cache) -> Options {
@@ -243,6 +253,115 @@ impl Store {
             .collect()
     }
 
+    pub fn load_principal_stats(&self) -> Result<Vec<(PrincipalId, PrincipalStats)>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(cf::PRINCIPAL_STATS), IteratorMode::Start)
+            .map(|item| -> Result<_, StoreError> {
+                let (key, value) = item?;
+                Ok((keys::decode_principal_key(&key)?, codec::decode_principal_stats(&value)?))
+            })
+            .collect()
+    }
+
+    /// `(sequence, hash)` of the newest audit entry, if any.
+    pub fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.chain_end(keys::AUDIT_HEAD_KEY)
+    }
+
+    /// `(sequence, hash)` of the newest audit entry removed by retention, if any.
+    pub fn audit_anchor(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.chain_end(keys::AUDIT_ANCHOR_KEY)
+    }
+
+    fn chain_end(&self, key: &[u8]) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        match self.db.get_cf(self.cf(cf::META), key)? {
+            Some(bytes) => Ok(Some(codec::decode_chain_end(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored audit entries (raw bytes, as hashed) from `from` on, in sequence order.
+    pub fn audit_entries_from(&self, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        let start = keys::sequence_key(from);
+        self.db
+            .iterator_cf(self.cf(cf::AUDIT), IteratorMode::From(&start, Direction::Forward))
+            .map(|item| -> Result<_, StoreError> {
+                let (key, value) = item?;
+                Ok((keys::decode_sequence_key(&key)?, value.into_vec()))
+            })
+    }
+
+    /// Every summary row, in digest order.
+    pub fn all_summaries(&self) -> impl Iterator<Item = Result<(Digest, Vec<SummaryEntry>), StoreError>> + '_ {
+        self.db
+            .iterator_cf(self.cf(cf::SUMMARIES), IteratorMode::Start)
+            .map(|item| -> Result<_, StoreError> {
+                let (key, value) = item?;
+                let digest: Digest = key.as_ref().try_into().map_err(|_| KeyError::Length {
+                    what: "summary",
+                    got: key.len(),
+                    expected: crate::digest::DIGEST_LEN,
+                })?;
+                Ok((digest, codec::decode_summary(&value)?))
+            })
+    }
+
+    /// Keys of every stored flag of `member`: a scan of the whole family, for the rare
+    /// operator action that withdraws a member's flags.
+    pub fn flag_keys_of_member(&self, member: PrincipalId) -> Result<Vec<FlagKey>, StoreError> {
+        let mut found = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::FLAGS), IteratorMode::Start) {
+            let (key, _value) = item?;
+            let key = keys::decode_flag_key(&key)?;
+            if key.member == member {
+                found.push(key);
+            }
+        }
+        Ok(found)
+    }
+
+    /// `(flagged_by, disputer)` of every dispute recorded on `digest`.
+    pub fn disputes_of(&self, digest: &Digest) -> Result<Vec<(PrincipalId, PrincipalId)>, StoreError> {
+        let mut found = Vec::new();
+        let iterator = self
+            .db
+            .iterator_cf(self.cf(cf::DISPUTES), IteratorMode::From(digest, Direction::Forward));
+        for item in iterator {
+            let (key, _value) = item?;
+            if !key.starts_with(digest) {
+                break;
+            }
+            found.push(keys::decode_dispute_key(&key)?);
+        }
+        Ok(found)
+    }
+
+    /// Bytes of the database's files on disk.
+    pub fn disk_size(&self) -> u64 {
+        fn walk(path: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => walk(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.path)
+    }
+
+    /// A consistent copy of the whole database in `dir` (which must not exist), taken while
+    /// writes go on: SST files are hard-linked when on the same file system, else copied.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(dir)?;
+        Ok(())
+    }
+
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             store: self,
@@ -253,7 +372,14 @@ impl Store {
     /// Writes the whole batch atomically; with `sync_writes` it returns only once the WAL
     /// is on disk.
     pub fn commit(&self, batch: Batch<'_>) -> Result<(), StoreError> {
-        self.db.write_opt(batch.inner, &self.write_options)?;
+        self.commit_with(batch, Durability::Configured)
+    }
+
+    pub fn commit_with(&self, batch: Batch<'_>, durability: Durability) -> Result<(), StoreError> {
+        match durability {
+            Durability::Configured => self.db.write_opt(batch.inner, &self.write_options)?,
+            Durability::Buffered => self.db.write(batch.inner)?,
+        }
         Ok(())
     }
 }
@@ -292,6 +418,48 @@ impl Batch<'_> {
             self.store.cf(cf::CHANGES),
             keys::sequence_key(sequence),
             codec::encode_change(record),
+        );
+    }
+
+    pub fn put_principal_stats(&mut self, id: PrincipalId, stats: &PrincipalStats) {
+        self.inner.put_cf(
+            self.store.cf(cf::PRINCIPAL_STATS),
+            keys::principal_key(id),
+            codec::encode_principal_stats(stats),
+        );
+    }
+
+    /// Appends an audit entry (already encoded, as hashed) and moves the chain's head.
+    pub fn put_audit(&mut self, sequence: u64, encoded: &[u8], hash: &[u8; 32]) {
+        self.inner
+            .put_cf(self.store.cf(cf::AUDIT), keys::sequence_key(sequence), encoded);
+        self.inner.put_cf(
+            self.store.cf(cf::META),
+            keys::AUDIT_HEAD_KEY,
+            codec::encode_chain_end(sequence, hash),
+        );
+    }
+
+    /// Removes audit entries up to and including `through`, whose hash is `hash`; the chain
+    /// is verified from that anchor on.
+    pub fn prune_audit(&mut self, through: u64, hash: &[u8; 32]) {
+        self.inner.delete_range_cf(
+            self.store.cf(cf::AUDIT),
+            keys::sequence_key(0),
+            keys::sequence_key(through.saturating_add(1)),
+        );
+        self.inner.put_cf(
+            self.store.cf(cf::META),
+            keys::AUDIT_ANCHOR_KEY,
+            codec::encode_chain_end(through, hash),
+        );
+    }
+
+    pub fn put_dispute(&mut self, digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId, at_ms: i64) {
+        self.inner.put_cf(
+            self.store.cf(cf::DISPUTES),
+            keys::dispute_key(digest, flagged_by, disputer),
+            codec::encode_dispute(at_ms),
         );
     }
 
