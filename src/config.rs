@@ -28,6 +28,12 @@ pub struct Config {
     pub block_cache_mib: usize,
     /// How long a flag matches when its member gave no expiry, in days.
     pub default_flag_ttl_days: u32,
+    /// Per-category overrides of `default_flag_ttl_days`, e.g. `{ grooming = 1095 }`.
+    pub flag_ttl_days: std::collections::BTreeMap<String, u32>,
+    /// How long audit entries are kept, in days.
+    pub audit_retention_days: u32,
+    /// Seconds between maintenance passes (purging expired flags, pruning the audit log).
+    pub maintenance_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -40,6 +46,10 @@ impl Default for Config {
             sync_writes: true,
             block_cache_mib: 256,
             default_flag_ttl_days: 730,
+            flag_ttl_days: Default::default(),
+            // Seven years: the usual horizon for records that may be asked for in court.
+            audit_retention_days: 7 * 365,
+            maintenance_interval_secs: 600,
         }
     }
 }
@@ -55,6 +65,12 @@ impl Config {
             Config::default()
         };
         config.data_dir = data_dir.to_owned();
+        config.policy().map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        anyhow::ensure!(
+            config.maintenance_interval_secs > 0,
+            "{}: maintenance_interval_secs must be at least 1",
+            path.display()
+        );
         Ok(config)
     }
 
@@ -78,13 +94,21 @@ impl Config {
         }
     }
 
-    pub fn policy(&self) -> crate::domain::Policy {
-        let ttl_ms = i64::from(self.default_flag_ttl_days) * 24 * 60 * 60 * 1000;
-        crate::domain::Policy {
-            default_ttl_ms: crate::model::Category::ALL
-                .iter()
-                .map(|category| (*category, ttl_ms))
-                .collect(),
+    /// The flag expiry policy; fails on an unknown category in `flag_ttl_days`.
+    pub fn policy(&self) -> Result<crate::domain::Policy, String> {
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        let mut default_ttl_ms: std::collections::HashMap<_, _> = crate::model::Category::ALL
+            .iter()
+            .map(|category| (*category, i64::from(self.default_flag_ttl_days) * DAY_MS))
+            .collect();
+        for (name, days) in &self.flag_ttl_days {
+            let category: crate::model::Category = name.parse().map_err(|err| format!("flag_ttl_days: {err}"))?;
+            default_ttl_ms.insert(category, i64::from(*days) * DAY_MS);
         }
+        Ok(crate::domain::Policy { default_ttl_ms })
+    }
+
+    pub fn audit_retention_ms(&self) -> i64 {
+        i64::from(self.audit_retention_days) * 24 * 60 * 60 * 1000
     }
 }

@@ -122,6 +122,42 @@ pub struct RetractArgs {
     reason: RetractReason,
 }
 
+#[derive(Args)]
+pub struct DisputeArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    hashing: HashingArgs,
+    /// The member whose flags are disputed, as named in a match.
+    #[arg(long)]
+    member: String,
+    /// Why, for the operator's audit log (at most 128 bytes; no personal data).
+    #[arg(long, default_value = "")]
+    note: String,
+    /// The identifier whose flags are disputed.
+    identifier: String,
+}
+
+pub async fn dispute(args: &DisputeArgs) -> anyhow::Result<()> {
+    let key = ConsortiumKey::load(&args.hashing.key)?;
+    let kind = args.hashing.kind.context("--kind is required")?;
+    let (_normalized, digest) = Hasher::new(&key)
+        .digest(kind, &args.identifier, &normalize_options(&args.hashing)?)
+        .map_err(|err| anyhow::anyhow!("'{}': {err}", args.identifier))?;
+    let mut client = flags_client(&args.connect).await?;
+    let response = client
+        .dispute(pb::DisputeRequest {
+            digest: digest.to_vec(),
+            member: args.member.clone(),
+            note: args.note.clone(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("disputed {} flag(s) of {} on {}", response.n_flags, args.member, hex::encode(digest));
+    Ok(())
+}
+
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
     let key = ConsortiumKey::generate(args.key_id)?;
     key.save_new(&args.out)?;
@@ -322,8 +358,8 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
     let mut n_matched = 0usize;
     if !args.json {
         println!(
-            "{:<32} {:>7} {:<28} {:<28} {:>4} {:<3}",
-            "IDENTIFIER", "MEMBERS", "FLAGGED BY", "CATEGORIES", "CONF", "YOU"
+            "{:<32} {:>7} {:<28} {:<28} {:>4} {:<4} {:>8}",
+            "IDENTIFIER", "MEMBERS", "FLAGGED BY", "CATEGORIES", "CONF", "YOU", "DISPUTES"
         );
     }
     for batch in hashed.chunks(args.input.batch_size as usize) {
@@ -366,17 +402,19 @@ fn print_match(identifier: &str, found: &pb::Match, json: bool) {
             "last_seen": found.last_seen.as_ref().map(|ts| crate::util::format_ms(ts.seconds * 1000)),
             "max_confidence": found.max_confidence,
             "flagged_by_caller": found.flagged_by_caller,
+            "n_disputes": found.n_disputes,
         });
         println!("{line}");
     } else {
         println!(
-            "{:<32} {:>7} {:<28} {:<28} {:>4} {:<3}",
+            "{:<32} {:>7} {:<28} {:<28} {:>4} {:<4} {:>8}",
             identifier,
             found.n_members,
             found.members.join(","),
             categories.join(","),
             found.max_confidence,
-            if found.flagged_by_caller { "yes" } else { "no" }
+            if found.flagged_by_caller { "yes" } else { "no" },
+            found.n_disputes
         );
     }
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod input;
 mod member;
+mod offline;
 pub mod setup;
 
 use std::path::PathBuf;
@@ -41,8 +42,12 @@ enum Command {
     Query(member::QueryArgs),
     /// Withdraw the caller's own flags on identifiers (after an appeal, say).
     Retract(member::RetractArgs),
+    /// Dispute another member's flags on an identifier (it is counted in matches).
+    Dispute(member::DisputeArgs),
     /// Operator commands against a running server (admin role).
     Admin(admin::AdminArgs),
+    /// Replace the database with a backup made by `admin backup` (the server must be stopped).
+    OfflineRestore(offline::RestoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,7 +106,9 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => member::submit(&args).await,
             Command::Query(args) => member::query(&args).await,
             Command::Retract(args) => member::retract(&args).await,
+            Command::Dispute(args) => member::dispute(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::OfflineRestore(args) => offline::restore(&args).map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -50,7 +50,7 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let pki = Pki::create(&config.data_dir, &config.operator_name, &config.host_names)?;
     let store = Store::open(&config.db_dir(), &config.store_options())?;
-    let domain = Domain::open(store, config.policy())?;
+    let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
 
     let admin_key = generate_client_key()?;
     let (cert_pem, cert_sha256) =

@@ -8,6 +8,7 @@ mod identity;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use http::HeaderValue;
@@ -54,7 +55,7 @@ fn rewrite_oversized_request_status(
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let pki = Arc::new(Pki::load(&config.data_dir)?);
     let store = Store::open(&config.db_dir(), &config.store_options())?;
-    let domain = Domain::open(store, config.policy())?;
+    let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
@@ -85,6 +86,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
+    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let maintenance = tokio::spawn(maintenance_loop(
+        domain.clone(),
+        Duration::from_secs(config.maintenance_interval_secs),
+        config.audit_retention_ms(),
+        stop_requested,
+    ));
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
@@ -98,6 +110,31 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .context("serving")?;
+    maintenance.await.context("maintenance task")?;
     tracing::info!("flagshare stopped");
     Ok(())
+}
+
+/// Purges expired flags and prunes the audit log every `interval`, first right after start.
+async fn maintenance_loop(
+    domain: Domain,
+    interval: Duration,
+    audit_retention_ms: i64,
+    mut stop_requested: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop_requested.changed() => return,
+        }
+        match domain.sweep(audit_retention_ms).await {
+            Ok(sweep) if sweep != Default::default() => {
+                tracing::info!(sweep.flags_purged, sweep.audit_entries_pruned, "maintenance pass");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(%err, "maintenance pass failed; retrying at the next interval"),
+        }
+    }
 }

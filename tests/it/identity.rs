@@ -101,6 +101,7 @@ async fn a_suspended_member_is_refused_on_an_already_open_connection_and_can_be_
         .set_principal_status(pb::SetPrincipalStatusRequest {
             name: "alpha".to_owned(),
             status: pb::PrincipalStatus::Suspended as i32,
+            withdraw_flags: false,
         })
         .await
         .unwrap();
@@ -116,6 +117,7 @@ async fn a_suspended_member_is_refused_on_an_already_open_connection_and_can_be_
         .set_principal_status(pb::SetPrincipalStatusRequest {
             name: "alpha".to_owned(),
             status: pb::PrincipalStatus::Active as i32,
+            withdraw_flags: false,
         })
         .await
         .unwrap();
@@ -200,6 +202,7 @@ async fn principal_names_are_unique_and_an_admin_cannot_lock_itself_out() {
         .set_principal_status(pb::SetPrincipalStatusRequest {
             name: "admin".to_owned(),
             status: pb::PrincipalStatus::Suspended as i32,
+            withdraw_flags: false,
         })
         .await
         .unwrap_err();
