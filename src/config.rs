@@ -65,7 +65,9 @@ impl Config {
             Config::default()
         };
         config.data_dir = data_dir.to_owned();
-        config.policy().map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        config
+            .policy()
+            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
         anyhow::ensure!(
             config.maintenance_interval_secs > 0,
             "{}: maintenance_interval_secs must be at least 1",

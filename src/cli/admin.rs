@@ -144,13 +144,25 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Member(MemberCommand::List { json }) => list_members(&mut client, *json).await,
         AdminCommand::Member(MemberCommand::Suspend(status)) => {
-            set_status(&mut client, &status.name, PrincipalStatus::Suspended, status.withdraw_flags).await
+            set_status(
+                &mut client,
+                &status.name,
+                PrincipalStatus::Suspended,
+                status.withdraw_flags,
+            )
+            .await
         }
         AdminCommand::Member(MemberCommand::Reinstate { name }) => {
             set_status(&mut client, name, PrincipalStatus::Active, false).await
         }
         AdminCommand::Member(MemberCommand::Remove(status)) => {
-            set_status(&mut client, &status.name, PrincipalStatus::Removed, status.withdraw_flags).await
+            set_status(
+                &mut client,
+                &status.name,
+                PrincipalStatus::Removed,
+                status.withdraw_flags,
+            )
+            .await
         }
         AdminCommand::Member(MemberCommand::RotateCert { name, out }) => {
             rotate_cert(&mut client, &bundle, endpoint, name, out).await
@@ -304,7 +316,9 @@ async fn rotate_cert(
 /// An RFC 3339 time, or an age such as `30d` counted back from now.
 fn parse_time_or_age(field: &str, text: &str) -> anyhow::Result<prost_types::Timestamp> {
     let ms = if let Ok(time) = humantime::parse_rfc3339_weak(text) {
-        time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+        time.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
     } else if let Ok(age) = humantime::parse_duration(text) {
         crate::util::now_ms() - age.as_millis() as i64
     } else {
@@ -317,7 +331,11 @@ async fn audit_list(client: &mut AdminClient<Channel>, args: &AuditListArgs) -> 
     let digest = match &args.digest {
         Some(text) => {
             let bytes = hex::decode(text.trim()).map_err(|_| anyhow::anyhow!("--digest: '{text}' is not hex"))?;
-            anyhow::ensure!(bytes.len() == 32, "--digest: {} bytes, expected 32 (64 hex characters)", bytes.len());
+            anyhow::ensure!(
+                bytes.len() == 32,
+                "--digest: {} bytes, expected 32 (64 hex characters)",
+                bytes.len()
+            );
             bytes
         }
         None => Vec::new(),
@@ -325,8 +343,16 @@ async fn audit_list(client: &mut AdminClient<Channel>, args: &AuditListArgs) -> 
     let request = pb::ListAuditRequest {
         principal: args.member.clone().unwrap_or_default(),
         op: args.op.map(|op| op.as_str().to_owned()).unwrap_or_default(),
-        since: args.since.as_deref().map(|t| parse_time_or_age("since", t)).transpose()?,
-        until: args.until.as_deref().map(|t| parse_time_or_age("until", t)).transpose()?,
+        since: args
+            .since
+            .as_deref()
+            .map(|t| parse_time_or_age("since", t))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|t| parse_time_or_age("until", t))
+            .transpose()?,
         digest,
         limit: args.limit,
     };

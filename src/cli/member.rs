@@ -154,7 +154,12 @@ pub async fn dispute(args: &DisputeArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    println!("disputed {} flag(s) of {} on {}", response.n_flags, args.member, hex::encode(digest));
+    println!(
+        "disputed {} flag(s) of {} on {}",
+        response.n_flags,
+        args.member,
+        hex::encode(digest)
+    );
     Ok(())
 }
 

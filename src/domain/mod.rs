@@ -211,7 +211,12 @@ impl Domain {
     }
 
     /// Replaces a principal's certificate; the old one is refused from the next call on.
-    pub async fn rotate_certificate(&self, admin: Caller, name: String, cert_sha256: [u8; 32]) -> Result<PrincipalRecord> {
+    pub async fn rotate_certificate(
+        &self,
+        admin: Caller,
+        name: String,
+        cert_sha256: [u8; 32],
+    ) -> Result<PrincipalRecord> {
         let inner = self.inner.clone();
         blocking(move || inner.rotate_certificate(&admin, &name, cert_sha256)).await
     }
@@ -293,7 +298,10 @@ impl Domain {
             inner.record(AuditEvent::new((&admin).into(), AuditOp::Backup).detail(dir.display().to_string()))?;
             inner.store.checkpoint(&dir).map_err(|err| {
                 tracing::warn!(dir = %dir.display(), %err, "backup failed");
-                Error::Internal(format!("backup to {} failed; the server log has the cause", dir.display()))
+                Error::Internal(format!(
+                    "backup to {} failed; the server log has the cause",
+                    dir.display()
+                ))
             })
         })
         .await
@@ -422,9 +430,9 @@ impl Inner {
         for (index, entries) in order.iter().zip(summaries) {
             let Some(entries) = entries else { continue };
             let digest = digests[*index as usize];
-            let Some(mut found) = flags::aggregate(*index, digest, &entries, caller.id, now, |id| {
-                self.registry.name_of(id)
-            }) else {
+            let Some(mut found) =
+                flags::aggregate(*index, digest, &entries, caller.id, now, |id| self.registry.name_of(id))
+            else {
                 continue;
             };
             // Disputes are rare and only matter for matches: one prefix scan per match.
@@ -474,8 +482,10 @@ impl Inner {
         let mut n_retracted = 0;
         for (index, selector) in selectors.iter().enumerate() {
             let entries = summaries.get_mut(&selector.digest).expect("every digest was read");
-            let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
-                entries.iter().copied().partition(|entry| selector.selects(caller.id, entry));
+            let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) = entries
+                .iter()
+                .copied()
+                .partition(|entry| selector.selects(caller.id, entry));
             if selected.is_empty() {
                 unmatched_indexes.push(index as u32);
                 continue;
@@ -483,7 +493,14 @@ impl Inner {
             *entries = kept;
             retracted_digests.insert(selector.digest);
             for entry in selected {
-                stage_removal(&mut batch, &mut sequence, selector.digest, &entry, Change::Retract(reason), now);
+                stage_removal(
+                    &mut batch,
+                    &mut sequence,
+                    selector.digest,
+                    &entry,
+                    Change::Retract(reason),
+                    now,
+                );
                 n_retracted += 1;
             }
         }
@@ -516,7 +533,9 @@ impl Inner {
             .by_name(flagged_by)
             .ok_or_else(|| Error::NotFound(format!("member: no principal named '{flagged_by}'")))?;
         if target.id == caller.id {
-            return Err(Error::invalid("member: a member cannot dispute its own flags; retract them instead"));
+            return Err(Error::invalid(
+                "member: a member cannot dispute its own flags; retract them instead",
+            ));
         }
         let now = now_ms();
         let _writer = self.writer();
@@ -589,7 +608,9 @@ impl Inner {
             ));
         }
         if withdraw_flags && status == PrincipalStatus::Active {
-            return Err(Error::invalid("withdraw_flags: only a suspension or a removal withdraws flags"));
+            return Err(Error::invalid(
+                "withdraw_flags: only a suspension or a removal withdraws flags",
+            ));
         }
         let mut last_sequence = self.writer();
         let mut record = self
@@ -626,7 +647,13 @@ impl Inner {
     }
 
     /// Stages the retraction (reason `withdrawn`) of every flag of `member`.
-    fn stage_withdrawal(&self, batch: &mut Batch<'_>, sequence: &mut u64, member: PrincipalId, now: i64) -> Result<u32> {
+    fn stage_withdrawal(
+        &self,
+        batch: &mut Batch<'_>,
+        sequence: &mut u64,
+        member: PrincipalId,
+        now: i64,
+    ) -> Result<u32> {
         let keys = self.store.flag_keys_of_member(member)?;
         let mut digests: Vec<Digest> = keys.iter().map(|key| key.digest).collect();
         digests.dedup();
@@ -635,7 +662,14 @@ impl Inner {
             let (withdrawn, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
                 entries.drain(..).partition(|entry| entry.member == member);
             for entry in &withdrawn {
-                stage_removal(batch, sequence, digest, entry, Change::Retract(RetractReason::Withdrawn), now);
+                stage_removal(
+                    batch,
+                    sequence,
+                    digest,
+                    entry,
+                    Change::Retract(RetractReason::Withdrawn),
+                    now,
+                );
                 n_withdrawn += 1;
             }
             batch.put_summary(&digest, &kept);
@@ -675,7 +709,14 @@ impl Inner {
 }
 
 /// Stages the removal of one flag: its row goes, and the change log says why.
-fn stage_removal(batch: &mut Batch<'_>, sequence: &mut u64, digest: Digest, entry: &SummaryEntry, change: Change, now: i64) {
+fn stage_removal(
+    batch: &mut Batch<'_>,
+    sequence: &mut u64,
+    digest: Digest,
+    entry: &SummaryEntry,
+    change: Change,
+    now: i64,
+) {
     let key = FlagKey {
         digest,
         member: entry.member,

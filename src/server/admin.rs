@@ -125,11 +125,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let filter = convert::audit_filter_from_pb(request.into_inner()).map_err(status_from_error)?;
-        let entries = self
-            .domain
-            .list_audit(admin, filter)
-            .await
-            .map_err(status_from_error)?;
+        let entries = self.domain.list_audit(admin, filter).await.map_err(status_from_error)?;
         Ok(Response::new(pb::ListAuditResponse {
             entries: entries.into_iter().map(convert::audit_entry_to_pb).collect(),
         }))
@@ -147,10 +143,7 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(convert::verify_report_to_pb(report)))
     }
 
-    async fn get_stats(
-        &self,
-        request: Request<pb::GetStatsRequest>,
-    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+    async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let stats = self.domain.stats(admin).await.map_err(status_from_error)?;
         Ok(Response::new(convert::stats_to_pb(stats)))

@@ -9,7 +9,9 @@ use crate::domain::{
     AuditFilter, FlagSelector, Match, NewFlag, PrincipalView, RetractOutcome, Stats, SubmitOutcome, VerifyReport,
 };
 use crate::error::{Error, Result};
-use crate::model::{AuditEntry, AuditOp, Category, PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role};
+use crate::model::{
+    AuditEntry, AuditOp, Category, PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role,
+};
 use crate::pb;
 
 /// The one place library errors become gRPC statuses. Storage and internal details are
@@ -245,15 +247,16 @@ pub const DEFAULT_AUDIT_LIST_LIMIT: u32 = 1_000;
 pub fn audit_filter_from_pb(request: pb::ListAuditRequest) -> Result<AuditFilter> {
     let op = match request.op.as_str() {
         "" => None,
-        text => Some(text.parse::<AuditOp>().map_err(|reason| Error::invalid(format!("op: {reason}")))?),
+        text => Some(
+            text.parse::<AuditOp>()
+                .map_err(|reason| Error::invalid(format!("op: {reason}")))?,
+        ),
     };
     let digest = match request.digest.len() {
         0 => None,
         DIGEST_LEN => Some(request.digest.as_slice().try_into().expect("32 bytes")),
         n => {
-            return Err(Error::invalid(format!(
-                "digest: {n} bytes, expected {DIGEST_LEN}"
-            )));
+            return Err(Error::invalid(format!("digest: {n} bytes, expected {DIGEST_LEN}")));
         }
     };
     Ok(AuditFilter {

@@ -45,4 +45,13 @@ pub const AUDIT: &str = "audit";
 pub const DISPUTES: &str = "disputes";
 
 /// All families, in the order they are opened.
-pub const ALL: &[&str] = &[META, SUMMARIES, FLAGS, CHANGES, PRINCIPALS, PRINCIPAL_STATS, AUDIT, DISPUTES];
+pub const ALL: &[&str] = &[
+    META,
+    SUMMARIES,
+    FLAGS,
+    CHANGES,
+    PRINCIPALS,
+    PRINCIPAL_STATS,
+    AUDIT,
+    DISPUTES,
+];

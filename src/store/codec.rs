@@ -322,7 +322,10 @@ pub fn encode_chain_end(sequence: u64, hash: &[u8; 32]) -> Vec<u8> {
 }
 
 pub fn decode_chain_end(bytes: &[u8]) -> Result<(u64, [u8; 32]), DecodeError> {
-    let mut reader = Reader { what: "audit chain end", rest: bytes };
+    let mut reader = Reader {
+        what: "audit chain end",
+        rest: bytes,
+    };
     let sequence = reader.i64()? as u64;
     let hash = reader.array32()?;
     reader.finish((sequence, hash))

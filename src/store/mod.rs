@@ -258,7 +258,10 @@ impl Store {
             .iterator_cf(self.cf(cf::PRINCIPAL_STATS), IteratorMode::Start)
             .map(|item| -> Result<_, StoreError> {
                 let (key, value) = item?;
-                Ok((keys::decode_principal_key(&key)?, codec::decode_principal_stats(&value)?))
+                Ok((
+                    keys::decode_principal_key(&key)?,
+                    codec::decode_principal_stats(&value)?,
+                ))
             })
             .collect()
     }

@@ -1,6 +1,8 @@
 //! Test harness: real flagshare servers on 127.0.0.1:0, each with its own temporary data
 //! folder and freshly generated PKI.
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::Path;
 

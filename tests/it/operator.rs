@@ -1,0 +1,461 @@
+//! The operator's tools, driven through the `flagshare` binary against a real server
+//! process: member lifecycle, the audit log, expiry, disputes, backup and restore.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use flagshare::client::Bundle;
+use flagshare::pb;
+use flagshare::pb::admin_client::AdminClient;
+use flagshare::pb::flags_client::FlagsClient;
+use serde_json::Value;
+use tonic::Code;
+
+use crate::support::process::{ServeProcess, admin, flagshare, json_lines, ok, path, stderr};
+
+/// A data folder made by `flagshare init`, a consortium key, and member bundle folders.
+struct Site {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    key: PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let data = root.join("data");
+        let key = root.join("consortium.key");
+        ok(flagshare(&["init", "--data", path(&data)]));
+        ok(flagshare(&["keygen", "--out", path(&key)]));
+        Site {
+            _dir: dir,
+            root,
+            data,
+            key,
+        }
+    }
+
+    fn set_config(&self, from: &str, to: &str) {
+        let file = self.data.join("flagshare.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(from), "{text}");
+        std::fs::write(&file, text.replace(from, to)).unwrap();
+    }
+
+    fn bundle(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn add(&self, server: &ServeProcess, name: &str) -> PathBuf {
+        let out = self.bundle(name);
+        ok(admin(&self.data, server, &["member", "add", name, "--out", path(&out)]));
+        out
+    }
+
+    /// `flagshare COMMAND --bundle B --endpoint E --key K ARGS...`
+    fn member(&self, server: &ServeProcess, bundle: &Path, command: &str, args: &[&str]) -> Output {
+        let endpoint = server.endpoint();
+        let mut all = vec![
+            command,
+            "--bundle",
+            path(bundle),
+            "--endpoint",
+            &endpoint,
+            "--key",
+            path(&self.key),
+        ];
+        all.extend_from_slice(args);
+        flagshare(&all)
+    }
+
+    fn submit(&self, server: &ServeProcess, bundle: &Path, category: &str, extra: &[&str], email: &str) {
+        let mut args = vec!["--kind", "email", "--category", category];
+        args.extend_from_slice(extra);
+        args.push(email);
+        ok(self.member(server, bundle, "submit", &args));
+    }
+
+    /// Matches of `emails`, as the query command's JSON lines.
+    fn query(&self, server: &ServeProcess, bundle: &Path, emails: &[&str]) -> Vec<Value> {
+        let mut args = vec!["--kind", "email", "--json"];
+        args.extend_from_slice(emails);
+        json_lines(&ok(self.member(server, bundle, "query", &args)))
+    }
+
+    fn digest_hex(&self, email: &str) -> String {
+        let out = ok(flagshare(&["hash", "--kind", "email", "--key", path(&self.key), email]));
+        out.trim().split('\t').nth(1).unwrap().to_owned()
+    }
+
+    fn admin_json(&self, server: &ServeProcess, args: &[&str]) -> Vec<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        json_lines(&ok(admin(&self.data, server, &all)))
+    }
+}
+
+fn ops(entries: &[Value]) -> Vec<&str> {
+    entries.iter().map(|entry| entry["op"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn member_lifecycle_permissions_and_audit_through_the_cli() {
+    let site = Site::new();
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    site.submit(
+        &server,
+        &alpha,
+        "grooming",
+        &["--confidence", "90"],
+        "shared@example.com",
+    );
+    site.submit(&server, &beta, "sextortion", &[], "shared@example.com");
+    site.submit(&server, &beta, "grooming", &[], "beta-only@example.com");
+    let shared = site.digest_hex("shared@example.com");
+    let miss = site.digest_hex("nobody@example.com");
+
+    let matches = site.query(&server, &beta, &["shared@example.com", "nobody@example.com"]);
+    assert_eq!(matches.len(), 1);
+    assert_eq!(matches[0]["n_members"], 2);
+    assert_eq!(matches[0]["digest"], shared.as_str());
+
+    // A connection alpha opened before the operator acts on it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let endpoint = server.endpoint();
+    let channel = runtime.block_on(async { Bundle::load(&alpha).unwrap().connect(Some(&endpoint)).await.unwrap() });
+    let mut open = FlagsClient::new(channel.clone());
+    let digest: Vec<u8> = hex::decode(&shared).unwrap();
+    let request = || pb::QueryRequest {
+        digests: digest.clone().into(),
+    };
+    runtime.block_on(open.query(request())).unwrap();
+    let status = runtime
+        .block_on(AdminClient::new(channel).list_principals(pb::ListPrincipalsRequest {}))
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "a member calling Admin: {status:?}"
+    );
+
+    ok(admin(&site.data, &server, &["member", "suspend", "alpha"]));
+    let status = runtime.block_on(open.query(request())).unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(
+        status.message().contains("'alpha' is suspended"),
+        "{}",
+        status.message()
+    );
+    // By default a suspension keeps the member's flags visible.
+    assert_eq!(site.query(&server, &beta, &["shared@example.com"])[0]["n_members"], 2);
+
+    ok(admin(&site.data, &server, &["member", "reinstate", "alpha"]));
+    runtime.block_on(open.query(request())).unwrap();
+
+    let alpha2 = site.bundle("alpha-rotated");
+    ok(admin(
+        &site.data,
+        &server,
+        &["member", "rotate-cert", "alpha", "--out", path(&alpha2)],
+    ));
+    let status = runtime.block_on(open.query(request())).unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "the old certificate, on its open connection"
+    );
+    let refused = site.member(&server, &alpha, "query", &["--kind", "email", "shared@example.com"]);
+    assert!(!refused.status.success());
+    assert_eq!(
+        site.query(&server, &alpha2, &["shared@example.com"])[0]["flagged_by_caller"],
+        true
+    );
+
+    let out = ok(admin(
+        &site.data,
+        &server,
+        &["member", "remove", "beta", "--withdraw-flags"],
+    ));
+    assert!(out.contains("beta is now removed; 2 flag(s) withdrawn"), "{out}");
+    let after = site.query(&server, &alpha2, &["shared@example.com", "beta-only@example.com"]);
+    assert_eq!(after.len(), 1, "beta's own flag is withdrawn: {after:?}");
+    assert_eq!(after[0]["members"], serde_json::json!(["alpha"]));
+    let refused = site.member(&server, &beta, "query", &["--kind", "email", "shared@example.com"]);
+    assert!(stderr(&refused).contains("'beta' is removed"), "{}", stderr(&refused));
+    let refused = admin(&site.data, &server, &["member", "reinstate", "beta"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("was removed"), "{}", stderr(&refused));
+
+    let principals = site.admin_json(&server, &["member", "list"]);
+    let find = |name: &str| principals.iter().find(|p| p["name"] == name).unwrap().clone();
+    let (alpha_row, beta_row) = (find("alpha"), find("beta"));
+    assert_eq!(alpha_row["status"], "active");
+    assert_eq!(alpha_row["flags_submitted"], 1);
+    assert_eq!(
+        alpha_row["queries"], 4,
+        "three calls on the open connection, one with the new bundle"
+    );
+    assert_eq!(beta_row["status"], "removed");
+    assert_eq!(beta_row["flags_submitted"], 2);
+    assert_eq!(beta_row["queries"], 2);
+    assert!(beta_row["last_seen"].is_string());
+
+    let entries = site.admin_json(&server, &["audit", "list"]);
+    let seen = ops(&entries);
+    for op in [
+        "add_principal",
+        "submit",
+        "query",
+        "set_principal_status",
+        "rotate_certificate",
+        "remove_principal",
+        "list_principals",
+    ] {
+        assert!(seen.contains(&op), "no {op} entry in {seen:?}");
+    }
+    let first_query = entries.iter().find(|entry| entry["op"] == "query").unwrap();
+    assert_eq!(first_query["principal"], "beta");
+    assert_eq!(first_query["n_items"], 2);
+    assert_eq!(
+        first_query["digests"],
+        serde_json::json!([shared]),
+        "matches only, never misses"
+    );
+
+    // "Who queried this digest?"
+    let who = site.admin_json(&server, &["audit", "list", "--op", "query", "--digest", &shared]);
+    assert_eq!(who.len(), 6, "{who:?}");
+    assert!(who.iter().all(|entry| {
+        entry["digests"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(shared.clone()))
+    }));
+    assert!(
+        site.admin_json(&server, &["audit", "list", "--digest", &miss])
+            .is_empty()
+    );
+    let alpha_submits = site.admin_json(&server, &["audit", "list", "--member", "alpha", "--op", "submit"]);
+    assert_eq!(alpha_submits.len(), 1);
+    assert_eq!(alpha_submits[0]["n_items"], 1);
+    assert!(
+        site.admin_json(&server, &["audit", "list", "--since", "1h", "--op", "submit"])
+            .len()
+            == 3
+    );
+    assert!(site.admin_json(&server, &["audit", "list", "--until", "1h"]).is_empty());
+
+    let out = ok(admin(&site.data, &server, &["audit", "verify"]));
+    assert!(out.contains("audit chain intact"), "{out}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn audit_verify_reports_an_entry_altered_offline() {
+    let site = Site::new();
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    site.submit(&server, &alpha, "grooming", &[], "one@example.com");
+    site.submit(&server, &alpha, "grooming", &[], "two@example.com");
+    let verified = site.admin_json(&server, &["audit", "verify"]);
+    assert_eq!(verified[0]["ok"], true);
+    assert!(server.stop().success());
+
+    // Entry 3 is alpha's first submit; make it say someone else did it.
+    {
+        let db_path = site.data.join("db");
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_path, flagshare::store::cf::ALL).unwrap();
+        let audit = db.cf_handle(flagshare::store::cf::AUDIT).unwrap();
+        let key = 3u64.to_be_bytes();
+        let stored = db.get_cf(audit, key).unwrap().unwrap();
+        let mut entry: Value = serde_json::from_slice(&stored[1..]).unwrap();
+        assert_eq!(entry["op"], "submit");
+        entry["principal"] = Value::from("beta");
+        let mut altered = vec![stored[0]];
+        altered.extend(serde_json::to_vec(&entry).unwrap());
+        db.put_cf(audit, key, altered).unwrap();
+    }
+
+    let server = ServeProcess::start(&site.data);
+    let output = admin(&site.data, &server, &["audit", "verify"]);
+    assert!(!output.status.success(), "verify must fail on a tampered log");
+    let out = crate::support::process::stdout(&output);
+    assert!(out.contains("BROKEN at entry 3"), "{out}");
+    let report = &json_lines(&crate::support::process::stdout(&admin(
+        &site.data,
+        &server,
+        &["audit", "verify", "--json"],
+    )))[0];
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["broken_sequence"], 3);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn expired_flags_stop_matching_and_are_purged() {
+    let site = Site::new();
+    site.set_config("maintenance_interval_secs = 600", "maintenance_interval_secs = 1");
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    site.submit(
+        &server,
+        &alpha,
+        "grooming",
+        &["--expires-in", "3s"],
+        "brief@example.com",
+    );
+    site.submit(&server, &alpha, "grooming", &[], "lasting@example.com");
+    assert_eq!(site.query(&server, &beta, &["brief@example.com"]).len(), 1);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let stats = site.admin_json(&server, &["stats"]).remove(0);
+        if stats["flags_expired_purged_since_start"] == 1 {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the expired flag is purged within a minute: {stats}"
+        );
+        #[allow(clippy::disallowed_methods)] // a plain test thread polling a child process
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(stats["active_flags"], 1);
+    assert_eq!(stats["expired_flags_awaiting_purge"], 0);
+    assert_eq!(stats["digests"], 1);
+    assert_eq!(stats["active_flags_by_kind"]["email"], 1);
+    assert_eq!(stats["active_flags_by_category"]["grooming"], 1);
+    assert_eq!(stats["active_principals_by_role"]["member"], 2);
+    assert!(stats["disk_bytes"].as_u64().unwrap() > 0);
+    assert!(site.query(&server, &beta, &["brief@example.com"]).is_empty());
+    assert_eq!(site.query(&server, &beta, &["lasting@example.com"]).len(), 1);
+    let purges = site.admin_json(&server, &["audit", "list", "--op", "purge_expired"]);
+    assert_eq!(purges.len(), 1);
+    assert_eq!(purges[0]["principal"], "system");
+    assert_eq!(purges[0]["n_changed"], 1);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn disputes_are_counted_and_retraction_reasons_recorded() {
+    let site = Site::new();
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    let gamma = site.add(&server, "gamma");
+    site.submit(&server, &alpha, "grooming", &[], "contested@example.com");
+    site.submit(&server, &gamma, "other", &[], "contested@example.com");
+
+    let out = ok(site.member(
+        &server,
+        &beta,
+        "dispute",
+        &[
+            "--kind",
+            "email",
+            "--member",
+            "alpha",
+            "--note",
+            "case 881",
+            "contested@example.com",
+        ],
+    ));
+    assert!(out.contains("disputed 1 flag(s) of alpha"), "{out}");
+    assert_eq!(
+        site.query(&server, &gamma, &["contested@example.com"])[0]["n_disputes"],
+        1
+    );
+    let own = site.member(
+        &server,
+        &alpha,
+        "dispute",
+        &["--kind", "email", "--member", "alpha", "contested@example.com"],
+    );
+    assert!(
+        stderr(&own).contains("cannot dispute its own flags"),
+        "{}",
+        stderr(&own)
+    );
+    let none = site.member(
+        &server,
+        &beta,
+        "dispute",
+        &["--kind", "email", "--member", "alpha", "clean@example.com"],
+    );
+    assert!(stderr(&none).contains("has no live flag"), "{}", stderr(&none));
+
+    ok(site.member(
+        &server,
+        &alpha,
+        "retract",
+        &["--kind", "email", "--reason", "false_positive", "contested@example.com"],
+    ));
+    let after = site.query(&server, &beta, &["contested@example.com"]);
+    assert_eq!(after[0]["members"], serde_json::json!(["gamma"]));
+    assert_eq!(after[0]["n_disputes"], 0, "the disputed flag is gone");
+
+    let retractions = site.admin_json(&server, &["audit", "list", "--op", "retract"]);
+    assert_eq!(retractions.len(), 1);
+    assert_eq!(retractions[0]["detail"], "reason false_positive");
+    assert_eq!(
+        retractions[0]["digests"],
+        serde_json::json!([site.digest_hex("contested@example.com")])
+    );
+    let disputes = site.admin_json(&server, &["audit", "list", "--op", "dispute"]);
+    assert_eq!(disputes[0]["detail"], "disputes flags of alpha: case 881");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_backup_taken_while_serving_restores_the_same_answers() {
+    let site = Site::new();
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    site.submit(&server, &alpha, "grooming", &[], "before@example.com");
+    let backup = site.root.join("backup-1");
+    let out = ok(admin(&site.data, &server, &["backup", path(&backup)]));
+    assert!(out.contains("backup written"), "{out}");
+    let again = admin(&site.data, &server, &["backup", path(&backup)]);
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    site.submit(&server, &alpha, "grooming", &[], "after@example.com");
+    assert_eq!(
+        site.query(&server, &beta, &["before@example.com", "after@example.com"])
+            .len(),
+        2
+    );
+
+    let busy = flagshare(&["offline-restore", path(&backup), "--data", path(&site.data)]);
+    assert!(!busy.status.success());
+    assert!(
+        stderr(&busy).contains("stop the flagshare server first"),
+        "{}",
+        stderr(&busy)
+    );
+    assert!(server.stop().success());
+
+    let out = ok(flagshare(&[
+        "offline-restore",
+        path(&backup),
+        "--data",
+        path(&site.data),
+    ]));
+    assert!(out.contains("restored"), "{out}");
+    let server = ServeProcess::start(&site.data);
+    let found = site.query(&server, &beta, &["before@example.com", "after@example.com"]);
+    assert_eq!(
+        found.len(),
+        1,
+        "the restored server answers as at backup time: {found:?}"
+    );
+    assert_eq!(found[0]["identifier"], "before@example.com");
+    assert_eq!(site.admin_json(&server, &["audit", "verify"])[0]["ok"], true);
+    assert_eq!(site.admin_json(&server, &["audit", "list", "--op", "backup"]).len(), 1);
+    assert!(server.stop().success());
+}

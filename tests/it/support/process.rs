@@ -1,0 +1,119 @@
+//! The `flagshare` binary as a child process: one-shot commands and a `serve` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn flagshare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flagshare"))
+        .args(args)
+        .env_remove("FLAGSHARE_BUNDLE")
+        .env_remove("FLAGSHARE_KEY")
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A `flagshare serve` child process, stopped with SIGTERM on drop.
+pub struct ServeProcess {
+    child: Child,
+    port: u16,
+}
+
+impl ServeProcess {
+    pub fn start(data: &Path) -> ServeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flagshare"))
+            .args(["serve", "--data", path(data), "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, port) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(address) = line.split("listening on ").nth(1) {
+                    let port: u16 = address
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .rsplit(':')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let _ = found.send(port);
+                }
+            }
+        });
+        let port = port
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server prints its address within a minute");
+        ServeProcess { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server must stop within 30 s of SIGTERM");
+            // A plain test thread, not a runtime worker: polling the child is fine here.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// `flagshare admin --bundle <data>/clients/admin --endpoint <server> ARGS...`
+pub fn admin(data: &Path, server: &ServeProcess, args: &[&str]) -> Output {
+    let bundle = data.join("clients").join("admin");
+    let endpoint = server.endpoint();
+    let mut all = vec!["admin", "--bundle", path(&bundle), "--endpoint", &endpoint];
+    all.extend_from_slice(args);
+    flagshare(&all)
+}
+
+/// Runs a command that must succeed and returns its stdout.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}\n{}",
+        stderr(&output),
+        stdout(&output)
+    );
+    stdout(&output)
+}
+
+/// Parses JSON-lines output.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
