@@ -43,7 +43,13 @@ macro_rules! byte_enum {
                 let wanted = s.trim().to_ascii_lowercase().replace('-', "_");
                 $name::ALL.iter().copied().find(|v| v.as_str() == wanted).ok_or_else(|| {
                     let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
-                    format!("unknown {} '{}' (expected one of: {})", stringify!($name).to_ascii_lowercase(), s, names.join(", "))
+                    // "AuditOp" reads as "audit op".
+                    let what: String = stringify!($name)
+                        .chars()
+                        .enumerate()
+                        .flat_map(|(i, c)| (i > 0 && c.is_uppercase()).then_some(' ').into_iter().chain(c.to_lowercase()))
+                        .collect();
+                    format!("unknown {what} '{s}' (expected one of: {})", names.join(", "))
                 })
             }
         }

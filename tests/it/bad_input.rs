@@ -223,3 +223,137 @@ async fn bad_retractions_are_refused_and_change_nothing() {
         .sequence;
     assert_eq!(next, before + 1);
 }
+
+#[tokio::test]
+async fn bad_operator_and_dispute_requests_are_refused_and_record_nothing() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let _beta = server.member("beta").await;
+    let digest = email_digest("flagged@example.com");
+    alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 50)]))
+        .await
+        .unwrap();
+    let mut admin = server.admin_client().await;
+    let audit_len = |entries: pb::ListAuditResponse| entries.entries.len();
+    let before = audit_len(
+        admin
+            .list_audit(pb::ListAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
+    let refusals = [
+        alpha
+            .dispute(pb::DisputeRequest {
+                digest: digest[..31].to_vec(),
+                member: "beta".to_owned(),
+                note: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        alpha
+            .dispute(pb::DisputeRequest {
+                digest: digest.to_vec(),
+                member: "beta".to_owned(),
+                note: "x".repeat(129),
+            })
+            .await
+            .unwrap_err(),
+        alpha
+            .dispute(pb::DisputeRequest {
+                digest: digest.to_vec(),
+                member: "nobody".to_owned(),
+                note: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        alpha
+            .retract(pb::RetractRequest {
+                flags: vec![pb::FlagSelector {
+                    digest: digest.to_vec(),
+                    ..Default::default()
+                }],
+                reason: pb::RetractReason::Withdrawn as i32,
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .list_audit(pb::ListAuditRequest {
+                op: "delete_everything".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .list_audit(pb::ListAuditRequest {
+                digest: vec![1; 5],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .list_audit(pb::ListAuditRequest {
+                limit: 10_001,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .backup(pb::BackupRequest {
+                dir: "relative/backup".to_owned(),
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .set_principal_status(pb::SetPrincipalStatusRequest {
+                name: "alpha".to_owned(),
+                status: pb::PrincipalStatus::Active as i32,
+                withdraw_flags: true,
+            })
+            .await
+            .unwrap_err(),
+        admin
+            .rotate_certificate(pb::RotateCertificateRequest {
+                name: "alpha".to_owned(),
+                public_key_der: vec![1, 2, 3],
+            })
+            .await
+            .unwrap_err(),
+    ];
+    let expected = [
+        (Code::InvalidArgument, "digest: "),
+        (Code::InvalidArgument, "note: 129 bytes"),
+        (Code::NotFound, "member: no principal named 'nobody'"),
+        (Code::InvalidArgument, "reason: withdrawn is set by the operator"),
+        (Code::InvalidArgument, "op: unknown audit op 'delete_everything'"),
+        (Code::InvalidArgument, "digest: 5 bytes, expected 32"),
+        (Code::InvalidArgument, "limit: 10001 is outside 1 to 10000"),
+        (Code::InvalidArgument, "dir: 'relative/backup' must be an absolute path"),
+        (Code::InvalidArgument, "withdraw_flags: only a suspension or a removal"),
+        (
+            Code::InvalidArgument,
+            "public_key_der: not a usable SubjectPublicKeyInfo",
+        ),
+    ];
+    for (status, (code, message)) in refusals.iter().zip(expected) {
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(
+            status.message().contains(message),
+            "{:?} lacks {message:?}",
+            status.message()
+        );
+    }
+
+    // Nothing was recorded but the listing above (and this one's own entry comes after).
+    let after = audit_len(
+        admin
+            .list_audit(pb::ListAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(after, before + 1);
+    assert_eq!(query(&mut alpha, &[digest]).await.len(), 1, "the flag is untouched");
+}
