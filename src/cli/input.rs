@@ -46,21 +46,58 @@ pub fn from_args(values: &[String]) -> Vec<InputRecord> {
         .collect()
 }
 
-/// Reads a `.csv` or `.jsonl` file. Lines that cannot be read are returned as rejected.
+/// One record or one rejected line, in file order.
+pub type Item = Result<InputRecord, Rejected>;
+
+/// Reads a `.csv` or `.jsonl` file whole. Lines that cannot be read are returned as rejected.
 pub fn from_file(path: &Path) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
+    let (mut records, mut rejected) = (Vec::new(), Vec::new());
+    for item in stream_file(path)? {
+        match item {
+            Ok(record) => records.push(record),
+            Err(line) => rejected.push(line),
+        }
+    }
+    Ok((records, rejected))
+}
+
+/// Streams a `.csv` or `.jsonl` file record by record, so files of millions of lines are
+/// never held in memory.
+pub fn stream_file(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Item>>> {
     let extension = path
         .extension()
         .and_then(|ext| ext.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
     match extension.as_str() {
-        "csv" => from_csv(path),
-        "jsonl" | "ndjson" | "json" => from_jsonl(path),
+        "csv" => stream_csv(path),
+        "jsonl" | "ndjson" | "json" => stream_jsonl(path),
         _ => anyhow::bail!("{}: expected a .csv or .jsonl file", path.display()),
     }
 }
 
-fn from_csv(path: &Path) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
+/// Data lines of a file (for progress): all lines, less the CSV header.
+pub fn count_records(path: &Path) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        lines += buffer[..n].iter().filter(|byte| **byte == b'\n').count() as u64;
+        last = buffer[n - 1];
+    }
+    if last != b'\n' {
+        lines += 1;
+    }
+    let is_csv = path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
+    Ok(if is_csv { lines.saturating_sub(1) } else { lines })
+}
+
+fn stream_csv(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Item>>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(false)
@@ -69,52 +106,54 @@ fn from_csv(path: &Path) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
     if !headers.iter().any(|header| header == "identifier") {
         anyhow::bail!("{}: the header row has no 'identifier' column", path.display());
     }
-    let (mut records, mut rejected) = (Vec::new(), Vec::new());
-    for row in reader.records() {
-        match row {
-            Ok(row) => {
-                let line = row.position().map_or(0, |position| position.line() as usize);
-                match row.deserialize::<InputRecord>(Some(&headers)) {
-                    Ok(mut record) => {
-                        record.line = line;
-                        records.push(record);
-                    }
-                    Err(err) => rejected.push(Rejected {
-                        line,
-                        reason: err.to_string(),
-                    }),
-                }
-            }
-            Err(err) => rejected.push(Rejected {
-                line: err.position().map_or(0, |position| position.line() as usize),
-                reason: err.to_string(),
-            }),
+    Ok(Box::new(reader.into_records().map(move |row| match row {
+        Ok(row) => {
+            let line = row.position().map_or(0, |position| position.line() as usize);
+            row.deserialize::<InputRecord>(Some(&headers))
+                .map(|mut record| {
+                    record.line = line;
+                    record
+                })
+                .map_err(|err| Rejected {
+                    line,
+                    reason: err.to_string(),
+                })
         }
-    }
-    Ok((records, rejected))
+        Err(err) => Err(Rejected {
+            line: err.position().map_or(0, |position| position.line() as usize),
+            reason: err.to_string(),
+        }),
+    })))
 }
 
-fn from_jsonl(path: &Path) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
+fn stream_jsonl(path: &Path) -> anyhow::Result<Box<dyn Iterator<Item = Item>>> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let (mut records, mut rejected) = (Vec::new(), Vec::new());
-    for (index, line) in file.lines().enumerate() {
+    Ok(Box::new(file.lines().enumerate().filter_map(|(index, line)| {
         let line_no = index + 1;
-        let text = line?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<InputRecord>(&text) {
-            Ok(mut record) => {
-                record.line = line_no;
-                records.push(record);
+        let text = match line {
+            Ok(text) => text,
+            Err(err) => {
+                return Some(Err(Rejected {
+                    line: line_no,
+                    reason: format!("cannot read the line: {err}"),
+                }));
             }
-            Err(err) => rejected.push(Rejected {
-                line: line_no,
-                reason: err.to_string(),
-            }),
+        };
+        if text.trim().is_empty() {
+            return None;
         }
-    }
-    Ok((records, rejected))
+        Some(
+            serde_json::from_str::<InputRecord>(&text)
+                .map(|mut record| {
+                    record.line = line_no;
+                    record
+                })
+                .map_err(|err| Rejected {
+                    line: line_no,
+                    reason: err.to_string(),
+                }),
+        )
+    })))
 }
 
 #[cfg(test)]

@@ -194,41 +194,61 @@ fn normalize_options(hashing: &HashingArgs) -> anyhow::Result<NormalizeOptions> 
     Ok(NormalizeOptions { default_phone_region })
 }
 
+/// The consortium key and the normalisation settings, for hashing record by record.
+struct Hashing {
+    hasher: Hasher,
+    key_id: u32,
+    options: NormalizeOptions,
+    default_kind: Option<Kind>,
+}
+
+impl Hashing {
+    fn new(args: &HashingArgs) -> anyhow::Result<Hashing> {
+        let key = ConsortiumKey::load(&args.key)?;
+        Ok(Hashing {
+            hasher: Hasher::new(&key),
+            key_id: key.key_id(),
+            options: normalize_options(args)?,
+            default_kind: args.kind,
+        })
+    }
+
+    /// Normalises and hashes one record; a failure is a rejected line.
+    fn hash(&self, record: InputRecord) -> Result<Hashed, Rejected> {
+        let kind = match (&record.kind, self.default_kind) {
+            (Some(text), _) => text.parse::<Kind>(),
+            (None, Some(kind)) => Ok(kind),
+            (None, None) => Err("no kind: give --kind or a kind column".to_owned()),
+        };
+        let kind = kind.map_err(|reason| Rejected {
+            line: record.line,
+            reason,
+        })?;
+        match self.hasher.digest(kind, &record.identifier, &self.options) {
+            Ok((_normalized, digest)) => Ok(Hashed { record, kind, digest }),
+            Err(err) => Err(Rejected {
+                line: record.line,
+                reason: err.to_string(),
+            }),
+        }
+    }
+}
+
 /// Normalises and hashes every record; failures become rejected lines.
 fn hash_records(
     hashing: &HashingArgs,
     records: Vec<InputRecord>,
     rejected: &mut Vec<Rejected>,
 ) -> anyhow::Result<(u32, Vec<Hashed>)> {
-    let key = ConsortiumKey::load(&hashing.key)?;
-    let hasher = Hasher::new(&key);
-    let options = normalize_options(hashing)?;
+    let hashing = Hashing::new(hashing)?;
     let mut hashed = Vec::with_capacity(records.len());
     for record in records {
-        let kind = match (&record.kind, hashing.kind) {
-            (Some(text), _) => text.parse::<Kind>(),
-            (None, Some(kind)) => Ok(kind),
-            (None, None) => Err("no kind: give --kind or a kind column".to_owned()),
-        };
-        let kind = match kind {
-            Ok(kind) => kind,
-            Err(reason) => {
-                rejected.push(Rejected {
-                    line: record.line,
-                    reason,
-                });
-                continue;
-            }
-        };
-        match hasher.digest(kind, &record.identifier, &options) {
-            Ok((_normalized, digest)) => hashed.push(Hashed { record, kind, digest }),
-            Err(err) => rejected.push(Rejected {
-                line: record.line,
-                reason: err.to_string(),
-            }),
+        match hashing.hash(record) {
+            Ok(item) => hashed.push(item),
+            Err(line) => rejected.push(line),
         }
     }
-    Ok((key.key_id(), hashed))
+    Ok((hashing.key_id, hashed))
 }
 
 fn read_input(input_args: &InputArgs) -> anyhow::Result<(Vec<InputRecord>, Vec<Rejected>)> {
@@ -288,39 +308,127 @@ pub fn hash(args: &HashArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+/// Streams the input: reads, hashes and sends one batch at a time, so memory stays flat
+/// for files of millions of lines. Rejected lines are reported at the end.
 pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let (records, mut rejected) = read_input(&args.input)?;
-    let (key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
+    let hashing = Hashing::new(&args.hashing)?;
+    let (records, total): (Box<dyn Iterator<Item = input::Item>>, Option<u64>) = match &args.input.file {
+        Some(path) => {
+            let total = if Progress::wanted() {
+                Some(input::count_records(path)?)
+            } else {
+                None
+            };
+            (input::stream_file(path)?, total)
+        }
+        None if args.input.identifiers.is_empty() => anyhow::bail!("give identifiers or --file"),
+        None => (
+            Box::new(input::from_args(&args.input.identifiers).into_iter().map(Ok)),
+            None,
+        ),
+    };
+    let mut client = flags_client(&args.connect).await?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    let mut flags = Vec::with_capacity(hashed.len());
-    for item in hashed {
-        match flag_from_record(args, &item, now_ms) {
-            Ok(flag) => flags.push(flag),
-            Err(reason) => rejected.push(Rejected {
-                line: item.record.line,
+    let batch_size = args.input.batch_size as usize;
+    let mut progress = Progress::new(total);
+    let mut rejected = Vec::new();
+    let mut pending = Vec::with_capacity(batch_size);
+    let (mut n_lines, mut n_sent, mut n_created, mut n_updated) = (0u64, 0u64, 0u64, 0u64);
+    let mut records = records.peekable();
+    while let Some(item) = records.next() {
+        n_lines += 1;
+        let flag = item.and_then(|record| hashing.hash(record)).and_then(|hashed| {
+            flag_from_record(args, &hashed, now_ms).map_err(|reason| Rejected {
+                line: hashed.record.line,
                 reason,
-            }),
+            })
+        });
+        match flag {
+            Ok(flag) => pending.push(flag),
+            Err(line) => rejected.push(line),
+        }
+        if pending.len() == batch_size || (records.peek().is_none() && !pending.is_empty()) {
+            let flags = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
+            let n = flags.len() as u64;
+            let response = client
+                .submit(pb::SubmitRequest {
+                    flags,
+                    key_id: hashing.key_id,
+                })
+                .await
+                .map_err(|status| {
+                    progress.finish();
+                    anyhow::anyhow!(
+                        "{} (after {n_sent} flag(s) were accepted; re-running the same file is safe: resubmitted flags are updated, not duplicated)",
+                        status_error(status)
+                    )
+                })?
+                .into_inner();
+            n_sent += n;
+            n_created += u64::from(response.n_created);
+            n_updated += u64::from(response.n_updated);
+        }
+        progress.update(n_lines);
+    }
+    progress.finish();
+    println!("submitted {n_sent} flag(s): {n_created} new, {n_updated} updated");
+    Ok(report_rejected(&mut rejected))
+}
+
+/// A one-line progress display on standard error, only when it is a terminal.
+struct Progress {
+    enabled: bool,
+    total: Option<u64>,
+    started: std::time::Instant,
+    last_drawn: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn wanted() -> bool {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal()
+    }
+
+    fn new(total: Option<u64>) -> Progress {
+        Progress {
+            enabled: Progress::wanted(),
+            total,
+            started: std::time::Instant::now(),
+            last_drawn: None,
         }
     }
-    let mut client = flags_client(&args.connect).await?;
-    let (mut n_created, mut n_updated) = (0u64, 0u64);
-    for batch in flags.chunks(args.input.batch_size as usize) {
-        let response = client
-            .submit(pb::SubmitRequest {
-                flags: batch.to_vec(),
-                key_id,
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        n_created += u64::from(response.n_created);
-        n_updated += u64::from(response.n_updated);
+
+    fn update(&mut self, done: u64) {
+        if !self.enabled
+            || self
+                .last_drawn
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last_drawn = Some(std::time::Instant::now());
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / seconds;
+        let line = match self.total {
+            Some(total) if total > 0 => {
+                let eta = total.saturating_sub(done) as f64 / rate.max(1e-9);
+                format!(
+                    "{done}/{total} lines ({:.0}%), {rate:.0} lines/s, ETA {}",
+                    done as f64 * 100.0 / total as f64,
+                    humantime::format_duration(Duration::from_secs(eta as u64))
+                )
+            }
+            _ => format!("{done} lines, {rate:.0} lines/s"),
+        };
+        eprint!("\r\x1b[2K{line}");
     }
-    println!(
-        "submitted {} flag(s): {n_created} new, {n_updated} updated",
-        flags.len()
-    );
-    Ok(report_rejected(&mut rejected))
+
+    fn finish(&mut self) {
+        if self.enabled && self.last_drawn.is_some() {
+            eprintln!();
+        }
+        self.enabled = false;
+    }
 }
 
 fn flag_from_record(args: &SubmitArgs, item: &Hashed, now_ms: i64) -> Result<pb::Flag, String> {

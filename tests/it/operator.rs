@@ -459,3 +459,57 @@ fn a_backup_taken_while_serving_restores_the_same_answers() {
     assert_eq!(site.admin_json(&server, &["audit", "list", "--op", "backup"]).len(), 1);
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_large_file_is_streamed_in_batches_and_bad_lines_are_reported_by_number() {
+    let site = Site::new();
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    let file = site.root.join("bulk.csv");
+    let mut text = String::from("identifier,kind,category\n");
+    let bad_lines = [3_001usize, 12_345, 24_999];
+    let n_rows = 25_000;
+    for row in 0..n_rows {
+        // Line 1 is the header; row r is on line r + 2.
+        if bad_lines.contains(&(row + 2)) {
+            text.push_str(&format!("no-at-sign-{row},email,grooming\n"));
+        } else {
+            text.push_str(&format!("user{row}@example.com,email,sextortion\n"));
+        }
+    }
+    std::fs::write(&file, text).unwrap();
+
+    let output = site.member(
+        &server,
+        &alpha,
+        "submit",
+        &["--file", path(&file), "--batch-size", "5000"],
+    );
+    assert!(!output.status.success(), "a rejected line makes the exit code non-zero");
+    let out = crate::support::process::stdout(&output);
+    assert!(
+        out.contains(&format!("submitted {} flag(s)", n_rows - bad_lines.len())),
+        "{out}"
+    );
+    let err = stderr(&output);
+    assert!(err.contains("3 line(s) rejected"), "{err}");
+    for line in bad_lines {
+        assert!(err.contains(&format!("line {line}: invalid email identifier")), "{err}");
+    }
+    assert!(
+        !err.contains('\r'),
+        "no progress display when standard error is not a terminal"
+    );
+
+    let found = site.query(
+        &server,
+        &beta,
+        &["user0@example.com", "user24999@example.com", "user25000@example.com"],
+    );
+    let identifiers: Vec<&str> = found.iter().map(|m| m["identifier"].as_str().unwrap()).collect();
+    assert_eq!(identifiers, ["user0@example.com", "user24999@example.com"]);
+    let submits = site.admin_json(&server, &["audit", "list", "--op", "submit"]);
+    assert_eq!(submits.len(), 5, "25,000 lines in batches of 5,000: {submits:?}");
+    assert!(server.stop().success());
+}
