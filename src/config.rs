@@ -114,3 +114,29 @@ impl Config {
         i64::from(self.audit_retention_days) * 24 * 60 * 60 * 1000
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Category;
+
+    #[test]
+    fn per_category_ttls_override_the_default_and_unknown_categories_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("flagshare.toml"),
+            "default_flag_ttl_days = 10\nflag_ttl_days = { grooming = 3 }\naudit_retention_days = 2\n",
+        )
+        .unwrap();
+        let config = Config::load(dir.path()).unwrap();
+        let policy = config.policy().unwrap();
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        assert_eq!(policy.default_ttl_ms[&Category::Grooming], 3 * DAY_MS);
+        assert_eq!(policy.default_ttl_ms[&Category::Sextortion], 10 * DAY_MS);
+        assert_eq!(config.audit_retention_ms(), 2 * DAY_MS);
+
+        std::fs::write(dir.path().join("flagshare.toml"), "flag_ttl_days = { spam = 3 }\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("flag_ttl_days: unknown category 'spam'"), "{err}");
+    }
+}

@@ -118,7 +118,11 @@ pub fn merge_flag(
     now_ms: i64,
 ) -> FlagRecord {
     let observed_at_ms = new.observed_at_ms.unwrap_or(now_ms);
-    let expires_at_ms = new.expires_at_ms.unwrap_or(default_expires_at_ms);
+    // The operator's per-category retention is the longest a flag may live; a member may
+    // ask for less, never more.
+    let expires_at_ms = new
+        .expires_at_ms
+        .map_or(default_expires_at_ms, |asked| asked.min(default_expires_at_ms));
     let confidence = new.confidence as u8;
     match existing {
         None => FlagRecord {
@@ -280,6 +284,17 @@ mod tests {
         assert_eq!(merged.last_seen_ms, 3_000);
         assert_eq!(merged.created_at_ms, 5_000);
         assert_eq!(merged.updated_at_ms, 6_000);
+    }
+
+    #[test]
+    fn a_member_may_shorten_the_retention_but_not_extend_it() {
+        let mut shorter = new_flag(40);
+        shorter.expires_at_ms = Some(7_000);
+        assert_eq!(merge_flag(None, &shorter, 1, 9_999, 5_000).expires_at_ms, 7_000);
+        let mut longer = new_flag(40);
+        longer.expires_at_ms = Some(50_000);
+        assert_eq!(merge_flag(None, &longer, 1, 9_999, 5_000).expires_at_ms, 9_999);
+        assert_eq!(merge_flag(None, &new_flag(40), 1, 9_999, 5_000).expires_at_ms, 9_999);
     }
 
     #[test]
