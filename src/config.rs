@@ -32,6 +32,9 @@ pub struct Config {
     pub flag_ttl_days: std::collections::BTreeMap<String, u32>,
     /// How long audit entries are kept, in days.
     pub audit_retention_days: u32,
+    /// Distribution of a flag whose member did not choose: `federated` (shared with
+    /// federation peers, as their policies allow) or `local` (this operator's members only).
+    pub default_distribution: String,
     /// Seconds between maintenance passes (purging expired flags, pruning the audit log).
     pub maintenance_interval_secs: u64,
 }
@@ -50,6 +53,7 @@ impl Default for Config {
             // Seven years: the usual horizon for records that may be asked for in court.
             audit_retention_days: 7 * 365,
             maintenance_interval_secs: 600,
+            default_distribution: "federated".to_owned(),
         }
     }
 }
@@ -107,7 +111,14 @@ impl Config {
             let category: crate::model::Category = name.parse().map_err(|err| format!("flag_ttl_days: {err}"))?;
             default_ttl_ms.insert(category, i64::from(*days) * DAY_MS);
         }
-        Ok(crate::domain::Policy { default_ttl_ms })
+        let default_distribution = self
+            .default_distribution
+            .parse()
+            .map_err(|err| format!("default_distribution: {err}"))?;
+        Ok(crate::domain::Policy {
+            default_ttl_ms,
+            default_distribution,
+        })
     }
 
     pub fn audit_retention_ms(&self) -> i64 {

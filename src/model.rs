@@ -101,6 +101,22 @@ byte_enum!(
 );
 
 byte_enum!(
+    /// Who may see a flag: this operator's members only, or federation peers too.
+    Distribution {
+        Local = 1 => "local",
+        Federated = 2 => "federated",
+    }
+);
+
+/// Principal ids from here up stand for members of other operators, learnt through
+/// federation (`store::cf::FOREIGN_MEMBERS`); below it, local principals.
+pub const FOREIGN_MEMBER_BASE: PrincipalId = 0x8000_0000;
+
+pub fn is_foreign(member: PrincipalId) -> bool {
+    member >= FOREIGN_MEMBER_BASE
+}
+
+byte_enum!(
     /// What an audit entry records.
     AuditOp {
         Submit = 1 => "submit",
@@ -117,6 +133,9 @@ byte_enum!(
         Backup = 12 => "backup",
         PurgeExpired = 13 => "purge_expired",
         PruneAudit = 14 => "prune_audit",
+        FederationApply = 15 => "federation_apply",
+        FederationPull = 16 => "federation_pull",
+        ConfigurePeer = 17 => "configure_peer",
     }
 );
 
@@ -148,6 +167,10 @@ pub struct FlagRecord {
     pub key_id: u32,
     /// Opaque member-side reference, at most 128 bytes.
     pub reference: Vec<u8>,
+    pub distribution: Distribution,
+    /// For a flag learnt from another operator: its sequence number there (the flag's
+    /// version); 0 for local flags.
+    pub origin_sequence: u64,
 }
 
 /// The part of a flag a query needs, kept beside its siblings under the digest so a query
@@ -161,6 +184,7 @@ pub struct SummaryEntry {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub expires_at_ms: i64,
+    pub distribution: Distribution,
 }
 
 impl SummaryEntry {
@@ -173,6 +197,7 @@ impl SummaryEntry {
             first_seen_ms: record.first_seen_ms,
             last_seen_ms: record.last_seen_ms,
             expires_at_ms: record.expires_at_ms,
+            distribution: record.distribution,
         }
     }
 
@@ -199,6 +224,22 @@ pub struct ChangeRecord {
     pub at_ms: i64,
     pub key: FlagKey,
     pub change: Change,
+    pub distribution: Distribution,
+    /// As in `FlagRecord`: the origin's sequence number for a foreign flag, 0 for local.
+    pub origin_sequence: u64,
+}
+
+/// A member of another operator, as federation names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignMember {
+    pub id: PrincipalId,
+    /// The origin operator's id (from its CA certificate).
+    pub origin: [u8; 8],
+    pub origin_name: String,
+    /// Stable opaque id of the member at its origin: the identity used for counting.
+    pub pseudonym: String,
+    /// The member's name when its operator reveals it, else the pseudonym.
+    pub display: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -92,6 +92,10 @@ pub struct SubmitArgs {
     /// Member-side reference (case number) for every flag, at most 128 bytes.
     #[arg(long)]
     reference: Option<String>,
+    /// `local` (this operator's members only) or `federated` (also federation peers);
+    /// default: the operator's.
+    #[arg(long)]
+    distribution: Option<crate::model::Distribution>,
 }
 
 #[derive(Args)]
@@ -461,6 +465,7 @@ fn flag_from_record(args: &SubmitArgs, item: &Hashed, now_ms: i64) -> Result<pb:
         observed_at: observed_at_ms.map(timestamp_from_ms),
         expires_at: expires_at_ms.map(timestamp_from_ms),
         reference: reference.into_bytes(),
+        distribution: args.distribution.map_or(0, |distribution| distribution as i32),
     })
 }
 

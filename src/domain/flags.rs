@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, Result};
-use crate::model::{Category, FlagKey, FlagRecord, PrincipalId, SummaryEntry};
+use crate::model::{Category, Distribution, FlagKey, FlagRecord, PrincipalId, SummaryEntry};
 
 /// Most flags, digests or selectors in one call. Larger sets are sent as several calls.
 pub const MAX_BATCH: usize = 10_000;
@@ -24,6 +24,8 @@ pub struct NewFlag {
     pub observed_at_ms: Option<i64>,
     pub expires_at_ms: Option<i64>,
     pub reference: Vec<u8>,
+    /// `None`: the operator's default.
+    pub distribution: Option<Distribution>,
 }
 
 /// Selects some of the caller's flags on one digest; `None` selects every kind or category.
@@ -115,8 +117,10 @@ pub fn merge_flag(
     new: &NewFlag,
     key_id: u32,
     default_expires_at_ms: i64,
+    default_distribution: Distribution,
     now_ms: i64,
 ) -> FlagRecord {
+    let distribution = new.distribution.unwrap_or(default_distribution);
     let observed_at_ms = new.observed_at_ms.unwrap_or(now_ms);
     // The operator's per-category retention is the longest a flag may live; a member may
     // ask for less, never more.
@@ -134,6 +138,8 @@ pub fn merge_flag(
             updated_at_ms: now_ms,
             key_id,
             reference: new.reference.clone(),
+            distribution,
+            origin_sequence: 0,
         },
         Some(old) => FlagRecord {
             confidence,
@@ -148,6 +154,8 @@ pub fn merge_flag(
             } else {
                 new.reference.clone()
             },
+            distribution,
+            origin_sequence: 0,
         },
     }
 }
@@ -216,6 +224,7 @@ mod tests {
             observed_at_ms: Some(1_000),
             expires_at_ms: None,
             reference: Vec::new(),
+            distribution: None,
         }
     }
 
@@ -228,6 +237,7 @@ mod tests {
             first_seen_ms: 100 * member as i64,
             last_seen_ms: 1000 + member as i64,
             expires_at_ms,
+            distribution: crate::model::Distribution::Federated,
         }
     }
 
@@ -275,10 +285,10 @@ mod tests {
 
     #[test]
     fn resubmission_widens_times_and_keeps_creation() {
-        let first = merge_flag(None, &new_flag(40), 1, 9_999, 5_000);
+        let first = merge_flag(None, &new_flag(40), 1, 9_999, Distribution::Federated, 5_000);
         let mut again = new_flag(90);
         again.observed_at_ms = Some(3_000);
-        let merged = merge_flag(Some(&first), &again, 1, 9_999, 6_000);
+        let merged = merge_flag(Some(&first), &again, 1, 9_999, Distribution::Federated, 6_000);
         assert_eq!(merged.confidence, 90);
         assert_eq!(merged.first_seen_ms, 1_000);
         assert_eq!(merged.last_seen_ms, 3_000);
@@ -290,11 +300,20 @@ mod tests {
     fn a_member_may_shorten_the_retention_but_not_extend_it() {
         let mut shorter = new_flag(40);
         shorter.expires_at_ms = Some(7_000);
-        assert_eq!(merge_flag(None, &shorter, 1, 9_999, 5_000).expires_at_ms, 7_000);
+        assert_eq!(
+            merge_flag(None, &shorter, 1, 9_999, Distribution::Federated, 5_000).expires_at_ms,
+            7_000
+        );
         let mut longer = new_flag(40);
         longer.expires_at_ms = Some(50_000);
-        assert_eq!(merge_flag(None, &longer, 1, 9_999, 5_000).expires_at_ms, 9_999);
-        assert_eq!(merge_flag(None, &new_flag(40), 1, 9_999, 5_000).expires_at_ms, 9_999);
+        assert_eq!(
+            merge_flag(None, &longer, 1, 9_999, Distribution::Federated, 5_000).expires_at_ms,
+            9_999
+        );
+        assert_eq!(
+            merge_flag(None, &new_flag(40), 1, 9_999, Distribution::Federated, 5_000).expires_at_ms,
+            9_999
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn purge_expired(inner: &Inner, now: i64) -> Result<u64> {
                 continue;
             }
             for entry in &expired {
-                stage_removal(&mut batch, &mut sequence, digest, entry, Change::Expire, now);
+                stage_removal(&mut batch, &mut sequence, digest, entry, Change::Expire, 0, now);
             }
             n_chunk += expired.len() as u64;
             batch.put_summary(&digest, &kept);

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditEntry, AuditOp, Category, Change, ChangeRecord, FlagKey, PrincipalId, PrincipalRecord, PrincipalStats,
-    PrincipalStatus, RetractReason, Role, SummaryEntry,
+    AuditEntry, AuditOp, Category, Change, ChangeRecord, Distribution, FlagKey, PrincipalId, PrincipalRecord,
+    PrincipalStats, PrincipalStatus, RetractReason, Role, SummaryEntry,
 };
 use crate::store::{Batch, Durability, Store};
 use crate::util::now_ms;
@@ -32,6 +32,8 @@ pub use principals::{Caller, Registry};
 pub struct Policy {
     /// How long a flag matches when its member gave no expiry, per category.
     pub default_ttl_ms: HashMap<Category, i64>,
+    /// Distribution of a flag whose member did not choose one.
+    pub default_distribution: Distribution,
 }
 
 /// Two years: long enough to span a typical appeal and re-offending window, short enough
@@ -45,6 +47,7 @@ impl Default for Policy {
                 .iter()
                 .map(|category| (*category, DEFAULT_TTL_MS))
                 .collect(),
+            default_distribution: Distribution::Federated,
         }
     }
 }
@@ -380,7 +383,14 @@ impl Inner {
             } else {
                 n_created += 1;
             }
-            let record = flags::merge_flag(existing, new_flag, key_id, default_expiry, now);
+            let record = flags::merge_flag(
+                existing,
+                new_flag,
+                key_id,
+                default_expiry,
+                self.policy.default_distribution,
+                now,
+            );
             let entries = summaries.get_mut(&key.digest).expect("every digest was read");
             flags::upsert_summary_entry(entries, key, &record);
             sequence += 1;
@@ -390,6 +400,8 @@ impl Inner {
                     at_ms: now,
                     key: *key,
                     change: Change::Upsert(SummaryEntry::from_flag(key, &record)),
+                    distribution: record.distribution,
+                    origin_sequence: 0,
                 },
             );
             batch.put_flag(key, &record);
@@ -499,6 +511,7 @@ impl Inner {
                     selector.digest,
                     &entry,
                     Change::Retract(reason),
+                    0,
                     now,
                 );
                 n_retracted += 1;
@@ -668,6 +681,7 @@ impl Inner {
                     digest,
                     entry,
                     Change::Retract(RetractReason::Withdrawn),
+                    0,
                     now,
                 );
                 n_withdrawn += 1;
@@ -709,12 +723,14 @@ impl Inner {
 }
 
 /// Stages the removal of one flag: its row goes, and the change log says why.
+/// `origin_sequence` is the flag's version at its origin (0 for a local flag).
 fn stage_removal(
     batch: &mut Batch<'_>,
     sequence: &mut u64,
     digest: Digest,
     entry: &SummaryEntry,
     change: Change,
+    origin_sequence: u64,
     now: i64,
 ) {
     let key = FlagKey {
@@ -731,6 +747,8 @@ fn stage_removal(
             at_ms: now,
             key,
             change,
+            distribution: entry.distribution,
+            origin_sequence,
         },
     );
 }

@@ -10,7 +10,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditEntry, AuditOp, Category, PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role,
+    AuditEntry, AuditOp, Category, Distribution, PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role,
 };
 use crate::pb;
 
@@ -85,6 +85,15 @@ pub fn category_to_pb(category: Category) -> pb::Category {
     pb::Category::try_from(category as i32).unwrap_or(pb::Category::Unspecified)
 }
 
+/// `None` for unspecified (the operator's default).
+pub fn distribution_from_pb(field: &str, value: i32) -> Result<Option<Distribution>> {
+    match pb::Distribution::try_from(value) {
+        Ok(pb::Distribution::Unspecified) => Ok(None),
+        Ok(_) => Ok(Distribution::from_u8(value as u8)),
+        Err(_) => Err(Error::invalid(format!("{field}: unknown distribution {value}"))),
+    }
+}
+
 pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
     crate::domain::flags::check_batch_len("flags", flags.len())?;
     flags
@@ -108,6 +117,7 @@ pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
                     .map(|ts| ms_from_timestamp(&field("expires_at"), ts))
                     .transpose()?,
                 reference: flag.reference,
+                distribution: distribution_from_pb(&field("distribution"), flag.distribution)?,
             })
         })
         .collect()

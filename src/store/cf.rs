@@ -7,13 +7,16 @@
 /// Schema bookkeeping and the audit chain's ends.
 /// Rows: `b"schema_version"` → u32 BE, checked at open; `b"audit_head"` → `sequence u64 |
 /// BLAKE3 hash(32)` of the newest audit entry; `b"audit_anchor"` → the same for the newest
-/// entry removed by audit retention (the chain is verified from there).
+/// entry removed by audit retention (the chain is verified from there); `b"operator_id"` →
+/// 8 random bytes naming this operator in federation; `b"pseudonym_key"` → 32 random bytes
+/// keying the pseudonyms of local members sent to peers.
 pub const META: &str = "meta";
 
 /// The lookup path: one row per digest that has at least one stored flag.
-/// Rows: `digest(32)` → summary v1: `[1, n: u16 BE, n × entry(31 bytes)]`, each entry
+/// Rows: `digest(32)` → summary v2: `[2, n: u16 BE, n × entry(32 bytes)]`, each entry
 /// `member u32 | kind u8 | category u8 | confidence u8 | first_seen i64 | last_seen i64 |
-/// expires_at i64` (milliseconds since the epoch). Whole-key bloom filter: most lookups miss.
+/// expires_at i64 | distribution u8` (times in milliseconds since the epoch). Whole-key
+/// bloom filter: most lookups miss.
 pub const SUMMARIES: &str = "summaries";
 
 /// The full record of every flag; all flags of one digest are one prefix scan.
@@ -44,6 +47,20 @@ pub const AUDIT: &str = "audit";
 /// All disputes of a digest are one prefix scan, done only for digests that matched.
 pub const DISPUTES: &str = "disputes";
 
+/// Members of other operators, learnt through federation; their ids start at
+/// `model::FOREIGN_MEMBER_BASE`.
+/// Rows: `id u32` → foreign member v1 (see `codec::encode_foreign_member`).
+pub const FOREIGN_MEMBERS: &str = "foreign_members";
+
+/// The version of every flag learnt from another operator, kept after it is retracted or
+/// expired (a tombstone), so an event arriving late by another path never resurrects it.
+/// Rows: flag key (as in `FLAGS`) → origin sequence u64 BE.
+pub const FLAG_VERSIONS: &str = "flag_versions";
+
+/// Federation peers: where to pull from, the pull cursor, and what they may be sent.
+/// Rows: peer name → peer v1: `[1, JSON of domain::federation::PeerRecord]`.
+pub const PEERS: &str = "peers";
+
 /// All families, in the order they are opened.
 pub const ALL: &[&str] = &[
     META,
@@ -54,4 +71,7 @@ pub const ALL: &[&str] = &[
     PRINCIPAL_STATS,
     AUDIT,
     DISPUTES,
+    FOREIGN_MEMBERS,
+    FLAG_VERSIONS,
+    PEERS,
 ];

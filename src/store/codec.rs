@@ -3,8 +3,8 @@
 
 use crate::digest::Kind;
 use crate::model::{
-    AuditEntry, Category, Change, ChangeRecord, FlagKey, FlagRecord, PrincipalRecord, PrincipalStats, PrincipalStatus,
-    RetractReason, Role, SummaryEntry,
+    AuditEntry, Category, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, ForeignMember, PrincipalRecord,
+    PrincipalStats, PrincipalStatus, RetractReason, Role, SummaryEntry,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,10 +14,11 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-const SUMMARY_V1: u8 = 1;
-const SUMMARY_ENTRY_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8;
-const FLAG_V1: u8 = 1;
-const CHANGE_V1: u8 = 1;
+const SUMMARY_V2: u8 = 2;
+const SUMMARY_ENTRY_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 1;
+const FLAG_V2: u8 = 2;
+const CHANGE_V2: u8 = 2;
+const FOREIGN_MEMBER_V1: u8 = 1;
 const PRINCIPAL_V1: u8 = 1;
 const CHANGE_UPSERT: u8 = 1;
 const CHANGE_RETRACT: u8 = 2;
@@ -93,6 +94,11 @@ impl<'a> Reader<'a> {
         Category::from_u8(byte).ok_or_else(|| self.error(format!("unknown category {byte}")))
     }
 
+    fn distribution(&mut self) -> Result<Distribution, DecodeError> {
+        let byte = self.u8()?;
+        Distribution::from_u8(byte).ok_or_else(|| self.error(format!("unknown distribution {byte}")))
+    }
+
     fn finish<T>(self, value: T) -> Result<T, DecodeError> {
         if self.rest.is_empty() {
             Ok(value)
@@ -116,6 +122,7 @@ fn put_summary_entry(out: &mut Vec<u8>, entry: &SummaryEntry) {
     out.extend_from_slice(&entry.first_seen_ms.to_be_bytes());
     out.extend_from_slice(&entry.last_seen_ms.to_be_bytes());
     out.extend_from_slice(&entry.expires_at_ms.to_be_bytes());
+    out.push(entry.distribution as u8);
 }
 
 fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeError> {
@@ -127,6 +134,7 @@ fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeErr
         first_seen_ms: reader.i64()?,
         last_seen_ms: reader.i64()?,
         expires_at_ms: reader.i64()?,
+        distribution: reader.distribution()?,
     })
 }
 
@@ -134,7 +142,7 @@ pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
     let n_entries =
         u16::try_from(entries.len()).expect("a digest holds at most one flag per member, kind and category");
     let mut out = Vec::with_capacity(3 + entries.len() * SUMMARY_ENTRY_LEN);
-    out.push(SUMMARY_V1);
+    out.push(SUMMARY_V2);
     out.extend_from_slice(&n_entries.to_be_bytes());
     for entry in entries {
         put_summary_entry(&mut out, entry);
@@ -143,7 +151,7 @@ pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
 }
 
 pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
-    let mut reader = Reader::new("summary", bytes, SUMMARY_V1)?;
+    let mut reader = Reader::new("summary", bytes, SUMMARY_V2)?;
     let n_entries = reader.u16()? as usize;
     let mut entries = Vec::with_capacity(n_entries);
     for _ in 0..n_entries {
@@ -152,11 +160,12 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
     reader.finish(entries)
 }
 
-/// flag v1: `[1, confidence u8, first_seen i64, last_seen i64, expires_at i64,
-/// created_at i64, updated_at i64, key_id u32, reference_len u16, reference]`.
+/// flag v2: `[2, confidence u8, first_seen i64, last_seen i64, expires_at i64,
+/// created_at i64, updated_at i64, key_id u32, reference_len u16, reference,
+/// distribution u8, origin_sequence u64]`.
 pub fn encode_flag(record: &FlagRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + record.reference.len());
-    out.push(FLAG_V1);
+    out.push(FLAG_V2);
     out.push(record.confidence);
     for time in [
         record.first_seen_ms,
@@ -169,11 +178,13 @@ pub fn encode_flag(record: &FlagRecord) -> Vec<u8> {
     }
     out.extend_from_slice(&record.key_id.to_be_bytes());
     put_bytes(&mut out, &record.reference);
+    out.push(record.distribution as u8);
+    out.extend_from_slice(&record.origin_sequence.to_be_bytes());
     out
 }
 
 pub fn decode_flag(bytes: &[u8]) -> Result<FlagRecord, DecodeError> {
-    let mut reader = Reader::new("flag", bytes, FLAG_V1)?;
+    let mut reader = Reader::new("flag", bytes, FLAG_V2)?;
     let record = FlagRecord {
         confidence: reader.u8()?,
         first_seen_ms: reader.i64()?,
@@ -183,21 +194,26 @@ pub fn decode_flag(bytes: &[u8]) -> Result<FlagRecord, DecodeError> {
         updated_at_ms: reader.i64()?,
         key_id: reader.u32()?,
         reference: reader.bytes()?.to_vec(),
+        distribution: reader.distribution()?,
+        origin_sequence: reader.i64()? as u64,
     };
     reader.finish(record)
 }
 
-/// change v1: `[1, at i64, digest(32), member u32, kind u8, category u8, op u8, body]`;
+/// change v2: `[2, at i64, digest(32), member u32, kind u8, category u8, distribution u8,
+/// origin_sequence u64, op u8, body]`;
 /// op 1 (upsert) body: `confidence u8, first_seen i64, last_seen i64, expires_at i64`;
 /// op 2 (retract) body: `reason u8`; op 3 (expire): no body.
 pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(72);
-    out.push(CHANGE_V1);
+    out.push(CHANGE_V2);
     out.extend_from_slice(&record.at_ms.to_be_bytes());
     out.extend_from_slice(&record.key.digest);
     out.extend_from_slice(&record.key.member.to_be_bytes());
     out.push(record.key.kind as u8);
     out.push(record.key.category as u8);
+    out.push(record.distribution as u8);
+    out.extend_from_slice(&record.origin_sequence.to_be_bytes());
     match &record.change {
         Change::Upsert(entry) => {
             out.push(CHANGE_UPSERT);
@@ -216,7 +232,7 @@ pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
 }
 
 pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
-    let mut reader = Reader::new("change", bytes, CHANGE_V1)?;
+    let mut reader = Reader::new("change", bytes, CHANGE_V2)?;
     let at_ms = reader.i64()?;
     let key = FlagKey {
         digest: reader.array32()?,
@@ -224,6 +240,8 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
         kind: reader.kind()?,
         category: reader.category()?,
     };
+    let distribution = reader.distribution()?;
+    let origin_sequence = reader.i64()? as u64;
     let change = match reader.u8()? {
         CHANGE_UPSERT => Change::Upsert(SummaryEntry {
             member: key.member,
@@ -233,6 +251,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
             first_seen_ms: reader.i64()?,
             last_seen_ms: reader.i64()?,
             expires_at_ms: reader.i64()?,
+            distribution,
         }),
         CHANGE_RETRACT => {
             let byte = reader.u8()?;
@@ -243,7 +262,13 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
         CHANGE_EXPIRE => Change::Expire,
         other => return Err(reader.error(format!("unknown change op {other}"))),
     };
-    reader.finish(ChangeRecord { at_ms, key, change })
+    reader.finish(ChangeRecord {
+        at_ms,
+        key,
+        change,
+        distribution,
+        origin_sequence,
+    })
 }
 
 /// principal v1: `[1, id u32, role u8, status u8, created_at i64, cert_sha256(32), name_len u16, name]`.
@@ -331,6 +356,39 @@ pub fn decode_chain_end(bytes: &[u8]) -> Result<(u64, [u8; 32]), DecodeError> {
     reader.finish((sequence, hash))
 }
 
+/// foreign member v1: `[1, id u32, origin(8), origin_name, pseudonym, display]` (strings
+/// as `len u16, bytes`).
+pub fn encode_foreign_member(member: &ForeignMember) -> Vec<u8> {
+    let mut out = vec![FOREIGN_MEMBER_V1];
+    out.extend_from_slice(&member.id.to_be_bytes());
+    out.extend_from_slice(&member.origin);
+    for text in [&member.origin_name, &member.pseudonym, &member.display] {
+        put_bytes(&mut out, text.as_bytes());
+    }
+    out
+}
+
+pub fn decode_foreign_member(bytes: &[u8]) -> Result<ForeignMember, DecodeError> {
+    let mut reader = Reader::new("foreign member", bytes, FOREIGN_MEMBER_V1)?;
+    let id = reader.u32()?;
+    let origin: [u8; 8] = reader.take(8)?.try_into().expect("8 bytes");
+    let mut text = || -> Result<String, DecodeError> {
+        let bytes = reader.bytes()?.to_vec();
+        String::from_utf8(bytes).map_err(|_| DecodeError {
+            what: "foreign member",
+            reason: "a name is not UTF-8".to_owned(),
+        })
+    };
+    let (origin_name, pseudonym, display) = (text()?, text()?, text()?);
+    reader.finish(ForeignMember {
+        id,
+        origin,
+        origin_name,
+        pseudonym,
+        display,
+    })
+}
+
 pub fn encode_dispute(at_ms: i64) -> Vec<u8> {
     let mut out = vec![DISPUTE_V1];
     out.extend_from_slice(&at_ms.to_be_bytes());
@@ -350,6 +408,7 @@ mod tests {
             first_seen_ms: 1_700_000_000_000,
             last_seen_ms: 1_700_000_500_000,
             expires_at_ms: i64::MAX,
+            distribution: crate::model::Distribution::Federated,
         }
     }
 
@@ -372,6 +431,8 @@ mod tests {
             updated_at_ms: 40,
             key_id: 7,
             reference: b"case-123".to_vec(),
+            distribution: crate::model::Distribution::Local,
+            origin_sequence: 9,
         };
         assert_eq!(decode_flag(&encode_flag(&record)).unwrap(), record);
     }
@@ -388,12 +449,16 @@ mod tests {
             at_ms: 99,
             key,
             change: Change::Upsert(entry(2)),
+            distribution: crate::model::Distribution::Federated,
+            origin_sequence: 7,
         };
         assert_eq!(decode_change(&encode_change(&upsert)).unwrap(), upsert);
         let retract = ChangeRecord {
             at_ms: 100,
             key,
             change: Change::Retract(RetractReason::AppealUpheld),
+            distribution: crate::model::Distribution::Federated,
+            origin_sequence: 7,
         };
         assert_eq!(decode_change(&encode_change(&retract)).unwrap(), retract);
     }
@@ -443,6 +508,8 @@ mod tests {
                 category: Category::Other,
             },
             change: Change::Expire,
+            distribution: crate::model::Distribution::Federated,
+            origin_sequence: 7,
         };
         assert_eq!(decode_change(&encode_change(&change)).unwrap(), change);
     }

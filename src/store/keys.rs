@@ -21,6 +21,8 @@ pub const FLAG_KEY_LEN: usize = DIGEST_LEN + 4 + 1 + 1;
 pub const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 pub const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
 pub const AUDIT_ANCHOR_KEY: &[u8] = b"audit_anchor";
+pub const OPERATOR_ID_KEY: &[u8] = b"operator_id";
+pub const PSEUDONYM_KEY_KEY: &[u8] = b"pseudonym_key";
 pub const DISPUTE_KEY_LEN: usize = DIGEST_LEN + 4 + 4;
 
 pub fn dispute_key(digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId) -> [u8; DISPUTE_KEY_LEN] {

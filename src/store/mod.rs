@@ -15,14 +15,16 @@ use rocksdb::{
 };
 
 use crate::digest::Digest;
-use crate::model::{ChangeRecord, FlagKey, FlagRecord, PrincipalId, PrincipalRecord, PrincipalStats, SummaryEntry};
+use crate::model::{
+    ChangeRecord, FlagKey, FlagRecord, ForeignMember, PrincipalId, PrincipalRecord, PrincipalStats, SummaryEntry,
+};
 
 pub use codec::DecodeError;
 pub use keys::KeyError;
 
 /// Version of the layout described in `cf.rs`. Bumped when a family or a layout changes;
 /// a store written by another version is refused at open rather than misread.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +38,8 @@ pub enum StoreError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error("the operating system gave no random bytes: {0}")]
+    Random(String),
 }
 
 /// Tuning that an operator may change without changing the on-disk format.
@@ -159,6 +163,53 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A value of `meta` made of random bytes on first use (the operator id, the pseudonym
+    /// key): stable for the life of the database, and carried by its backups.
+    pub fn meta_secret<const N: usize>(&self, key: &[u8]) -> Result<[u8; N], StoreError> {
+        let meta = self.cf(cf::META);
+        if let Some(bytes) = self.db.get_cf(meta, key)?
+            && let Ok(value) = <[u8; N]>::try_from(bytes.as_slice())
+        {
+            return Ok(value);
+        }
+        let mut value = [0u8; N];
+        getrandom::fill(&mut value).map_err(|err| StoreError::Random(err.to_string()))?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(true);
+        self.db.put_cf_opt(meta, key, value, &write_options)?;
+        Ok(value)
+    }
+
+    pub fn load_foreign_members(&self) -> Result<Vec<ForeignMember>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(cf::FOREIGN_MEMBERS), IteratorMode::Start)
+            .map(|item| -> Result<_, StoreError> {
+                let (_key, value) = item?;
+                Ok(codec::decode_foreign_member(&value)?)
+            })
+            .collect()
+    }
+
+    /// Versions (origin sequence numbers) of foreign flags; `sorted_keys` must be sorted.
+    pub fn get_flag_versions(&self, sorted_keys: &[FlagKey]) -> Result<Vec<Option<u64>>, StoreError> {
+        let encoded: Vec<[u8; keys::FLAG_KEY_LEN]> = sorted_keys.iter().map(keys::flag_key).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(cf::FLAG_VERSIONS), &encoded, true)
+            .into_iter()
+            .map(|value| -> Result<_, StoreError> {
+                Ok(value?.map(|bytes| keys::decode_sequence_key(&bytes)).transpose()?)
+            })
+            .collect()
+    }
+
+    /// Every peer row, as stored (`[1, JSON]`).
+    pub fn load_peers(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.db
+            .iterator_cf(self.cf(cf::PEERS), IteratorMode::Start)
+            .map(|item| -> Result<_, StoreError> { Ok(item?.1.into_vec()) })
+            .collect()
     }
 
     pub fn path(&self) -> &Path {
@@ -458,6 +509,30 @@ impl Batch<'_> {
         );
     }
 
+    pub fn put_foreign_member(&mut self, member: &ForeignMember) {
+        self.inner.put_cf(
+            self.store.cf(cf::FOREIGN_MEMBERS),
+            keys::principal_key(member.id),
+            codec::encode_foreign_member(member),
+        );
+    }
+
+    pub fn put_flag_version(&mut self, key: &FlagKey, origin_sequence: u64) {
+        self.inner.put_cf(
+            self.store.cf(cf::FLAG_VERSIONS),
+            keys::flag_key(key),
+            keys::sequence_key(origin_sequence),
+        );
+    }
+
+    pub fn put_peer(&mut self, name: &str, encoded: &[u8]) {
+        self.inner.put_cf(self.store.cf(cf::PEERS), name.as_bytes(), encoded);
+    }
+
+    pub fn delete_peer(&mut self, name: &str) {
+        self.inner.delete_cf(self.store.cf(cf::PEERS), name.as_bytes());
+    }
+
     pub fn put_dispute(&mut self, digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId, at_ms: i64) {
         self.inner.put_cf(
             self.store.cf(cf::DISPUTES),
@@ -490,6 +565,7 @@ mod tests {
             first_seen_ms: 1,
             last_seen_ms: 2,
             expires_at_ms: 3,
+            distribution: crate::model::Distribution::Federated,
         }
     }
 
@@ -513,6 +589,8 @@ mod tests {
                     at_ms: 5,
                     key,
                     change: Change::Upsert(entry(1)),
+                    distribution: crate::model::Distribution::Federated,
+                    origin_sequence: 7,
                 },
             );
             store.commit(batch).unwrap();

@@ -128,6 +128,7 @@ pub fn flag(digest: Digest, category: pb::Category, confidence: u32) -> pb::Flag
         observed_at: None,
         expires_at: None,
         reference: Vec::new(),
+        distribution: 0,
     }
 }
 
