@@ -118,6 +118,7 @@ impl Config {
         Ok(crate::domain::Policy {
             default_ttl_ms,
             default_distribution,
+            operator_name: self.operator_name.clone(),
         })
     }
 

@@ -43,6 +43,9 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Federation peers: other operators' servers this one pulls from and sends to.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Write a consistent copy of the database to DIR on the server's machine, while it serves.
     Backup {
         /// Absolute path on the server's file system; must not exist.
@@ -72,6 +75,46 @@ enum MemberCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Add a peer, or change its settings (its cursor is kept).
+    Add(PeerArgs),
+    /// Each peer's state, cursor, lag, last successful sync and event counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop pulling from and sending to a peer; the peer's principal is not touched.
+    Remove { name: String },
+    /// Stop pulling from a peer until `resume`.
+    Pause { name: String },
+    /// Pull from a paused peer again, from where it stopped.
+    Resume { name: String },
+}
+
+#[derive(Args)]
+struct PeerArgs {
+    /// The peer's name; also the name of the `peer` principal it pulls from us with.
+    name: String,
+    /// The peer's server, e.g. https://flagshare.other.example:50051. Omit for a peer that
+    /// only pulls from us.
+    #[arg(long, requires = "bundle")]
+    endpoint: Option<String>,
+    /// Client bundle the peer's operator issued to us (`member add --role peer` on their
+    /// side), as an absolute path on this server's machine.
+    #[arg(long, requires = "endpoint")]
+    bundle: Option<PathBuf>,
+    /// Categories sent to the peer (comma-separated); default: all.
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<crate::model::Category>,
+    /// Pass on flags received from other operators to this peer.
+    #[arg(long)]
+    pass_on: bool,
+    /// Send member names to this peer instead of stable pseudonyms.
+    #[arg(long)]
+    reveal_names: bool,
 }
 
 #[derive(Args)]
@@ -171,6 +214,18 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
+        AdminCommand::Peer(PeerCommand::Add(peer)) => add_peer(&mut client, peer).await,
+        AdminCommand::Peer(PeerCommand::List { json }) => list_peers(&mut client, *json).await,
+        AdminCommand::Peer(PeerCommand::Remove { name }) => {
+            client
+                .remove_peer(pb::RemovePeerRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?;
+            println!("peer {name} removed");
+            Ok(())
+        }
+        AdminCommand::Peer(PeerCommand::Pause { name }) => set_peer_paused(&mut client, name, true).await,
+        AdminCommand::Peer(PeerCommand::Resume { name }) => set_peer_paused(&mut client, name, false).await,
     }
 }
 
@@ -472,5 +527,106 @@ async fn backup(client: &mut AdminClient<Channel>, dir: &Path) -> anyhow::Result
         .map_err(status_error)?
         .into_inner();
     println!("backup written to {} on the server", response.dir);
+    Ok(())
+}
+
+async fn add_peer(client: &mut AdminClient<Channel>, args: &PeerArgs) -> anyhow::Result<()> {
+    let bundle_dir = match &args.bundle {
+        Some(dir) => std::path::absolute(dir)?.display().to_string(),
+        None => String::new(),
+    };
+    let status = client
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: args.name.clone(),
+            endpoint: args.endpoint.clone().unwrap_or_default(),
+            bundle_dir,
+            paused: false,
+            categories: args
+                .categories
+                .iter()
+                .map(|category| crate::server::convert::category_to_pb(*category) as i32)
+                .collect(),
+            pass_on: args.pass_on,
+            reveal_names: args.reveal_names,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("peer {} configured ({})", args.name, status.state);
+    Ok(())
+}
+
+async fn set_peer_paused(client: &mut AdminClient<Channel>, name: &str, paused: bool) -> anyhow::Result<()> {
+    let peers = client
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .peers;
+    let mut config = peers
+        .into_iter()
+        .filter_map(|peer| peer.config)
+        .find(|config| config.name == name)
+        .with_context(|| format!("no peer named '{name}'"))?;
+    config.paused = paused;
+    let status = client.configure_peer(config).await.map_err(status_error)?.into_inner();
+    println!("peer {name}: {}", status.state);
+    Ok(())
+}
+
+async fn list_peers(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<()> {
+    let peers = client
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .peers;
+    if !json {
+        println!(
+            "{:<20} {:<11} {:>10} {:>8} {:<21} {:>9} {:>9} {:>8} ENDPOINT",
+            "NAME", "STATE", "CURSOR", "LAG", "LAST SYNC", "RECEIVED", "APPLIED", "REJECTED"
+        );
+    }
+    for peer in peers {
+        let config = peer.config.clone().unwrap_or_default();
+        let last_sync = peer.last_sync.as_ref().map(timestamp_text);
+        if json {
+            let categories: Vec<&str> = config
+                .categories
+                .iter()
+                .map(|value| crate::model::Category::from_u8(*value as u8).map_or("unknown", |c| c.as_str()))
+                .collect();
+            let line = serde_json::json!({
+                "name": config.name,
+                "endpoint": config.endpoint,
+                "state": peer.state,
+                "paused": config.paused,
+                "cursor": peer.cursor,
+                "lag": peer.lag,
+                "last_sync": last_sync,
+                "received": peer.n_received,
+                "applied": peer.n_applied,
+                "rejected": peer.n_rejected,
+                "last_error": peer.last_error,
+                "categories": categories,
+                "pass_on": config.pass_on,
+                "reveal_names": config.reveal_names,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<20} {:<11} {:>10} {:>8} {:<21} {:>9} {:>9} {:>8} {}",
+                config.name,
+                peer.state,
+                peer.cursor,
+                peer.lag,
+                last_sync.unwrap_or_else(|| "never".to_owned()),
+                peer.n_received,
+                peer.n_applied,
+                peer.n_rejected,
+                config.endpoint
+            );
+        }
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! commit order and a read-modify-write of a digest's summary never races another.
 
 pub mod audit;
+pub mod federation;
 pub mod flags;
 pub mod maintenance;
 pub mod principals;
@@ -23,6 +24,7 @@ use crate::store::{Batch, Durability, Store};
 use crate::util::now_ms;
 
 pub use audit::{Actor, AuditEvent, AuditFilter, Ledger, VerifyReport};
+pub use federation::{ApplyOutcome, Event, EventOp, Federation, OutgoingBatch, PeerRecord};
 pub use flags::{FlagSelector, Match, NewFlag};
 pub use maintenance::{Stats, Sweep};
 pub use principals::{Caller, Registry};
@@ -34,6 +36,8 @@ pub struct Policy {
     pub default_ttl_ms: HashMap<Category, i64>,
     /// Distribution of a flag whose member did not choose one.
     pub default_distribution: Distribution,
+    /// This operator's name, shown to federation peers with its members' flags.
+    pub operator_name: String,
 }
 
 /// Two years: long enough to span a typical appeal and re-offending window, short enough
@@ -48,6 +52,7 @@ impl Default for Policy {
                 .map(|category| (*category, DEFAULT_TTL_MS))
                 .collect(),
             default_distribution: Distribution::Federated,
+            operator_name: "flagshare".to_owned(),
         }
     }
 }
@@ -97,6 +102,7 @@ struct Inner {
     /// The audit chain's head; every audited commit goes through it.
     ledger: Mutex<Ledger>,
     metrics: Metrics,
+    federation: Federation,
 }
 
 impl From<&Caller> for Actor {
@@ -125,6 +131,16 @@ impl Domain {
         let registry = Registry::new(store.load_principals()?);
         let last_sequence = store.last_sequence()?;
         let ledger = Ledger::load(&store)?;
+        let foreign_members = store.load_foreign_members()?;
+        for member in &foreign_members {
+            registry.set_foreign_name(member.id, member.display.clone());
+        }
+        let federation = Federation::new(
+            store.meta_secret(crate::store::keys::OPERATOR_ID_KEY)?,
+            policy.operator_name.clone(),
+            store.meta_secret(crate::store::keys::PSEUDONYM_KEY_KEY)?,
+            foreign_members,
+        );
         Ok(Domain {
             inner: Arc::new(Inner {
                 store,
@@ -133,12 +149,123 @@ impl Domain {
                 writer: Mutex::new(last_sequence),
                 ledger: Mutex::new(ledger),
                 metrics: Metrics::default(),
+                federation,
             }),
         })
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn federation(&self) -> &Federation {
+        &self.inner.federation
+    }
+
+    /// The change log after `after` as `caller` (a peer) may see it. A peer without a
+    /// configured policy gets the default: every category, no passing on, pseudonyms only.
+    pub async fn outgoing(&self, caller: Caller, after: u64, max: usize) -> Result<OutgoingBatch> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            if !inner.registry.is_active(caller.id) {
+                return Err(Error::PermissionDenied(format!(
+                    "principal '{}' is no longer active",
+                    caller.name
+                )));
+            }
+            let policy = inner.peer(&caller.name)?.unwrap_or_else(|| PeerRecord {
+                name: caller.name.clone(),
+                endpoint: String::new(),
+                bundle_dir: String::new(),
+                paused: false,
+                cursor: 0,
+                last_sync_ms: 0,
+                categories: Vec::new(),
+                pass_on: false,
+                reveal_names: false,
+            });
+            federation::outgoing(&inner, &policy, after, max)
+        })
+        .await
+    }
+
+    /// Records that `caller` started pulling from `after`.
+    pub async fn record_pull(&self, caller: Caller, after: u64) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner
+                .record(AuditEvent::new((&caller).into(), AuditOp::FederationPull).detail(format!("from {after}")))
+                .map(drop)
+        })
+        .await
+    }
+
+    pub async fn apply_federated(
+        &self,
+        peer: String,
+        events: Vec<std::result::Result<Event, String>>,
+        cursor: u64,
+    ) -> Result<ApplyOutcome> {
+        let inner = self.inner.clone();
+        blocking(move || federation::apply(&inner, &peer, events, cursor, now_ms())).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerRecord>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.peers()).await
+    }
+
+    pub async fn peer(&self, name: String) -> Result<Option<PeerRecord>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.peer(&name)).await
+    }
+
+    /// Adds or reconfigures a peer; the cursor of an existing peer is kept.
+    pub async fn configure_peer(&self, admin: Caller, mut record: PeerRecord) -> Result<PeerRecord> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            principals::validate_principal_name(&record.name)?;
+            let _writer = inner.writer();
+            if let Some(existing) = inner.peer(&record.name)? {
+                record.cursor = existing.cursor;
+                record.last_sync_ms = existing.last_sync_ms;
+            }
+            let mut batch = inner.store.batch();
+            batch.put_peer(&record.name, &federation::encode_peer(&record));
+            let categories: Vec<&str> = record.categories.iter().map(|c| c.as_str()).collect();
+            let event = AuditEvent::new((&admin).into(), AuditOp::ConfigurePeer).detail(format!(
+                "{}: endpoint '{}', paused {}, categories [{}], pass_on {}, reveal_names {}",
+                record.name,
+                record.endpoint,
+                record.paused,
+                categories.join(","),
+                record.pass_on,
+                record.reveal_names
+            ));
+            inner.commit_audited(batch, event, now_ms())?;
+            Ok(record)
+        })
+        .await
+    }
+
+    pub async fn remove_peer(&self, admin: Caller, name: String) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let _writer = inner.writer();
+            if inner.peer(&name)?.is_none() {
+                return Err(Error::NotFound(format!("name: no peer named '{name}'")));
+            }
+            let mut batch = inner.store.batch();
+            batch.delete_peer(&name);
+            let event = AuditEvent::new((&admin).into(), AuditOp::ConfigurePeer).detail(format!("{name}: removed"));
+            inner.commit_audited(batch, event, now_ms()).map(drop)
+        })
+        .await
+    }
+
+    /// The newest change-log sequence number.
+    pub fn head(&self) -> u64 {
+        *self.inner.writer()
     }
 
     pub fn registry(&self) -> &Registry {

@@ -22,6 +22,8 @@ struct Maps {
     by_id: HashMap<PrincipalId, PrincipalRecord>,
     by_fingerprint: HashMap<[u8; 32], PrincipalId>,
     by_name: HashMap<String, PrincipalId>,
+    /// Display names of members of other operators (`operator/member`).
+    foreign_names: HashMap<PrincipalId, String>,
 }
 
 #[derive(Default)]
@@ -102,7 +104,21 @@ impl Registry {
         maps.by_id
             .get(&id)
             .map(|record| record.name.clone())
+            .or_else(|| maps.foreign_names.get(&id).cloned())
             .unwrap_or_else(|| format!("principal-{id}"))
+    }
+
+    pub fn set_foreign_name(&self, id: PrincipalId, display: String) {
+        let mut maps = self.maps.write().expect("registry lock poisoned");
+        maps.foreign_names.insert(id, display);
+    }
+
+    /// Whether the principal with `id` is registered and active.
+    pub fn is_active(&self, id: PrincipalId) -> bool {
+        let maps = self.maps.read().expect("registry lock poisoned");
+        maps.by_id
+            .get(&id)
+            .is_some_and(|record| record.status == PrincipalStatus::Active)
     }
 
     pub fn contains_fingerprint(&self, cert_sha256: &[u8; 32]) -> bool {

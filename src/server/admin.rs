@@ -11,12 +11,38 @@ use crate::pb;
 use crate::pki::Pki;
 
 use super::convert::{self, status_from_error};
+use super::federation::{PeerProgress, Peers};
+use std::sync::atomic::{AtomicU64, Ordering};
 use super::identity::authorize;
 
 pub struct AdminService {
     pub domain: Domain,
     /// Signs the certificates of new principals.
     pub pki: Arc<Pki>,
+    pub peers: Arc<Peers>,
+}
+
+impl AdminService {
+    fn peer_status(&self, record: &crate::domain::PeerRecord) -> pb::PeerStatus {
+        let progress = self.peers.progress(&record.name);
+        let load = |counter: fn(&PeerProgress) -> &AtomicU64| {
+            progress
+                .as_ref()
+                .map_or(0, |progress| counter(progress).load(Ordering::Relaxed))
+        };
+        let head = load(|p| &p.head);
+        pb::PeerStatus {
+            config: Some(convert::peer_config_to_pb(record)),
+            state: progress.as_ref().map_or_else(|| "stopped".to_owned(), |p| p.state()),
+            cursor: record.cursor,
+            lag: head.saturating_sub(record.cursor),
+            last_sync: (record.last_sync_ms > 0).then(|| convert::timestamp_from_ms(record.last_sync_ms)),
+            n_received: load(|p| &p.received),
+            n_applied: load(|p| &p.applied),
+            n_rejected: load(|p| &p.rejected),
+            last_error: progress.as_ref().map(|p| p.last_error()).unwrap_or_default(),
+        }
+    }
 }
 
 impl AdminService {
@@ -164,5 +190,52 @@ impl pb::admin_server::Admin for AdminService {
         self.domain.backup(admin, path).await.map_err(status_from_error)?;
         tracing::info!(dir, "backup written");
         Ok(Response::new(pb::BackupResponse { dir }))
+    }
+
+    async fn configure_peer(
+        &self,
+        request: Request<pb::ConfigurePeerRequest>,
+    ) -> Result<Response<pb::PeerStatus>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let record = convert::peer_from_pb(request.into_inner()).map_err(status_from_error)?;
+        if record.pulls() {
+            crate::client::Bundle::load(std::path::Path::new(&record.bundle_dir)).map_err(|err| {
+                Status::invalid_argument(format!("bundle_dir: {} ({err})", record.bundle_dir))
+            })?;
+        }
+        let saved = self
+            .domain
+            .configure_peer(admin.clone(), record)
+            .await
+            .map_err(status_from_error)?;
+        self.peers.restart(&saved);
+        tracing::info!(peer = %saved.name, endpoint = %saved.endpoint, paused = saved.paused, by = %admin.name, "peer configured");
+        Ok(Response::new(self.peer_status(&saved)))
+    }
+
+    async fn list_peers(
+        &self,
+        request: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        authorize(&self.domain, &request, &[Role::Admin])?;
+        let peers = self.domain.peers().await.map_err(status_from_error)?;
+        Ok(Response::new(pb::ListPeersResponse {
+            peers: peers.iter().map(|peer| self.peer_status(peer)).collect(),
+        }))
+    }
+
+    async fn remove_peer(
+        &self,
+        request: Request<pb::RemovePeerRequest>,
+    ) -> Result<Response<pb::RemovePeerResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let name = request.into_inner().name;
+        self.domain
+            .remove_peer(admin, name.clone())
+            .await
+            .map_err(status_from_error)?;
+        self.peers.stop(&name);
+        tracing::info!(peer = %name, "peer removed");
+        Ok(Response::new(pb::RemovePeerResponse {}))
     }
 }

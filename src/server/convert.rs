@@ -6,7 +6,7 @@ use tonic::Status;
 
 use crate::digest::{DIGEST_LEN, Digest, Kind};
 use crate::domain::{
-    AuditFilter, FlagSelector, Match, NewFlag, PrincipalView, RetractOutcome, Stats, SubmitOutcome, VerifyReport,
+    AuditFilter, Event, EventOp, PeerRecord, FlagSelector, Match, NewFlag, PrincipalView, RetractOutcome, Stats, SubmitOutcome, VerifyReport,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -315,6 +315,143 @@ pub fn stats_to_pb(stats: Stats) -> pb::GetStatsResponse {
         audit_sequence: stats.audit_sequence,
         flags_expired_purged: stats.flags_expired_purged,
         audit_entries_pruned: stats.audit_entries_pruned,
+    }
+}
+
+pub fn event_to_pb(event: Event) -> pb::FederatedEvent {
+    let mut out = pb::FederatedEvent {
+        sequence: event.sequence,
+        origin_operator: event.origin.to_vec(),
+        origin_operator_name: event.origin_name,
+        origin_sequence: event.origin_sequence,
+        member_id: event.member_pseudonym,
+        member_name: event.member_name,
+        digest: event.digest.to_vec(),
+        kind: kind_to_pb(event.kind) as i32,
+        category: category_to_pb(event.category) as i32,
+        ..Default::default()
+    };
+    match event.op {
+        EventOp::Upsert {
+            confidence,
+            first_seen_ms,
+            last_seen_ms,
+            expires_at_ms,
+        } => {
+            out.op = pb::federated_event::Op::Upsert as i32;
+            out.confidence = u32::from(confidence);
+            out.first_seen = Some(timestamp_from_ms(first_seen_ms));
+            out.last_seen = Some(timestamp_from_ms(last_seen_ms));
+            out.expires_at = Some(timestamp_from_ms(expires_at_ms));
+        }
+        EventOp::Retract(reason) => {
+            out.op = pb::federated_event::Op::Retract as i32;
+            out.reason = reason as i32;
+        }
+        EventOp::Expire => out.op = pb::federated_event::Op::Expire as i32,
+    }
+    out
+}
+
+/// A received event, or why it is malformed (naming the sender's sequence number).
+pub fn event_from_pb(event: pb::FederatedEvent) -> std::result::Result<Event, String> {
+    let at = |field: &str| format!("event {}: {field}", event.sequence);
+    let wire = |err: Error| format!("event {}: {err}", event.sequence);
+    let origin: [u8; 8] = event
+        .origin_operator
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("{} bytes, expected 8", at("origin_operator")))?;
+    let digest = digest_from_bytes("digest", &event.digest).map_err(wire)?;
+    let kind = kind_from_pb("kind", event.kind, true).map_err(wire)?.expect("required");
+    let category = category_from_pb("category", event.category, true)
+        .map_err(wire)?
+        .expect("required");
+    let time = |field: &str, ts: &Option<Timestamp>| -> std::result::Result<i64, String> {
+        let ts = ts.as_ref().ok_or_else(|| format!("{} is required", at(field)))?;
+        ms_from_timestamp(field, ts).map_err(wire)
+    };
+    let op = match pb::federated_event::Op::try_from(event.op) {
+        Ok(pb::federated_event::Op::Upsert) => EventOp::Upsert {
+            confidence: u8::try_from(event.confidence)
+                .ok()
+                .filter(|confidence| *confidence <= 100)
+                .ok_or_else(|| format!("{} {} is above 100", at("confidence"), event.confidence))?,
+            first_seen_ms: time("first_seen", &event.first_seen)?,
+            last_seen_ms: time("last_seen", &event.last_seen)?,
+            expires_at_ms: time("expires_at", &event.expires_at)?,
+        },
+        Ok(pb::federated_event::Op::Retract) => EventOp::Retract(
+            pb::RetractReason::try_from(event.reason)
+                .ok()
+                .and_then(|_| RetractReason::from_u8(event.reason as u8))
+                .ok_or_else(|| format!("{} unknown retract reason {}", at("reason"), event.reason))?,
+        ),
+        Ok(pb::federated_event::Op::Expire) => EventOp::Expire,
+        _ => return Err(format!("{} unknown op {}", at("op"), event.op)),
+    };
+    Ok(Event {
+        sequence: event.sequence,
+        origin,
+        origin_name: event.origin_operator_name,
+        origin_sequence: event.origin_sequence,
+        member_pseudonym: event.member_id,
+        member_name: event.member_name,
+        digest,
+        kind,
+        category,
+        op,
+    })
+}
+
+pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
+    if request.endpoint.is_empty() != request.bundle_dir.is_empty() {
+        return Err(Error::invalid(
+            "endpoint, bundle_dir: give both (to pull from the peer) or neither (a peer that only pulls from us)",
+        ));
+    }
+    if !request.endpoint.is_empty() && !request.endpoint.starts_with("https://") {
+        return Err(Error::invalid(format!(
+            "endpoint: '{}' must start with https://",
+            request.endpoint
+        )));
+    }
+    if !request.bundle_dir.is_empty() && !std::path::Path::new(&request.bundle_dir).is_absolute() {
+        return Err(Error::invalid(format!(
+            "bundle_dir: '{}' must be an absolute path on the server",
+            request.bundle_dir
+        )));
+    }
+    let categories = request
+        .categories
+        .iter()
+        .enumerate()
+        .map(|(index, value)| {
+            category_from_pb(&format!("categories[{index}]"), *value, true).map(|c| c.expect("required"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PeerRecord {
+        name: request.name,
+        endpoint: request.endpoint,
+        bundle_dir: request.bundle_dir,
+        paused: request.paused,
+        cursor: 0,
+        last_sync_ms: 0,
+        categories,
+        pass_on: request.pass_on,
+        reveal_names: request.reveal_names,
+    })
+}
+
+pub fn peer_config_to_pb(record: &PeerRecord) -> pb::ConfigurePeerRequest {
+    pb::ConfigurePeerRequest {
+        name: record.name.clone(),
+        endpoint: record.endpoint.clone(),
+        bundle_dir: record.bundle_dir.clone(),
+        paused: record.paused,
+        categories: record.categories.iter().map(|c| category_to_pb(*c) as i32).collect(),
+        pass_on: record.pass_on,
+        reveal_names: record.reveal_names,
     }
 }
 

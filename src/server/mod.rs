@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod convert;
+mod federation;
 mod flags;
 mod identity;
 
@@ -68,6 +69,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     health_reporter
         .set_serving::<pb::admin_server::AdminServer<admin::AdminService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::federation_server::FederationServer<federation::FederationService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -78,11 +82,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService { domain: domain.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let peers = federation::Peers::new(domain.clone());
     let admin_service = pb::admin_server::AdminServer::new(admin::AdminService {
         domain: domain.clone(),
         pki,
+        peers: peers.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let federation_service =
+        pb::federation_server::FederationServer::new(federation::FederationService { domain: domain.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(64 << 20);
 
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
@@ -93,6 +103,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         config.audit_retention_ms(),
         stop_requested,
     ));
+    peers.start_all().await.context("starting federation peers")?;
     let shutdown = async move {
         shutdown.await;
         let _ = stopping.send(true);
@@ -104,6 +115,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .layer(MapResponseLayer::new(rewrite_oversized_request_status))
         .add_service(flags_service)
         .add_service(admin_service)
+        .add_service(federation_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -111,6 +123,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .await
         .context("serving")?;
     maintenance.await.context("maintenance task")?;
+    peers.stop_all();
     tracing::info!("flagshare stopped");
     Ok(())
 }
