@@ -209,7 +209,10 @@ pub(super) fn outgoing(inner: &Inner, peer: &PeerRecord, after: u64, max: usize)
         }
         let (origin, origin_name, origin_sequence, member_pseudonym, member_name) = if foreign {
             let Some(member) = federation.foreign_by_id(change.key.member) else {
-                tracing::warn!(member = change.key.member, "change of an unknown foreign member; not sent");
+                tracing::warn!(
+                    member = change.key.member,
+                    "change of an unknown foreign member; not sent"
+                );
                 continue;
             };
             let name = member
@@ -442,7 +445,10 @@ fn check_event(event: &Event, now: i64) -> std::result::Result<(), String> {
         ));
     }
     if event.member_name.len() > 64 || event.origin_name.is_empty() || event.origin_name.len() > 128 {
-        return Err(format!("event {}: member or operator name too long or empty", event.sequence));
+        return Err(format!(
+            "event {}: member or operator name too long or empty",
+            event.sequence
+        ));
     }
     if event.origin_sequence == 0 {
         return Err(format!("event {}: origin_sequence must be at least 1", event.sequence));
@@ -455,7 +461,10 @@ fn check_event(event: &Event, now: i64) -> std::result::Result<(), String> {
     } = event.op
     {
         if confidence > 100 {
-            return Err(format!("event {}: confidence {confidence} is above 100", event.sequence));
+            return Err(format!(
+                "event {}: confidence {confidence} is above 100",
+                event.sequence
+            ));
         }
         if first_seen_ms > last_seen_ms || last_seen_ms > now + super::flags::MAX_CLOCK_SKEW_MS {
             return Err(format!(
@@ -469,10 +478,7 @@ fn check_event(event: &Event, now: i64) -> std::result::Result<(), String> {
 
 impl Inner {
     pub(super) fn peer(&self, name: &str) -> Result<Option<PeerRecord>> {
-        Ok(self
-            .peers()?
-            .into_iter()
-            .find(|peer| peer.name == name))
+        Ok(self.peers()?.into_iter().find(|peer| peer.name == name))
     }
 
     pub(super) fn peers(&self) -> Result<Vec<PeerRecord>> {
@@ -490,8 +496,7 @@ impl Inner {
         let identity = (event.origin, event.member_pseudonym.clone());
         if let Some(member) = foreign.by_identity.get_mut(&identity) {
             // A name revealed later (or an operator renamed) replaces what was shown.
-            if member.display != display && (!event.member_name.is_empty() || member.origin_name != event.origin_name)
-            {
+            if member.display != display && (!event.member_name.is_empty() || member.origin_name != event.origin_name) {
                 member.display = display;
                 member.origin_name = event.origin_name.clone();
                 batch.put_foreign_member(member);

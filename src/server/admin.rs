@@ -12,8 +12,8 @@ use crate::pki::Pki;
 
 use super::convert::{self, status_from_error};
 use super::federation::{PeerProgress, Peers};
-use std::sync::atomic::{AtomicU64, Ordering};
 use super::identity::authorize;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct AdminService {
     pub domain: Domain,
@@ -199,9 +199,8 @@ impl pb::admin_server::Admin for AdminService {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let record = convert::peer_from_pb(request.into_inner()).map_err(status_from_error)?;
         if record.pulls() {
-            crate::client::Bundle::load(std::path::Path::new(&record.bundle_dir)).map_err(|err| {
-                Status::invalid_argument(format!("bundle_dir: {} ({err})", record.bundle_dir))
-            })?;
+            crate::client::Bundle::load(std::path::Path::new(&record.bundle_dir))
+                .map_err(|err| Status::invalid_argument(format!("bundle_dir: {} ({err})", record.bundle_dir)))?;
         }
         let saved = self
             .domain

@@ -6,7 +6,8 @@ use tonic::Status;
 
 use crate::digest::{DIGEST_LEN, Digest, Kind};
 use crate::domain::{
-    AuditFilter, Event, EventOp, PeerRecord, FlagSelector, Match, NewFlag, PrincipalView, RetractOutcome, Stats, SubmitOutcome, VerifyReport,
+    AuditFilter, Event, EventOp, FlagSelector, Match, NewFlag, PeerRecord, PrincipalView, RetractOutcome, Stats,
+    SubmitOutcome, VerifyReport,
 };
 use crate::error::{Error, Result};
 use crate::model::{

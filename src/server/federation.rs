@@ -32,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct FederationService {
     pub domain: Domain,
+    /// Set when the server stops: open pull streams end, so shutdown does not wait on them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type PullStream = Pin<Box<dyn Stream<Item = Result<pb::PullBatch, Status>> + Send>>;
@@ -60,10 +62,14 @@ impl pb::federation_server::Federation for FederationService {
         tracing::info!(peer = %caller.name, after = request.after, "peer started pulling");
         let (sender, receiver) = mpsc::channel(4);
         let domain = self.domain.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut cursor = request.after;
             let mut idle = Duration::ZERO;
             loop {
+                if *stopping.borrow() {
+                    return;
+                }
                 let batch = match domain.outgoing(caller.clone(), cursor, max).await {
                     Ok(batch) => batch,
                     Err(err) => {
@@ -85,8 +91,10 @@ impl pb::federation_server::Federation for FederationService {
                     }
                 }
                 if !advanced {
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                    idle += POLL_INTERVAL;
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL_INTERVAL) => idle += POLL_INTERVAL,
+                        _ = stopping.changed() => return,
+                    }
                 }
             }
         });
@@ -134,13 +142,16 @@ impl PeerProgress {
 pub struct Peers {
     domain: Domain,
     tasks: Mutex<HashMap<String, (JoinHandle<()>, Arc<PeerProgress>)>>,
+    /// Set when the server stops: tasks finish the batch in hand and end.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Peers {
-    pub fn new(domain: Domain) -> Arc<Peers> {
+    pub fn new(domain: Domain, stopping: tokio::sync::watch::Receiver<bool>) -> Arc<Peers> {
         Arc::new(Peers {
             domain,
             tasks: Mutex::new(HashMap::new()),
+            stopping,
         })
     }
 
@@ -161,7 +172,12 @@ impl Peers {
             self.insert(&peer.name, tokio::spawn(async {}), progress);
             return;
         }
-        let task = tokio::spawn(sync_loop(self.domain.clone(), peer.name.clone(), progress.clone()));
+        let task = tokio::spawn(sync_loop(
+            self.domain.clone(),
+            peer.name.clone(),
+            progress.clone(),
+            self.stopping.clone(),
+        ));
         self.insert(&peer.name, task, progress);
     }
 
@@ -178,9 +194,17 @@ impl Peers {
         }
     }
 
-    pub fn stop_all(&self) {
-        for (_, (task, _)) in self.tasks.lock().expect("peer tasks lock poisoned").drain() {
-            task.abort();
+    /// Waits for every task to end; call after `stopping` was set.
+    pub async fn join_all(&self) {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .expect("peer tasks lock poisoned")
+            .drain()
+            .map(|(_, (task, _))| task)
+            .collect();
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
@@ -193,16 +217,26 @@ impl Peers {
     }
 }
 
-async fn sync_loop(domain: Domain, name: String, progress: Arc<PeerProgress>) {
+async fn sync_loop(
+    domain: Domain,
+    name: String,
+    progress: Arc<PeerProgress>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
+        if *stopping.borrow() {
+            return;
+        }
         let peer = match domain.peer(name.clone()).await {
             Ok(Some(peer)) => peer,
             Ok(None) => return,
             Err(err) => {
                 progress.set_state(&name, "backoff", Some(&err.to_string()));
-                tokio::time::sleep(MAX_BACKOFF).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(MAX_BACKOFF) => continue,
+                    _ = stopping.changed() => return,
+                }
             }
         };
         if peer.paused {
@@ -210,11 +244,14 @@ async fn sync_loop(domain: Domain, name: String, progress: Arc<PeerProgress>) {
             return; // configuration changes restart the task
         }
         progress.set_state(&name, "connecting", None);
-        match sync_once(&domain, &peer, &progress).await {
+        match sync_once(&domain, &peer, &progress, &mut stopping).await {
             Ok(()) => backoff = Duration::from_millis(250),
             Err(err) => {
                 progress.set_state(&name, "backoff", Some(&err));
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopping.changed() => return,
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -223,7 +260,12 @@ async fn sync_loop(domain: Domain, name: String, progress: Arc<PeerProgress>) {
 
 /// Pulls from `peer` until the stream ends or fails; each batch is applied together with
 /// the new cursor, so a crash never skips or repeats an event.
-async fn sync_once(domain: &Domain, peer: &PeerRecord, progress: &PeerProgress) -> Result<(), String> {
+async fn sync_once(
+    domain: &Domain,
+    peer: &PeerRecord,
+    progress: &PeerProgress,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
     let bundle = Bundle::load(std::path::Path::new(&peer.bundle_dir)).map_err(|err| err.to_string())?;
     let channel = bundle
         .connect(Some(&peer.endpoint))
@@ -240,7 +282,11 @@ async fn sync_once(domain: &Domain, peer: &PeerRecord, progress: &PeerProgress) 
         .into_inner();
     progress.set_state(&peer.name, "streaming", None);
     loop {
-        let batch = match stream.message().await {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = stopping.changed() => return Ok(()),
+        };
+        let batch = match message {
             Ok(Some(batch)) => batch,
             Ok(None) => return Err("the peer closed the stream".to_owned()),
             Err(status) => return Err(format!("stream failed: {} ({:?})", status.message(), status.code())),

@@ -82,21 +82,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService { domain: domain.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let peers = federation::Peers::new(domain.clone());
+    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
     let admin_service = pb::admin_server::AdminServer::new(admin::AdminService {
         domain: domain.clone(),
         pki,
         peers: peers.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let federation_service =
-        pb::federation_server::FederationServer::new(federation::FederationService { domain: domain.clone() })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(64 << 20);
+    let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {
+        domain: domain.clone(),
+        stopping: stop_requested.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(64 << 20);
 
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
-    let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance_loop(
         domain.clone(),
         Duration::from_secs(config.maintenance_interval_secs),
@@ -123,7 +125,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .await
         .context("serving")?;
     maintenance.await.context("maintenance task")?;
-    peers.stop_all();
+    peers.join_all().await;
     tracing::info!("flagshare stopped");
     Ok(())
 }

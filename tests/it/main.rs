@@ -4,6 +4,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod federation;
 mod flags;
 mod identity;
 mod operator;

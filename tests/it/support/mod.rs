@@ -26,10 +26,11 @@ pub struct TestServer {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-fn test_config(data_dir: &Path) -> Config {
+fn test_config(data_dir: &Path, operator_name: &str) -> Config {
     Config {
         data_dir: data_dir.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        operator_name: operator_name.to_owned(),
         ..Config::default()
     }
 }
@@ -37,16 +38,25 @@ fn test_config(data_dir: &Path) -> Config {
 impl TestServer {
     /// A new data folder, `init`ed, and a server on it.
     pub async fn start() -> TestServer {
+        TestServer::start_named("flagshare-dev").await
+    }
+
+    /// As `start`, for an operator of this name (federation tests run several).
+    pub async fn start_named(operator_name: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        flagshare::cli::setup::initialize(&test_config(dir.path()))
+        flagshare::cli::setup::initialize(&test_config(dir.path(), operator_name))
             .await
             .unwrap();
-        TestServer::start_in(dir).await
+        TestServer::start_in_named(dir, operator_name).await
     }
 
     /// A server on an existing data folder (after `stop`).
     pub async fn start_in(dir: TempDir) -> TestServer {
-        let config = test_config(dir.path());
+        TestServer::start_in_named(dir, "flagshare-dev").await
+    }
+
+    pub async fn start_in_named(dir: TempDir, operator_name: &str) -> TestServer {
+        let config = test_config(dir.path(), operator_name);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

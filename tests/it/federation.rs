@@ -1,0 +1,370 @@
+//! Federation between three real servers on loopback, each with its own PKI: the peers'
+//! certificates are issued as `peer` principals by the operator they pull from.
+
+use std::time::{Duration, Instant};
+
+use flagshare::digest::Digest;
+use flagshare::model::Role;
+use flagshare::pb;
+use flagshare::pb::admin_client::AdminClient;
+use flagshare::pb::federation_client::FederationClient;
+use flagshare::pb::flags_client::FlagsClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::{TestServer, email_digest, flag, query, submit_request};
+
+/// `puller` pulls from `source`, which issues it a `peer` principal named `name_on_source`;
+/// on `puller` the peer is called `peer_name`.
+async fn link(puller: &TestServer, source: &TestServer, name_on_source: &str, peer_name: &str) {
+    let bundle = source.enroll(name_on_source, Role::Peer).await;
+    let dir = puller.data_dir().join("peer-bundles").join(peer_name);
+    bundle.write(&dir).unwrap();
+    puller
+        .admin_client()
+        .await
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: peer_name.to_owned(),
+            endpoint: source.endpoint(),
+            bundle_dir: dir.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Sets what `server` sends to the peer principal `name` (a policy-only peer).
+async fn send_policy(server: &TestServer, name: &str, policy: pb::ConfigurePeerRequest) {
+    server
+        .admin_client()
+        .await
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: name.to_owned(),
+            ..policy
+        })
+        .await
+        .unwrap();
+}
+
+async fn stats(server: &TestServer) -> pb::GetStatsResponse {
+    server
+        .admin_client()
+        .await
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn peer_status(server: &TestServer, name: &str) -> pb::PeerStatus {
+    let peers = server
+        .admin_client()
+        .await
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers;
+    peers
+        .into_iter()
+        .find(|peer| peer.config.as_ref().unwrap().name == name)
+        .unwrap()
+}
+
+/// Polls `check` until it holds; fails after 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Until `puller` has applied everything `source` has committed so far.
+async fn caught_up(puller: &TestServer, peer_name: &str, source: &TestServer) {
+    let head = stats(source).await.change_sequence;
+    eventually(&format!("{peer_name} is caught up to {head}"), || async {
+        let status = peer_status(puller, peer_name).await;
+        status.cursor >= head && status.lag == 0
+    })
+    .await;
+}
+
+async fn matched(client: &mut FlagsClient<Channel>, digest: Digest) -> Option<pb::Match> {
+    query(client, &[digest]).await.into_iter().next()
+}
+
+#[tokio::test]
+async fn flags_travel_by_policy_and_retractions_follow_them() {
+    let a = TestServer::start_named("op-a").await;
+    let b = TestServer::start_named("op-b").await;
+    let c = TestServer::start_named("op-c").await;
+    // A → B → C. A reveals names to B and withholds trafficking; B passes A's flags on to C.
+    send_policy(
+        &a,
+        "b",
+        pb::ConfigurePeerRequest {
+            categories: vec![pb::Category::Grooming as i32, pb::Category::Sextortion as i32],
+            reveal_names: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    send_policy(
+        &b,
+        "c",
+        pb::ConfigurePeerRequest {
+            pass_on: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    link(&b, &a, "b", "a").await;
+    link(&c, &b, "c", "b").await;
+
+    let mut alpha = a.member("alpha").await;
+    let mut beta = b.member("beta").await;
+    let mut gamma = c.member("gamma").await;
+    let shared = email_digest("shared@example.com");
+    let local = email_digest("local-only@example.com");
+    let excluded = email_digest("trafficking@example.com");
+    let mut local_flag = flag(local, pb::Category::Grooming, 70);
+    local_flag.distribution = pb::Distribution::Local as i32;
+    alpha
+        .submit(submit_request(vec![
+            flag(shared, pb::Category::Grooming, 90),
+            local_flag,
+            flag(excluded, pb::Category::Trafficking, 60),
+        ]))
+        .await
+        .unwrap();
+    beta.submit(submit_request(vec![flag(shared, pb::Category::Sextortion, 50)]))
+        .await
+        .unwrap();
+
+    eventually("A's flag reaches C through B", || {
+        let mut gamma = gamma.clone();
+        async move {
+            matched(&mut gamma, shared)
+                .await
+                .is_some_and(|found| found.n_members == 2)
+        }
+    })
+    .await;
+    caught_up(&b, "a", &a).await;
+    caught_up(&c, "b", &b).await;
+    let on_b = matched(&mut beta, shared).await.unwrap();
+    assert_eq!(on_b.members, vec!["beta", "op-a/alpha"], "A reveals names to B");
+    assert!(on_b.flagged_by_caller);
+    let on_c = matched(&mut gamma, shared).await.unwrap();
+    assert_eq!(on_c.n_members, 2);
+    assert!(
+        on_c.members.iter().any(|m| m.starts_with("op-b/m-")),
+        "B's own member, pseudonymised: {:?}",
+        on_c.members
+    );
+    assert!(
+        on_c.members.iter().any(|m| m.starts_with("op-a/m-")),
+        "B sends pseudonyms to C: {:?}",
+        on_c.members
+    );
+    for (what, digest) in [("a LOCAL flag", local), ("an excluded category", excluded)] {
+        assert!(matched(&mut beta, digest).await.is_none(), "{what} reached B");
+        assert!(matched(&mut gamma, digest).await.is_none(), "{what} reached C");
+    }
+    assert_eq!(matched(&mut alpha, local).await.unwrap().n_members, 1, "but stays on A");
+
+    alpha
+        .retract(pb::RetractRequest {
+            flags: vec![pb::FlagSelector {
+                digest: shared.to_vec(),
+                ..Default::default()
+            }],
+            reason: pb::RetractReason::FalsePositive as i32,
+        })
+        .await
+        .unwrap();
+    eventually("the retraction reaches C", || {
+        let mut gamma = gamma.clone();
+        async move {
+            matched(&mut gamma, shared)
+                .await
+                .is_some_and(|found| found.n_members == 1)
+        }
+    })
+    .await;
+    let on_b = matched(&mut beta, shared).await.unwrap();
+    assert_eq!(on_b.members, vec!["beta"], "the retraction reached B");
+    let on_c = matched(&mut gamma, shared).await.unwrap();
+    assert!(on_c.members[0].starts_with("op-b/"), "{:?}", on_c.members);
+    assert_eq!(peer_status(&c, "b").await.n_rejected, 0);
+}
+
+#[tokio::test]
+async fn a_ring_of_three_converges_without_loops_or_double_counting() {
+    let servers = [
+        TestServer::start_named("op-a").await,
+        TestServer::start_named("op-b").await,
+        TestServer::start_named("op-c").await,
+    ];
+    let names = ["a", "b", "c"];
+    // Each pulls from the one before it and passes everything on.
+    for i in 0..3 {
+        let source = (i + 2) % 3;
+        send_policy(
+            &servers[source],
+            names[i],
+            pb::ConfigurePeerRequest {
+                pass_on: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        link(&servers[i], &servers[source], names[i], names[source]).await;
+    }
+    let digest = email_digest("everywhere@example.com");
+    let mut members = Vec::new();
+    for (server, name) in servers.iter().zip(["alpha", "beta", "gamma"]) {
+        let mut member = server.member(name).await;
+        member
+            .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+            .await
+            .unwrap();
+        members.push(member);
+    }
+    for member in &mut members {
+        eventually("every operator sees all three platforms", || {
+            let mut member = member.clone();
+            async move {
+                matched(&mut member, digest)
+                    .await
+                    .is_some_and(|found| found.n_members == 3)
+            }
+        })
+        .await;
+    }
+    // Converged: no event keeps circling, and each operator stores each flag once.
+    let before: Vec<u64> = futures_sequences(&servers).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after: Vec<u64> = futures_sequences(&servers).await;
+    assert_eq!(before, after, "change logs stay still once converged");
+    for server in &servers {
+        assert_eq!(stats(server).await.n_active_flags, 3);
+    }
+    for member in &mut members {
+        let found = matched(member, digest).await.unwrap();
+        assert_eq!(found.n_members, 3, "{:?}", found.members);
+        assert!(found.flagged_by_caller);
+    }
+}
+
+async fn futures_sequences(servers: &[TestServer]) -> Vec<u64> {
+    let mut sequences = Vec::new();
+    for server in servers {
+        sequences.push(stats(server).await.change_sequence);
+    }
+    sequences
+}
+
+#[tokio::test]
+async fn a_stopped_peer_catches_up_exactly_after_restart() {
+    let a = TestServer::start_named("op-a").await;
+    let b = TestServer::start_named("op-b").await;
+    link(&b, &a, "b", "a").await;
+    let mut alpha = a.member("alpha").await;
+    let first: Vec<Digest> = (0..3).map(|i| email_digest(&format!("first{i}@example.com"))).collect();
+    alpha
+        .submit(submit_request(
+            first.iter().map(|d| flag(*d, pb::Category::Grooming, 80)).collect(),
+        ))
+        .await
+        .unwrap();
+    caught_up(&b, "a", &a).await;
+    let b_dir = b.stop().await;
+
+    // While B is down: 2,000 more flags, one update, one retraction.
+    let later: Vec<Digest> = (0..2_000)
+        .map(|i| email_digest(&format!("later{i}@example.com")))
+        .collect();
+    for chunk in later.chunks(500) {
+        alpha
+            .submit(submit_request(
+                chunk.iter().map(|d| flag(*d, pb::Category::Sextortion, 60)).collect(),
+            ))
+            .await
+            .unwrap();
+    }
+    alpha
+        .submit(submit_request(vec![flag(first[1], pb::Category::Grooming, 99)]))
+        .await
+        .unwrap();
+    alpha
+        .retract(pb::RetractRequest {
+            flags: vec![pb::FlagSelector {
+                digest: first[0].to_vec(),
+                ..Default::default()
+            }],
+            reason: pb::RetractReason::AppealUpheld as i32,
+        })
+        .await
+        .unwrap();
+
+    let b = TestServer::start_in_named(b_dir, "op-b").await;
+    caught_up(&b, "a", &a).await;
+    let b_stats = stats(&b).await;
+    assert_eq!(b_stats.n_active_flags, 2 + 2_000, "no loss, no duplicates");
+    let mut reader = b.member("reader").await;
+    let mut all = later.clone();
+    all.extend(&first);
+    let found = query(&mut reader, &all).await;
+    assert_eq!(found.len(), 2 + 2_000);
+    assert!(found.iter().all(|m| m.n_members == 1));
+    assert!(
+        !found.iter().any(|m| m.digest == first[0].to_vec()),
+        "the retraction arrived"
+    );
+    let updated = found.iter().find(|m| m.digest == first[1].to_vec()).unwrap();
+    assert_eq!(updated.max_confidence, 99, "the update arrived");
+    let status = peer_status(&b, "a").await;
+    assert_eq!(status.n_rejected, 0);
+    assert_eq!(status.state, "streaming");
+}
+
+#[tokio::test]
+async fn peers_members_and_admins_reach_only_their_own_services() {
+    let a = TestServer::start_named("op-a").await;
+    let peer = a.enroll("b", Role::Peer).await;
+    let peer_channel = a.channel(&peer).await;
+    let status = FlagsClient::new(peer_channel.clone())
+        .query(pb::QueryRequest {
+            digests: email_digest("x@example.com").to_vec().into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+    let status = AdminClient::new(peer_channel.clone())
+        .list_principals(pb::ListPrincipalsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+
+    let member = a.enroll("alpha", Role::Member).await;
+    let status = FederationClient::new(a.channel(&member).await)
+        .pull(pb::PullRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+    let status = FederationClient::new(peer_channel)
+        .pull(pb::PullRequest {
+            after: 0,
+            max_batch: 10_001,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("max_batch:"), "{}", status.message());
+}
