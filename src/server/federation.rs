@@ -138,10 +138,13 @@ impl PeerProgress {
     }
 }
 
+/// A peer's sync task and what it reports.
+type PeerTask = (JoinHandle<()>, Arc<PeerProgress>);
+
 /// One sync task per peer that has an endpoint.
 pub struct Peers {
     domain: Domain,
-    tasks: Mutex<HashMap<String, (JoinHandle<()>, Arc<PeerProgress>)>>,
+    tasks: Mutex<HashMap<String, PeerTask>>,
     /// Set when the server stops: tasks finish the batch in hand and end.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
