@@ -522,3 +522,110 @@ impl Inner {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Caller, Domain, Policy};
+    use crate::model::Role;
+    use crate::store::{Store, StoreOptions};
+
+    fn upsert(origin_sequence: u64, confidence: u8, now: i64) -> Event {
+        Event {
+            sequence: origin_sequence,
+            origin: [7; 8],
+            origin_name: "op-x".to_owned(),
+            origin_sequence,
+            member_pseudonym: "m-0123".to_owned(),
+            member_name: String::new(),
+            digest: [9; 32],
+            kind: Kind::Email,
+            category: Category::Grooming,
+            op: EventOp::Upsert {
+                confidence,
+                first_seen_ms: now - 10,
+                last_seen_ms: now - 5,
+                expires_at_ms: now + 60_000,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_events_are_rejected_and_versions_keep_late_events_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let domain = Domain::open(store, Policy::default()).unwrap();
+        let admin = Caller {
+            id: 1,
+            name: "admin".to_owned(),
+            role: Role::Admin,
+        };
+        let peer = PeerRecord {
+            name: "x".to_owned(),
+            endpoint: String::new(),
+            bundle_dir: String::new(),
+            paused: false,
+            cursor: 0,
+            last_sync_ms: 0,
+            categories: Vec::new(),
+            pass_on: false,
+            reveal_names: false,
+        };
+        domain.configure_peer(admin, peer).await.unwrap();
+        let now = crate::util::now_ms();
+        let own = Event {
+            origin: domain.federation().operator_id,
+            ..upsert(4, 50, now)
+        };
+        let mut unnamed = upsert(5, 50, now);
+        unnamed.member_pseudonym = String::new();
+        let outcome = domain
+            .apply_federated(
+                "x".to_owned(),
+                vec![
+                    Ok(upsert(10, 50, now)),
+                    Err("event 11: digest: 31 bytes".to_owned()),
+                    Ok(upsert(12, 101, now)),
+                    Ok(unnamed),
+                    Ok(own),
+                ],
+                12,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            outcome,
+            ApplyOutcome {
+                applied: 1,
+                skipped: 1,
+                rejected: 3
+            }
+        );
+        assert_eq!(domain.peer("x".to_owned()).await.unwrap().unwrap().cursor, 12);
+
+        let retract = |origin_sequence| Event {
+            op: EventOp::Retract(RetractReason::FalsePositive),
+            ..upsert(origin_sequence, 0, now)
+        };
+        let apply = |events: Vec<Event>, cursor| {
+            let domain = domain.clone();
+            async move {
+                domain
+                    .apply_federated("x".to_owned(), events.into_iter().map(Ok).collect(), cursor)
+                    .await
+                    .unwrap()
+            }
+        };
+        // An older version of the same flag, arriving late, changes nothing.
+        assert_eq!(apply(vec![upsert(8, 99, now)], 13).await.skipped, 1);
+        assert_eq!(apply(vec![retract(20)], 14).await.applied, 1);
+        // The tombstone keeps a late upsert from resurrecting the retracted flag.
+        assert_eq!(apply(vec![upsert(15, 70, now)], 15).await.skipped, 1);
+        let stored = domain.store().get_summaries(&[[9; 32]]).unwrap();
+        assert!(stored[0].as_ref().is_none_or(|entries| entries.is_empty()));
+        // A newer upsert (re-flagged at the origin) applies again.
+        assert_eq!(apply(vec![upsert(21, 70, now)], 16).await.applied, 1);
+        let err = domain.apply_federated("x".to_owned(), Vec::new(), 3).await.unwrap_err();
+        assert!(err.to_string().contains("cursor: 3 is behind"), "{err}");
+    }
+}

@@ -358,11 +358,13 @@ pub fn event_to_pb(event: Event) -> pb::FederatedEvent {
 pub fn event_from_pb(event: pb::FederatedEvent) -> std::result::Result<Event, String> {
     let at = |field: &str| format!("event {}: {field}", event.sequence);
     let wire = |err: Error| format!("event {}: {err}", event.sequence);
-    let origin: [u8; 8] = event
-        .origin_operator
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("{} bytes, expected 8", at("origin_operator")))?;
+    let origin: [u8; 8] = event.origin_operator.as_slice().try_into().map_err(|_| {
+        format!(
+            "{} {} bytes, expected 8",
+            at("origin_operator"),
+            event.origin_operator.len()
+        )
+    })?;
     let digest = digest_from_bytes("digest", &event.digest).map_err(wire)?;
     let kind = kind_from_pb("kind", event.kind, true).map_err(wire)?.expect("required");
     let category = category_from_pb("category", event.category, true)
@@ -505,5 +507,63 @@ mod tests {
         );
         assert_eq!(kind_from_pb("k", 0, false).unwrap(), None);
         assert!(category_from_pb("c", 0, true).is_err());
+    }
+
+    #[test]
+    fn malformed_events_name_their_sequence_and_field() {
+        let good = pb::FederatedEvent {
+            sequence: 42,
+            origin_operator: vec![1; 8],
+            origin_operator_name: "op".to_owned(),
+            origin_sequence: 7,
+            member_id: "m-1".to_owned(),
+            digest: vec![3; 32],
+            kind: pb::IdentifierKind::Email as i32,
+            category: pb::Category::Grooming as i32,
+            op: pb::federated_event::Op::Retract as i32,
+            reason: pb::RetractReason::Duplicate as i32,
+            ..Default::default()
+        };
+        assert!(event_from_pb(good.clone()).is_ok());
+        let cases = [
+            (
+                pb::FederatedEvent {
+                    origin_operator: vec![1; 3],
+                    ..good.clone()
+                },
+                "event 42: origin_operator 3 bytes, expected 8",
+            ),
+            (
+                pb::FederatedEvent {
+                    digest: vec![3; 31],
+                    ..good.clone()
+                },
+                "event 42: digest",
+            ),
+            (
+                pb::FederatedEvent { op: 9, ..good.clone() },
+                "event 42: op unknown op 9",
+            ),
+            (
+                pb::FederatedEvent {
+                    op: pb::federated_event::Op::Upsert as i32,
+                    confidence: 101,
+                    ..good.clone()
+                },
+                "event 42: confidence 101 is above 100",
+            ),
+            (
+                pb::FederatedEvent {
+                    op: pb::federated_event::Op::Upsert as i32,
+                    confidence: 10,
+                    ..good
+                },
+                "event 42: first_seen is required",
+            ),
+        ];
+        for (event, expected) in cases {
+            let err = event_from_pb(event).unwrap_err();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
     }
 }
