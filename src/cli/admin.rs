@@ -18,10 +18,10 @@ use tonic::transport::Channel;
 #[derive(Args)]
 pub struct AdminArgs {
     /// Admin client bundle (default: the one `init` wrote under ./flagshare-data/clients/admin).
-    #[arg(long, env = "FLAGSHARE_BUNDLE", global = true)]
+    #[arg(long, env = "FLAGSHARE_BUNDLE")]
     bundle: Option<PathBuf>,
     /// Server endpoint, e.g. https://localhost:50051 (default: the bundle's).
-    #[arg(long, env = "FLAGSHARE_ENDPOINT", global = true)]
+    #[arg(long, env = "FLAGSHARE_ENDPOINT")]
     endpoint: Option<String>,
     #[command(subcommand)]
     command: AdminCommand,

@@ -513,3 +513,86 @@ fn a_large_file_is_streamed_in_batches_and_bad_lines_are_reported_by_number() {
     assert_eq!(submits.len(), 5, "25,000 lines in batches of 5,000: {submits:?}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn two_operators_federate_through_the_admin_cli() {
+    let site_a = Site::new();
+    let site_b = Site::new();
+    site_a.set_config("operator_name = \"flagshare-dev\"", "operator_name = \"op-a\"");
+    let a = ServeProcess::start(&site_a.data);
+    let b = ServeProcess::start(&site_b.data);
+    // A issues B a peer certificate; B's operator stores it and points a peer at A.
+    let bundle = site_b.root.join("from-a");
+    ok(admin(
+        &site_a.data,
+        &a,
+        &["member", "add", "op-b", "--role", "peer", "--out", path(&bundle)],
+    ));
+    ok(admin(
+        &site_b.data,
+        &b,
+        &[
+            "peer",
+            "add",
+            "a",
+            "--endpoint",
+            &a.endpoint(),
+            "--bundle",
+            path(&bundle),
+        ],
+    ));
+    // Both operators' members hash with the same consortium key.
+    std::fs::copy(&site_a.key, &site_b.key).unwrap();
+    let alpha = site_a.add(&a, "alpha");
+    let beta = site_b.add(&b, "beta");
+
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            #[allow(clippy::disallowed_methods)] // a plain test thread polling child processes
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    site_a.submit(&a, &alpha, "grooming", &[], "first@example.com");
+    wait_for("A's flag matches on B", &|| {
+        site_b.query(&b, &beta, &["first@example.com"]).len() == 1
+    });
+    let found = site_b.query(&b, &beta, &["first@example.com"]);
+    assert!(
+        found[0]["members"][0].as_str().unwrap().starts_with("op-a/m-"),
+        "{found:?}"
+    );
+
+    let peers = site_b.admin_json(&b, &["peer", "list"]);
+    assert_eq!(peers[0]["name"], "a");
+    assert_eq!(peers[0]["state"], "streaming");
+    assert_eq!(peers[0]["lag"], 0);
+    assert!(peers[0]["last_sync"].is_string());
+    assert!(peers[0]["applied"].as_u64().unwrap() >= 1);
+
+    ok(admin(&site_b.data, &b, &["peer", "pause", "a"]));
+    wait_for("the peer is paused", &|| {
+        site_b.admin_json(&b, &["peer", "list"])[0]["state"] == "paused"
+    });
+    let cursor = site_b.admin_json(&b, &["peer", "list"])[0]["cursor"].clone();
+    site_a.submit(&a, &alpha, "grooming", &[], "second@example.com");
+    #[allow(clippy::disallowed_methods)] // give a paused peer the chance to misbehave
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert!(
+        site_b.query(&b, &beta, &["second@example.com"]).is_empty(),
+        "paused peers do not pull"
+    );
+    assert_eq!(site_b.admin_json(&b, &["peer", "list"])[0]["cursor"], cursor);
+
+    ok(admin(&site_b.data, &b, &["peer", "resume", "a"]));
+    wait_for("the resumed peer catches up", &|| {
+        site_b.query(&b, &beta, &["second@example.com"]).len() == 1
+    });
+    ok(admin(&site_b.data, &b, &["peer", "remove", "a"]));
+    assert!(site_b.admin_json(&b, &["peer", "list"]).is_empty());
+    let configured = site_b.admin_json(&b, &["audit", "list", "--op", "configure_peer"]);
+    assert_eq!(configured.len(), 4, "add, pause, resume, remove: {configured:?}");
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+}
