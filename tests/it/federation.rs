@@ -103,7 +103,9 @@ async fn flags_travel_by_policy_and_retractions_follow_them() {
     let a = TestServer::start_named("op-a").await;
     let b = TestServer::start_named("op-b").await;
     let c = TestServer::start_named("op-c").await;
-    // A → B → C. A reveals names to B and withholds trafficking; B passes A's flags on to C.
+    let d = TestServer::start_named("op-d").await;
+    // A → B → C and B → D. A reveals names to B and withholds trafficking; B passes A's
+    // flags on to C but not to D (the default).
     send_policy(
         &a,
         "b",
@@ -125,10 +127,12 @@ async fn flags_travel_by_policy_and_retractions_follow_them() {
     .await;
     link(&b, &a, "b", "a").await;
     link(&c, &b, "c", "b").await;
+    link(&d, &b, "d", "b").await;
 
     let mut alpha = a.member("alpha").await;
     let mut beta = b.member("beta").await;
     let mut gamma = c.member("gamma").await;
+    let mut delta = d.member("delta").await;
     let shared = email_digest("shared@example.com");
     let local = email_digest("local-only@example.com");
     let excluded = email_digest("trafficking@example.com");
@@ -157,6 +161,14 @@ async fn flags_travel_by_policy_and_retractions_follow_them() {
     .await;
     caught_up(&b, "a", &a).await;
     caught_up(&c, "b", &b).await;
+    caught_up(&d, "b", &b).await;
+    let on_d = matched(&mut delta, shared).await.unwrap();
+    assert_eq!(
+        on_d.n_members, 1,
+        "B does not pass A's flag on to D: {:?}",
+        on_d.members
+    );
+    assert!(on_d.members[0].starts_with("op-b/"), "{:?}", on_d.members);
     let on_b = matched(&mut beta, shared).await.unwrap();
     assert_eq!(on_b.members, vec!["beta", "op-a/alpha"], "A reveals names to B");
     assert!(on_b.flagged_by_caller);
@@ -178,6 +190,16 @@ async fn flags_travel_by_policy_and_retractions_follow_them() {
     }
     assert_eq!(matched(&mut alpha, local).await.unwrap().n_members, 1, "but stays on A");
 
+    // A's policy changes after the flag was sent; its retraction must still reach B.
+    send_policy(
+        &a,
+        "b",
+        pb::ConfigurePeerRequest {
+            categories: vec![pb::Category::Sextortion as i32],
+            ..Default::default()
+        },
+    )
+    .await;
     alpha
         .retract(pb::RetractRequest {
             flags: vec![pb::FlagSelector {
