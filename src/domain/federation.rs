@@ -299,8 +299,15 @@ pub(super) fn apply(
     let mut batch = inner.store.batch();
     let members: Vec<PrincipalId> = valid
         .iter()
-        .map(|event| inner.foreign_member_id(&mut batch, event))
+        .map(|event| inner.foreign_member_id(event))
         .collect::<Result<_>>()?;
+    // Written with every batch that uses them: a member registered in memory by a batch
+    // whose commit then failed is still persisted by the next one.
+    for id in members.iter().collect::<BTreeSet<_>>() {
+        if let Some(member) = inner.federation.foreign_by_id(*id) {
+            batch.put_foreign_member(&member);
+        }
+    }
     let keys: Vec<FlagKey> = valid
         .iter()
         .zip(&members)
@@ -490,7 +497,7 @@ impl Inner {
     }
 
     /// The local id of the event's member, registering it (in `batch`) when new.
-    fn foreign_member_id(&self, batch: &mut crate::store::Batch<'_>, event: &Event) -> Result<PrincipalId> {
+    fn foreign_member_id(&self, event: &Event) -> Result<PrincipalId> {
         let display = display_name(&event.origin_name, &event.member_name, &event.member_pseudonym);
         let mut foreign = self.federation.foreign.lock().expect("foreign members lock poisoned");
         let identity = (event.origin, event.member_pseudonym.clone());
@@ -499,7 +506,6 @@ impl Inner {
             if member.display != display && (!event.member_name.is_empty() || member.origin_name != event.origin_name) {
                 member.display = display;
                 member.origin_name = event.origin_name.clone();
-                batch.put_foreign_member(member);
                 self.registry.set_foreign_name(member.id, member.display.clone());
             }
             return Ok(member.id);
@@ -516,7 +522,6 @@ impl Inner {
             pseudonym: event.member_pseudonym.clone(),
             display,
         };
-        batch.put_foreign_member(&member);
         self.registry.set_foreign_name(id, member.display.clone());
         foreign.by_identity.insert(identity, member);
         Ok(id)
