@@ -145,21 +145,14 @@ pub async fn enroll(
         })
         .await?
         .into_inner();
-    let principal = response
-        .principal
-        .ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
-    Ok(Bundle {
-        dir: PathBuf::new(),
-        config: BundleConfig {
-            name: principal.name,
-            role: role.to_string(),
-            endpoint: endpoint.to_owned(),
-            server_name: server_name.to_owned(),
-        },
-        cert_pem: response.certificate_pem,
-        key_pem: key.serialize_pem(),
-        ca_pem: response.ca_certificate_pem,
-    })
+    issued_bundle(
+        response.principal,
+        response.certificate_pem,
+        response.ca_certificate_pem,
+        &key,
+        endpoint,
+        server_name,
+    )
 }
 
 /// Replaces the certificate of principal `name` with one over a key pair made here; the
@@ -179,9 +172,26 @@ pub async fn rotate(
         })
         .await?
         .into_inner();
-    let principal = response
-        .principal
-        .ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
+    issued_bundle(
+        response.principal,
+        response.certificate_pem,
+        response.ca_certificate_pem,
+        &key,
+        endpoint,
+        server_name,
+    )
+}
+
+/// The bundle of a certificate the server issued over `key`.
+fn issued_bundle(
+    principal: Option<crate::pb::Principal>,
+    cert_pem: String,
+    ca_pem: String,
+    key: &rcgen::KeyPair,
+    endpoint: &str,
+    server_name: &str,
+) -> Result<Bundle, EnrollError> {
+    let principal = principal.ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
     let role = crate::model::Role::from_u8(principal.role as u8).map_or("unknown", |role| role.as_str());
     Ok(Bundle {
         dir: PathBuf::new(),
@@ -191,9 +201,9 @@ pub async fn rotate(
             endpoint: endpoint.to_owned(),
             server_name: server_name.to_owned(),
         },
-        cert_pem: response.certificate_pem,
+        cert_pem,
         key_pem: key.serialize_pem(),
-        ca_pem: response.ca_certificate_pem,
+        ca_pem,
     })
 }
 

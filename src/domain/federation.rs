@@ -46,6 +46,22 @@ pub struct PeerRecord {
 }
 
 impl PeerRecord {
+    /// A peer that only pulls from us, under the default policy: every category, no
+    /// passing on, pseudonyms only.
+    pub fn policy_only(name: &str) -> PeerRecord {
+        PeerRecord {
+            name: name.to_owned(),
+            endpoint: String::new(),
+            bundle_dir: String::new(),
+            paused: false,
+            cursor: 0,
+            last_sync_ms: 0,
+            categories: Vec::new(),
+            pass_on: false,
+            reveal_names: false,
+        }
+    }
+
     pub fn pulls(&self) -> bool {
         !self.endpoint.is_empty()
     }
@@ -565,18 +581,10 @@ mod tests {
             name: "admin".to_owned(),
             role: Role::Admin,
         };
-        let peer = PeerRecord {
-            name: "x".to_owned(),
-            endpoint: String::new(),
-            bundle_dir: String::new(),
-            paused: false,
-            cursor: 0,
-            last_sync_ms: 0,
-            categories: Vec::new(),
-            pass_on: false,
-            reveal_names: false,
-        };
-        domain.configure_peer(admin, peer).await.unwrap();
+        domain
+            .configure_peer(admin, PeerRecord::policy_only("x"))
+            .await
+            .unwrap();
         let now = crate::util::now_ms();
         let own = Event {
             origin: domain.federation().operator_id,

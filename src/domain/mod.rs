@@ -173,17 +173,9 @@ impl Domain {
                     caller.name
                 )));
             }
-            let policy = inner.peer(&caller.name)?.unwrap_or_else(|| PeerRecord {
-                name: caller.name.clone(),
-                endpoint: String::new(),
-                bundle_dir: String::new(),
-                paused: false,
-                cursor: 0,
-                last_sync_ms: 0,
-                categories: Vec::new(),
-                pass_on: false,
-                reveal_names: false,
-            });
+            let policy = inner
+                .peer(&caller.name)?
+                .unwrap_or_else(|| PeerRecord::policy_only(&caller.name));
             federation::outgoing(&inner, &policy, after, max)
         })
         .await
