@@ -149,6 +149,8 @@ byte_enum!(
         FederationApply = 15 => "federation_apply",
         FederationPull = 16 => "federation_pull",
         ConfigurePeer = 17 => "configure_peer",
+        RangeQuery = 18 => "range_query",
+        Subscribe = 19 => "subscribe",
     }
 );
 

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod federation;
+pub mod feed;
 pub mod flags;
 pub mod maintenance;
 pub mod principals;
@@ -39,6 +40,12 @@ pub struct Policy {
     /// This operator's name, shown to federation peers with its members' flags.
     pub operator_name: String,
 }
+
+/// Shortest and longest `RangeQuery` prefix, in bytes. Two bytes make 65,536 buckets, so
+/// 10,000,000 digests put about 150 in each: the server learns a member checked one of
+/// ~150. Three bytes (16.7 M buckets) answer with less but hide little at that size.
+pub const MIN_RANGE_PREFIX: usize = 2;
+pub const MAX_RANGE_PREFIX: usize = 3;
 
 /// Two years: long enough to span a typical appeal and re-offending window, short enough
 /// that a stale flag does not follow someone indefinitely.
@@ -283,6 +290,19 @@ impl Domain {
         Ok(caller)
     }
 
+    /// Fails unless the principal with `id` is still registered and active (for
+    /// long-lived streams, checked per message).
+    pub fn authorize_id(&self, id: PrincipalId) -> Result<()> {
+        if self.inner.registry.is_active(id) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "principal '{}' is no longer active",
+                self.inner.registry.name_of(id)
+            )))
+        }
+    }
+
     pub async fn submit(&self, caller: Caller, new_flags: Vec<NewFlag>, key_id: u32) -> Result<SubmitOutcome> {
         let now = now_ms();
         flags::validate_new_flags(&new_flags, now)?;
@@ -294,6 +314,42 @@ impl Domain {
         flags::check_batch_len("digests", digests.len())?;
         let inner = self.inner.clone();
         blocking(move || inner.query(&caller, &digests, now_ms())).await
+    }
+
+    /// The feed's snapshot, in batches given to `emit` (run off the async runtime); returns
+    /// the sequence number live changes continue from.
+    pub async fn feed_snapshot(
+        &self,
+        caller: Caller,
+        emit: impl FnMut(Vec<feed::FeedItem>) -> bool + Send + 'static,
+    ) -> Result<u64> {
+        let inner = self.inner.clone();
+        blocking(move || feed::snapshot(&inner, &caller, emit)).await
+    }
+
+    /// Changes after `after` with their digests' current matches, the sequence covered,
+    /// and the newest sequence.
+    pub async fn feed_changes(&self, caller: Caller, after: u64) -> Result<(Vec<feed::FeedItem>, u64, u64)> {
+        self.authorize_id(caller.id)?;
+        let inner = self.inner.clone();
+        blocking(move || feed::changes(&inner, &caller, after)).await
+    }
+
+    /// Records a subscription that resumes from a cursor.
+    pub async fn record_subscribe(&self, caller: Caller, cursor: String) -> Result<()> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            inner
+                .record(AuditEvent::new((&caller).into(), AuditOp::Subscribe).detail(format!("from {cursor}")))
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Every live match whose digest starts with `prefix` (2 or 3 bytes).
+    pub async fn range_query(&self, caller: Caller, prefix: Vec<u8>) -> Result<Vec<Match>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.range_query(&caller, &prefix, now_ms())).await
     }
 
     pub async fn retract(
@@ -560,25 +616,9 @@ impl Inner {
         let mut matches = Vec::new();
         for (index, entries) in order.iter().zip(summaries) {
             let Some(entries) = entries else { continue };
-            let digest = digests[*index as usize];
-            let Some(mut found) =
-                flags::aggregate(*index, digest, &entries, caller.id, now, |id| self.registry.name_of(id))
-            else {
-                continue;
-            };
-            // Disputes are rare and only matter for matches: one prefix scan per match.
-            let live: BTreeSet<PrincipalId> = entries
-                .iter()
-                .filter(|entry| entry.expires_at_ms > now)
-                .map(|entry| entry.member)
-                .collect();
-            found.n_disputes = self
-                .store
-                .disputes_of(&digest)?
-                .iter()
-                .filter(|(flagged_by, _)| live.contains(flagged_by))
-                .count() as u32;
-            matches.push(found);
+            if let Some(found) = self.match_of(caller, *index, digests[*index as usize], &entries, now)? {
+                matches.push(found);
+            }
         }
         matches.sort_unstable_by_key(|found| found.index);
         let mut matched: Vec<Digest> = matches.iter().map(|found| found.digest).collect();
@@ -587,6 +627,57 @@ impl Inner {
         let event = AuditEvent::new(caller.into(), AuditOp::Query)
             .counts(digests.len() as u64, matches.len() as u64)
             .digests(matched);
+        self.ledger()
+            .commit(&self.store, self.store.batch(), event, now, Durability::Buffered)?;
+        Ok(matches)
+    }
+
+    /// What `caller` is told about a digest with these stored flags; `None` when none is live.
+    fn match_of(
+        &self,
+        caller: &Caller,
+        index: u32,
+        digest: Digest,
+        entries: &[SummaryEntry],
+        now: i64,
+    ) -> Result<Option<Match>> {
+        let Some(mut found) =
+            flags::aggregate(index, digest, entries, caller.id, now, |id| self.registry.name_of(id))
+        else {
+            return Ok(None);
+        };
+        // Disputes are rare and only matter for matches: one prefix scan per match.
+        let live: BTreeSet<PrincipalId> = entries
+            .iter()
+            .filter(|entry| entry.expires_at_ms > now)
+            .map(|entry| entry.member)
+            .collect();
+        found.n_disputes = self
+            .store
+            .disputes_of(&digest)?
+            .iter()
+            .filter(|(flagged_by, _)| live.contains(flagged_by))
+            .count() as u32;
+        Ok(Some(found))
+    }
+
+    fn range_query(&self, caller: &Caller, prefix: &[u8], now: i64) -> Result<Vec<Match>> {
+        if !(MIN_RANGE_PREFIX..=MAX_RANGE_PREFIX).contains(&prefix.len()) {
+            return Err(Error::invalid(format!(
+                "prefix: {} bytes, expected {MIN_RANGE_PREFIX} to {MAX_RANGE_PREFIX}",
+                prefix.len()
+            )));
+        }
+        let mut matches = Vec::new();
+        for (digest, entries) in self.store.summaries_with_prefix(prefix)? {
+            if let Some(found) = self.match_of(caller, 0, digest, &entries, now)? {
+                matches.push(found);
+            }
+        }
+        // The prefix is all the server learns; the entry says how big the answer was.
+        let event = AuditEvent::new(caller.into(), AuditOp::RangeQuery)
+            .counts(1, matches.len() as u64)
+            .detail(format!("prefix {}", hex::encode(prefix)));
         self.ledger()
             .commit(&self.store, self.store.batch(), event, now, Durability::Buffered)?;
         Ok(matches)

@@ -80,9 +80,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
-    let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService { domain: domain.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
+    let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService {
+        domain: domain.clone(),
+        stopping: stop_requested.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
     let admin_service = pb::admin_server::AdminServer::new(admin::AdminService {
         domain: domain.clone(),

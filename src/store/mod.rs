@@ -345,6 +345,27 @@ impl Store {
             })
     }
 
+    /// Summary rows of the digests that start with `prefix`, in digest order.
+    pub fn summaries_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Digest, Vec<SummaryEntry>)>, StoreError> {
+        let mut found = Vec::new();
+        let iterator = self
+            .db
+            .iterator_cf(self.cf(cf::SUMMARIES), IteratorMode::From(prefix, Direction::Forward));
+        for item in iterator {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let digest: Digest = key.as_ref().try_into().map_err(|_| KeyError::Length {
+                what: "summary",
+                got: key.len(),
+                expected: crate::digest::DIGEST_LEN,
+            })?;
+            found.push((digest, codec::decode_summary(&value)?));
+        }
+        Ok(found)
+    }
+
     /// Every summary row, in digest order.
     pub fn all_summaries(&self) -> impl Iterator<Item = Result<(Digest, Vec<SummaryEntry>), StoreError>> + '_ {
         self.db
