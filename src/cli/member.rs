@@ -54,7 +54,7 @@ pub struct HashArgs {
 pub struct ConnectArgs {
     /// Client bundle folder (from `flagshare admin member add`).
     #[arg(long, env = "FLAGSHARE_BUNDLE")]
-    bundle: PathBuf,
+    bundle: Option<PathBuf>,
     /// Server endpoint (default: the bundle's).
     #[arg(long, env = "FLAGSHARE_ENDPOINT")]
     endpoint: Option<String>,
@@ -109,6 +109,9 @@ pub struct QueryArgs {
     /// One JSON object per match instead of a table.
     #[arg(long)]
     json: bool,
+    /// Answer from a local copy kept by `flagshare mirror DIR` instead of the server.
+    #[arg(long)]
+    mirror: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -275,12 +278,16 @@ fn report_rejected(rejected: &mut [Rejected]) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(super) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("server refused: {} ({:?})", status.message(), status.code())
 }
 
-async fn flags_client(connect: &ConnectArgs) -> anyhow::Result<FlagsClient<tonic::transport::Channel>> {
-    let bundle = Bundle::load(&connect.bundle)?;
+pub(super) async fn flags_client(connect: &ConnectArgs) -> anyhow::Result<FlagsClient<tonic::transport::Channel>> {
+    let dir = connect
+        .bundle
+        .as_ref()
+        .context("--bundle (or FLAGSHARE_BUNDLE) is required to reach the server")?;
+    let bundle = Bundle::load(dir)?;
     let channel = bundle.connect(connect.endpoint.as_deref()).await?;
     Ok(FlagsClient::new(channel).max_decoding_message_size(64 << 20))
 }
@@ -472,7 +479,10 @@ fn flag_from_record(args: &SubmitArgs, item: &Hashed, now_ms: i64) -> Result<pb:
 pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
     let (records, mut rejected) = read_input(&args.input)?;
     let (_key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
-    let mut client = flags_client(&args.connect).await?;
+    let mut client = match &args.mirror {
+        Some(_) => None,
+        None => Some(flags_client(&args.connect).await?),
+    };
     let mut n_matched = 0usize;
     if !args.json {
         println!(
@@ -485,12 +495,22 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
         for item in batch {
             packed.extend_from_slice(&item.digest);
         }
-        let response = client
-            .query(pb::QueryRequest { digests: packed.into() })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        for found in response.matches {
+        let matches = match (&mut client, &args.mirror) {
+            (Some(client), _) => {
+                client
+                    .query(pb::QueryRequest { digests: packed.into() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .matches
+            }
+            (None, Some(dir)) => {
+                let digests: Vec<Digest> = batch.iter().map(|item| item.digest).collect();
+                super::mirror::query(dir, &digests)?
+            }
+            (None, None) => unreachable!("a client or a mirror"),
+        };
+        for found in matches {
             let item = &batch[found.index as usize];
             n_matched += 1;
             print_match(&item.record.identifier, &found, args.json);

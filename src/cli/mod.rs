@@ -5,6 +5,7 @@
 mod admin;
 mod input;
 mod member;
+mod mirror;
 mod offline;
 pub mod setup;
 
@@ -42,6 +43,8 @@ enum Command {
     Query(member::QueryArgs),
     /// Withdraw the caller's own flags on identifiers (after an appeal, say).
     Retract(member::RetractArgs),
+    /// Keep a local copy of every flagged digest current, for `query --mirror`.
+    Mirror(mirror::MirrorArgs),
     /// Dispute another member's flags on an identifier (it is counted in matches).
     Dispute(member::DisputeArgs),
     /// Operator commands against a running server (admin role).
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => member::submit(&args).await,
             Command::Query(args) => member::query(&args).await,
             Command::Retract(args) => member::retract(&args).await,
+            Command::Mirror(args) => mirror::run(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Dispute(args) => member::dispute(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(&args).await.map(|()| ExitCode::SUCCESS),
             Command::OfflineRestore(args) => offline::restore(&args).map(|()| ExitCode::SUCCESS),

@@ -641,8 +641,7 @@ impl Inner {
         entries: &[SummaryEntry],
         now: i64,
     ) -> Result<Option<Match>> {
-        let Some(mut found) =
-            flags::aggregate(index, digest, entries, caller.id, now, |id| self.registry.name_of(id))
+        let Some(mut found) = flags::aggregate(index, digest, entries, caller.id, now, |id| self.registry.name_of(id))
         else {
             return Ok(None);
         };

@@ -80,7 +80,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
 
-
     let (stopping, stop_requested) = tokio::sync::watch::channel(false);
     let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService {
         domain: domain.clone(),

@@ -8,3 +8,4 @@ mod federation;
 mod flags;
 mod identity;
 mod operator;
+mod streams;

@@ -596,3 +596,74 @@ fn two_operators_federate_through_the_admin_cli() {
     assert!(a.stop().success());
     assert!(b.stop().success());
 }
+
+#[test]
+fn a_mirror_answers_as_the_server_does_and_follows_retractions() {
+    let site = Site::new();
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    for email in ["m1@example.com", "m2@example.com", "m3@example.com"] {
+        site.submit(&server, &alpha, "grooming", &[], email);
+    }
+    site.submit(&server, &beta, "sextortion", &[], "m2@example.com");
+    let mirror = site.root.join("mirror");
+    let endpoint = server.endpoint();
+    let sync = || {
+        ok(flagshare(&[
+            "mirror",
+            "--bundle",
+            path(&beta),
+            "--endpoint",
+            &endpoint,
+            "--once",
+            path(&mirror),
+        ]))
+    };
+    let from_mirror = || {
+        json_lines(&ok(flagshare(&[
+            "query",
+            "--mirror",
+            path(&mirror),
+            "--key",
+            path(&site.key),
+            "--kind",
+            "email",
+            "--json",
+            "m1@example.com",
+            "m2@example.com",
+            "m3@example.com",
+            "clean@example.com",
+        ])))
+    };
+    let questions = [
+        "m1@example.com",
+        "m2@example.com",
+        "m3@example.com",
+        "clean@example.com",
+    ];
+    sync();
+    assert_eq!(from_mirror(), site.query(&server, &beta, &questions));
+    assert_eq!(from_mirror().len(), 3);
+
+    ok(site.member(
+        &server,
+        &alpha,
+        "retract",
+        &[
+            "--kind",
+            "email",
+            "--reason",
+            "duplicate",
+            "m1@example.com",
+            "m2@example.com",
+        ],
+    ));
+    sync();
+    let mirrored = from_mirror();
+    assert_eq!(mirrored, site.query(&server, &beta, &questions));
+    let identifiers: Vec<&str> = mirrored.iter().map(|m| m["identifier"].as_str().unwrap()).collect();
+    assert_eq!(identifiers, ["m2@example.com", "m3@example.com"]);
+    assert_eq!(mirrored[0]["members"], serde_json::json!(["beta"]));
+    assert!(server.stop().success());
+}

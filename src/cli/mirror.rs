@@ -1,0 +1,102 @@
+//! `flagshare mirror DIR`: a member's local copy of every digest with live flags, kept
+//! current with the `Subscribe` feed, so checks can be answered without leaving the
+//! member's network (`flagshare query --mirror DIR`).
+//!
+//! Layout: a RocksDB folder; each digest (32 bytes) → its `Match` (protobuf), and the key
+//! `cursor` → the feed cursor. Each feed batch and its cursor are one atomic write, so an
+//! interrupted mirror resumes exactly where it stopped.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use prost::Message as _;
+use rocksdb::{DB, Options, WriteBatch};
+
+use crate::digest::Digest;
+use crate::pb;
+
+use super::member::ConnectArgs;
+
+const CURSOR_KEY: &[u8] = b"cursor";
+
+#[derive(clap::Args)]
+pub struct MirrorArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Folder of the local copy (created if missing).
+    dir: PathBuf,
+    /// Stop once the copy has caught up, instead of following changes.
+    #[arg(long)]
+    once: bool,
+}
+
+pub async fn run(args: &MirrorArgs) -> anyhow::Result<()> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    let db = DB::open(&options, &args.dir).with_context(|| format!("opening the mirror in {}", args.dir.display()))?;
+    let cursor = db
+        .get(CURSOR_KEY)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    if cursor.is_empty() {
+        // No cursor: a fresh copy, or a snapshot that was interrupted. Start clean.
+        let mut batch = WriteBatch::default();
+        for item in db.iterator(rocksdb::IteratorMode::Start) {
+            batch.delete(item?.0);
+        }
+        db.write(batch)?;
+    }
+    let mut client = super::member::flags_client(&args.connect).await?;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest { cursor: cursor.clone() })
+        .await
+        .map_err(super::member::status_error)?
+        .into_inner();
+    let mut n_events = 0u64;
+    while let Some(batch) = stream.message().await.map_err(super::member::status_error)? {
+        let mut write = WriteBatch::default();
+        for event in &batch.events {
+            n_events += 1;
+            match &event.state {
+                Some(state) => write.put(&event.digest, state.encode_to_vec()),
+                None => write.delete(&event.digest),
+            }
+        }
+        if !batch.cursor.is_empty() {
+            write.put(CURSOR_KEY, batch.cursor.as_bytes());
+        }
+        db.write(write)?;
+        if batch.caught_up {
+            eprintln!(
+                "mirror: caught up ({n_events} event(s) applied, cursor {})",
+                batch.cursor
+            );
+            if args.once {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("the server closed the feed")
+}
+
+/// Answers `digests` from a mirror folder, as `Query` would: one match per digest found,
+/// with its index. Opens read-only, so a running `mirror` can keep writing.
+pub fn query(dir: &Path, digests: &[Digest]) -> anyhow::Result<Vec<pb::Match>> {
+    let db = DB::open_for_read_only(&Options::default(), dir, false)
+        .with_context(|| format!("opening the mirror in {}", dir.display()))?;
+    anyhow::ensure!(
+        db.get(CURSOR_KEY)?.is_some(),
+        "the mirror in {} has not finished its first sync",
+        dir.display()
+    );
+    let mut matches = Vec::new();
+    for (index, value) in digests.iter().zip(db.multi_get(digests.iter())).enumerate() {
+        let (_, value) = value;
+        if let Some(bytes) = value? {
+            let mut found = pb::Match::decode(bytes.as_slice()).context("a mirror entry is not a match")?;
+            found.index = index as u32;
+            matches.push(found);
+        }
+    }
+    Ok(matches)
+}
