@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .bytes(".flagshare.v1.QueryRequest.digests")
+        .bytes(".flagshare.v1.QueryBatch.digests")
         .compile_fds(file_descriptors)?;
     Ok(())
 }
