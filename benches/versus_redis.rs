@@ -1,0 +1,473 @@
+//! flagshare against the baseline a team would build without it: a Redis set of digests
+//! queried with SMISMEMBER. One run, one machine, one table. Run it with `bench/run.sh`,
+//! which installs Redis if needed and builds flagshare fully optimised first.
+//!
+//! flagshare runs as its own process (`flagshare serve`, mutual TLS), as does
+//! `redis-server`, so each one's resident memory is its own. N digests (default
+//! 10,000,000; `FLAGSHARE_BENCH_N`) are loaded into both.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flagshare::client::{Bundle, enroll};
+use flagshare::model::Role;
+use flagshare::pb;
+use flagshare::pb::flags_client::FlagsClient;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpStream;
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+const LOAD_BATCH: u64 = 10_000;
+const QUERY_BATCH: usize = 1_000;
+/// Batches per measured round, split over the connections.
+const BATCHES_PER_ROUND: usize = 400;
+const ROUNDS: usize = 3;
+/// Unary calls (or Redis commands) in flight per connection.
+const IN_FLIGHT: usize = 8;
+const LATENCY_CALLS: usize = 2_000;
+
+fn digest_of(space: u8, index: u64) -> [u8; 32] {
+    let mut input = [0u8; 9];
+    input[0] = space;
+    input[1..].copy_from_slice(&index.to_be_bytes());
+    *blake3::hash(&input).as_bytes()
+}
+
+/// `hit_percent` of the digests were loaded; the rest never were.
+fn batches(n_loaded: u64, hit_percent: u64, seed: u64) -> Vec<Vec<[u8; 32]>> {
+    (0..BATCHES_PER_ROUND)
+        .map(|batch| {
+            (0..QUERY_BATCH as u64)
+                .map(|item| {
+                    let n = seed * 1_000_000_000 + batch as u64 * QUERY_BATCH as u64 + item;
+                    if n % 100 < hit_percent {
+                        let spread = u64::from_le_bytes(blake3::hash(&n.to_le_bytes()).as_bytes()[..8].try_into().unwrap());
+                        digest_of(0, spread % n_loaded)
+                    } else {
+                        digest_of(1, n)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---- flagshare ----
+
+fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
+    let bin = env!("CARGO_BIN_EXE_flagshare");
+    let init = Command::new(bin).args(["init", "--data"]).arg(data).output()?;
+    anyhow::ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+    let mut child = Command::new(bin)
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines.next().ok_or_else(|| anyhow::anyhow!("the server exited"))??;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((Killed(child), format!("https://{address}")))
+}
+
+async fn flagshare_unary(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 32]>]) -> (f64, usize) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let lanes = clients.len() * IN_FLIGHT;
+    for lane in 0..lanes {
+        let mut client = clients[lane % clients.len()].clone();
+        let mine: Vec<bytes::Bytes> = batches
+            .iter()
+            .skip(lane)
+            .step_by(lanes)
+            .map(|batch| bytes::Bytes::from(batch.concat()))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut matched = 0;
+            for digests in mine {
+                matched += client
+                    .query(pb::QueryRequest { digests })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .matches
+                    .len();
+            }
+            matched
+        }));
+    }
+    let mut matched = 0;
+    for task in tasks {
+        matched += task.await.unwrap();
+    }
+    ((batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(), matched)
+}
+
+async fn flagshare_stream(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 32]>]) -> (f64, usize) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (lane, client) in clients.iter().enumerate() {
+        let mut client = client.clone();
+        let mine: Vec<pb::QueryBatch> = batches
+            .iter()
+            .enumerate()
+            .skip(lane)
+            .step_by(clients.len())
+            .map(|(id, batch)| pb::QueryBatch {
+                batch_id: id as u64,
+                digests: batch.concat().into(),
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = client
+                .query_stream(tokio_stream::iter(mine))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut matched = 0;
+            while let Some(answer) = answers.next().await {
+                let answer = answer.unwrap();
+                assert_eq!(answer.error_code, 0, "{}", answer.error_message);
+                matched += answer.matches.len();
+            }
+            matched
+        }));
+    }
+    let mut matched = 0;
+    for task in tasks {
+        matched += task.await.unwrap();
+    }
+    ((batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(), matched)
+}
+
+// ---- Redis, spoken directly (RESP), pipelined ----
+
+fn resp_command(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+struct Redis {
+    reader: AsyncBufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Redis {
+    async fn connect(port: u16) -> anyhow::Result<Redis> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        Ok(Redis {
+            reader: AsyncBufReader::with_capacity(1 << 16, read),
+            writer: write,
+        })
+    }
+
+    async fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        anyhow::ensure!(!line.is_empty(), "redis closed the connection");
+        Ok(line.trim_end().to_owned())
+    }
+
+    /// Reads one reply; returns how many integer-1 elements it held (SMISMEMBER hits).
+    async fn reply(&mut self) -> anyhow::Result<usize> {
+        let line = self.line().await?;
+        match line.as_bytes().first() {
+            Some(b'*') => {
+                let n: usize = line[1..].parse()?;
+                let mut ones = 0;
+                for _ in 0..n {
+                    if self.line().await? == ":1" {
+                        ones += 1;
+                    }
+                }
+                Ok(ones)
+            }
+            Some(b'+') | Some(b':') => Ok(0),
+            _ => anyhow::bail!("redis: {line}"),
+        }
+    }
+}
+
+fn smismember(batch: &[[u8; 32]]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = vec![b"SMISMEMBER", b"flagged"];
+    parts.extend(batch.iter().map(|digest| digest.as_slice()));
+    resp_command(&parts)
+}
+
+async fn redis_lookups(port: u16, connections: usize, batches: &[Vec<[u8; 32]>]) -> anyhow::Result<(f64, usize)> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..connections {
+        let mine: Vec<Vec<u8>> = batches
+            .iter()
+            .skip(lane)
+            .step_by(connections)
+            .map(|batch| smismember(batch))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut redis = Redis::connect(port).await?;
+            let mut hits = 0;
+            // Keep IN_FLIGHT commands outstanding.
+            let mut sent = 0;
+            let mut received = 0;
+            while received < mine.len() {
+                while sent < mine.len() && sent - received < IN_FLIGHT {
+                    redis.writer.write_all(&mine[sent]).await?;
+                    sent += 1;
+                }
+                hits += redis.reply().await?;
+                received += 1;
+            }
+            anyhow::Ok(hits)
+        }));
+    }
+    let mut hits = 0;
+    for task in tasks {
+        hits += task.await??;
+    }
+    Ok(((batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(), hits))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: u64 = std::env::var("FLAGSHARE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+
+    // flagshare
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let (server, endpoint) = start_flagshare(&data)?;
+    let admin = Bundle::load(&data.join("clients").join("admin"))?;
+    let mut admin_client = pb::admin_client::AdminClient::new(admin.connect(Some(&endpoint)).await?);
+    let loader = enroll(&mut admin_client, "loader", Role::Member, &endpoint, "localhost").await?;
+    let reader = enroll(&mut admin_client, "reader", Role::Member, &endpoint, "localhost").await?;
+    let load_client = FlagsClient::new(loader.connect(Some(&endpoint)).await?).max_decoding_message_size(64 << 20);
+    let started = Instant::now();
+    let mut loaders = Vec::new();
+    for lane in 0..2u64 {
+        let mut client = load_client.clone();
+        loaders.push(tokio::spawn(async move {
+            let mut start = lane * LOAD_BATCH;
+            while start < n {
+                let end = (start + LOAD_BATCH).min(n);
+                let flags = (start..end)
+                    .map(|i| pb::Flag {
+                        digest: digest_of(0, i).to_vec(),
+                        kind: pb::IdentifierKind::Email as i32,
+                        category: pb::Category::Grooming as i32,
+                        confidence: 80,
+                        ..Default::default()
+                    })
+                    .collect();
+                client.submit(pb::SubmitRequest { flags, key_id: 1 }).await?;
+                start += 2 * LOAD_BATCH;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for loader in loaders {
+        loader.await??;
+    }
+    let flagshare_load = started.elapsed().as_secs_f64();
+    let flagshare_rss = rss_mib(server.0.id());
+
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(FlagsClient::new(reader.connect(Some(&endpoint)).await?).max_decoding_message_size(64 << 20));
+    }
+    let mut flagshare_rates = std::collections::HashMap::new();
+    for hit_percent in [0u64, 10] {
+        for n_connections in [1usize, 4] {
+            let clients = &connections[..n_connections];
+            let (mut unary, mut stream) = (Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                let work = batches(n, hit_percent, (round + 1) as u64);
+                let (rate, matched) = flagshare_unary(clients, &work).await;
+                assert!(hit_percent > 0 || matched == 0);
+                unary.push(rate);
+                let (rate, matched_stream) = flagshare_stream(clients, &work).await;
+                assert_eq!(matched, matched_stream, "unary and streamed queries agree");
+                stream.push(rate);
+            }
+            flagshare_rates.insert((hit_percent, n_connections, "unary"), median(unary));
+            flagshare_rates.insert((hit_percent, n_connections, "stream"), median(stream));
+        }
+    }
+    let mut single = connections[0].clone();
+    let mut latencies = Vec::with_capacity(LATENCY_CALLS);
+    for i in 0..LATENCY_CALLS as u64 {
+        let digest = if i % 10 == 0 { digest_of(0, i * 7 % n) } else { digest_of(2, i) };
+        let started = Instant::now();
+        single
+            .query(pb::QueryRequest {
+                digests: digest.to_vec().into(),
+            })
+            .await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let flagshare_rss_after = rss_mib(server.0.id());
+    drop(connections);
+    drop(server);
+
+    // Redis
+    let port = free_port()?;
+    let redis_server = Killed(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|err| anyhow::anyhow!("starting redis-server (is it installed? bench/run.sh installs it): {err}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut redis = loop {
+        if let Ok(mut redis) = Redis::connect(port).await {
+            redis.writer.write_all(&resp_command(&[b"PING"])).await?;
+            if redis.reply().await.is_ok() {
+                break redis;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let started = Instant::now();
+    let mut pending = 0;
+    let mut start = 0;
+    while start < n {
+        let end = (start + LOAD_BATCH).min(n);
+        let digests: Vec<[u8; 32]> = (start..end).map(|i| digest_of(0, i)).collect();
+        let mut parts: Vec<&[u8]> = vec![b"SADD", b"flagged"];
+        parts.extend(digests.iter().map(|d| d.as_slice()));
+        redis.writer.write_all(&resp_command(&parts)).await?;
+        pending += 1;
+        if pending == IN_FLIGHT {
+            redis.reply().await?;
+            pending -= 1;
+        }
+        start = end;
+    }
+    for _ in 0..pending {
+        redis.reply().await?;
+    }
+    let redis_load = started.elapsed().as_secs_f64();
+    let redis_rss = rss_mib(redis_server.0.id());
+    let mut redis_rates = std::collections::HashMap::new();
+    for hit_percent in [0u64, 10] {
+        for n_connections in [1usize, 4] {
+            let mut rates = Vec::new();
+            for round in 0..ROUNDS {
+                let work = batches(n, hit_percent, (round + 1) as u64);
+                let (rate, _) = redis_lookups(port, n_connections, &work).await?;
+                rates.push(rate);
+            }
+            redis_rates.insert((hit_percent, n_connections), median(rates));
+        }
+    }
+    drop(redis_server);
+
+    println!("flagshare vs Redis: N = {n} digests; both servers on 127.0.0.1 of this machine, sharing its cores with the client");
+    println!();
+    println!("| measure | flagshare | Redis | flagshare / Redis |");
+    println!("|---|---|---|---|");
+    println!(
+        "| bulk load of N (flagshare: Submit, 10,000 per call, 2 in flight, fsync per call; Redis: SADD, 10,000 per command, pipelined) | {flagshare_load:.1} s ({:.0}/s) | {redis_load:.1} s ({:.0}/s) | {:.2} |",
+        n as f64 / flagshare_load,
+        n as f64 / redis_load,
+        redis_load / flagshare_load
+    );
+    for hit_percent in [0u64, 10] {
+        for n_connections in [1usize, 4] {
+            let redis_rate = redis_rates[&(hit_percent, n_connections)];
+            for mode in ["unary", "stream"] {
+                let rate = flagshare_rates[&(hit_percent, n_connections, mode)];
+                let what = if mode == "unary" {
+                    format!("Query, {IN_FLIGHT} in flight per connection")
+                } else {
+                    "QueryStream".to_owned()
+                };
+                rows.push((
+                    format!(
+                        "lookups/s, batches of {QUERY_BATCH}, {hit_percent}% hits, {n_connections} connection(s): flagshare {what} vs SMISMEMBER ({IN_FLIGHT} pipelined)"
+                    ),
+                    format!("{rate:.0}"),
+                    format!("{redis_rate:.0}"),
+                    format!("{:.2}", rate / redis_rate),
+                ));
+            }
+        }
+    }
+    for (what, ours, theirs, ratio) in &rows {
+        println!("| {what} | {ours} | {theirs} | {ratio} |");
+    }
+    println!(
+        "| single-digest Query latency p50 / p99 ({LATENCY_CALLS} sequential calls) | {:.0} / {:.0} µs | | |",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+    println!(
+        "| server resident memory after load (flagshare also after the lookups) | {flagshare_rss:.0} MiB ({flagshare_rss_after:.0} MiB) | {redis_rss:.0} MiB | {:.2} |",
+        flagshare_rss / redis_rss
+    );
+    println!();
+    println!("median of {ROUNDS} rounds of {} lookups each", BATCHES_PER_ROUND * QUERY_BATCH);
+    Ok(())
+}
