@@ -10,10 +10,10 @@ pub mod flags;
 pub mod maintenance;
 pub mod principals;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -110,6 +110,8 @@ struct Inner {
     ledger: Mutex<Ledger>,
     metrics: Metrics,
     federation: Federation,
+    /// Digests with dispute rows; the query path scans `disputes` only for these.
+    disputed: RwLock<HashSet<Digest>>,
 }
 
 impl From<&Caller> for Actor {
@@ -138,6 +140,7 @@ impl Domain {
         let registry = Registry::new(store.load_principals()?);
         let last_sequence = store.last_sequence()?;
         let ledger = Ledger::load(&store)?;
+        let disputed = RwLock::new(store.disputed_digests()?.into_iter().collect());
         let foreign_members = store.load_foreign_members()?;
         for member in &foreign_members {
             registry.set_foreign_name(member.id, member.display.clone());
@@ -157,6 +160,7 @@ impl Domain {
                 ledger: Mutex::new(ledger),
                 metrics: Metrics::default(),
                 federation,
+                disputed,
             }),
         })
     }
@@ -645,7 +649,10 @@ impl Inner {
         else {
             return Ok(None);
         };
-        // Disputes are rare and only matter for matches: one prefix scan per match.
+        // Disputes are rare: only a digest known to have some is scanned for them.
+        if !self.disputed.read().expect("disputed lock poisoned").contains(&digest) {
+            return Ok(Some(found));
+        }
         let live: BTreeSet<PrincipalId> = entries
             .iter()
             .filter(|entry| entry.expires_at_ms > now)
@@ -784,6 +791,7 @@ impl Inner {
             .detail(detail)
             .digests(vec![digest]);
         self.commit_audited(batch, event, now)?;
+        self.disputed.write().expect("disputed lock poisoned").insert(digest);
         Ok(n_flags)
     }
 

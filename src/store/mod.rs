@@ -395,6 +395,21 @@ impl Store {
         Ok(found)
     }
 
+    /// Every digest with at least one dispute row (disputes are rare: held in memory so the
+    /// query path scans only for those).
+    pub fn disputed_digests(&self) -> Result<Vec<Digest>, StoreError> {
+        let mut found: Vec<Digest> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::DISPUTES), IteratorMode::Start) {
+            let (key, _value) = item?;
+            keys::decode_dispute_key(&key)?;
+            let digest: Digest = key[..crate::digest::DIGEST_LEN].try_into().expect("checked length");
+            if found.last() != Some(&digest) {
+                found.push(digest);
+            }
+        }
+        Ok(found)
+    }
+
     /// `(flagged_by, disputer)` of every dispute recorded on `digest`.
     pub fn disputes_of(&self, digest: &Digest) -> Result<Vec<(PrincipalId, PrincipalId)>, StoreError> {
         let mut found = Vec::new();
