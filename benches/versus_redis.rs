@@ -44,7 +44,8 @@ fn batches(n_loaded: u64, hit_percent: u64, seed: u64) -> Vec<Vec<[u8; 32]>> {
                 .map(|item| {
                     let n = seed * 1_000_000_000 + batch as u64 * QUERY_BATCH as u64 + item;
                     if n % 100 < hit_percent {
-                        let spread = u64::from_le_bytes(blake3::hash(&n.to_le_bytes()).as_bytes()[..8].try_into().unwrap());
+                        let spread =
+                            u64::from_le_bytes(blake3::hash(&n.to_le_bytes()).as_bytes()[..8].try_into().unwrap());
                         digest_of(0, spread % n_loaded)
                     } else {
                         digest_of(1, n)
@@ -134,7 +135,10 @@ async fn flagshare_unary(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 3
     for task in tasks {
         matched += task.await.unwrap();
     }
-    ((batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(), matched)
+    (
+        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
+        matched,
+    )
 }
 
 async fn flagshare_stream(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 32]>]) -> (f64, usize) {
@@ -171,7 +175,10 @@ async fn flagshare_stream(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 
     for task in tasks {
         matched += task.await.unwrap();
     }
-    ((batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(), matched)
+    (
+        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
+        matched,
+    )
 }
 
 // ---- Redis, spoken directly (RESP), pipelined ----
@@ -266,7 +273,10 @@ async fn redis_lookups(port: u16, connections: usize, batches: &[Vec<[u8; 32]>])
     for task in tasks {
         hits += task.await??;
     }
-    Ok(((batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(), hits))
+    Ok((
+        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
+        hits,
+    ))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -344,7 +354,11 @@ async fn main() -> anyhow::Result<()> {
     let mut single = connections[0].clone();
     let mut latencies = Vec::with_capacity(LATENCY_CALLS);
     for i in 0..LATENCY_CALLS as u64 {
-        let digest = if i % 10 == 0 { digest_of(0, i * 7 % n) } else { digest_of(2, i) };
+        let digest = if i % 10 == 0 {
+            digest_of(0, i * 7 % n)
+        } else {
+            digest_of(2, i)
+        };
         let started = Instant::now();
         single
             .query(pb::QueryRequest {
@@ -376,7 +390,9 @@ async fn main() -> anyhow::Result<()> {
             ])
             .stdout(Stdio::null())
             .spawn()
-            .map_err(|err| anyhow::anyhow!("starting redis-server (is it installed? bench/run.sh installs it): {err}"))?,
+            .map_err(|err| {
+                anyhow::anyhow!("starting redis-server (is it installed? bench/run.sh installs it): {err}")
+            })?,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut redis = loop {
@@ -424,7 +440,9 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(redis_server);
 
-    println!("flagshare vs Redis: N = {n} digests; both servers on 127.0.0.1 of this machine, sharing its cores with the client");
+    println!(
+        "flagshare vs Redis: N = {n} digests; both servers on 127.0.0.1 of this machine, sharing its cores with the client"
+    );
     println!();
     println!("| measure | flagshare | Redis | flagshare / Redis |");
     println!("|---|---|---|---|");
@@ -468,6 +486,9 @@ async fn main() -> anyhow::Result<()> {
         flagshare_rss / redis_rss
     );
     println!();
-    println!("median of {ROUNDS} rounds of {} lookups each", BATCHES_PER_ROUND * QUERY_BATCH);
+    println!(
+        "median of {ROUNDS} rounds of {} lookups each",
+        BATCHES_PER_ROUND * QUERY_BATCH
+    );
     Ok(())
 }
