@@ -554,7 +554,13 @@ impl Inner {
         let mut batch = self.store.batch();
         let mut sequence = *last_sequence;
         let (mut n_created, mut n_updated) = (0, 0);
-        for (key, new_flag) in flag_keys.iter().zip(new_flags) {
+        // Key order, not submission order: RocksDB's memtable inserts a sorted run of keys
+        // from where the previous one went, instead of searching its skip list afresh
+        // (that search was half the server's time in a bulk load). The sort is stable, so
+        // a key given twice still ends with its later submission.
+        let mut order: Vec<usize> = (0..flag_keys.len()).collect();
+        order.sort_by_key(|index| flag_keys[*index]);
+        for (key, new_flag) in order.iter().map(|index| (&flag_keys[*index], &new_flags[*index])) {
             let default_expiry = self.policy.default_expiry(key.category, now);
             let existing = records.get(key);
             if existing.is_some() {
@@ -586,8 +592,8 @@ impl Inner {
             batch.put_flag(key, &record);
             records.insert(*key, record);
         }
-        for (digest, entries) in &summaries {
-            batch.put_summary(digest, entries);
+        for digest in &digests {
+            batch.put_summary(digest, &summaries[digest]);
         }
         // The flags themselves say who flagged what; the entry counts them.
         let event = AuditEvent::new(caller.into(), AuditOp::Submit)
