@@ -337,7 +337,7 @@ pub(super) fn apply(
     let mut sorted_keys = keys.clone();
     sorted_keys.sort_unstable();
     sorted_keys.dedup();
-    let mut versions: super::FastMap<FlagKey, u64> = sorted_keys
+    let mut versions: HashMap<FlagKey, u64> = sorted_keys
         .iter()
         .copied()
         .zip(inner.store.get_flag_versions(&sorted_keys)?)

@@ -2,6 +2,8 @@
 //! change log, each event carrying the digest's resulting match. Events carry state, not
 //! deltas, so applying one twice or after a later one's snapshot leaves a mirror right.
 
+use std::collections::HashMap;
+
 use super::audit::AuditEvent;
 use super::{Caller, Inner, Match};
 use crate::digest::{Digest, Kind};
@@ -81,8 +83,7 @@ pub(super) fn changes(inner: &Inner, caller: &Caller, after: u64) -> Result<(Vec
     digests.sort_unstable();
     digests.dedup();
     let now = crate::util::now_ms();
-    let mut states: super::FastMap<Digest, Option<Match>> =
-        super::FastMap::with_capacity_and_hasher(digests.len(), Default::default());
+    let mut states: HashMap<Digest, Option<Match>> = HashMap::with_capacity(digests.len());
     for (digest, entries) in digests.iter().zip(inner.store.get_summaries(&digests)?) {
         let state = match entries {
             Some(entries) => inner.match_of(caller, 0, *digest, &entries, now)?,

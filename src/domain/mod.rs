@@ -41,10 +41,6 @@ pub struct Policy {
     pub operator_name: String,
 }
 
-/// Maps keyed by digests and flag keys on the write path: foldhash instead of SipHash
-/// (hashing was a tenth of a bulk load's server time), still seeded per process.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// Shortest and longest `RangeQuery` prefix, in bytes. Two bytes make 65,536 buckets, so
 /// 10,000,000 digests put about 150 in each: the server learns a member checked one of
 /// ~150. Three bytes (16.7 M buckets) answer with less but hide little at that size.
@@ -547,7 +543,7 @@ impl Inner {
         digests.dedup();
 
         let mut last_sequence = self.writer();
-        let mut records: FastMap<FlagKey, _> = sorted_keys
+        let mut records: HashMap<FlagKey, _> = sorted_keys
             .iter()
             .copied()
             .zip(self.store.get_flags(&sorted_keys)?)
@@ -612,7 +608,7 @@ impl Inner {
         })
     }
 
-    fn read_summaries(&self, sorted_digests: &[Digest]) -> Result<FastMap<Digest, Vec<SummaryEntry>>> {
+    fn read_summaries(&self, sorted_digests: &[Digest]) -> Result<HashMap<Digest, Vec<SummaryEntry>>> {
         Ok(sorted_digests
             .iter()
             .copied()
