@@ -148,7 +148,10 @@ pub struct Federation {
 
 #[derive(Default)]
 struct ForeignMembers {
-    by_identity: HashMap<([u8; 8], String), ForeignMember>,
+    /// By local id: the outgoing path looks one up for every change of a foreign flag.
+    by_id: HashMap<PrincipalId, ForeignMember>,
+    /// (origin operator, pseudonym) → local id: the identity events arrive with.
+    by_identity: HashMap<([u8; 8], String), PrincipalId>,
     next_id: PrincipalId,
 }
 
@@ -165,14 +168,19 @@ impl Federation {
             .max()
             .unwrap_or(FOREIGN_MEMBER_BASE);
         let by_identity = members
-            .into_iter()
-            .map(|member| ((member.origin, member.pseudonym.clone()), member))
+            .iter()
+            .map(|member| ((member.origin, member.pseudonym.clone()), member.id))
             .collect();
+        let by_id = members.into_iter().map(|member| (member.id, member)).collect();
         Federation {
             operator_id,
             operator_name,
             pseudonym_key,
-            foreign: Mutex::new(ForeignMembers { by_identity, next_id }),
+            foreign: Mutex::new(ForeignMembers {
+                by_id,
+                by_identity,
+                next_id,
+            }),
         }
     }
 
@@ -182,14 +190,9 @@ impl Federation {
         format!("m-{}", &hash.to_hex()[..16])
     }
 
-    pub fn foreign_members(&self) -> Vec<ForeignMember> {
-        let foreign = self.foreign.lock().expect("foreign members lock poisoned");
-        foreign.by_identity.values().cloned().collect()
-    }
-
     fn foreign_by_id(&self, id: PrincipalId) -> Option<ForeignMember> {
         let foreign = self.foreign.lock().expect("foreign members lock poisoned");
-        foreign.by_identity.values().find(|member| member.id == id).cloned()
+        foreign.by_id.get(&id).cloned()
     }
 }
 
@@ -501,7 +504,7 @@ fn check_event(event: &Event, now: i64) -> std::result::Result<(), String> {
 
 impl Inner {
     pub(super) fn peer(&self, name: &str) -> Result<Option<PeerRecord>> {
-        Ok(self.peers()?.into_iter().find(|peer| peer.name == name))
+        self.store.get_peer(name)?.map(|bytes| decode_peer(&bytes)).transpose()
     }
 
     pub(super) fn peers(&self) -> Result<Vec<PeerRecord>> {
@@ -517,7 +520,8 @@ impl Inner {
         let display = display_name(&event.origin_name, &event.member_name, &event.member_pseudonym);
         let mut foreign = self.federation.foreign.lock().expect("foreign members lock poisoned");
         let identity = (event.origin, event.member_pseudonym.clone());
-        if let Some(member) = foreign.by_identity.get_mut(&identity) {
+        let known = foreign.by_identity.get(&identity).copied();
+        if let Some(member) = known.and_then(|id| foreign.by_id.get_mut(&id)) {
             // A name revealed later (or an operator renamed) replaces what was shown.
             if member.display != display && (!event.member_name.is_empty() || member.origin_name != event.origin_name) {
                 member.display = display;
@@ -539,7 +543,8 @@ impl Inner {
             display,
         };
         self.registry.set_foreign_name(id, member.display.clone());
-        foreign.by_identity.insert(identity, member);
+        foreign.by_identity.insert(identity, id);
+        foreign.by_id.insert(id, member);
         Ok(id)
     }
 }

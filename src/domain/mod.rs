@@ -176,14 +176,9 @@ impl Domain {
     /// The change log after `after` as `caller` (a peer) may see it. A peer without a
     /// configured policy gets the default: every category, no passing on, pseudonyms only.
     pub async fn outgoing(&self, caller: Caller, after: u64, max: usize) -> Result<OutgoingBatch> {
+        self.authorize_id(caller.id)?;
         let inner = self.inner.clone();
         blocking(move || {
-            if !inner.registry.is_active(caller.id) {
-                return Err(Error::PermissionDenied(format!(
-                    "principal '{}' is no longer active",
-                    caller.name
-                )));
-            }
             let policy = inner
                 .peer(&caller.name)?
                 .unwrap_or_else(|| PeerRecord::policy_only(&caller.name));
@@ -264,11 +259,6 @@ impl Domain {
             inner.commit_audited(batch, event, now_ms()).map(drop)
         })
         .await
-    }
-
-    /// The newest change-log sequence number.
-    pub fn head(&self) -> u64 {
-        *self.inner.writer()
     }
 
     pub fn registry(&self) -> &Registry {

@@ -204,6 +204,11 @@ impl Store {
             .collect()
     }
 
+    /// One peer row, as stored (`[1, JSON]`).
+    pub fn get_peer(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf::PEERS), name.as_bytes())?)
+    }
+
     /// Every peer row, as stored (`[1, JSON]`).
     pub fn load_peers(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.db
