@@ -58,17 +58,26 @@ const STREAM_PIPELINE: usize = 4;
 
 type QueryStreamStream = Pin<Box<dyn Stream<Item = Result<pb::QueryBatchResult, Status>> + Send>>;
 
+/// One batch of packed digests, as `Query` and each `QueryStream` batch answer it.
+async fn query_packed(
+    domain: &Domain,
+    caller: crate::domain::Caller,
+    packed: &[u8],
+) -> crate::error::Result<pb::QueryResponse> {
+    let digests = convert::digests_from_packed(packed)?;
+    let n_queried = digests.len() as u32;
+    let matches = domain.query(caller, digests).await?;
+    Ok(pb::QueryResponse {
+        matches: matches.into_iter().map(convert::match_to_pb).collect(),
+        n_queried,
+    })
+}
+
 async fn answer_batch(domain: Domain, caller: crate::domain::Caller, batch: pb::QueryBatch) -> pb::QueryBatchResult {
-    let answer = async {
-        let digests = convert::digests_from_packed(&batch.digests)?;
-        let n_queried = digests.len() as u32;
-        let matches = domain.query(caller, digests).await?;
-        Ok::<_, crate::error::Error>((n_queried, matches))
-    };
-    match answer.await {
-        Ok((n_queried, matches)) => pb::QueryBatchResult {
+    match query_packed(&domain, caller, &batch.digests).await {
+        Ok(pb::QueryResponse { matches, n_queried }) => pb::QueryBatchResult {
             batch_id: batch.batch_id,
-            matches: matches.into_iter().map(convert::match_to_pb).collect(),
+            matches,
             n_queried,
             error_code: 0,
             error_message: String::new(),
@@ -250,13 +259,10 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        let digests = convert::digests_from_packed(&request.get_ref().digests).map_err(status_from_error)?;
-        let n_queried = digests.len() as u32;
-        let matches = self.domain.query(caller, digests).await.map_err(status_from_error)?;
-        Ok(Response::new(pb::QueryResponse {
-            matches: matches.into_iter().map(convert::match_to_pb).collect(),
-            n_queried,
-        }))
+        let response = query_packed(&self.domain, caller, &request.get_ref().digests)
+            .await
+            .map_err(status_from_error)?;
+        Ok(Response::new(response))
     }
 
     async fn retract(&self, request: Request<pb::RetractRequest>) -> Result<Response<pb::RetractResponse>, Status> {
