@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
+use super::timestamp_text;
 use crate::client::{Bundle, enroll, rotate};
 use crate::config::DEFAULT_DATA_DIR;
 use crate::model::{AuditOp, PrincipalStatus, Role};
@@ -316,10 +317,6 @@ async fn list_members(client: &mut AdminClient<Channel>, json: bool) -> anyhow::
         }
     }
     Ok(())
-}
-
-fn timestamp_text(ts: &prost_types::Timestamp) -> String {
-    crate::util::format_ms(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
 }
 
 async fn set_status(

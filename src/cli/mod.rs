@@ -124,6 +124,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// A wire timestamp as the CLI prints times (RFC 3339, seconds).
+fn timestamp_text(ts: &prost_types::Timestamp) -> String {
+    crate::util::format_ms(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(&args.data)?;
     if let Some(listen) = args.listen {
