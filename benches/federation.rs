@@ -5,94 +5,24 @@
 //!
 //!     scripts/cargo bench --profile dev --bench federation
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use flagshare::client::{Bundle, enroll};
-use flagshare::config::Config;
-use flagshare::digest::Digest;
+use flagshare::client::enroll;
 use flagshare::model::Role;
 use flagshare::pb;
-use flagshare::pb::admin_client::AdminClient;
-use flagshare::pb::flags_client::FlagsClient;
-use tonic::transport::Channel;
 
-const LOAD_BATCH: usize = 10_000;
-
-fn digest_of(index: u64) -> Digest {
-    *blake3::hash(&index.to_be_bytes()).as_bytes()
-}
-
-struct Server {
-    dir: tempfile::TempDir,
-    endpoint: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start(operator: &str) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let config = Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse()?,
-        operator_name: operator.to_owned(),
-        ..Config::default()
-    };
-    flagshare::cli::setup::initialize(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(flagshare::server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    Ok(Server {
-        dir,
-        endpoint,
-        stop,
-        task,
-    })
-}
-
-impl Server {
-    async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        let bundle = Bundle::load(&self.dir.path().join("clients").join("admin"))?;
-        Ok(AdminClient::new(bundle.connect(Some(&self.endpoint)).await?))
-    }
-
-    async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
-}
+use common::{InProcess, LOAD_BATCH};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::var("FLAGSHARE_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let a = start("op-a").await?;
-    let b = start("op-b").await?;
+    let n = common::bench_n(1_000_000);
+    let a = InProcess::start("op-a").await?;
+    let b = InProcess::start("op-b").await?;
     let mut a_admin = a.admin().await?;
-    let loader = enroll(&mut a_admin, "loader", Role::Member, &a.endpoint, "localhost").await?;
-    let mut loader = FlagsClient::new(loader.connect(None).await?);
-    let load_started = Instant::now();
-    let mut next = 0;
-    while next < n {
-        let end = (next + LOAD_BATCH as u64).min(n);
-        let flags = (next..end)
-            .map(|i| pb::Flag {
-                digest: digest_of(i).to_vec(),
-                kind: pb::IdentifierKind::Email as i32,
-                category: pb::Category::Grooming as i32,
-                confidence: 80,
-                ..Default::default()
-            })
-            .collect();
-        loader.submit(pb::SubmitRequest { flags, key_id: 1 }).await?;
-        next = end;
-    }
-    let load_secs = load_started.elapsed().as_secs_f64();
+    let loader = common::member(&mut a_admin, "loader", &a.endpoint).await?;
+    let load_secs = common::load(&loader, n, 1).await?;
     let head = a_admin
         .get_stats(pb::GetStatsRequest {})
         .await?

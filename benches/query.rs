@@ -9,39 +9,22 @@
 //! (The dev profile builds dependencies, RocksDB included, at opt-level 3; using it avoids a
 //! second 25-minute RocksDB build for the release profile.)
 
-use std::time::{Duration, Instant};
+mod common;
 
-use flagshare::client::{Bundle, enroll};
-use flagshare::config::Config;
-use flagshare::digest::Digest;
-use flagshare::model::Role;
+use std::time::Instant;
+
 use flagshare::pb;
 use flagshare::pb::flags_client::FlagsClient;
 use tonic::transport::Channel;
 
-const LOAD_BATCH: usize = 10_000;
+use common::{InProcess, LOAD_BATCH, digest_of, median, percentile};
+
 const QUERY_BATCH: usize = 1_000;
 /// Requests in flight at once on the one connection.
 const IN_FLIGHT: usize = 8;
 const ROUNDS: usize = 5;
 const BATCHES_PER_ROUND: usize = 200;
 const LATENCY_CALLS: usize = 3_000;
-
-fn digest_of(space: u8, index: u64) -> Digest {
-    let mut input = [0u8; 9];
-    input[0] = space;
-    input[1..].copy_from_slice(&index.to_be_bytes());
-    *blake3::hash(&input).as_bytes()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    sorted[((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1)]
-}
 
 /// Packed query batches, and how many of their digests were loaded: `hit_percent` of them
 /// were, spread over the whole loaded range; the rest never were.
@@ -100,75 +83,22 @@ async fn throughput(client: &FlagsClient<Channel>, n_loaded: u64, hit_percent: u
     }
     // Every loaded digest must come back as a match, and nothing else.
     assert_eq!(n_matches, n_expected, "matches returned vs digests that were loaded");
-    (median(&mut rates), n_matches)
+    (median(rates), n_matches)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::var("FLAGSHARE_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir()?;
-    let config = Config {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse()?,
-        ..Config::default()
-    };
-    flagshare::cli::setup::initialize(&config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(flagshare::server::run(config.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let n = common::bench_n(1_000_000);
+    let server = InProcess::start("flagshare-dev").await?;
+    let mut admin = server.admin().await?;
+    let loader = common::member(&mut admin, "loader", &server.endpoint).await?;
+    let reader_client = common::member(&mut admin, "reader", &server.endpoint).await?;
+    let load_secs = common::load(&loader, n, 1).await?;
 
-    let admin = Bundle::load(&dir.path().join("clients").join("admin"))?;
-    let mut admin_client = pb::admin_client::AdminClient::new(admin.connect(Some(&endpoint)).await?);
-    let loader = enroll(&mut admin_client, "loader", Role::Member, &endpoint, "localhost").await?;
-    let reader = enroll(&mut admin_client, "reader", Role::Member, &endpoint, "localhost").await?;
-    let mut loader_client = FlagsClient::new(loader.connect(None).await?);
-
-    let start = Instant::now();
-    let mut next = 0u64;
-    while next < n {
-        let end = (next + LOAD_BATCH as u64).min(n);
-        let flags = (next..end)
-            .map(|i| pb::Flag {
-                digest: digest_of(0, i).to_vec(),
-                kind: pb::IdentifierKind::Email as i32,
-                category: pb::Category::Grooming as i32,
-                confidence: 80,
-                ..Default::default()
-            })
-            .collect();
-        loader_client.submit(pb::SubmitRequest { flags, key_id: 1 }).await?;
-        next = end;
-    }
-    let load_secs = start.elapsed().as_secs_f64();
-
-    let reader_client = FlagsClient::new(reader.connect(None).await?);
     let (miss_rate, _) = throughput(&reader_client, n, 0).await;
     let (hit_rate, hit_matches) = throughput(&reader_client, n, 10).await;
     assert!(hit_matches > 0, "the 10% workload must match");
-
-    let mut single = reader_client.clone();
-    let mut latencies = Vec::with_capacity(LATENCY_CALLS);
-    for i in 0..LATENCY_CALLS as u64 {
-        let digest = if i % 10 == 0 {
-            digest_of(0, i * 7 % n)
-        } else {
-            digest_of(2, i)
-        };
-        let started = Instant::now();
-        single
-            .query(pb::QueryRequest {
-                digests: digest.to_vec().into(),
-            })
-            .await?;
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
+    let latencies = common::single_digest_latencies(&reader_client, n, LATENCY_CALLS).await?;
 
     println!("flagshare Query benchmark: N = {n} flags, mutual TLS, server in-process on 127.0.0.1");
     println!("| measure | value |");
@@ -191,8 +121,5 @@ async fn main() -> anyhow::Result<()> {
         "| single-digest Query latency p99 | {:.0} µs |",
         percentile(&latencies, 0.99).as_secs_f64() * 1e6
     );
-
-    let _ = stop.send(());
-    server.await??;
-    Ok(())
+    server.shutdown().await
 }

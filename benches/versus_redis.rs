@@ -6,13 +6,13 @@
 //! `redis-server`, so each one's resident memory is its own. N digests (default
 //! 10,000,000; `FLAGSHARE_BENCH_N`) are loaded into both.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flagshare::client::{Bundle, enroll};
-use flagshare::model::Role;
 use flagshare::pb;
 use flagshare::pb::flags_client::FlagsClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
-const LOAD_BATCH: u64 = 10_000;
+use common::{LOAD_BATCH, digest_of, median, percentile};
+
 const QUERY_BATCH: usize = 1_000;
 /// Batches per measured round, split over the connections.
 const BATCHES_PER_ROUND: usize = 400;
@@ -28,13 +29,6 @@ const ROUNDS: usize = 3;
 /// Unary calls (or Redis commands) in flight per connection.
 const IN_FLIGHT: usize = 8;
 const LATENCY_CALLS: usize = 2_000;
-
-fn digest_of(space: u8, index: u64) -> [u8; 32] {
-    let mut input = [0u8; 9];
-    input[0] = space;
-    input[1..].copy_from_slice(&index.to_be_bytes());
-    *blake3::hash(&input).as_bytes()
-}
 
 /// `hit_percent` of the digests were loaded; the rest never were.
 fn batches(n_loaded: u64, hit_percent: u64, seed: u64) -> Vec<Vec<[u8; 32]>> {
@@ -54,11 +48,6 @@ fn batches(n_loaded: u64, hit_percent: u64, seed: u64) -> Vec<Vec<[u8; 32]>> {
                 .collect()
         })
         .collect()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -285,53 +274,29 @@ fn free_port() -> anyhow::Result<u16> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::var("FLAGSHARE_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+    let n = common::bench_n(10_000_000);
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
 
     // flagshare
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let (server, endpoint) = start_flagshare(&data)?;
-    let admin = Bundle::load(&data.join("clients").join("admin"))?;
-    let mut admin_client = pb::admin_client::AdminClient::new(admin.connect(Some(&endpoint)).await?);
-    let loader = enroll(&mut admin_client, "loader", Role::Member, &endpoint, "localhost").await?;
-    let reader = enroll(&mut admin_client, "reader", Role::Member, &endpoint, "localhost").await?;
-    let load_client = FlagsClient::new(loader.connect(Some(&endpoint)).await?).max_decoding_message_size(64 << 20);
-    let started = Instant::now();
-    let mut loaders = Vec::new();
-    for lane in 0..2u64 {
-        let mut client = load_client.clone();
-        loaders.push(tokio::spawn(async move {
-            let mut start = lane * LOAD_BATCH;
-            while start < n {
-                let end = (start + LOAD_BATCH).min(n);
-                let flags = (start..end)
-                    .map(|i| pb::Flag {
-                        digest: digest_of(0, i).to_vec(),
-                        kind: pb::IdentifierKind::Email as i32,
-                        category: pb::Category::Grooming as i32,
-                        confidence: 80,
-                        ..Default::default()
-                    })
-                    .collect();
-                client.submit(pb::SubmitRequest { flags, key_id: 1 }).await?;
-                start += 2 * LOAD_BATCH;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for loader in loaders {
-        loader.await??;
-    }
-    let flagshare_load = started.elapsed().as_secs_f64();
+    let mut admin = common::admin_client(&data, &endpoint).await?;
+    let loader = common::member(&mut admin, "loader", &endpoint).await?;
+    let flagshare_load = common::load(&loader, n, 2).await?;
     let flagshare_rss = rss_mib(server.0.id());
 
+    let reader = flagshare::client::enroll(
+        &mut admin,
+        "reader",
+        flagshare::model::Role::Member,
+        &endpoint,
+        "localhost",
+    )
+    .await?;
     let mut connections = Vec::new();
     for _ in 0..4 {
-        connections.push(FlagsClient::new(reader.connect(Some(&endpoint)).await?).max_decoding_message_size(64 << 20));
+        connections.push(common::connect(&reader, &endpoint).await?);
     }
     let mut flagshare_rates = std::collections::HashMap::new();
     for hit_percent in [0u64, 10] {
@@ -351,25 +316,8 @@ async fn main() -> anyhow::Result<()> {
             flagshare_rates.insert((hit_percent, n_connections, "stream"), median(stream));
         }
     }
-    let mut single = connections[0].clone();
-    let mut latencies = Vec::with_capacity(LATENCY_CALLS);
-    for i in 0..LATENCY_CALLS as u64 {
-        let digest = if i % 10 == 0 {
-            digest_of(0, i * 7 % n)
-        } else {
-            digest_of(2, i)
-        };
-        let started = Instant::now();
-        single
-            .query(pb::QueryRequest {
-                digests: digest.to_vec().into(),
-            })
-            .await?;
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let p50 = latencies[latencies.len() / 2];
-    let p99 = latencies[latencies.len() * 99 / 100];
+    let latencies = common::single_digest_latencies(&connections[0], n, LATENCY_CALLS).await?;
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     let flagshare_rss_after = rss_mib(server.0.id());
     drop(connections);
     drop(server);

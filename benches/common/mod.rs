@@ -1,0 +1,164 @@
+//! What the benchmarks share: the digests they load and ask for, an in-process server,
+//! bulk loading through `Submit`, and single-digest latency. Each benchmark uses part of it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use flagshare::client::{Bundle, enroll};
+use flagshare::config::Config;
+use flagshare::digest::Digest;
+use flagshare::model::Role;
+use flagshare::pb;
+use flagshare::pb::admin_client::AdminClient;
+use flagshare::pb::flags_client::FlagsClient;
+use tonic::transport::Channel;
+
+/// Flags per `Submit` when loading.
+pub const LOAD_BATCH: u64 = 10_000;
+
+/// N from `FLAGSHARE_BENCH_N`, else `default`.
+pub fn bench_n(default: u64) -> u64 {
+    std::env::var("FLAGSHARE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Digest number `index` of a `space`: space 0 is what gets loaded; others are never loaded.
+pub fn digest_of(space: u8, index: u64) -> Digest {
+    let mut input = [0u8; 9];
+    input[0] = space;
+    input[1..].copy_from_slice(&index.to_be_bytes());
+    *blake3::hash(&input).as_bytes()
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    sorted[((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1)]
+}
+
+/// A real server on 127.0.0.1:0 in this process, with a fresh data folder and PKI.
+pub struct InProcess {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(operator: &str) -> anyhow::Result<InProcess> {
+        let dir = tempfile::tempdir()?;
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            listen: "127.0.0.1:0".parse()?,
+            operator_name: operator.to_owned(),
+            ..Config::default()
+        };
+        flagshare::cli::setup::initialize(&config).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(flagshare::server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(InProcess {
+            dir,
+            endpoint,
+            stop,
+            task,
+        })
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        admin_client(self.dir.path(), &self.endpoint).await
+    }
+
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// The admin client of the data folder `data` (as `init` made it), for `endpoint`.
+pub async fn admin_client(data: &std::path::Path, endpoint: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let bundle = Bundle::load(&data.join("clients").join("admin"))?;
+    Ok(AdminClient::new(bundle.connect(Some(endpoint)).await?))
+}
+
+/// A new member principal and a `Flags` client for it (one connection).
+pub async fn member(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    endpoint: &str,
+) -> anyhow::Result<FlagsClient<Channel>> {
+    let bundle = enroll(admin, name, Role::Member, endpoint, "localhost").await?;
+    connect(&bundle, endpoint).await
+}
+
+/// A new connection with `bundle`.
+pub async fn connect(bundle: &Bundle, endpoint: &str) -> anyhow::Result<FlagsClient<Channel>> {
+    Ok(FlagsClient::new(bundle.connect(Some(endpoint)).await?).max_decoding_message_size(64 << 20))
+}
+
+/// Loads digests 0..n of space 0 as flags, `in_flight` calls of `LOAD_BATCH` at a time;
+/// returns the seconds it took.
+pub async fn load(client: &FlagsClient<Channel>, n: u64, in_flight: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut lanes = Vec::new();
+    for lane in 0..in_flight {
+        let mut client = client.clone();
+        lanes.push(tokio::spawn(async move {
+            let mut start = lane * LOAD_BATCH;
+            while start < n {
+                let end = (start + LOAD_BATCH).min(n);
+                let flags = (start..end)
+                    .map(|i| pb::Flag {
+                        digest: digest_of(0, i).to_vec(),
+                        kind: pb::IdentifierKind::Email as i32,
+                        category: pb::Category::Grooming as i32,
+                        confidence: 80,
+                        ..Default::default()
+                    })
+                    .collect();
+                client.submit(pb::SubmitRequest { flags, key_id: 1 }).await?;
+                start += in_flight * LOAD_BATCH;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for lane in lanes {
+        lane.await??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `calls` sequential single-digest queries (every tenth one loaded), sorted durations.
+pub async fn single_digest_latencies(
+    client: &FlagsClient<Channel>,
+    n_loaded: u64,
+    calls: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut client = client.clone();
+    let mut latencies = Vec::with_capacity(calls);
+    for i in 0..calls as u64 {
+        let digest = if i % 10 == 0 {
+            digest_of(0, i * 7 % n_loaded)
+        } else {
+            digest_of(2, i)
+        };
+        let started = Instant::now();
+        client
+            .query(pb::QueryRequest {
+                digests: digest.to_vec().into(),
+            })
+            .await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    Ok(latencies)
+}
