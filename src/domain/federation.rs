@@ -12,12 +12,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::audit::{Actor, AuditEvent};
-use super::{Inner, stage_removal};
+use super::{Inner, stage_removal, stage_upsert};
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditOp, Category, Change, ChangeRecord, Distribution, FOREIGN_MEMBER_BASE, FlagKey, FlagRecord, ForeignMember,
-    PrincipalId, RetractReason, SummaryEntry, is_foreign,
+    AuditOp, Category, Change, Distribution, FOREIGN_MEMBER_BASE, FlagKey, FlagRecord, ForeignMember, PrincipalId,
+    RetractReason, is_foreign,
 };
 
 /// Most events per pulled batch.
@@ -382,19 +382,7 @@ pub(super) fn apply(
                     distribution: Distribution::Federated,
                     origin_sequence: event.origin_sequence,
                 };
-                super::flags::upsert_summary_entry(entries, key, &record);
-                batch.put_flag(key, &record);
-                sequence += 1;
-                batch.put_change(
-                    sequence,
-                    &ChangeRecord {
-                        at_ms: now,
-                        key: *key,
-                        change: Change::Upsert(SummaryEntry::from_flag(key, &record)),
-                        distribution: Distribution::Federated,
-                        origin_sequence: event.origin_sequence,
-                    },
-                );
+                stage_upsert(&mut batch, &mut sequence, entries, key, &record, now);
             }
             EventOp::Retract(_) | EventOp::Expire => {
                 if version.is_some_and(|version| version > event.origin_sequence) {

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditEntry, AuditOp, Category, Change, ChangeRecord, Distribution, FlagKey, PrincipalId, PrincipalRecord,
-    PrincipalStats, PrincipalStatus, RetractReason, Role, SummaryEntry,
+    AuditEntry, AuditOp, Category, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, PrincipalId,
+    PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role, SummaryEntry,
 };
 use crate::store::{Batch, Durability, Store};
 use crate::util::now_ms;
@@ -567,19 +567,7 @@ impl Inner {
                 now,
             );
             let entries = summaries.get_mut(&key.digest).expect("every digest was read");
-            flags::upsert_summary_entry(entries, key, &record);
-            sequence += 1;
-            batch.put_change(
-                sequence,
-                &ChangeRecord {
-                    at_ms: now,
-                    key: *key,
-                    change: Change::Upsert(SummaryEntry::from_flag(key, &record)),
-                    distribution: record.distribution,
-                    origin_sequence: 0,
-                },
-            );
-            batch.put_flag(key, &record);
+            stage_upsert(&mut batch, &mut sequence, entries, key, &record, now);
             records.insert(*key, record);
         }
         for digest in &digests {
@@ -933,6 +921,31 @@ impl Inner {
         self.registry.upsert(record.clone());
         Ok(record)
     }
+}
+
+/// Stages a new or updated flag: its row, its entry in the digest's summary (written by
+/// the caller once per digest), and a change-log entry.
+fn stage_upsert(
+    batch: &mut Batch<'_>,
+    sequence: &mut u64,
+    summary: &mut Vec<SummaryEntry>,
+    key: &FlagKey,
+    record: &FlagRecord,
+    now: i64,
+) {
+    flags::upsert_summary_entry(summary, key, record);
+    batch.put_flag(key, record);
+    *sequence += 1;
+    batch.put_change(
+        *sequence,
+        &ChangeRecord {
+            at_ms: now,
+            key: *key,
+            change: Change::Upsert(SummaryEntry::from_flag(key, record)),
+            distribution: record.distribution,
+            origin_sequence: record.origin_sequence,
+        },
+    );
 }
 
 /// Stages the removal of one flag: its row goes, and the change log says why.
