@@ -5,6 +5,9 @@
 //! flagshare runs as its own process (`flagshare serve`, mutual TLS), as does
 //! `redis-server`, so each one's resident memory is its own. N digests (default
 //! 10,000,000; `FLAGSHARE_BENCH_N`) are loaded into both.
+//!
+//! For comparing builds of flagshare itself: `FLAGSHARE_BENCH_BIN` runs another
+//! `flagshare` binary, and `FLAGSHARE_BENCH_LOAD_ONLY=1` stops after the bulk load.
 
 mod common;
 
@@ -71,10 +74,10 @@ impl Drop for Killed {
 // ---- flagshare ----
 
 fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
-    let bin = env!("CARGO_BIN_EXE_flagshare");
-    let init = Command::new(bin).args(["init", "--data"]).arg(data).output()?;
+    let bin = std::env::var("FLAGSHARE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flagshare").to_owned());
+    let init = Command::new(&bin).args(["init", "--data"]).arg(data).output()?;
     anyhow::ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
-    let mut child = Command::new(bin)
+    let mut child = Command::new(&bin)
         .args(["serve", "--data"])
         .arg(data)
         .args(["--listen", "127.0.0.1:0"])
@@ -285,6 +288,13 @@ async fn main() -> anyhow::Result<()> {
     let loader = common::member(&mut admin, "loader", &endpoint).await?;
     let flagshare_load = common::load(&loader, n, 2).await?;
     let flagshare_rss = rss_mib(server.0.id());
+    eprintln!(
+        "bench: flagshare loaded {n} flags in {flagshare_load:.1} s ({:.0}/s), {flagshare_rss:.0} MiB resident",
+        n as f64 / flagshare_load
+    );
+    if std::env::var_os("FLAGSHARE_BENCH_LOAD_ONLY").is_some() {
+        return Ok(());
+    }
 
     let reader = flagshare::client::enroll(
         &mut admin,

@@ -200,10 +200,13 @@ pub struct SummaryEntry {
     pub last_seen_ms: i64,
     pub expires_at_ms: i64,
     pub distribution: Distribution,
+    /// The change-log sequence of the upsert that wrote this entry: the flag's full record
+    /// is that change.
+    pub sequence: u64,
 }
 
 impl SummaryEntry {
-    pub fn from_flag(key: &FlagKey, record: &FlagRecord) -> SummaryEntry {
+    pub fn from_flag(key: &FlagKey, record: &FlagRecord, sequence: u64) -> SummaryEntry {
         SummaryEntry {
             member: key.member,
             kind: key.kind,
@@ -213,6 +216,7 @@ impl SummaryEntry {
             last_seen_ms: record.last_seen_ms,
             expires_at_ms: record.expires_at_ms,
             distribution: record.distribution,
+            sequence,
         }
     }
 
@@ -259,8 +263,9 @@ pub struct ForeignMember {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The flag was created or updated and now reads as given.
-    Upsert(SummaryEntry),
+    /// The flag was created or updated and now reads as given (its full record: the change
+    /// log is where flag records are kept).
+    Upsert(FlagRecord),
     /// The member (or the operator) withdrew the flag.
     Retract(RetractReason),
     /// The flag passed its expiry and was purged.

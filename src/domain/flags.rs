@@ -160,9 +160,10 @@ pub fn merge_flag(
     }
 }
 
-/// Replaces (or adds) the entry of `key` in a digest's summary.
-pub fn upsert_summary_entry(entries: &mut Vec<SummaryEntry>, key: &FlagKey, record: &FlagRecord) {
-    let entry = SummaryEntry::from_flag(key, record);
+/// Replaces (or adds) the entry of `key` in a digest's summary; `sequence` is the
+/// change-log upsert holding `record`.
+pub fn upsert_summary_entry(entries: &mut Vec<SummaryEntry>, key: &FlagKey, record: &FlagRecord, sequence: u64) {
+    let entry = SummaryEntry::from_flag(key, record, sequence);
     match entries.iter_mut().find(|existing| existing.same_flag(key)) {
         Some(existing) => *existing = entry,
         None => entries.push(entry),
@@ -238,6 +239,7 @@ mod tests {
             last_seen_ms: 1000 + member as i64,
             expires_at_ms,
             distribution: crate::model::Distribution::Federated,
+            sequence: u64::from(member),
         }
     }
 

@@ -533,13 +533,23 @@ impl Inner {
         digests.dedup();
 
         let mut last_sequence = self.writer();
-        let mut records: HashMap<FlagKey, _> = sorted_keys
-            .iter()
-            .copied()
-            .zip(self.store.get_flags(&sorted_keys)?)
-            .filter_map(|(key, record)| record.map(|record| (key, record)))
-            .collect();
         let mut summaries = self.read_summaries(&digests)?;
+        // Only flags already stored have a record to merge with: a bulk load of new flags
+        // reads nothing beyond the summaries.
+        let mut stored: Vec<(u64, FlagKey)> = sorted_keys
+            .iter()
+            .filter_map(|key| {
+                let entry = summaries[&key.digest].iter().find(|entry| entry.same_flag(key))?;
+                Some((entry.sequence, *key))
+            })
+            .collect();
+        stored.sort_unstable();
+        let sequences: Vec<u64> = stored.iter().map(|(sequence, _)| *sequence).collect();
+        let mut records: HashMap<FlagKey, FlagRecord> = HashMap::with_capacity(stored.len());
+        for ((_, key), record) in stored.iter().zip(self.store.get_flag_records(&sequences)?) {
+            let record = record.ok_or_else(|| Error::Internal(format!("flag record of {key:?} is missing")))?;
+            records.insert(*key, record);
+        }
 
         let mut batch = self.store.batch();
         let mut sequence = *last_sequence;
@@ -923,8 +933,8 @@ impl Inner {
     }
 }
 
-/// Stages a new or updated flag: its row, its entry in the digest's summary (written by
-/// the caller once per digest), and a change-log entry.
+/// Stages a new or updated flag: a change-log upsert holding its full record, and its
+/// entry in the digest's summary (written by the caller once per digest) naming that upsert.
 fn stage_upsert(
     batch: &mut Batch<'_>,
     sequence: &mut u64,
@@ -933,22 +943,22 @@ fn stage_upsert(
     record: &FlagRecord,
     now: i64,
 ) {
-    flags::upsert_summary_entry(summary, key, record);
-    batch.put_flag(key, record);
     *sequence += 1;
+    flags::upsert_summary_entry(summary, key, record, *sequence);
     batch.put_change(
         *sequence,
         &ChangeRecord {
             at_ms: now,
             key: *key,
-            change: Change::Upsert(SummaryEntry::from_flag(key, record)),
+            change: Change::Upsert(record.clone()),
             distribution: record.distribution,
             origin_sequence: record.origin_sequence,
         },
     );
 }
 
-/// Stages the removal of one flag: its row goes, and the change log says why.
+/// Stages the removal of one flag (the caller drops its summary entry): the change log
+/// says why.
 /// `origin_sequence` is the flag's version at its origin (0 for a local flag).
 fn stage_removal(
     batch: &mut Batch<'_>,
@@ -965,7 +975,6 @@ fn stage_removal(
         kind: entry.kind,
         category: entry.category,
     };
-    batch.delete_flag(&key);
     *sequence += 1;
     batch.put_change(
         *sequence,

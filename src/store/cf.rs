@@ -12,20 +12,20 @@
 /// keying the pseudonyms of local members sent to peers.
 pub const META: &str = "meta";
 
-/// The lookup path: one row per digest that has at least one stored flag.
-/// Rows: `digest(32)` → summary v2: `[2, n: u16 BE, n × entry(32 bytes)]`, each entry
+/// The lookup path: one row per digest that has at least one stored flag, one entry per
+/// flag. Rows: `digest(32)` → summary v3: `[3, n: u16 BE, n × entry(40 bytes)]`, each entry
 /// `member u32 | kind u8 | category u8 | confidence u8 | first_seen i64 | last_seen i64 |
-/// expires_at i64 | distribution u8` (times in milliseconds since the epoch). Whole-key
-/// bloom filter: most lookups miss.
+/// expires_at i64 | distribution u8 | sequence u64` (times in milliseconds since the epoch;
+/// `sequence` is the `CHANGES` row holding the flag's full record). Whole-key bloom filter:
+/// most lookups miss.
 pub const SUMMARIES: &str = "summaries";
 
-/// The full record of every flag; all flags of one digest are one prefix scan.
-/// Rows: `digest(32) | member u32 | kind u8 | category u8` → flag v1 (see `codec::encode_flag`).
-pub const FLAGS: &str = "flags";
-
-/// The change log: every flag upsert and retraction, in commit order. Feeds and
-/// federation replay it.
-/// Rows: `sequence u64` → change v1 (see `codec::encode_change`).
+/// The change log: every flag upsert, retraction and expiry, in commit order. Feeds and
+/// federation replay it, and an upsert is the flag's full record: a stored flag is the
+/// upsert its summary entry names, so no row keyed by digest is written twice per flag
+/// (schema 2 had a `flags` family; sequence keys append where random keys cost a
+/// skip-list search and compaction). Never pruned while a summary entry names a row.
+/// Rows: `sequence u64` → change v3 (see `codec::encode_change`).
 pub const CHANGES: &str = "changes";
 
 /// Registered client identities.
@@ -54,7 +54,7 @@ pub const FOREIGN_MEMBERS: &str = "foreign_members";
 
 /// The version of every flag learnt from another operator, kept after it is retracted or
 /// expired (a tombstone), so an event arriving late by another path never resurrects it.
-/// Rows: flag key (as in `FLAGS`) → origin sequence u64 BE.
+/// Rows: `digest(32) | member u32 | kind u8 | category u8` → origin sequence u64 BE.
 pub const FLAG_VERSIONS: &str = "flag_versions";
 
 /// Federation peers: where to pull from, the pull cursor, and what they may be sent.
@@ -65,7 +65,6 @@ pub const PEERS: &str = "peers";
 pub const ALL: &[&str] = &[
     META,
     SUMMARIES,
-    FLAGS,
     CHANGES,
     PRINCIPALS,
     PRINCIPAL_STATS,

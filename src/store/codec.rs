@@ -14,10 +14,9 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-const SUMMARY_V2: u8 = 2;
-const SUMMARY_ENTRY_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 1;
-const FLAG_V2: u8 = 2;
-const CHANGE_V2: u8 = 2;
+const SUMMARY_V3: u8 = 3;
+const SUMMARY_ENTRY_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 1 + 8;
+const CHANGE_V3: u8 = 3;
 const FOREIGN_MEMBER_V1: u8 = 1;
 const PRINCIPAL_V1: u8 = 1;
 const CHANGE_UPSERT: u8 = 1;
@@ -75,6 +74,10 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
     fn array32(&mut self) -> Result<[u8; 32], DecodeError> {
         Ok(self.take(32)?.try_into().expect("32 bytes"))
     }
@@ -123,6 +126,7 @@ fn put_summary_entry(out: &mut Vec<u8>, entry: &SummaryEntry) {
     out.extend_from_slice(&entry.last_seen_ms.to_be_bytes());
     out.extend_from_slice(&entry.expires_at_ms.to_be_bytes());
     out.push(entry.distribution as u8);
+    out.extend_from_slice(&entry.sequence.to_be_bytes());
 }
 
 fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeError> {
@@ -135,6 +139,7 @@ fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeErr
         last_seen_ms: reader.i64()?,
         expires_at_ms: reader.i64()?,
         distribution: reader.distribution()?,
+        sequence: reader.u64()?,
     })
 }
 
@@ -142,7 +147,7 @@ pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
     let n_entries =
         u16::try_from(entries.len()).expect("a digest holds at most one flag per member, kind and category");
     let mut out = Vec::with_capacity(3 + entries.len() * SUMMARY_ENTRY_LEN);
-    out.push(SUMMARY_V2);
+    out.push(SUMMARY_V3);
     out.extend_from_slice(&n_entries.to_be_bytes());
     for entry in entries {
         put_summary_entry(&mut out, entry);
@@ -151,7 +156,7 @@ pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
 }
 
 pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
-    let mut reader = Reader::new("summary", bytes, SUMMARY_V2)?;
+    let mut reader = Reader::new("summary", bytes, SUMMARY_V3)?;
     let n_entries = reader.u16()? as usize;
     let mut entries = Vec::with_capacity(n_entries);
     for _ in 0..n_entries {
@@ -160,53 +165,15 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
     reader.finish(entries)
 }
 
-/// flag v2: `[2, confidence u8, first_seen i64, last_seen i64, expires_at i64,
-/// created_at i64, updated_at i64, key_id u32, reference_len u16, reference,
-/// distribution u8, origin_sequence u64]`.
-pub fn encode_flag(record: &FlagRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + record.reference.len());
-    out.push(FLAG_V2);
-    out.push(record.confidence);
-    for time in [
-        record.first_seen_ms,
-        record.last_seen_ms,
-        record.expires_at_ms,
-        record.created_at_ms,
-        record.updated_at_ms,
-    ] {
-        out.extend_from_slice(&time.to_be_bytes());
-    }
-    out.extend_from_slice(&record.key_id.to_be_bytes());
-    put_bytes(&mut out, &record.reference);
-    out.push(record.distribution as u8);
-    out.extend_from_slice(&record.origin_sequence.to_be_bytes());
-    out
-}
-
-pub fn decode_flag(bytes: &[u8]) -> Result<FlagRecord, DecodeError> {
-    let mut reader = Reader::new("flag", bytes, FLAG_V2)?;
-    let record = FlagRecord {
-        confidence: reader.u8()?,
-        first_seen_ms: reader.i64()?,
-        last_seen_ms: reader.i64()?,
-        expires_at_ms: reader.i64()?,
-        created_at_ms: reader.i64()?,
-        updated_at_ms: reader.i64()?,
-        key_id: reader.u32()?,
-        reference: reader.bytes()?.to_vec(),
-        distribution: reader.distribution()?,
-        origin_sequence: reader.i64()? as u64,
-    };
-    reader.finish(record)
-}
-
-/// change v2: `[2, at i64, digest(32), member u32, kind u8, category u8, distribution u8,
+/// change v3: `[3, at i64, digest(32), member u32, kind u8, category u8, distribution u8,
 /// origin_sequence u64, op u8, body]`;
-/// op 1 (upsert) body: `confidence u8, first_seen i64, last_seen i64, expires_at i64`;
+/// op 1 (upsert) body, the flag's full record: `confidence u8, first_seen i64,
+/// last_seen i64, expires_at i64, created_at i64, updated_at i64, key_id u32,
+/// reference_len u16, reference` (its distribution and origin sequence are the header's);
 /// op 2 (retract) body: `reason u8`; op 3 (expire): no body.
 pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(72);
-    out.push(CHANGE_V2);
+    let mut out = Vec::with_capacity(112);
+    out.push(CHANGE_V3);
     out.extend_from_slice(&record.at_ms.to_be_bytes());
     out.extend_from_slice(&record.key.digest);
     out.extend_from_slice(&record.key.member.to_be_bytes());
@@ -215,12 +182,20 @@ pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
     out.push(record.distribution as u8);
     out.extend_from_slice(&record.origin_sequence.to_be_bytes());
     match &record.change {
-        Change::Upsert(entry) => {
+        Change::Upsert(flag) => {
             out.push(CHANGE_UPSERT);
-            out.push(entry.confidence);
-            out.extend_from_slice(&entry.first_seen_ms.to_be_bytes());
-            out.extend_from_slice(&entry.last_seen_ms.to_be_bytes());
-            out.extend_from_slice(&entry.expires_at_ms.to_be_bytes());
+            out.push(flag.confidence);
+            for time in [
+                flag.first_seen_ms,
+                flag.last_seen_ms,
+                flag.expires_at_ms,
+                flag.created_at_ms,
+                flag.updated_at_ms,
+            ] {
+                out.extend_from_slice(&time.to_be_bytes());
+            }
+            out.extend_from_slice(&flag.key_id.to_be_bytes());
+            put_bytes(&mut out, &flag.reference);
         }
         Change::Retract(reason) => {
             out.push(CHANGE_RETRACT);
@@ -232,7 +207,7 @@ pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
 }
 
 pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
-    let mut reader = Reader::new("change", bytes, CHANGE_V2)?;
+    let mut reader = Reader::new("change", bytes, CHANGE_V3)?;
     let at_ms = reader.i64()?;
     let key = FlagKey {
         digest: reader.array32()?,
@@ -241,17 +216,19 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
         category: reader.category()?,
     };
     let distribution = reader.distribution()?;
-    let origin_sequence = reader.i64()? as u64;
+    let origin_sequence = reader.u64()?;
     let change = match reader.u8()? {
-        CHANGE_UPSERT => Change::Upsert(SummaryEntry {
-            member: key.member,
-            kind: key.kind,
-            category: key.category,
+        CHANGE_UPSERT => Change::Upsert(FlagRecord {
             confidence: reader.u8()?,
             first_seen_ms: reader.i64()?,
             last_seen_ms: reader.i64()?,
             expires_at_ms: reader.i64()?,
+            created_at_ms: reader.i64()?,
+            updated_at_ms: reader.i64()?,
+            key_id: reader.u32()?,
+            reference: reader.bytes()?.to_vec(),
             distribution,
+            origin_sequence,
         }),
         CHANGE_RETRACT => {
             let byte = reader.u8()?;
@@ -409,6 +386,7 @@ mod tests {
             last_seen_ms: 1_700_000_500_000,
             expires_at_ms: i64::MAX,
             distribution: crate::model::Distribution::Federated,
+            sequence: u64::from(member) << 32 | 5,
         }
     }
 
@@ -418,23 +396,6 @@ mod tests {
         let encoded = encode_summary(&entries);
         assert_eq!(encoded.len(), 3 + 3 * SUMMARY_ENTRY_LEN);
         assert_eq!(decode_summary(&encoded).unwrap(), entries);
-    }
-
-    #[test]
-    fn flag_round_trips() {
-        let record = FlagRecord {
-            confidence: 100,
-            first_seen_ms: -5,
-            last_seen_ms: 10,
-            expires_at_ms: 20,
-            created_at_ms: 30,
-            updated_at_ms: 40,
-            key_id: 7,
-            reference: b"case-123".to_vec(),
-            distribution: crate::model::Distribution::Local,
-            origin_sequence: 9,
-        };
-        assert_eq!(decode_flag(&encode_flag(&record)).unwrap(), record);
     }
 
     #[test]
@@ -448,7 +409,18 @@ mod tests {
         let upsert = ChangeRecord {
             at_ms: 99,
             key,
-            change: Change::Upsert(entry(2)),
+            change: Change::Upsert(FlagRecord {
+                confidence: 100,
+                first_seen_ms: -5,
+                last_seen_ms: 10,
+                expires_at_ms: 20,
+                created_at_ms: 30,
+                updated_at_ms: 40,
+                key_id: 7,
+                reference: b"case-123".to_vec(),
+                distribution: crate::model::Distribution::Federated,
+                origin_sequence: 7,
+            }),
             distribution: crate::model::Distribution::Federated,
             origin_sequence: 7,
         };

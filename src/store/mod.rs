@@ -16,7 +16,8 @@ use rocksdb::{
 
 use crate::digest::Digest;
 use crate::model::{
-    ChangeRecord, FlagKey, FlagRecord, ForeignMember, PrincipalId, PrincipalRecord, PrincipalStats, SummaryEntry,
+    Change, ChangeRecord, FlagKey, FlagRecord, ForeignMember, PrincipalId, PrincipalRecord, PrincipalStats,
+    SummaryEntry,
 };
 
 pub use codec::DecodeError;
@@ -24,7 +25,7 @@ pub use keys::KeyError;
 
 /// Version of the layout described in `cf.rs`. Bumped when a family or a layout changes;
 /// a store written by another version is refused at open rather than misread.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,7 +88,7 @@ fn family_options(name: &str, cache: &Cache) -> Options {
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     let mut options = Options::default();
     match name {
-        cf::SUMMARIES | cf::FLAGS => {
+        cf::SUMMARIES => {
             // Point lookups of random keys, mostly misses: a full (not block-based) bloom
             // filter on the whole key answers a miss without reading a data block.
             table.set_bloom_filter(10.0, false);
@@ -115,9 +116,18 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
         db_options.set_bytes_per_sync(1 << 20);
+        // A store of another schema may hold families this build does not know; RocksDB
+        // opens a store only with all of them, and the schema check below then refuses it
+        // by version instead of by a RocksDB message.
+        let on_disk = DB::list_cf(&db_options, path).unwrap_or_default();
+        let retired = on_disk
+            .iter()
+            .filter(|name| name.as_str() != "default" && !cf::ALL.contains(&name.as_str()));
         let descriptors = cf::ALL
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)));
+            .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)))
+            .chain(retired.map(|name| ColumnFamilyDescriptor::new(name, Options::default())))
+            .collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|err| {
             if err.to_string().contains("lock") {
                 StoreError::Locked(path.to_owned())
@@ -246,35 +256,28 @@ impl Store {
             .collect()
     }
 
-    /// Flag records by exact key; `sorted_keys` must be sorted. One result per key.
-    pub fn get_flags(&self, sorted_keys: &[FlagKey]) -> Result<Vec<Option<FlagRecord>>, StoreError> {
-        let encoded: Vec<[u8; keys::FLAG_KEY_LEN]> = sorted_keys.iter().map(keys::flag_key).collect();
-        let values = self.db.batched_multi_get_cf(self.cf(cf::FLAGS), &encoded, true);
+    /// Full flag records, each read from the change-log upsert its summary entry names.
+    /// `sorted_sequences` must be sorted. One result per sequence.
+    pub fn get_flag_records(&self, sorted_sequences: &[u64]) -> Result<Vec<Option<FlagRecord>>, StoreError> {
+        let encoded: Vec<[u8; 8]> = sorted_sequences
+            .iter()
+            .map(|sequence| keys::sequence_key(*sequence))
+            .collect();
+        let values = self.db.batched_multi_get_cf(self.cf(cf::CHANGES), &encoded, true);
         values
             .into_iter()
             .map(|value| -> Result<_, StoreError> {
-                match value? {
-                    Some(bytes) => Ok(Some(codec::decode_flag(&bytes)?)),
-                    None => Ok(None),
+                let Some(bytes) = value? else { return Ok(None) };
+                match codec::decode_change(&bytes)?.change {
+                    Change::Upsert(record) => Ok(Some(record)),
+                    Change::Retract(_) | Change::Expire => Err(DecodeError {
+                        what: "change",
+                        reason: "a summary entry names a change that is not an upsert".to_owned(),
+                    }
+                    .into()),
                 }
             })
             .collect()
-    }
-
-    /// Every stored flag of one digest: one prefix scan.
-    pub fn flags_of_digest(&self, digest: &Digest) -> Result<Vec<(FlagKey, FlagRecord)>, StoreError> {
-        let mut flags = Vec::new();
-        let iterator = self
-            .db
-            .iterator_cf(self.cf(cf::FLAGS), IteratorMode::From(digest, Direction::Forward));
-        for item in iterator {
-            let (key, value) = item?;
-            if !key.starts_with(digest) {
-                break;
-            }
-            flags.push((keys::decode_flag_key(&key)?, codec::decode_flag(&value)?));
-        }
-        Ok(flags)
     }
 
     pub fn load_principals(&self) -> Result<Vec<PrincipalRecord>, StoreError> {
@@ -386,16 +389,23 @@ impl Store {
             })
     }
 
-    /// Keys of every stored flag of `member`: a scan of the whole family, for the rare
+    /// Keys of every stored flag of `member`: a scan of every summary, for the rare
     /// operator action that withdraws a member's flags.
     pub fn flag_keys_of_member(&self, member: PrincipalId) -> Result<Vec<FlagKey>, StoreError> {
         let mut found = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf::FLAGS), IteratorMode::Start) {
-            let (key, _value) = item?;
-            let key = keys::decode_flag_key(&key)?;
-            if key.member == member {
-                found.push(key);
-            }
+        for item in self.all_summaries() {
+            let (digest, entries) = item?;
+            found.extend(
+                entries
+                    .iter()
+                    .filter(|entry| entry.member == member)
+                    .map(|entry| FlagKey {
+                        digest,
+                        member,
+                        kind: entry.kind,
+                        category: entry.category,
+                    }),
+            );
         }
         Ok(found)
     }
@@ -496,18 +506,6 @@ impl Batch<'_> {
         }
     }
 
-    pub fn put_flag(&mut self, key: &FlagKey, record: &FlagRecord) {
-        self.inner.put_cf(
-            self.store.cf(cf::FLAGS),
-            keys::flag_key(key),
-            codec::encode_flag(record),
-        );
-    }
-
-    pub fn delete_flag(&mut self, key: &FlagKey) {
-        self.inner.delete_cf(self.store.cf(cf::FLAGS), keys::flag_key(key));
-    }
-
     pub fn put_change(&mut self, sequence: u64, record: &ChangeRecord) {
         self.inner.put_cf(
             self.store.cf(cf::CHANGES),
@@ -595,7 +593,7 @@ impl Batch<'_> {
 mod tests {
     use super::*;
     use crate::digest::Kind;
-    use crate::model::{Category, Change};
+    use crate::model::{Category, Distribution};
 
     fn entry(member: u32) -> SummaryEntry {
         SummaryEntry {
@@ -606,7 +604,23 @@ mod tests {
             first_seen_ms: 1,
             last_seen_ms: 2,
             expires_at_ms: 3,
-            distribution: crate::model::Distribution::Federated,
+            distribution: Distribution::Federated,
+            sequence: 1,
+        }
+    }
+
+    fn record() -> FlagRecord {
+        FlagRecord {
+            confidence: 50,
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            expires_at_ms: 3,
+            created_at_ms: 4,
+            updated_at_ms: 4,
+            key_id: 1,
+            reference: b"case-1".to_vec(),
+            distribution: Distribution::Federated,
+            origin_sequence: 7,
         }
     }
 
@@ -629,8 +643,8 @@ mod tests {
                 &ChangeRecord {
                     at_ms: 5,
                     key,
-                    change: Change::Upsert(entry(1)),
-                    distribution: crate::model::Distribution::Federated,
+                    change: Change::Upsert(record()),
+                    distribution: Distribution::Federated,
                     origin_sequence: 7,
                 },
             );
@@ -642,6 +656,31 @@ mod tests {
         assert_eq!(store.last_sequence().unwrap(), 1);
         assert_eq!(store.changes_after(0, 10).unwrap().len(), 1);
         assert!(store.changes_after(1, 10).unwrap().is_empty());
+        // A summary entry's sequence leads to the flag's full record.
+        assert_eq!(store.get_flag_records(&[1, 2]).unwrap(), vec![Some(record()), None]);
+    }
+
+    #[test]
+    fn a_store_with_a_family_this_build_does_not_know_is_refused_by_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As an earlier schema left it: an extra family and an older version number.
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            options.create_missing_column_families(true);
+            let db = DB::open_cf(&options, dir.path(), [cf::META, "flags"]).unwrap();
+            db.put_cf(
+                db.cf_handle(cf::META).unwrap(),
+                keys::SCHEMA_VERSION_KEY,
+                2u32.to_be_bytes(),
+            )
+            .unwrap();
+        }
+        match Store::open(dir.path(), &StoreOptions::default()) {
+            Err(StoreError::SchemaMismatch { found: 2, expected, .. }) => assert_eq!(expected, SCHEMA_VERSION),
+            Err(other) => panic!("expected a schema mismatch, got {other}"),
+            Ok(_) => panic!("expected a schema mismatch, the store opened"),
+        }
     }
 
     #[test]

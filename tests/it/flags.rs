@@ -77,13 +77,18 @@ async fn resubmitting_the_same_flag_updates_it_instead_of_duplicating_it() {
     let mut beta = server.member("beta").await;
     let digest = email_digest("again@example.com");
 
+    let observed = |seconds: i64, confidence: u32| pb::Flag {
+        observed_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        ..flag(digest, pb::Category::Grooming, confidence)
+    };
     let first = alpha
-        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 30)]))
+        .submit(submit_request(vec![observed(1_700_000_000, 30)]))
         .await
         .unwrap()
         .into_inner();
+    // Observed earlier than the first: the stored record must be read back to widen it.
     let second = alpha
-        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 95)]))
+        .submit(submit_request(vec![observed(1_600_000_000, 95)]))
         .await
         .unwrap()
         .into_inner();
@@ -95,6 +100,8 @@ async fn resubmitting_the_same_flag_updates_it_instead_of_duplicating_it() {
     assert_eq!(matches[0].n_members, 1);
     assert_eq!(matches[0].categories.len(), 1);
     assert_eq!(matches[0].max_confidence, 95, "the latest confidence wins");
+    assert_eq!(matches[0].first_seen.as_ref().unwrap().seconds, 1_600_000_000);
+    assert_eq!(matches[0].last_seen.as_ref().unwrap().seconds, 1_700_000_000);
 }
 
 #[tokio::test]
