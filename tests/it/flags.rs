@@ -105,6 +105,58 @@ async fn resubmitting_the_same_flag_updates_it_instead_of_duplicating_it() {
 }
 
 #[tokio::test]
+async fn a_batch_mixing_stored_new_and_repeated_flags_merges_each_in_order() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let stored = email_digest("stored@example.com");
+    let fresh = email_digest("fresh@example.com");
+    let repeated = email_digest("repeated@example.com");
+    let observed = |digest, seconds: i64, confidence: u32| pb::Flag {
+        observed_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        ..flag(digest, pb::Category::Grooming, confidence)
+    };
+    alpha
+        .submit(submit_request(vec![observed(stored, 1_500_000_000, 10)]))
+        .await
+        .unwrap();
+
+    let outcome = alpha
+        .submit(submit_request(vec![
+            observed(repeated, 1_700_000_000, 20),
+            observed(stored, 1_600_000_000, 40),
+            observed(fresh, 1_650_000_000, 50),
+            observed(repeated, 1_690_000_000, 60),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    // `repeated` is created by its first item and updated by its second.
+    assert_eq!((outcome.n_created, outcome.n_updated), (2, 2));
+
+    let matches = query(&mut beta, &[stored, fresh, repeated]).await;
+    let seen = |digest: flagshare::digest::Digest| {
+        let found = matches
+            .iter()
+            .find(|found| found.digest == digest.to_vec())
+            .expect("every digest matches");
+        (
+            found.max_confidence,
+            found.first_seen.as_ref().unwrap().seconds,
+            found.last_seen.as_ref().unwrap().seconds,
+        )
+    };
+    assert_eq!(seen(stored), (40, 1_500_000_000, 1_600_000_000));
+    assert_eq!(seen(fresh), (50, 1_650_000_000, 1_650_000_000));
+    assert_eq!(
+        seen(repeated),
+        (60, 1_690_000_000, 1_700_000_000),
+        "the later item wins, times widen"
+    );
+    assert!(matches.iter().all(|found| found.n_members == 1));
+}
+
+#[tokio::test]
 async fn retraction_removes_the_match_and_only_touches_the_callers_flags() {
     let server = TestServer::start().await;
     let mut alpha = server.member("alpha").await;
