@@ -162,3 +162,7 @@ pub async fn single_digest_latencies(
     latencies.sort();
     Ok(latencies)
 }
+
+/// The server's allocator (see `src/main.rs`), so in-process numbers match the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
