@@ -13,11 +13,10 @@ mod common;
 
 use std::time::Instant;
 
-use flagshare::pb;
 use flagshare::pb::flags_client::FlagsClient;
 use tonic::transport::Channel;
 
-use common::{InProcess, LOAD_BATCH, digest_of, median, percentile};
+use common::{InProcess, LOAD_BATCH, median, packed, percentile, query_digests, unary_queries};
 
 const QUERY_BATCH: usize = 1_000;
 /// Requests in flight at once on the one connection.
@@ -26,59 +25,16 @@ const ROUNDS: usize = 5;
 const BATCHES_PER_ROUND: usize = 200;
 const LATENCY_CALLS: usize = 3_000;
 
-/// Packed query batches, and how many of their digests were loaded: `hit_percent` of them
-/// were, spread over the whole loaded range; the rest never were.
-fn query_batches(n_loaded: u64, hit_percent: u64, n_batches: usize, seed: u64) -> (Vec<bytes::Bytes>, usize) {
-    let mut n_hits = 0;
-    let batches = (0..n_batches)
-        .map(|batch| {
-            let mut packed = Vec::with_capacity(QUERY_BATCH * 32);
-            for item in 0..QUERY_BATCH as u64 {
-                let n = seed * 1_000_000_000 + batch as u64 * QUERY_BATCH as u64 + item;
-                let digest = if n % 100 < hit_percent {
-                    n_hits += 1;
-                    let spread = u64::from_le_bytes(blake3::hash(&n.to_le_bytes()).as_bytes()[..8].try_into().unwrap());
-                    digest_of(0, spread % n_loaded)
-                } else {
-                    digest_of(1, n)
-                };
-                packed.extend_from_slice(&digest);
-            }
-            packed.into()
-        })
-        .collect();
-    (batches, n_hits)
-}
-
 async fn throughput(client: &FlagsClient<Channel>, n_loaded: u64, hit_percent: u64) -> (f64, usize) {
     let mut rates = Vec::new();
     let mut n_matches = 0;
     let mut n_expected = 0;
     for round in 0..ROUNDS {
-        let (batches, n_hits) = query_batches(n_loaded, hit_percent, BATCHES_PER_ROUND, round as u64 + 1);
+        let (batches, n_hits) = query_digests(n_loaded, hit_percent, BATCHES_PER_ROUND, QUERY_BATCH, round as u64 + 1);
+        let batches = packed(&batches);
         n_expected += n_hits;
         let start = Instant::now();
-        let mut tasks = Vec::new();
-        for lane in 0..IN_FLIGHT {
-            let mut client = client.clone();
-            let mine: Vec<_> = batches.iter().skip(lane).step_by(IN_FLIGHT).cloned().collect();
-            tasks.push(tokio::spawn(async move {
-                let mut matched = 0;
-                for digests in mine {
-                    matched += client
-                        .query(pb::QueryRequest { digests })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .matches
-                        .len();
-                }
-                matched
-            }));
-        }
-        for task in tasks {
-            n_matches += task.await.unwrap();
-        }
+        n_matches += unary_queries(std::slice::from_ref(client), batches, IN_FLIGHT).await;
         rates.push((BATCHES_PER_ROUND * QUERY_BATCH) as f64 / start.elapsed().as_secs_f64());
     }
     // Every loaded digest must come back as a match, and nothing else.

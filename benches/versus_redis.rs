@@ -33,24 +33,9 @@ const ROUNDS: usize = 3;
 const IN_FLIGHT: usize = 8;
 const LATENCY_CALLS: usize = 2_000;
 
-/// `hit_percent` of the digests were loaded; the rest never were.
+/// Batches to ask both servers for: `hit_percent` of the digests were loaded.
 fn batches(n_loaded: u64, hit_percent: u64, seed: u64) -> Vec<Vec<[u8; 32]>> {
-    (0..BATCHES_PER_ROUND)
-        .map(|batch| {
-            (0..QUERY_BATCH as u64)
-                .map(|item| {
-                    let n = seed * 1_000_000_000 + batch as u64 * QUERY_BATCH as u64 + item;
-                    if n % 100 < hit_percent {
-                        let spread =
-                            u64::from_le_bytes(blake3::hash(&n.to_le_bytes()).as_bytes()[..8].try_into().unwrap());
-                        digest_of(0, spread % n_loaded)
-                    } else {
-                        digest_of(1, n)
-                    }
-                })
-                .collect()
-        })
-        .collect()
+    common::query_digests(n_loaded, hit_percent, BATCHES_PER_ROUND, QUERY_BATCH, seed).0
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -99,34 +84,8 @@ fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
 
 async fn flagshare_unary(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 32]>]) -> (f64, usize) {
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    let lanes = clients.len() * IN_FLIGHT;
-    for lane in 0..lanes {
-        let mut client = clients[lane % clients.len()].clone();
-        let mine: Vec<bytes::Bytes> = batches
-            .iter()
-            .skip(lane)
-            .step_by(lanes)
-            .map(|batch| bytes::Bytes::from(batch.concat()))
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            let mut matched = 0;
-            for digests in mine {
-                matched += client
-                    .query(pb::QueryRequest { digests })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .matches
-                    .len();
-            }
-            matched
-        }));
-    }
-    let mut matched = 0;
-    for task in tasks {
-        matched += task.await.unwrap();
-    }
+    let packed = common::packed(batches);
+    let matched = common::unary_queries(clients, packed, clients.len() * IN_FLIGHT).await;
     (
         (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
         matched,

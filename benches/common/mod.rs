@@ -1,5 +1,5 @@
 //! What the benchmarks share: the digests they load and ask for, an in-process server,
-//! bulk loading through `Submit`, and single-digest latency. Each benchmark uses part of it.
+//! bulk loading through `Submit`, unary `Query` lanes, and single-digest latency. Each benchmark uses part of it.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -30,6 +30,69 @@ pub fn digest_of(space: u8, index: u64) -> Digest {
     input[0] = space;
     input[1..].copy_from_slice(&index.to_be_bytes());
     *blake3::hash(&input).as_bytes()
+}
+
+/// `n_batches` batches of `batch_len` digests to ask for, and how many of them were loaded:
+/// `hit_percent` were, spread over the whole loaded range; the rest never were.
+pub fn query_digests(
+    n_loaded: u64,
+    hit_percent: u64,
+    n_batches: usize,
+    batch_len: usize,
+    seed: u64,
+) -> (Vec<Vec<Digest>>, usize) {
+    let mut n_hits = 0;
+    let batches = (0..n_batches as u64)
+        .map(|batch| {
+            (0..batch_len as u64)
+                .map(|item| {
+                    let n = seed * 1_000_000_000 + batch * batch_len as u64 + item;
+                    if n % 100 < hit_percent {
+                        n_hits += 1;
+                        let spread =
+                            u64::from_le_bytes(blake3::hash(&n.to_le_bytes()).as_bytes()[..8].try_into().unwrap());
+                        digest_of(0, spread % n_loaded)
+                    } else {
+                        digest_of(1, n)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    (batches, n_hits)
+}
+
+/// Packs each batch as `Query` takes it (N x 32 bytes).
+pub fn packed(batches: &[Vec<Digest>]) -> Vec<bytes::Bytes> {
+    batches.iter().map(|batch| bytes::Bytes::from(batch.concat())).collect()
+}
+
+/// Sends `batches` as unary `Query` calls, `lanes` at a time spread over `clients`; the
+/// number of matches that came back.
+pub async fn unary_queries(clients: &[FlagsClient<Channel>], batches: Vec<bytes::Bytes>, lanes: usize) -> usize {
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let mut client = clients[lane % clients.len()].clone();
+        let mine: Vec<bytes::Bytes> = batches.iter().skip(lane).step_by(lanes).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            let mut matched = 0;
+            for digests in mine {
+                matched += client
+                    .query(pb::QueryRequest { digests })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .matches
+                    .len();
+            }
+            matched
+        }));
+    }
+    let mut matched = 0;
+    for task in tasks {
+        matched += task.await.unwrap();
+    }
+    matched
 }
 
 pub fn median(mut values: Vec<f64>) -> f64 {
