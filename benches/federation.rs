@@ -4,6 +4,7 @@
 //! Both servers run in this process on the same cores.
 //!
 //!     scripts/cargo bench --profile dev --bench federation
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
 

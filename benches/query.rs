@@ -8,6 +8,7 @@
 //!
 //! (The dev profile builds dependencies, RocksDB included, at opt-level 3; using it avoids a
 //! second 25-minute RocksDB build for the release profile.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
 

@@ -8,6 +8,7 @@
 //!
 //! For comparing builds of flagshare itself: `FLAGSHARE_BENCH_BIN` runs another
 //! `flagshare` binary, and `FLAGSHARE_BENCH_LOAD_ONLY=1` stops after the bulk load.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
 

@@ -23,6 +23,14 @@ pub struct BundleConfig {
     pub endpoint: String,
     /// The name the server certificate must carry.
     pub server_name: String,
+    /// The issuing operator's federation id (16 hex characters). A peer bundle hands it to
+    /// the operator that pulls with it: only events of this origin are believed from the peer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operator_id: String,
+    /// The issuing operator's Ed25519 public key (64 hex characters): verifies its events
+    /// when other peers pass them on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operator_key: String,
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +93,10 @@ impl Bundle {
         write_file(&dir.join("key.pem"), &self.key_pem, true)?;
         write_file(&dir.join("cert.pem"), &self.cert_pem, false)?;
         write_file(&dir.join("ca.pem"), &self.ca_pem, false)?;
-        let config = toml::to_string(&self.config).expect("a bundle config always serialises");
+        let config = toml::to_string(&self.config).map_err(|err| BundleError::Malformed {
+            path: dir.to_owned(),
+            reason: err.to_string(),
+        })?;
         write_file(&dir.join("client.toml"), &config, false)?;
         Ok(())
     }
@@ -140,19 +151,22 @@ pub async fn enroll(
     let response = admin
         .add_principal(crate::pb::AddPrincipalRequest {
             name: name.to_owned(),
-            role: role as i32,
+            role: crate::wire::role_to_pb(role) as i32,
             public_key_der: key.subject_public_key_info(),
         })
         .await?
         .into_inner();
-    issued_bundle(
+    let mut bundle = issued_bundle(
         response.principal,
         response.certificate_pem,
         response.ca_certificate_pem,
         &key,
         endpoint,
         server_name,
-    )
+    )?;
+    bundle.config.operator_id = hex::encode(&response.operator_id);
+    bundle.config.operator_key = hex::encode(&response.operator_key);
+    Ok(bundle)
 }
 
 /// Replaces the certificate of principal `name` with one over a key pair made here; the
@@ -172,14 +186,17 @@ pub async fn rotate(
         })
         .await?
         .into_inner();
-    issued_bundle(
+    let mut bundle = issued_bundle(
         response.principal,
         response.certificate_pem,
         response.ca_certificate_pem,
         &key,
         endpoint,
         server_name,
-    )
+    )?;
+    bundle.config.operator_id = hex::encode(&response.operator_id);
+    bundle.config.operator_key = hex::encode(&response.operator_key);
+    Ok(bundle)
 }
 
 /// The bundle of a certificate the server issued over `key`.
@@ -192,7 +209,7 @@ fn issued_bundle(
     server_name: &str,
 ) -> Result<Bundle, EnrollError> {
     let principal = principal.ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
-    let role = crate::model::Role::from_u8(principal.role as u8).map_or("unknown", |role| role.as_str());
+    let role = crate::wire::role_of(principal.role).map_or("unknown", |role| role.as_str());
     Ok(Bundle {
         dir: PathBuf::new(),
         config: BundleConfig {
@@ -200,6 +217,8 @@ fn issued_bundle(
             role: role.to_owned(),
             endpoint: endpoint.to_owned(),
             server_name: server_name.to_owned(),
+            operator_id: String::new(),
+            operator_key: String::new(),
         },
         cert_pem,
         key_pem: key.serialize_pem(),

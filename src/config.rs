@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Where `flagshare serve` keeps everything when no `--data` is given.
 pub const DEFAULT_DATA_DIR: &str = "flagshare-data";
 /// Loopback by default: a development server is not reachable from the network by accident.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051"; // `Config::default().listen` says the same
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,13 +37,24 @@ pub struct Config {
     pub default_distribution: String,
     /// Seconds between maintenance passes (purging expired flags, pruning the audit log).
     pub maintenance_interval_secs: u64,
+    /// Response streams (`Subscribe`, `QueryStream`, `Pull`) one principal may hold open at
+    /// once: each costs a task and a few buffered batches, so one member cannot hold
+    /// thousands.
+    pub max_streams_per_principal: usize,
+    /// Members of one other operator this server keeps, learnt through federation: what a
+    /// peer can make this server remember is bounded.
+    pub max_foreign_members_per_origin: usize,
+    /// How long the thin tombstone of a retracted or expired flag stays in the change log
+    /// (like Cassandra's gc_grace_seconds): a mirror or peer away longer than this starts
+    /// again with a snapshot.
+    pub tombstone_retention_secs: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             host_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()],
             operator_name: "flagshare-dev".to_owned(),
             sync_writes: true,
@@ -54,6 +65,10 @@ impl Default for Config {
             audit_retention_days: 7 * 365,
             maintenance_interval_secs: 600,
             default_distribution: "federated".to_owned(),
+            max_streams_per_principal: 32,
+            max_foreign_members_per_origin: crate::domain::DEFAULT_MAX_FOREIGN_MEMBERS_PER_ORIGIN,
+            // Thirty days: longer than a mirror or peer is expected to be down.
+            tombstone_retention_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -75,6 +90,11 @@ impl Config {
         anyhow::ensure!(
             config.maintenance_interval_secs > 0,
             "{}: maintenance_interval_secs must be at least 1",
+            path.display()
+        );
+        anyhow::ensure!(
+            config.max_streams_per_principal > 0,
+            "{}: max_streams_per_principal must be at least 1",
             path.display()
         );
         Ok(config)
@@ -107,8 +127,15 @@ impl Config {
             .iter()
             .map(|category| (*category, i64::from(self.default_flag_ttl_days) * DAY_MS))
             .collect();
+        // A flag that expires as it is written would be stored, sent and purged for nothing.
+        if self.default_flag_ttl_days == 0 {
+            return Err("default_flag_ttl_days: must be at least 1".to_owned());
+        }
         for (name, days) in &self.flag_ttl_days {
             let category: crate::model::Category = name.parse().map_err(|err| format!("flag_ttl_days: {err}"))?;
+            if *days == 0 {
+                return Err(format!("flag_ttl_days.{name}: must be at least 1"));
+            }
             default_ttl_ms.insert(category, i64::from(*days) * DAY_MS);
         }
         let default_distribution = self
@@ -119,11 +146,20 @@ impl Config {
             default_ttl_ms,
             default_distribution,
             operator_name: self.operator_name.clone(),
+            max_foreign_members_per_origin: self.max_foreign_members_per_origin,
         })
     }
 
     pub fn audit_retention_ms(&self) -> i64 {
         i64::from(self.audit_retention_days) * 24 * 60 * 60 * 1000
+    }
+
+    /// What the maintenance task keeps, and for how long.
+    pub fn retention(&self) -> crate::domain::Retention {
+        crate::domain::Retention {
+            audit_ms: self.audit_retention_ms(),
+            tombstone_ms: i64::try_from(self.tombstone_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        }
     }
 }
 
@@ -150,5 +186,12 @@ mod tests {
         std::fs::write(dir.path().join("flagshare.toml"), "flag_ttl_days = { spam = 3 }\n").unwrap();
         let err = Config::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("flag_ttl_days: unknown category 'spam'"), "{err}");
+
+        std::fs::write(dir.path().join("flagshare.toml"), "default_flag_ttl_days = 0\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("default_flag_ttl_days: must be at least 1"), "{err}");
+        std::fs::write(dir.path().join("flagshare.toml"), "flag_ttl_days = { grooming = 0 }\n").unwrap();
+        let err = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("flag_ttl_days.grooming: must be at least 1"), "{err}");
     }
 }

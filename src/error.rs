@@ -1,5 +1,5 @@
 //! The library's error type: a small set of kinds, each mapped to one gRPC code in
-//! `server::status_from_error`. Messages are lowercase and say which field or item is wrong.
+//! `wire` (`impl From<Error> for tonic::Status`). Messages are lowercase and say which field or item is wrong.
 
 use crate::store::StoreError;
 
@@ -19,6 +19,10 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A cursor the server can no longer continue (another database, or older than what
+    /// is kept): the reader starts again with a snapshot.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error("internal: {0}")]

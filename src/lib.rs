@@ -15,6 +15,7 @@ pub mod pki;
 pub mod server;
 pub mod store;
 pub mod util;
+pub mod wire;
 
 /// Types generated from `proto/flagshare/v1/flagshare.proto`.
 pub mod pb {

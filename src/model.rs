@@ -101,8 +101,10 @@ byte_enum!(
 );
 
 byte_enum!(
-    /// Why a flag was withdrawn; `withdrawn` is the operator's withdrawal of the flags of a
-    /// suspended or removed member.
+    /// Why a flag was withdrawn. `withdrawn` is the operator's withdrawal of the flags of a
+    /// suspended or removed member; `unshared` tells federation peers that a flag they
+    /// were sent now stays with its operator's members (it was resubmitted as local).
+    /// Members send neither.
     RetractReason {
         Unspecified = 0 => "unspecified",
         AppealUpheld = 1 => "appeal_upheld",
@@ -110,6 +112,7 @@ byte_enum!(
         Duplicate = 3 => "duplicate",
         Other = 4 => "other",
         Withdrawn = 5 => "withdrawn",
+        Unshared = 6 => "unshared",
     }
 );
 
@@ -151,6 +154,9 @@ byte_enum!(
         ConfigurePeer = 17 => "configure_peer",
         RangeQuery = 18 => "range_query",
         Subscribe = 19 => "subscribe",
+        ListPeers = 20 => "list_peers",
+        RefusedCall = 21 => "refused_call",
+        Compact = 22 => "compact",
     }
 );
 
@@ -246,6 +252,18 @@ pub struct ChangeRecord {
     pub distribution: Distribution,
     /// As in `FlagRecord`: the origin's sequence number for a foreign flag, 0 for local.
     pub origin_sequence: u64,
+    /// For a change of another operator's flag: that operator's signature over the event,
+    /// kept so the change can be passed on verifiably; `None` when it came unsigned.
+    pub signature: Option<OriginSignature>,
+}
+
+/// An origin's signature over a federated event, as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginSignature {
+    pub signature: [u8; 64],
+    /// The expiry the origin signed (the stored one may be shorter: this operator's
+    /// retention caps it), so the event can be sent on exactly as signed.
+    pub expires_at_ms: i64,
 }
 
 /// A member of another operator, as federation names it.
@@ -270,6 +288,8 @@ pub enum Change {
     Retract(RetractReason),
     /// The flag passed its expiry and was purged.
     Expire,
+    /// Another member disputed the flag (the dispute itself is in `disputes`).
+    Dispute,
 }
 
 /// Per-principal activity counters, updated in the same batch as the audit entry of the

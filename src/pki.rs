@@ -35,12 +35,16 @@ pub enum PkiError {
     Missing(PathBuf),
     #[error("a PKI already exists at {0}")]
     Exists(PathBuf),
+    #[error("the CA key is not in {0} (kept offline?): put ca.key back to issue certificates, then take it away again")]
+    CaKeyOffline(PathBuf),
 }
 
 /// The files a server needs to run TLS and issue client certificates.
 pub struct Pki {
     pub ca_pem: String,
-    ca_key_pem: String,
+    /// Where `ca.key` is read from when a certificate is issued: the operator may keep it
+    /// offline, and the server runs without it (only issuing fails until it is back).
+    dir: PathBuf,
     pub server_pem: String,
     pub server_key_pem: String,
 }
@@ -113,7 +117,7 @@ impl Pki {
         if dir.join("ca.pem").exists() {
             return Err(PkiError::Exists(dir));
         }
-        std::fs::create_dir_all(&dir).map_err(|source| PkiError::Write {
+        crate::util::create_private_dir(&dir).map_err(|source| PkiError::Write {
             path: dir.clone(),
             source,
         })?;
@@ -132,13 +136,14 @@ impl Pki {
         validity(&mut server_params, LEAF_VALIDITY);
         let server_cert = server_params.signed_by(&server_key, &issuer)?;
 
+        let ca_key_pem = ca_key.serialize_pem();
         let pki = Pki {
             ca_pem: ca_cert.pem(),
-            ca_key_pem: ca_key.serialize_pem(),
+            dir: dir.clone(),
             server_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
         };
-        write_file(&dir.join("ca.key"), &pki.ca_key_pem, true)?;
+        write_file(&dir.join("ca.key"), &ca_key_pem, true)?;
         write_file(&dir.join("server.key"), &pki.server_key_pem, true)?;
         write_file(&dir.join("server.pem"), &pki.server_pem, false)?;
         // Written last: its presence marks a complete PKI.
@@ -153,9 +158,9 @@ impl Pki {
         }
         Ok(Pki {
             ca_pem: read(&dir.join("ca.pem"))?,
-            ca_key_pem: read(&dir.join("ca.key"))?,
             server_pem: read(&dir.join("server.pem"))?,
             server_key_pem: read(&dir.join("server.key"))?,
+            dir,
         })
     }
 
@@ -167,7 +172,13 @@ impl Pki {
         role: Role,
         public_key_der: &[u8],
     ) -> Result<(String, [u8; 32]), PkiError> {
-        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
+        // Read afresh: a key taken offline after start is refused, and one put back works.
+        let ca_key_path = self.dir.join("ca.key");
+        if !ca_key_path.exists() {
+            return Err(PkiError::CaKeyOffline(self.dir.clone()));
+        }
+        let ca_key_pem = read(&ca_key_path)?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &ca_key)?;
         let public_key = SubjectPublicKeyInfo::from_der(public_key_der)?;
         let mut params = CertificateParams::default();

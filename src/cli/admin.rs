@@ -9,21 +9,22 @@ use clap::{Args, Subcommand};
 
 use super::timestamp_text;
 use crate::client::{Bundle, enroll, rotate};
-use crate::config::DEFAULT_DATA_DIR;
 use crate::model::{AuditOp, PrincipalStatus, Role};
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
-use crate::server::convert::timestamp_from_ms;
+use crate::wire::{
+    category_of, category_to_pb, principal_status_of, principal_status_to_pb, role_of, timestamp_from_ms,
+};
 use tonic::transport::Channel;
+
+use super::connect::{ConnectArgs, status_error};
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// Admin client bundle (default: the one `init` wrote under ./flagshare-data/clients/admin).
-    #[arg(long, env = "FLAGSHARE_BUNDLE")]
-    bundle: Option<PathBuf>,
-    /// Server endpoint, e.g. https://localhost:50051 (default: the bundle's).
-    #[arg(long, env = "FLAGSHARE_ENDPOINT")]
-    endpoint: Option<String>,
+    /// Admin client bundle (default: the one `init` wrote under ./flagshare-data/clients/admin)
+    /// and the server endpoint (default: the bundle's).
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -47,6 +48,8 @@ enum AdminCommand {
     /// Federation peers: other operators' servers this one pulls from and sends to.
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Compact the whole database now, so retracted and purged flags leave the data files.
+    Compact,
     /// Write a consistent copy of the database to DIR on the server's machine, while it serves.
     Backup {
         /// Absolute path on the server's file system; must not exist.
@@ -116,6 +119,13 @@ struct PeerArgs {
     /// Send member names to this peer instead of stable pseudonyms.
     #[arg(long)]
     reveal_names: bool,
+    /// For an operator this server does not pull from: its id (16 hex, from its `admin
+    /// stats`), so that its flags passed on by other peers are believed when signed...
+    #[arg(long, requires = "operator_key", conflicts_with = "endpoint")]
+    operator_id: Option<String>,
+    /// ...with this key (64 hex, from its `admin stats`).
+    #[arg(long, requires = "operator_id")]
+    operator_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -174,14 +184,8 @@ struct AddArgs {
 }
 
 pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
-    let bundle_dir = args
-        .bundle
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join("clients").join("admin"));
-    let bundle = Bundle::load(&bundle_dir)?;
-    let channel = bundle.connect(args.endpoint.as_deref()).await?;
-    let mut client = AdminClient::new(channel).max_decoding_message_size(64 << 20);
-    let endpoint = args.endpoint.as_deref();
+    let (mut client, bundle) = args.connect.admin_client().await?;
+    let endpoint = args.connect.endpoint.as_deref();
     match &args.command {
         AdminCommand::Member(MemberCommand::Add(add)) | AdminCommand::AddMember(add) => {
             add_member(&mut client, &bundle, endpoint, add).await
@@ -215,6 +219,15 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
+        AdminCommand::Compact => {
+            let response = client
+                .compact(pb::CompactRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("compacted: {} bytes on disk", response.disk_bytes);
+            Ok(())
+        }
         AdminCommand::Peer(PeerCommand::Add(peer)) => add_peer(&mut client, peer).await,
         AdminCommand::Peer(PeerCommand::List { json }) => list_peers(&mut client, *json).await,
         AdminCommand::Peer(PeerCommand::Remove { name }) => {
@@ -228,10 +241,6 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Peer(PeerCommand::Pause { name }) => set_peer_paused(&mut client, name, true).await,
         AdminCommand::Peer(PeerCommand::Resume { name }) => set_peer_paused(&mut client, name, false).await,
     }
-}
-
-fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("server refused: {} ({:?})", status.message(), status.code())
 }
 
 async fn add_member(
@@ -264,11 +273,11 @@ async fn add_member(
 }
 
 fn role_name(value: i32) -> &'static str {
-    Role::from_u8(value as u8).map_or("unknown", Role::as_str)
+    role_of(value).map_or("unknown", Role::as_str)
 }
 
 fn status_name(value: i32) -> &'static str {
-    PrincipalStatus::from_u8(value as u8).map_or("unknown", PrincipalStatus::as_str)
+    principal_status_of(value).map_or("unknown", PrincipalStatus::as_str)
 }
 
 async fn list_members(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<()> {
@@ -328,7 +337,7 @@ async fn set_status(
     let response = client
         .set_principal_status(pb::SetPrincipalStatusRequest {
             name: name.to_owned(),
-            status: status as i32,
+            status: principal_status_to_pb(status) as i32,
             withdraw_flags,
         })
         .await
@@ -369,10 +378,10 @@ async fn rotate_cert(
 fn parse_time_or_age(field: &str, text: &str) -> anyhow::Result<prost_types::Timestamp> {
     let ms = if let Ok(time) = humantime::parse_rfc3339_weak(text) {
         time.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0)
     } else if let Ok(age) = humantime::parse_duration(text) {
-        crate::util::now_ms() - age.as_millis() as i64
+        crate::util::now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
     } else {
         anyhow::bail!("--{field}: '{text}' is neither an RFC 3339 time nor an age like 30d");
     };
@@ -504,6 +513,8 @@ async fn stats(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<
         "audit_sequence": stats.audit_sequence,
         "flags_expired_purged_since_start": stats.flags_expired_purged,
         "audit_entries_pruned_since_start": stats.audit_entries_pruned,
+        "operator_id": stats.operator_id,
+        "operator_key": stats.operator_key,
     });
     if json {
         println!("{value}");
@@ -541,10 +552,12 @@ async fn add_peer(client: &mut AdminClient<Channel>, args: &PeerArgs) -> anyhow:
             categories: args
                 .categories
                 .iter()
-                .map(|category| crate::server::convert::category_to_pb(*category) as i32)
+                .map(|category| category_to_pb(*category) as i32)
                 .collect(),
             pass_on: args.pass_on,
             reveal_names: args.reveal_names,
+            operator_id: args.operator_id.clone().unwrap_or_default(),
+            operator_key: args.operator_key.clone().unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
@@ -591,7 +604,7 @@ async fn list_peers(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Re
             let categories: Vec<&str> = config
                 .categories
                 .iter()
-                .map(|value| crate::model::Category::from_u8(*value as u8).map_or("unknown", |c| c.as_str()))
+                .map(|value| category_of(*value).map_or("unknown", |c| c.as_str()))
                 .collect();
             let line = serde_json::json!({
                 "name": config.name,
@@ -604,6 +617,9 @@ async fn list_peers(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Re
                 "received": peer.n_received,
                 "applied": peer.n_applied,
                 "rejected": peer.n_rejected,
+                "last_rejection": peer.last_rejection,
+                "pause_reason": peer.pause_reason,
+                "operator_id": peer.operator_id,
                 "last_error": peer.last_error,
                 "categories": categories,
                 "pass_on": config.pass_on,
@@ -623,6 +639,12 @@ async fn list_peers(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Re
                 peer.n_rejected,
                 config.endpoint
             );
+            if !peer.pause_reason.is_empty() {
+                println!("{:<20} {}", "", peer.pause_reason);
+            }
+            if !peer.last_rejection.is_empty() {
+                println!("{:<20} last refused: {}", "", peer.last_rejection);
+            }
         }
     }
     Ok(())

@@ -8,12 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::client::Bundle;
 use crate::digest::{ConsortiumKey, Digest, Hasher, Kind, NormalizeOptions};
 use crate::model::{Category, RetractReason};
 use crate::pb;
-use crate::pb::flags_client::FlagsClient;
-use crate::server::convert::{category_to_pb, kind_to_pb, timestamp_from_ms};
+use crate::wire::{
+    category_of, category_to_pb, distribution_to_pb, kind_to_pb, retract_reason_to_pb, timestamp_from_ms,
+};
+
+use super::connect::{ConnectArgs, status_error};
 
 use super::input::{self, InputRecord, Rejected};
 
@@ -48,16 +50,6 @@ pub struct HashArgs {
     /// Identifiers to hash.
     #[arg(required = true)]
     identifiers: Vec<String>,
-}
-
-#[derive(Args, Clone)]
-pub struct ConnectArgs {
-    /// Client bundle folder (from `flagshare admin member add`).
-    #[arg(long, env = "FLAGSHARE_BUNDLE")]
-    bundle: Option<PathBuf>,
-    /// Server endpoint (default: the bundle's).
-    #[arg(long, env = "FLAGSHARE_ENDPOINT")]
-    endpoint: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -151,7 +143,7 @@ pub async fn dispute(args: &DisputeArgs) -> anyhow::Result<()> {
     let (_normalized, digest) = Hasher::new(&key)
         .digest(kind, &args.identifier, &normalize_options(&args.hashing)?)
         .map_err(|err| anyhow::anyhow!("'{}': {err}", args.identifier))?;
-    let mut client = flags_client(&args.connect).await?;
+    let mut client = args.connect.flags_client().await?;
     let response = client
         .dispute(pb::DisputeRequest {
             digest: digest.to_vec(),
@@ -278,26 +270,12 @@ fn report_rejected(rejected: &mut [Rejected]) -> ExitCode {
     ExitCode::FAILURE
 }
 
-pub(super) fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("server refused: {} ({:?})", status.message(), status.code())
-}
-
-pub(super) async fn flags_client(connect: &ConnectArgs) -> anyhow::Result<FlagsClient<tonic::transport::Channel>> {
-    let dir = connect
-        .bundle
-        .as_ref()
-        .context("--bundle (or FLAGSHARE_BUNDLE) is required to reach the server")?;
-    let bundle = Bundle::load(dir)?;
-    let channel = bundle.connect(connect.endpoint.as_deref()).await?;
-    Ok(FlagsClient::new(channel).max_decoding_message_size(64 << 20))
-}
-
 fn parse_time(field: &str, text: &str) -> Result<i64, String> {
     let time = humantime::parse_rfc3339_weak(text)
         .map_err(|err| format!("{field}: '{text}' is not an RFC 3339 time ({err})"))?;
     Ok(time
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0))
 }
 
@@ -338,7 +316,7 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             None,
         ),
     };
-    let mut client = flags_client(&args.connect).await?;
+    let mut client = args.connect.flags_client().await?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let batch_size = args.input.batch_size as usize;
     let mut progress = Progress::new(total);
@@ -472,7 +450,9 @@ fn flag_from_record(args: &SubmitArgs, item: &Hashed, now_ms: i64) -> Result<pb:
         observed_at: observed_at_ms.map(timestamp_from_ms),
         expires_at: expires_at_ms.map(timestamp_from_ms),
         reference: reference.into_bytes(),
-        distribution: args.distribution.map_or(0, |distribution| distribution as i32),
+        distribution: args
+            .distribution
+            .map_or(0, |distribution| distribution_to_pb(distribution) as i32),
     })
 }
 
@@ -481,7 +461,7 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
     let (_key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
     let mut client = match &args.mirror {
         Some(_) => None,
-        None => Some(flags_client(&args.connect).await?),
+        None => Some(args.connect.flags_client().await?),
     };
     let mut n_matched = 0usize;
     if !args.json {
@@ -508,7 +488,7 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
                 let digests: Vec<Digest> = batch.iter().map(|item| item.digest).collect();
                 super::mirror::query(dir, &digests)?
             }
-            (None, None) => unreachable!("a client or a mirror"),
+            (None, None) => anyhow::bail!("neither a server nor a mirror to ask"),
         };
         for found in matches {
             let item = &batch[found.index as usize];
@@ -523,7 +503,7 @@ pub async fn query(args: &QueryArgs) -> anyhow::Result<ExitCode> {
 fn category_names(values: &[i32]) -> Vec<&'static str> {
     values
         .iter()
-        .map(|value| Category::from_u8(*value as u8).map_or("unknown", Category::as_str))
+        .map(|value| category_of(*value).map_or("unknown", Category::as_str))
         .collect()
 }
 
@@ -560,7 +540,7 @@ fn print_match(identifier: &str, found: &pb::Match, json: bool) {
 pub async fn retract(args: &RetractArgs) -> anyhow::Result<ExitCode> {
     let (records, mut rejected) = read_input(&args.input)?;
     let (_key_id, hashed) = hash_records(&args.hashing, records, &mut rejected)?;
-    let mut client = flags_client(&args.connect).await?;
+    let mut client = args.connect.flags_client().await?;
     let mut n_retracted = 0u64;
     for batch in hashed.chunks(args.input.batch_size as usize) {
         let selectors = batch
@@ -574,7 +554,7 @@ pub async fn retract(args: &RetractArgs) -> anyhow::Result<ExitCode> {
         let response = client
             .retract(pb::RetractRequest {
                 flags: selectors,
-                reason: args.reason as i32,
+                reason: retract_reason_to_pb(args.reason) as i32,
             })
             .await
             .map_err(status_error)?

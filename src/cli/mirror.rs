@@ -15,7 +15,7 @@ use rocksdb::{DB, Options, WriteBatch};
 use crate::digest::Digest;
 use crate::pb;
 
-use super::member::ConnectArgs;
+use super::connect::{ConnectArgs, status_error};
 
 const CURSOR_KEY: &[u8] = b"cursor";
 
@@ -34,26 +34,63 @@ pub async fn run(args: &MirrorArgs) -> anyhow::Result<()> {
     let mut options = Options::default();
     options.create_if_missing(true);
     let db = DB::open(&options, &args.dir).with_context(|| format!("opening the mirror in {}", args.dir.display()))?;
+    let mut client = args.connect.flags_client().await?;
+    loop {
+        match follow(&db, &mut client, args.once).await? {
+            Followed::Done => return Ok(()),
+            Followed::Resnapshot(reason) => {
+                // The server cannot continue our cursor (it was restored from a backup,
+                // say): what we hold may be wrong, so start again from a snapshot.
+                eprintln!("mirror: {reason}; starting again with a snapshot");
+                clear(&db)?;
+            }
+        }
+    }
+}
+
+enum Followed {
+    Done,
+    Resnapshot(String),
+}
+
+/// Deletes every row, the cursor included.
+fn clear(db: &DB) -> anyhow::Result<()> {
+    let mut batch = WriteBatch::default();
+    for item in db.iterator(rocksdb::IteratorMode::Start) {
+        batch.delete(item?.0);
+    }
+    db.write(batch)?;
+    Ok(())
+}
+
+/// Follows the feed from the stored cursor until caught up (`once`) or the server ends it.
+async fn follow(
+    db: &DB,
+    client: &mut crate::pb::flags_client::FlagsClient<tonic::transport::Channel>,
+    once: bool,
+) -> anyhow::Result<Followed> {
     let cursor = db
         .get(CURSOR_KEY)?
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default();
     if cursor.is_empty() {
         // No cursor: a fresh copy, or a snapshot that was interrupted. Start clean.
-        let mut batch = WriteBatch::default();
-        for item in db.iterator(rocksdb::IteratorMode::Start) {
-            batch.delete(item?.0);
-        }
-        db.write(batch)?;
+        clear(db)?;
     }
-    let mut client = super::member::flags_client(&args.connect).await?;
-    let mut stream = client
-        .subscribe(pb::SubscribeRequest { cursor: cursor.clone() })
-        .await
-        .map_err(super::member::status_error)?
-        .into_inner();
+    let resnapshot = |status: &tonic::Status| status.code() == tonic::Code::OutOfRange;
+    let mut stream = match client.subscribe(pb::SubscribeRequest { cursor }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if resnapshot(&status) => return Ok(Followed::Resnapshot(status.message().to_owned())),
+        Err(status) => return Err(status_error(status)),
+    };
     let mut n_events = 0u64;
-    while let Some(batch) = stream.message().await.map_err(super::member::status_error)? {
+    loop {
+        let batch = match stream.message().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => anyhow::bail!("the server closed the feed"),
+            Err(status) if resnapshot(&status) => return Ok(Followed::Resnapshot(status.message().to_owned())),
+            Err(status) => return Err(status_error(status)),
+        };
         let mut write = WriteBatch::default();
         for event in &batch.events {
             n_events += 1;
@@ -71,12 +108,11 @@ pub async fn run(args: &MirrorArgs) -> anyhow::Result<()> {
                 "mirror: caught up ({n_events} event(s) applied, cursor {})",
                 batch.cursor
             );
-            if args.once {
-                return Ok(());
+            if once {
+                return Ok(Followed::Done);
             }
         }
     }
-    anyhow::bail!("the server closed the feed")
 }
 
 /// Answers `digests` from a mirror folder, as `Query` would: one match per digest found,

@@ -3,6 +3,7 @@
 //! Every command except `init` and `serve` is a gRPC client using a bundle's mutual TLS.
 
 mod admin;
+mod connect;
 mod input;
 mod member;
 mod mirror;
@@ -126,7 +127,11 @@ pub fn main() -> ExitCode {
 
 /// A wire timestamp as the CLI prints times (RFC 3339, seconds).
 fn timestamp_text(ts: &prost_types::Timestamp) -> String {
-    crate::util::format_ms(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
+    crate::util::format_ms(
+        ts.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(ts.nanos / 1_000_000)),
+    )
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

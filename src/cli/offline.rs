@@ -62,6 +62,10 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the backup in {} does not open", args.backup.display()))?;
     let n_principals = store.load_principals()?.len();
     let last_sequence = store.last_sequence()?;
+    // A restored database is another database: feed and federation cursors handed out
+    // before the restore name the old identity, so readers re-snapshot instead of silently
+    // skipping what the restore undid.
+    let identity = store.renew_db_identity()?;
     drop(store);
     let kept = if db.exists() {
         let kept = config
@@ -74,9 +78,10 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     };
     std::fs::rename(&staging, &db).with_context(|| format!("moving the restored copy to {}", db.display()))?;
     println!(
-        "restored {} into {} ({n_principals} principals, change sequence {last_sequence})",
+        "restored {} into {} ({n_principals} principals, change sequence {last_sequence}, new database identity {}; mirrors and peers will re-snapshot)",
         args.backup.display(),
-        db.display()
+        db.display(),
+        hex::encode(identity)
     );
     if let Some(kept) = kept {
         println!("the previous database is kept in {}", kept.display());

@@ -22,6 +22,8 @@ impl InitReport {
     pub fn describe(&self, config: &Config) -> String {
         format!(
             "flagshare: created a PKI in {pki} and the first admin principal.\n\
+             flagshare: {pki}/ca.key signs every certificate: keep it offline (move it to offline storage; \
+             the server runs without it, and only `admin member add` and `rotate-cert` need it back).\n\
              flagshare: admin client bundle: {admin}\n\
              flagshare: add members with `flagshare admin --bundle {admin} member add NAME --out DIR`",
             pki = Pki::dir(&config.data_dir).display(),
@@ -47,7 +49,8 @@ pub async fn init_command(args: &InitArgs) -> anyhow::Result<()> {
 /// Creates the PKI and the database of `config`, registers the principal `admin` and
 /// writes its bundle under `<data>/clients/admin`. Refuses if a PKI exists.
 pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    crate::util::create_private_dir(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let pki = Pki::create(&config.data_dir, &config.operator_name, &config.host_names)?;
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
@@ -77,6 +80,8 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
             role: Role::Admin.to_string(),
             endpoint,
             server_name: config.server_name().to_owned(),
+            operator_id: hex::encode(domain.federation().operator_id),
+            operator_key: hex::encode(domain.operator_key()),
         },
         cert_pem,
         key_pem: admin_key.serialize_pem(),

@@ -93,9 +93,12 @@ impl ConsortiumKey {
             key_id: self.key_id,
             key: hex::encode(self.secret),
         };
+        let text = toml::to_string(&file).map_err(|err| KeyFileError::Malformed {
+            path: path.to_owned(),
+            reason: err.to_string(),
+        })?;
         let body = format!(
-            "# flagshare consortium key. Secret: share it only with member platforms, never with the server.\n{}",
-            toml::to_string(&file).expect("a key file always serialises")
+            "# flagshare consortium key. Secret: share it only with member platforms, never with the server.\n{text}"
         );
         let write_error = |source| KeyFileError::Write {
             path: path.to_owned(),

@@ -290,3 +290,32 @@ mod tests {
         assert_eq!(norm(Kind::Other, "  Case Matters ").unwrap(), "Case Matters");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::digest::{Kind, NormalizeOptions};
+
+    proptest! {
+        #[test]
+        fn any_text_normalises_or_is_refused_and_normal_forms_are_fixed_points(
+            raw in "\\PC{0,80}",
+            kind in proptest::sample::select(Kind::ALL.to_vec()),
+        ) {
+            let options = NormalizeOptions::default();
+            if let Ok(normal) = normalize(kind, &raw, &options) {
+                prop_assert_eq!(normalize(kind, &normal, &options).ok(), Some(normal.clone()), "{:?}", raw);
+            }
+        }
+
+        #[test]
+        fn any_bytes_as_text_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let text = String::from_utf8_lossy(&bytes);
+            for kind in Kind::ALL {
+                let _ = normalize(kind, &text, &NormalizeOptions::default());
+            }
+        }
+    }
+}

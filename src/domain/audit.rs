@@ -27,7 +27,15 @@ impl Actor {
     pub fn system() -> Actor {
         Actor {
             id: None,
-            name: "system".to_owned(),
+            name: super::principals::SYSTEM_NAME.to_owned(),
+        }
+    }
+
+    /// A caller the server refused (unknown certificate, suspended, wrong role).
+    pub fn refused() -> Actor {
+        Actor {
+            id: None,
+            name: "refused".to_owned(),
         }
     }
 }
@@ -123,7 +131,7 @@ impl Ledger {
             digests: event.digests.iter().map(hex::encode).collect(),
             prev_hash: hex::encode(self.head),
         };
-        let encoded = codec::encode_audit(&entry);
+        let encoded = codec::encode_audit(&entry).map_err(crate::store::StoreError::from)?;
         let hash = *blake3::hash(&encoded).as_bytes();
         batch.put_audit(sequence, &encoded, &hash);
         let updated_stats = event.actor.id.map(|id| {
@@ -190,10 +198,13 @@ pub struct VerifyReport {
     pub broken: Option<(u64, String)>,
 }
 
-/// Walks the whole chain from the retention anchor (or the beginning) to the head.
+/// Walks the whole chain from the retention anchor (or the beginning) to the head, on a
+/// snapshot of the store: entries appended or pruned meanwhile do not disturb the walk,
+/// and no lock is held.
 pub fn verify(store: &Store) -> Result<VerifyReport> {
-    let (anchor_sequence, mut expected_prev) = store.audit_anchor()?.unwrap_or((0, GENESIS_HASH));
-    let head = store.audit_head()?;
+    let view = store.audit_view();
+    let (anchor_sequence, mut expected_prev) = view.anchor()?.unwrap_or((0, GENESIS_HASH));
+    let head = view.head()?;
     let mut report = VerifyReport {
         n_checked: 0,
         first_sequence: anchor_sequence + 1,
@@ -201,7 +212,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         head_hash: expected_prev,
         broken: None,
     };
-    for (expected_sequence, item) in (anchor_sequence + 1..).zip(store.audit_entries_from(0)) {
+    for (expected_sequence, item) in (anchor_sequence + 1..).zip(view.entries()) {
         let (sequence, bytes) = item?;
         let broken = |reason: String| Some((sequence, reason));
         if sequence != expected_sequence {

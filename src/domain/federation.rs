@@ -1,27 +1,34 @@
 //! Federation: what this operator sends to peers that pull from it (its change log, as each
 //! peer's policy allows), and how events pulled from a peer are applied.
 //!
-//! Identity: every flag of another operator is stored under a local id for its
-//! `(origin operator, member pseudonym)` pair, so it is counted once however many paths it
-//! arrives by. Its version is the origin's sequence number (`FLAG_VERSIONS`, kept after
-//! removal as a tombstone): an upsert applies only if newer, a removal if not older, so
-//! late or repeated events never resurrect a retracted flag. Events whose origin is this
-//! operator are dropped, so rings do not loop.
+//! Authority: a peer speaks for itself only. Its operator id comes from the bundle its
+//! operator issued to us (`client.toml`), and an event of that origin is believed from it.
+//! An event of another origin (passed on by the peer) is believed only when it carries that
+//! origin's signature and the origin's key is known here (`signing`): no peer can raise,
+//! retract or rename what another operator said. Each flag's version is its origin's sequence
+//! number (`FLAG_VERSIONS`, kept after removal as a tombstone): an upsert applies only if
+//! newer, a removal if not older. A peer's flags live at most as long as this operator's own
+//! retention allows, and each origin's members and flags per digest are bounded.
+//! Events whose origin is this operator are dropped, so rings do not loop.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 
 use super::audit::{Actor, AuditEvent};
-use super::{Inner, stage_removal, stage_upsert};
+use super::foreign::{Registered, display_name};
+use super::principals::{self, Caller};
+use super::signing::{self, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use super::state::{Removal, State, stage_dispute_cleanup, stage_removal, stage_upsert};
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditOp, Category, Change, Distribution, FOREIGN_MEMBER_BASE, FlagKey, FlagRecord, ForeignMember, PrincipalId,
-    RetractReason, is_foreign,
+    AuditOp, Category, Change, Distribution, FlagKey, FlagRecord, OriginSignature, RetractReason, is_foreign,
 };
 
 /// Most events per pulled batch.
 pub const MAX_PULL_BATCH: usize = 10_000;
+/// Batches in a row with nothing valid in them after which a peer is paused: a peer that
+/// sends only garbage costs one batch each time, not a stream of them forever.
+pub const MAX_BAD_BATCHES: u32 = 3;
 
 /// A peer as the operator configured it, with the pull cursor.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +43,10 @@ pub struct PeerRecord {
     pub paused: bool,
     /// Sequence number in the peer's change log up to which everything was applied.
     pub cursor: u64,
+    /// The peer's database identity (hex) the cursor belongs to: sent back with it, so a
+    /// peer restored from a backup makes us pull again from 0 instead of skipping.
+    #[serde(default)]
+    pub remote_db_identity: String,
     pub last_sync_ms: i64,
     /// Categories sent to this peer; empty means all.
     pub categories: Vec<Category>,
@@ -43,6 +54,26 @@ pub struct PeerRecord {
     pub pass_on: bool,
     /// Whether member names are sent, or only their stable pseudonyms.
     pub reveal_names: bool,
+    /// The peer's operator id (hex), from the bundle its operator issued: the only origin
+    /// whose events are believed from this peer without a signature.
+    #[serde(default)]
+    pub operator_id: String,
+    /// The peer operator's Ed25519 public key (hex): events of its origin passed on by
+    /// another peer are believed when this key verifies their signature. A record with a
+    /// key and no endpoint only names an origin this server trusts the signatures of.
+    #[serde(default)]
+    pub operator_key: String,
+    /// Events refused from this peer, ever, and why the latest one was.
+    #[serde(default)]
+    pub n_rejected: u64,
+    #[serde(default)]
+    pub last_rejection: String,
+    /// Batches in a row that held nothing valid; at `MAX_BAD_BATCHES` the peer is paused.
+    #[serde(default)]
+    pub n_bad_batches: u32,
+    /// Why the server paused the peer by itself (empty when an admin paused it, or it runs).
+    #[serde(default)]
+    pub pause_reason: String,
 }
 
 impl PeerRecord {
@@ -55,10 +86,17 @@ impl PeerRecord {
             bundle_dir: String::new(),
             paused: false,
             cursor: 0,
+            remote_db_identity: String::new(),
             last_sync_ms: 0,
             categories: Vec::new(),
             pass_on: false,
             reveal_names: false,
+            operator_id: String::new(),
+            operator_key: String::new(),
+            n_rejected: 0,
+            last_rejection: String::new(),
+            n_bad_batches: 0,
+            pause_reason: String::new(),
         }
     }
 
@@ -73,10 +111,10 @@ impl PeerRecord {
 
 const PEER_V1: u8 = 1;
 
-pub fn encode_peer(record: &PeerRecord) -> Vec<u8> {
+pub fn encode_peer(record: &PeerRecord) -> Result<Vec<u8>> {
     let mut out = vec![PEER_V1];
-    serde_json::to_writer(&mut out, record).expect("a peer record serialises");
-    out
+    serde_json::to_writer(&mut out, record).map_err(|err| Error::Internal(format!("peer record: {err}")))?;
+    Ok(out)
 }
 
 pub fn decode_peer(bytes: &[u8]) -> Result<PeerRecord> {
@@ -117,6 +155,28 @@ pub struct Event {
     pub kind: Kind,
     pub category: Category,
     pub op: EventOp,
+    /// The origin's signature over `signing::canonical_bytes`, or empty.
+    pub signature: Vec<u8>,
+}
+
+/// Why an event from a peer was refused: which event (the sender's sequence), which
+/// field, and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {sequence}: {field}: {reason}")]
+pub struct Rejected {
+    pub sequence: u64,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Rejected {
+    pub fn new(sequence: u64, field: &'static str, reason: impl Into<String>) -> Rejected {
+        Rejected {
+            sequence,
+            field,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A batch of the sender's change log, filtered for one peer.
@@ -129,88 +189,39 @@ pub struct OutgoingBatch {
     pub head: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
     pub applied: u64,
     /// Already known (same or newer version), or from this operator itself.
     pub skipped: u64,
-    /// Malformed or against the rules; logged and left out.
+    /// Malformed, against the rules, or not the peer's to say; logged, counted, left out.
     pub rejected: u64,
+    /// The first refusal of the batch.
+    pub first_rejection: Option<Rejected>,
+    /// Set when this batch made the server pause the peer.
+    pub paused: bool,
 }
 
-/// This operator's federation identity and the members of other operators it knows.
-pub struct Federation {
-    pub operator_id: [u8; 8],
-    pub operator_name: String,
-    pseudonym_key: [u8; 32],
-    foreign: Mutex<ForeignMembers>,
-}
-
-#[derive(Default)]
-struct ForeignMembers {
-    /// By local id: the outgoing path looks one up for every change of a foreign flag.
-    by_id: HashMap<PrincipalId, ForeignMember>,
-    /// (origin operator, pseudonym) → local id: the identity events arrive with.
-    by_identity: HashMap<([u8; 8], String), PrincipalId>,
-    next_id: PrincipalId,
-}
-
-impl Federation {
-    pub fn new(
-        operator_id: [u8; 8],
-        operator_name: String,
-        pseudonym_key: [u8; 32],
-        members: Vec<ForeignMember>,
-    ) -> Federation {
-        let next_id = members
-            .iter()
-            .map(|member| member.id + 1)
-            .max()
-            .unwrap_or(FOREIGN_MEMBER_BASE);
-        let by_identity = members
-            .iter()
-            .map(|member| ((member.origin, member.pseudonym.clone()), member.id))
-            .collect();
-        let by_id = members.into_iter().map(|member| (member.id, member)).collect();
-        Federation {
-            operator_id,
-            operator_name,
-            pseudonym_key,
-            foreign: Mutex::new(ForeignMembers {
-                by_id,
-                by_identity,
-                next_id,
-            }),
-        }
-    }
-
-    /// The stable opaque name of a local member, the same for every peer.
-    pub fn pseudonym(&self, member_name: &str) -> String {
-        let hash = blake3::keyed_hash(&self.pseudonym_key, member_name.as_bytes());
-        format!("m-{}", &hash.to_hex()[..16])
-    }
-
-    fn foreign_by_id(&self, id: PrincipalId) -> Option<ForeignMember> {
-        let foreign = self.foreign.lock().expect("foreign members lock poisoned");
-        foreign.by_id.get(&id).cloned()
-    }
-}
-
-pub fn display_name(origin_name: &str, member_name: &str, pseudonym: &str) -> String {
-    let member = if member_name.is_empty() { pseudonym } else { member_name };
-    format!("{origin_name}/{member}")
-}
-
-/// The part of the change log after `after` that `peer` may see.
-pub(super) fn outgoing(inner: &Inner, peer: &PeerRecord, after: u64, max: usize) -> Result<OutgoingBatch> {
-    let head = *inner.writer();
-    let changes = inner.store.changes_after(after, max.clamp(1, MAX_PULL_BATCH))?;
+/// The part of the change log after `after` that `peer` may see. With `signed`, this
+/// operator's own events carry its signature (the peer passes them on); events of other
+/// operators are passed on only with the signature their origin gave them.
+pub(super) fn outgoing(
+    state: &State,
+    peer: &PeerRecord,
+    after: u64,
+    max: usize,
+    signed: bool,
+) -> Result<OutgoingBatch> {
+    let head = state.head()?;
+    let changes = state.store.changes_after(after, max.clamp(1, MAX_PULL_BATCH))?;
     let mut batch = OutgoingBatch {
         events: Vec::with_capacity(changes.len()),
-        cursor: changes.last().map_or(after, |(sequence, _)| *sequence),
+        // Nothing after `after`: everything up to the head is covered (rows up to it may
+        // have been deleted), else up to the last row read.
+        cursor: changes.last().map_or(after.max(head), |(sequence, _)| *sequence),
         head,
     };
-    let federation = &inner.federation;
+    let federation = &state.federation;
     for (sequence, change) in changes {
         if change.distribution == Distribution::Local {
             continue;
@@ -222,8 +233,10 @@ pub(super) fn outgoing(inner: &Inner, peer: &PeerRecord, after: u64, max: usize)
             Change::Expire => !foreign,
             // Retractions reach every peer that may have the flag, whatever the policy now.
             Change::Retract(_) => true,
+            Change::Dispute => false,
         };
-        if !sendable {
+        // What cannot be proven to come from its origin is not passed on.
+        if !sendable || (foreign && change.signature.is_none()) {
             continue;
         }
         let (origin, origin_name, origin_sequence, member_pseudonym, member_name) = if foreign {
@@ -248,7 +261,7 @@ pub(super) fn outgoing(inner: &Inner, peer: &PeerRecord, after: u64, max: usize)
                 name,
             )
         } else {
-            let name = inner.registry.name_of(change.key.member);
+            let name = state.registry.name_of(change.key.member);
             (
                 federation.operator_id,
                 federation.operator_name.clone(),
@@ -262,12 +275,16 @@ pub(super) fn outgoing(inner: &Inner, peer: &PeerRecord, after: u64, max: usize)
                 confidence: entry.confidence,
                 first_seen_ms: entry.first_seen_ms,
                 last_seen_ms: entry.last_seen_ms,
-                expires_at_ms: entry.expires_at_ms,
+                // Passed on exactly as the origin signed it; the receiver caps it itself.
+                expires_at_ms: change
+                    .signature
+                    .map_or(entry.expires_at_ms, |signed| signed.expires_at_ms),
             },
             Change::Retract(reason) => EventOp::Retract(reason),
             Change::Expire => EventOp::Expire,
+            Change::Dispute => continue,
         };
-        batch.events.push(Event {
+        let mut event = Event {
             sequence,
             origin,
             origin_name,
@@ -278,72 +295,165 @@ pub(super) fn outgoing(inner: &Inner, peer: &PeerRecord, after: u64, max: usize)
             kind: change.key.kind,
             category: change.key.category,
             op,
-        });
+            signature: Vec::new(),
+        };
+        event.signature = match change.signature {
+            Some(signed) => signed.signature.to_vec(),
+            None if signed => federation.origin_key.sign(&event).to_vec(),
+            None => Vec::new(),
+        };
+        batch.events.push(event);
     }
     Ok(batch)
+}
+
+/// The known keys of other operators, by operator id (from the peer records).
+fn known_keys(state: &State) -> Result<HashMap<[u8; 8], [u8; PUBLIC_KEY_LEN]>> {
+    Ok(state
+        .peers()?
+        .iter()
+        .filter_map(|peer| {
+            let id = parse_operator_id(&peer.operator_id)?;
+            let key: [u8; PUBLIC_KEY_LEN] = hex::decode(&peer.operator_key).ok()?.try_into().ok()?;
+            Some((id, key))
+        })
+        .collect())
+}
+
+/// The names this operator gave other operators' ids (its peer records' names).
+fn known_origin_names(state: &State) -> Result<HashMap<[u8; 8], String>> {
+    Ok(state
+        .peers()?
+        .into_iter()
+        .filter_map(|peer| Some((parse_operator_id(&peer.operator_id)?, peer.name)))
+        .collect())
+}
+
+/// Whether this server passes flags on to any peer: then it asks its own sources for
+/// signed events, which it keeps to pass on.
+pub(super) fn wants_signatures(state: &State) -> Result<bool> {
+    Ok(state.peers()?.iter().any(|peer| peer.pass_on))
+}
+
+/// The signature to keep with an applied event, if it has one of the right length.
+fn kept_signature(event: &Event) -> Option<OriginSignature> {
+    let signature: [u8; SIGNATURE_LEN] = event.signature.as_slice().try_into().ok()?;
+    let expires_at_ms = match event.op {
+        EventOp::Upsert { expires_at_ms, .. } => expires_at_ms,
+        EventOp::Retract(_) | EventOp::Expire => 0,
+    };
+    Some(OriginSignature {
+        signature,
+        expires_at_ms,
+    })
 }
 
 /// Applies a pulled batch and advances the peer's cursor in one commit. `events` holds
 /// each event or why it could not be read.
 pub(super) fn apply(
-    inner: &Inner,
+    state: &State,
     peer_name: &str,
-    events: Vec<std::result::Result<Event, String>>,
+    events: Vec<std::result::Result<Event, Rejected>>,
     cursor: u64,
+    remote_db_identity: String,
     now: i64,
 ) -> Result<ApplyOutcome> {
     let mut outcome = ApplyOutcome::default();
-    let mut last_sequence = inner.writer();
-    let mut peer = inner
+    let mut last_sequence = state.writer();
+    let mut peer = state
         .peer(peer_name)?
         .ok_or_else(|| Error::NotFound(format!("peer: no peer named '{peer_name}'")))?;
-    if cursor < peer.cursor {
+    if cursor < peer.cursor && remote_db_identity == peer.remote_db_identity {
         return Err(Error::invalid(format!(
             "cursor: {cursor} is behind the stored cursor {} of peer '{peer_name}'",
             peer.cursor
         )));
     }
+    let peer_origin = parse_operator_id(&peer.operator_id);
+    let keys = known_keys(state)?;
+    let origin_names = known_origin_names(state)?;
+    let mut rejections: Vec<Rejected> = Vec::new();
     let mut valid = Vec::with_capacity(events.len());
     for event in events {
-        match event.and_then(|event| check_event(&event, now).map(|()| event)) {
-            Ok(event) if event.origin == inner.federation.operator_id => outcome.skipped += 1,
-            Ok(event) => valid.push(event),
-            Err(reason) => {
-                tracing::warn!(peer = peer_name, %reason, "rejected a federated event");
-                outcome.rejected += 1;
+        let checked = event.and_then(|mut event| {
+            check_event(&event, peer_origin, &keys, state.federation.operator_id, now)?;
+            if Some(event.origin) != peer_origin {
+                // A relayed event's names are the relay's words: the origin is named as
+                // this operator configured it, and its member by what is already known.
+                event.member_name = String::new();
+                if let Some(name) = origin_names.get(&event.origin) {
+                    event.origin_name = name.clone();
+                }
             }
+            Ok(event)
+        });
+        match checked {
+            Ok(event) if event.origin == state.federation.operator_id => outcome.skipped += 1,
+            Ok(event) => valid.push(event),
+            Err(rejected) => rejections.push(rejected),
         }
     }
 
-    let mut batch = inner.store.batch();
-    let members: Vec<PrincipalId> = valid
-        .iter()
-        .map(|event| inner.foreign_member_id(event))
-        .collect::<Result<_>>()?;
+    let mut batch = state.store.batch();
+    let mut renames: Vec<String> = Vec::new();
+    // Each valid event's member, registered within the origin's bound.
+    let mut accepted: Vec<(Event, FlagKey)> = Vec::with_capacity(valid.len());
+    let mut touched_members = BTreeSet::new();
+    for event in valid {
+        let display = (Some(event.origin) == peer_origin)
+            .then(|| display_name(&event.origin_name, &event.member_name, &event.member_pseudonym));
+        let registered = state.federation.register(
+            event.origin,
+            &event.origin_name,
+            &event.member_pseudonym,
+            display,
+            state.policy.max_foreign_members_per_origin,
+        );
+        let member = match registered {
+            Ok(registered) => {
+                if let Registered::Renamed(_, old, new) = &registered
+                    && renames.len() < 8
+                {
+                    renames.push(format!("'{old}' is now '{new}'"));
+                }
+                let id = registered.id();
+                if let Some(record) = state.federation.foreign_by_id(id) {
+                    state.registry.set_foreign_name(id, record.display);
+                }
+                id
+            }
+            Err(reason) => {
+                rejections.push(Rejected {
+                    sequence: event.sequence,
+                    field: "member_id",
+                    reason,
+                });
+                continue;
+            }
+        };
+        touched_members.insert(member);
+        let key = FlagKey {
+            digest: event.digest,
+            member,
+            kind: event.kind,
+            category: event.category,
+        };
+        accepted.push((event, key));
+    }
     // Written with every batch that uses them: a member registered in memory by a batch
     // whose commit then failed is still persisted by the next one.
-    for id in members.iter().collect::<BTreeSet<_>>() {
-        if let Some(member) = inner.federation.foreign_by_id(*id) {
+    for id in &touched_members {
+        if let Some(member) = state.federation.foreign_by_id(*id) {
             batch.put_foreign_member(&member);
         }
     }
-    let keys: Vec<FlagKey> = valid
-        .iter()
-        .zip(&members)
-        .map(|(event, member)| FlagKey {
-            digest: event.digest,
-            member: *member,
-            kind: event.kind,
-            category: event.category,
-        })
-        .collect();
-    let mut sorted_keys = keys.clone();
+    let mut sorted_keys: Vec<FlagKey> = accepted.iter().map(|(_, key)| *key).collect();
     sorted_keys.sort_unstable();
     sorted_keys.dedup();
     let mut versions: HashMap<FlagKey, u64> = sorted_keys
         .iter()
         .copied()
-        .zip(inner.store.get_flag_versions(&sorted_keys)?)
+        .zip(state.store.get_flag_versions(&sorted_keys)?)
         .filter_map(|(key, version)| version.map(|version| (key, version)))
         .collect();
     let digests: Vec<Digest> = sorted_keys
@@ -352,13 +462,15 @@ pub(super) fn apply(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut summaries = inner.read_summaries(&digests)?;
+    let mut summaries = state.read_summaries(&digests)?;
     let mut touched = BTreeSet::new();
     let mut sequence = *last_sequence;
 
-    for (event, key) in valid.iter().zip(&keys) {
+    for (event, key) in &accepted {
         let version = versions.get(key).copied();
-        let entries = summaries.get_mut(&key.digest).expect("every digest was read");
+        let Some(entries) = summaries.get_mut(&key.digest) else {
+            continue;
+        };
         match &event.op {
             EventOp::Upsert {
                 confidence,
@@ -366,15 +478,25 @@ pub(super) fn apply(
                 last_seen_ms,
                 expires_at_ms,
             } => {
-                if version.is_some_and(|version| version >= event.origin_sequence) || *expires_at_ms <= now {
+                // A peer's flag lives no longer than this operator's own would.
+                let expires_at_ms = (*expires_at_ms).min(state.policy.longest_expiry(key.category, now));
+                if version.is_some_and(|version| version >= event.origin_sequence) || expires_at_ms <= now {
                     outcome.skipped += 1;
+                    continue;
+                }
+                if let Err(reason) = state.check_room(entries, key) {
+                    rejections.push(Rejected {
+                        sequence: event.sequence,
+                        field: "digest",
+                        reason,
+                    });
                     continue;
                 }
                 let record = FlagRecord {
                     confidence: *confidence,
                     first_seen_ms: *first_seen_ms,
                     last_seen_ms: *last_seen_ms,
-                    expires_at_ms: *expires_at_ms,
+                    expires_at_ms,
                     created_at_ms: now,
                     updated_at_ms: now,
                     key_id: 0,
@@ -382,7 +504,15 @@ pub(super) fn apply(
                     distribution: Distribution::Federated,
                     origin_sequence: event.origin_sequence,
                 };
-                stage_upsert(&mut batch, &mut sequence, entries, key, &record, now);
+                stage_upsert(
+                    &mut batch,
+                    &mut sequence,
+                    entries,
+                    key,
+                    &record,
+                    kept_signature(event),
+                    now,
+                );
             }
             EventOp::Retract(_) | EventOp::Expire => {
                 if version.is_some_and(|version| version > event.origin_sequence) {
@@ -401,10 +531,14 @@ pub(super) fn apply(
                             &mut sequence,
                             key.digest,
                             &entry,
-                            change,
-                            event.origin_sequence,
+                            Removal {
+                                change,
+                                origin_sequence: event.origin_sequence,
+                                signature: kept_signature(event),
+                            },
                             now,
                         );
+                        stage_dispute_cleanup(state, &mut batch, &key.digest, entries, key.member);
                     }
                     None => {
                         // Unknown here: remember the version so a late upsert stays out.
@@ -422,50 +556,160 @@ pub(super) fn apply(
         outcome.applied += 1;
     }
     for digest in &touched {
-        batch.put_summary(digest, &summaries[digest]);
+        if let Some(entries) = summaries.get(digest) {
+            batch.put_summary(digest, entries)?;
+        }
+    }
+
+    outcome.rejected = rejections.len() as u64;
+    outcome.first_rejection = rejections.first().cloned();
+    for rejected in rejections.iter().take(4) {
+        tracing::warn!(peer = peer_name, %rejected, "refused a federated event");
+    }
+    if let Some(last) = rejections.last() {
+        peer.n_rejected += outcome.rejected;
+        peer.last_rejection = last.to_string();
+    }
+    let n_events = outcome.applied + outcome.skipped + outcome.rejected;
+    if outcome.rejected > 0 && outcome.applied + outcome.skipped == 0 {
+        peer.n_bad_batches += 1;
+        if peer.n_bad_batches >= MAX_BAD_BATCHES {
+            peer.paused = true;
+            peer.pause_reason = format!(
+                "paused by the server: {} batches in a row held only refused events (latest: {})",
+                peer.n_bad_batches, peer.last_rejection
+            );
+            outcome.paused = true;
+            tracing::warn!(peer = peer_name, reason = %peer.pause_reason, "federation peer paused");
+        }
+    } else if n_events > 0 {
+        peer.n_bad_batches = 0;
     }
     peer.cursor = cursor;
+    peer.remote_db_identity = remote_db_identity;
     peer.last_sync_ms = now;
-    batch.put_peer(&peer.name, &encode_peer(&peer));
-    let n_events = outcome.applied + outcome.skipped + outcome.rejected;
+    batch.put_peer(&peer.name, &encode_peer(&peer)?);
     if n_events > 0 {
         let actor = Actor {
             id: None,
             name: format!("peer:{peer_name}"),
         };
+        let mut detail = format!(
+            "cursor {cursor}; {} skipped, {} rejected",
+            outcome.skipped, outcome.rejected
+        );
+        if let Some(first) = &outcome.first_rejection {
+            detail.push_str(&format!(" (first: {first})"));
+        }
+        if !renames.is_empty() {
+            detail.push_str(&format!("; renamed: {}", renames.join(", ")));
+        }
+        if outcome.paused {
+            detail.push_str("; peer paused");
+        }
         let event = AuditEvent::new(actor, AuditOp::FederationApply)
             .counts(n_events, outcome.applied)
-            .detail(format!(
-                "cursor {cursor}; {} skipped, {} rejected",
-                outcome.skipped, outcome.rejected
-            ));
-        inner.commit_audited(batch, event, now)?;
+            .detail(detail);
+        state.commit_audited(batch, event, now)?;
     } else {
-        inner.store.commit(batch)?;
+        state.store.commit(batch)?;
     }
     *last_sequence = sequence;
     Ok(outcome)
 }
 
-/// The domain rules a foreign event must meet, as a local submission would.
-fn check_event(event: &Event, now: i64) -> std::result::Result<(), String> {
+/// Parses a stored operator id (16 hex characters).
+pub fn parse_operator_id(text: &str) -> Option<[u8; 8]> {
+    let bytes = hex::decode(text).ok()?;
+    bytes.try_into().ok()
+}
+
+/// A member or operator name as it may be shown: printable, no `/` (it separates the
+/// operator from the member in a match), bounded.
+fn check_shown_name(
+    sequence: u64,
+    field: &'static str,
+    text: &str,
+    max_len: usize,
+    required: bool,
+) -> std::result::Result<(), Rejected> {
+    if text.is_empty() {
+        return if required {
+            Err(Rejected::new(sequence, field, "must be set"))
+        } else {
+            Ok(())
+        };
+    }
+    if text.len() > max_len {
+        return Err(Rejected::new(
+            sequence,
+            field,
+            format!("{} bytes, the limit is {max_len}", text.len()),
+        ));
+    }
+    if text.chars().any(|c| c.is_control() || c == '/') {
+        return Err(Rejected::new(sequence, field, "holds a control character or '/'"));
+    }
+    Ok(())
+}
+
+/// The rules a foreign event must meet: the peer's authority over its origin, and what a
+/// local submission must meet.
+fn check_event(
+    event: &Event,
+    peer_origin: Option<[u8; 8]>,
+    known_keys: &HashMap<[u8; 8], [u8; PUBLIC_KEY_LEN]>,
+    own_origin: [u8; 8],
+    now: i64,
+) -> std::result::Result<(), Rejected> {
+    let sequence = event.sequence;
+    // Our own events coming back round a ring are dropped by the caller, not refused.
+    if event.origin != own_origin && Some(event.origin) != peer_origin {
+        let Some(key) = known_keys.get(&event.origin) else {
+            return Err(Rejected::new(
+                sequence,
+                "origin_operator",
+                format!(
+                    "{} is not this peer's operator and its key is not known here; a peer speaks only for itself",
+                    hex::encode(event.origin)
+                ),
+            ));
+        };
+        if event.signature.is_empty() {
+            return Err(Rejected::new(
+                sequence,
+                "signature",
+                format!(
+                    "an event of operator {} passed on without its signature",
+                    hex::encode(event.origin)
+                ),
+            ));
+        }
+        signing::verify(key, event, &event.signature).map_err(|reason| Rejected::new(sequence, "signature", reason))?;
+    }
     let pseudonym_ok = !event.member_pseudonym.is_empty()
         && event.member_pseudonym.len() <= 64
-        && event.member_pseudonym.chars().all(|c| c.is_ascii_graphic());
+        && event
+            .member_pseudonym
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !pseudonym_ok {
-        return Err(format!(
-            "event {}: member_id must be 1 to 64 printable ASCII characters",
-            event.sequence
+        return Err(Rejected::new(
+            sequence,
+            "member_id",
+            "must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_' and '.'",
         ));
     }
-    if event.member_name.len() > 64 || event.origin_name.is_empty() || event.origin_name.len() > 128 {
-        return Err(format!(
-            "event {}: member or operator name too long or empty",
-            event.sequence
+    if !event.member_name.is_empty() && principals::validate_principal_name(&event.member_name).is_err() {
+        return Err(Rejected::new(
+            sequence,
+            "member_name",
+            "must be 1 to 64 characters of a-z, 0-9, '-', '_' and '.'",
         ));
     }
+    check_shown_name(sequence, "origin_operator_name", &event.origin_name, 128, true)?;
     if event.origin_sequence == 0 {
-        return Err(format!("event {}: origin_sequence must be at least 1", event.sequence));
+        return Err(Rejected::new(sequence, "origin_sequence", "must be at least 1"));
     }
     if let EventOp::Upsert {
         confidence,
@@ -475,22 +719,121 @@ fn check_event(event: &Event, now: i64) -> std::result::Result<(), String> {
     } = event.op
     {
         if confidence > 100 {
-            return Err(format!(
-                "event {}: confidence {confidence} is above 100",
-                event.sequence
+            return Err(Rejected::new(
+                sequence,
+                "confidence",
+                format!("{confidence} is above 100"),
             ));
         }
-        if first_seen_ms > last_seen_ms || last_seen_ms > now + super::flags::MAX_CLOCK_SKEW_MS {
-            return Err(format!(
-                "event {}: first_seen/last_seen are out of order or in the future",
-                event.sequence
+        if first_seen_ms > last_seen_ms || last_seen_ms > now.saturating_add(super::flags::MAX_CLOCK_SKEW_MS) {
+            return Err(Rejected::new(
+                sequence,
+                "last_seen",
+                "first_seen/last_seen are out of order or in the future",
             ));
         }
     }
     Ok(())
 }
 
-impl Inner {
+/// Adds or reconfigures a peer; the cursor, the counts and the operator id of an existing
+/// peer are kept (an id comes only from a bundle).
+pub(super) fn configure_peer(state: &State, admin: &Caller, mut record: PeerRecord) -> Result<PeerRecord> {
+    principals::validate_principal_name(&record.name)?;
+    if !record.operator_id.is_empty() && parse_operator_id(&record.operator_id).is_none() {
+        return Err(Error::invalid(format!(
+            "operator_id: '{}' is not 16 hex characters",
+            record.operator_id
+        )));
+    }
+    if !record.operator_key.is_empty()
+        && hex::decode(&record.operator_key).map_or(true, |key| key.len() != PUBLIC_KEY_LEN)
+    {
+        return Err(Error::invalid(format!(
+            "operator_key: '{}' is not 64 hex characters",
+            record.operator_key
+        )));
+    }
+    let _writer = state.writer();
+    if let Some(existing) = state.peer(&record.name)? {
+        record.cursor = existing.cursor;
+        record.remote_db_identity = existing.remote_db_identity;
+        record.last_sync_ms = existing.last_sync_ms;
+        record.n_rejected = existing.n_rejected;
+        record.last_rejection = existing.last_rejection;
+        if record.operator_id.is_empty() {
+            record.operator_id = existing.operator_id;
+        }
+        if record.operator_key.is_empty() {
+            record.operator_key = existing.operator_key;
+        }
+    }
+    // An admin's word resets the server's own pause.
+    record.n_bad_batches = 0;
+    record.pause_reason = String::new();
+    let mut batch = state.store.batch();
+    batch.put_peer(&record.name, &encode_peer(&record)?);
+    let categories: Vec<&str> = record.categories.iter().map(|c| c.as_str()).collect();
+    let event = AuditEvent::new(admin.into(), AuditOp::ConfigurePeer).detail(format!(
+        "{}: endpoint '{}', operator '{}' key '{}', paused {}, categories [{}], pass_on {}, reveal_names {}",
+        record.name,
+        record.endpoint,
+        record.operator_id,
+        record.operator_key,
+        record.paused,
+        categories.join(","),
+        record.pass_on,
+        record.reveal_names
+    ));
+    state.commit_audited(batch, event, crate::util::now_ms())?;
+    Ok(record)
+}
+
+/// Starts a peer's pull over from 0: the peer could not continue our cursor (its
+/// database was restored from a backup or replaced).
+pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Result<()> {
+    let now = crate::util::now_ms();
+    let _writer = state.writer();
+    let mut peer = state
+        .peer(name)?
+        .ok_or_else(|| Error::NotFound(format!("name: no peer named '{name}'")))?;
+    let old_cursor = peer.cursor;
+    peer.cursor = 0;
+    peer.remote_db_identity = String::new();
+    let mut batch = state.store.batch();
+    batch.put_peer(name, &encode_peer(&peer)?);
+    let actor = Actor {
+        id: None,
+        name: format!("peer:{name}"),
+    };
+    let event = AuditEvent::new(actor, AuditOp::FederationApply).detail(format!(
+        "cursor {old_cursor} refused by the peer ({reason}); pulling again from 0"
+    ));
+    state.commit_audited(batch, event, now)?;
+    tracing::warn!(
+        peer = name,
+        old_cursor,
+        reason,
+        "federation peer asks for a new snapshot; pulling from 0"
+    );
+    Ok(())
+}
+
+pub(super) fn remove_peer(state: &State, admin: &Caller, name: &str) -> Result<()> {
+    let now = crate::util::now_ms();
+    let _writer = state.writer();
+    if state.peer(name)?.is_none() {
+        return Err(Error::NotFound(format!("name: no peer named '{name}'")));
+    }
+    let mut batch = state.store.batch();
+    batch.delete_peer(name);
+    let event = AuditEvent::new(admin.into(), AuditOp::ConfigurePeer).detail(format!("{name}: removed"));
+    state.commit_audited(batch, event, now)?;
+    state.remove_peer_principal(admin, name, now)?;
+    Ok(())
+}
+
+impl State {
     pub(super) fn peer(&self, name: &str) -> Result<Option<PeerRecord>> {
         self.store.get_peer(name)?.map(|bytes| decode_peer(&bytes)).transpose()
     }
@@ -501,137 +844,5 @@ impl Inner {
             .iter()
             .map(|bytes| decode_peer(bytes))
             .collect()
-    }
-
-    /// The local id of the event's member, registering it (in `batch`) when new.
-    fn foreign_member_id(&self, event: &Event) -> Result<PrincipalId> {
-        let display = display_name(&event.origin_name, &event.member_name, &event.member_pseudonym);
-        let mut foreign = self.federation.foreign.lock().expect("foreign members lock poisoned");
-        let identity = (event.origin, event.member_pseudonym.clone());
-        let known = foreign.by_identity.get(&identity).copied();
-        if let Some(member) = known.and_then(|id| foreign.by_id.get_mut(&id)) {
-            // A name revealed later (or an operator renamed) replaces what was shown.
-            if member.display != display && (!event.member_name.is_empty() || member.origin_name != event.origin_name) {
-                member.display = display;
-                member.origin_name = event.origin_name.clone();
-                self.registry.set_foreign_name(member.id, member.display.clone());
-            }
-            return Ok(member.id);
-        }
-        let id = foreign.next_id;
-        if id == PrincipalId::MAX {
-            return Err(Error::Internal("foreign member ids are exhausted".to_owned()));
-        }
-        foreign.next_id += 1;
-        let member = ForeignMember {
-            id,
-            origin: event.origin,
-            origin_name: event.origin_name.clone(),
-            pseudonym: event.member_pseudonym.clone(),
-            display,
-        };
-        self.registry.set_foreign_name(id, member.display.clone());
-        foreign.by_identity.insert(identity, id);
-        foreign.by_id.insert(id, member);
-        Ok(id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Caller, Domain, Policy};
-    use crate::model::Role;
-    use crate::store::{Store, StoreOptions};
-
-    fn upsert(origin_sequence: u64, confidence: u8, now: i64) -> Event {
-        Event {
-            sequence: origin_sequence,
-            origin: [7; 8],
-            origin_name: "op-x".to_owned(),
-            origin_sequence,
-            member_pseudonym: "m-0123".to_owned(),
-            member_name: String::new(),
-            digest: [9; 32],
-            kind: Kind::Email,
-            category: Category::Grooming,
-            op: EventOp::Upsert {
-                confidence,
-                first_seen_ms: now - 10,
-                last_seen_ms: now - 5,
-                expires_at_ms: now + 60_000,
-            },
-        }
-    }
-
-    #[tokio::test]
-    async fn bad_events_are_rejected_and_versions_keep_late_events_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let domain = Domain::open(store, Policy::default()).unwrap();
-        let admin = Caller {
-            id: 1,
-            name: "admin".to_owned(),
-            role: Role::Admin,
-        };
-        domain
-            .configure_peer(admin, PeerRecord::policy_only("x"))
-            .await
-            .unwrap();
-        let now = crate::util::now_ms();
-        let own = Event {
-            origin: domain.federation().operator_id,
-            ..upsert(4, 50, now)
-        };
-        let mut unnamed = upsert(5, 50, now);
-        unnamed.member_pseudonym = String::new();
-        let outcome = domain
-            .apply_federated(
-                "x".to_owned(),
-                vec![
-                    Ok(upsert(10, 50, now)),
-                    Err("event 11: digest: 31 bytes".to_owned()),
-                    Ok(upsert(12, 101, now)),
-                    Ok(unnamed),
-                    Ok(own),
-                ],
-                12,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            outcome,
-            ApplyOutcome {
-                applied: 1,
-                skipped: 1,
-                rejected: 3
-            }
-        );
-        assert_eq!(domain.peer("x".to_owned()).await.unwrap().unwrap().cursor, 12);
-
-        let retract = |origin_sequence| Event {
-            op: EventOp::Retract(RetractReason::FalsePositive),
-            ..upsert(origin_sequence, 0, now)
-        };
-        let apply = |events: Vec<Event>, cursor| {
-            let domain = domain.clone();
-            async move {
-                domain
-                    .apply_federated("x".to_owned(), events.into_iter().map(Ok).collect(), cursor)
-                    .await
-                    .unwrap()
-            }
-        };
-        // An older version of the same flag, arriving late, changes nothing.
-        assert_eq!(apply(vec![upsert(8, 99, now)], 13).await.skipped, 1);
-        assert_eq!(apply(vec![retract(20)], 14).await.applied, 1);
-        // The tombstone keeps a late upsert from resurrecting the retracted flag.
-        assert_eq!(apply(vec![upsert(15, 70, now)], 15).await.skipped, 1);
-        let stored = domain.store().get_summaries(&[[9; 32]]).unwrap();
-        assert!(stored[0].as_ref().is_none_or(|entries| entries.is_empty()));
-        // A newer upsert (re-flagged at the origin) applies again.
-        assert_eq!(apply(vec![upsert(21, 70, now)], 16).await.applied, 1);
-        let err = domain.apply_federated("x".to_owned(), Vec::new(), 3).await.unwrap_err();
-        assert!(err.to_string().contains("cursor: 3 is behind"), "{err}");
     }
 }

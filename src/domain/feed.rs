@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
-use super::audit::AuditEvent;
-use super::{Caller, Inner, Match};
+use super::flags::Match;
+use super::principals::Caller;
+use super::state::State;
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Category, Change, RetractReason};
+use crate::model::{Category, Change, RetractReason};
 
 /// Digests per snapshot batch, and most changes per live batch.
 pub const FEED_BATCH: usize = 2_000;
@@ -19,6 +20,8 @@ pub enum FeedOp {
     Upsert,
     Retract(RetractReason),
     Expire,
+    /// Another member disputed the flag; the state carries the new dispute count.
+    Dispute,
 }
 
 #[derive(Debug, Clone)]
@@ -31,30 +34,56 @@ pub struct FeedItem {
     pub state: Option<Match>,
 }
 
-/// Cursors are opaque to clients: `v1:<sequence>`.
-pub fn encode_cursor(sequence: u64) -> String {
-    format!("v1:{sequence}")
+/// Cursors are opaque to clients: `v2:<database identity, 16 hex>:<sequence>`. The
+/// identity changes when a database is restored from a backup, so a cursor handed out
+/// before cannot silently skip what the restore undid.
+pub fn encode_cursor(db_identity: &[u8; 8], sequence: u64) -> String {
+    format!("v2:{}:{sequence}", hex::encode(db_identity))
 }
 
-pub fn decode_cursor(cursor: &str) -> Result<u64> {
-    cursor
-        .strip_prefix("v1:")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Error::invalid(format!("cursor: '{cursor}' is not a cursor this server issued")))
+/// The sequence a cursor resumes after. A cursor of another database (a restore, or
+/// another server) or of an older format is `OutOfRange`: the reader starts again with a
+/// snapshot.
+pub fn decode_cursor(cursor: &str, db_identity: &[u8; 8]) -> Result<u64> {
+    let malformed = || Error::invalid(format!("cursor: '{cursor}' is not a cursor this server issued"));
+    if cursor.starts_with("v1:") {
+        return Err(Error::OutOfRange(
+            "cursor: an older cursor format without a database identity; start again with a snapshot (empty cursor)"
+                .to_owned(),
+        ));
+    }
+    let mut parts = cursor.strip_prefix("v2:").ok_or_else(malformed)?.splitn(2, ':');
+    let identity = parts.next().ok_or_else(malformed)?;
+    let sequence: u64 = parts.next().and_then(|n| n.parse().ok()).ok_or_else(malformed)?;
+    if identity.len() != 16 || hex::decode(identity).is_err() {
+        return Err(malformed());
+    }
+    if identity != hex::encode(db_identity) {
+        return Err(Error::OutOfRange(
+            "cursor: it belongs to another database (this one was restored from a backup or replaced); start again with a snapshot (empty cursor)"
+                .to_owned(),
+        ));
+    }
+    Ok(sequence)
 }
 
-/// Streams the snapshot to `emit` in batches (stopping early when it returns false) and
-/// returns the sequence number from which live changes continue it.
-pub(super) fn snapshot(inner: &Inner, caller: &Caller, mut emit: impl FnMut(Vec<FeedItem>) -> bool) -> Result<u64> {
-    // Read before the scan: changes during the scan are sent again afterwards, and as
-    // events carry state, the repeat is harmless.
-    let head = *inner.writer();
-    inner.record(AuditEvent::new(caller.into(), AuditOp::Subscribe).detail("snapshot"))?;
+/// One chunk of the snapshot: the live matches of up to `FEED_BATCH` digests after
+/// `after`, and the last digest read (`None` once the whole table was read). The caller
+/// reads the head before the first chunk: changes during the snapshot are sent again after
+/// it, and as events carry state, the repeat is harmless.
+pub(super) fn snapshot_chunk(
+    state: &State,
+    caller: &Caller,
+    after: Option<Digest>,
+) -> Result<(Vec<FeedItem>, Option<Digest>)> {
     let now = crate::util::now_ms();
-    let mut items = Vec::with_capacity(FEED_BATCH);
-    for row in inner.store.all_summaries() {
-        let (digest, entries) = row?;
-        if let Some(state) = inner.match_of(caller, 0, digest, &entries, now)? {
+    let rows = state.store.summaries_after(after, FEED_BATCH)?;
+    let last = (rows.len() == FEED_BATCH)
+        .then(|| rows.last().map(|(digest, _)| *digest))
+        .flatten();
+    let mut items = Vec::with_capacity(rows.len());
+    for (digest, entries) in rows {
+        if let Some(state) = state.match_of(caller, 0, digest, &entries, now)? {
             items.push(FeedItem {
                 sequence: 0,
                 op: FeedOp::Snapshot,
@@ -63,30 +92,26 @@ pub(super) fn snapshot(inner: &Inner, caller: &Caller, mut emit: impl FnMut(Vec<
                 state: Some(state),
             });
         }
-        if items.len() == FEED_BATCH && !emit(std::mem::take(&mut items)) {
-            return Ok(head);
-        }
     }
-    if !items.is_empty() {
-        emit(items);
-    }
-    Ok(head)
+    Ok((items, last))
 }
 
 /// Up to `FEED_BATCH` changes after `after`, each with its digest's current match; the
 /// sequence covered; the newest sequence.
-pub(super) fn changes(inner: &Inner, caller: &Caller, after: u64) -> Result<(Vec<FeedItem>, u64, u64)> {
-    let head = *inner.writer();
-    let changes = inner.store.changes_after(after, FEED_BATCH)?;
-    let covered = changes.last().map_or(after, |(sequence, _)| *sequence);
+pub(super) fn changes(state: &State, caller: &Caller, after: u64) -> Result<(Vec<FeedItem>, u64, u64)> {
+    let head = state.head()?;
+    let changes = state.store.changes_after(after, FEED_BATCH)?;
+    // Nothing after `after`: everything up to the head is covered (rows up to it may have
+    // been deleted), else up to the last row read.
+    let covered = changes.last().map_or(after.max(head), |(sequence, _)| *sequence);
     let mut digests: Vec<Digest> = changes.iter().map(|(_, change)| change.key.digest).collect();
     digests.sort_unstable();
     digests.dedup();
     let now = crate::util::now_ms();
     let mut states: HashMap<Digest, Option<Match>> = HashMap::with_capacity(digests.len());
-    for (digest, entries) in digests.iter().zip(inner.store.get_summaries(&digests)?) {
+    for (digest, entries) in digests.iter().zip(state.store.get_summaries(&digests)?) {
         let state = match entries {
-            Some(entries) => inner.match_of(caller, 0, *digest, &entries, now)?,
+            Some(entries) => state.match_of(caller, 0, *digest, &entries, now)?,
             None => None,
         };
         states.insert(*digest, state);
@@ -99,15 +124,59 @@ pub(super) fn changes(inner: &Inner, caller: &Caller, after: u64) -> Result<(Vec
                 Change::Upsert(_) => FeedOp::Upsert,
                 Change::Retract(reason) => FeedOp::Retract(reason),
                 Change::Expire => FeedOp::Expire,
+                Change::Dispute => FeedOp::Dispute,
             },
             digest: change.key.digest,
             flag: Some((
                 change.key.kind,
                 change.key.category,
-                inner.registry.name_of(change.key.member),
+                state.registry.name_of(change.key.member),
             )),
-            state: states[&change.key.digest].clone(),
+            state: states.get(&change.key.digest).cloned().flatten(),
         })
         .collect();
     Ok((items, covered, head))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn a_cursor_names_its_database() {
+        let identity = [1, 2, 3, 4, 5, 6, 7, 8];
+        let cursor = encode_cursor(&identity, 42);
+        assert_eq!(cursor, "v2:0102030405060708:42");
+        assert_eq!(decode_cursor(&cursor, &identity).unwrap(), 42);
+        let restored = decode_cursor(&cursor, &[9; 8]).unwrap_err();
+        assert!(matches!(restored, Error::OutOfRange(_)), "{restored:?}");
+        assert!(matches!(decode_cursor("v1:42", &identity), Err(Error::OutOfRange(_))));
+        for bad in [
+            "",
+            "v2:",
+            "v2:0102030405060708",
+            "v2:zz02030405060708:1",
+            "v2:0102:1",
+            "v3:1",
+        ] {
+            assert!(
+                matches!(decode_cursor(bad, &identity), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_a_cursor_or_a_refusal(text in "\\PC{0,60}", identity in any::<[u8; 8]>()) {
+            let _ = decode_cursor(&text, &identity);
+        }
+
+        #[test]
+        fn cursors_round_trip(identity in any::<[u8; 8]>(), sequence in any::<u64>()) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(&identity, sequence), &identity).unwrap(), sequence);
+        }
+    }
 }

@@ -120,7 +120,12 @@ pub fn merge_flag(
     default_distribution: Distribution,
     now_ms: i64,
 ) -> FlagRecord {
-    let distribution = new.distribution.unwrap_or(default_distribution);
+    // A resubmission that names no distribution keeps the stored one: a `local` flag
+    // must not leave by being submitted again without the field.
+    let distribution = new
+        .distribution
+        .or(existing.map(|old| old.distribution))
+        .unwrap_or(default_distribution);
     let observed_at_ms = new.observed_at_ms.unwrap_or(now_ms);
     // The operator's per-category retention is the longest a flag may live; a member may
     // ask for less, never more.
@@ -161,12 +166,21 @@ pub fn merge_flag(
 }
 
 /// Replaces (or adds) the entry of `key` in a digest's summary; `sequence` is the
-/// change-log upsert holding `record`.
-pub fn upsert_summary_entry(entries: &mut Vec<SummaryEntry>, key: &FlagKey, record: &FlagRecord, sequence: u64) {
+/// change-log upsert holding `record`. Returns the sequence of the upsert the entry named
+/// before, which the new one supersedes.
+pub fn upsert_summary_entry(
+    entries: &mut Vec<SummaryEntry>,
+    key: &FlagKey,
+    record: &FlagRecord,
+    sequence: u64,
+) -> Option<u64> {
     let entry = SummaryEntry::from_flag(key, record, sequence);
     match entries.iter_mut().find(|existing| existing.same_flag(key)) {
-        Some(existing) => *existing = entry,
-        None => entries.push(entry),
+        Some(existing) => Some(std::mem::replace(existing, entry).sequence),
+        None => {
+            entries.push(entry);
+            None
+        }
     }
 }
 
@@ -296,6 +310,20 @@ mod tests {
         assert_eq!(merged.last_seen_ms, 3_000);
         assert_eq!(merged.created_at_ms, 5_000);
         assert_eq!(merged.updated_at_ms, 6_000);
+    }
+
+    #[test]
+    fn a_resubmission_without_a_distribution_keeps_the_stored_one() {
+        let mut local = new_flag(40);
+        local.distribution = Some(Distribution::Local);
+        let first = merge_flag(None, &local, 1, 9_999, Distribution::Federated, 5_000);
+        assert_eq!(first.distribution, Distribution::Local);
+        let again = merge_flag(Some(&first), &new_flag(50), 1, 9_999, Distribution::Federated, 6_000);
+        assert_eq!(again.distribution, Distribution::Local, "not the operator's default");
+        let mut shared = new_flag(50);
+        shared.distribution = Some(Distribution::Federated);
+        let shared = merge_flag(Some(&again), &shared, 1, 9_999, Distribution::Local, 7_000);
+        assert_eq!(shared.distribution, Distribution::Federated, "an explicit choice wins");
     }
 
     #[test]

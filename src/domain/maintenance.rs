@@ -5,46 +5,127 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::audit::{Actor, AuditEvent};
-use super::{Inner, stage_removal};
+use super::state::{Removal, State, stage_dispute_cleanup, stage_removal};
 use crate::digest::{Digest, Kind};
 use crate::error::Result;
-use crate::model::{AuditOp, Category, Change, PrincipalStatus, Role, SummaryEntry};
+use crate::model::{AuditOp, Category, Change, PrincipalStatus, Role, SummaryEntry, is_foreign};
 
 /// Digests rewritten per commit while purging, so the writer lock is never held long.
 const PURGE_CHUNK: usize = 1_000;
+
+/// Change-log rows read per commit while deleting old tombstones.
+const TOMBSTONE_CHUNK: usize = 1_000;
+
+/// How long things are kept, for one maintenance pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub audit_ms: i64,
+    /// How long the thin tombstone of a removed flag stays in the change log, so mirrors
+    /// and peers that were away learn of the removal; a cursor older than that re-snapshots.
+    pub tombstone_ms: i64,
+}
 
 /// What one maintenance pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {
     pub flags_purged: u64,
     pub audit_entries_pruned: u64,
+    pub tombstones_deleted: u64,
 }
 
-pub(super) fn sweep(inner: &Inner, now: i64, audit_retention_ms: i64) -> Result<Sweep> {
-    let flags_purged = purge_expired(inner, now)?;
-    let audit_entries_pruned = inner
+pub(super) fn sweep(state: &State, now: i64, retention: Retention) -> Result<Sweep> {
+    let flags_purged = purge_expired(state, now)?;
+    let tombstones_deleted = delete_old_tombstones(state, now.saturating_sub(retention.tombstone_ms))?;
+    let audit_retention_ms = retention.audit_ms;
+    let audit_entries_pruned = state
         .ledger()
-        .prune(&inner.store, now.saturating_sub(audit_retention_ms), now)?;
-    inner
+        .prune(&state.store, now.saturating_sub(audit_retention_ms), now)?;
+    state
         .metrics
         .flags_expired_purged
         .fetch_add(flags_purged, Ordering::Relaxed);
-    inner
+    state
         .metrics
         .audit_entries_pruned
         .fetch_add(audit_entries_pruned, Ordering::Relaxed);
     Ok(Sweep {
         flags_purged,
         audit_entries_pruned,
+        tombstones_deleted,
     })
+}
+
+/// Deletes the tombstones (retractions, expiries, disputes) committed before `cutoff_ms`,
+/// with the version rows of the foreign flags they ended, and moves the change horizon past
+/// them: a cursor below the horizon is refused, as what it missed is gone. Live flags'
+/// upserts stay. Deleting the newest row records the sequence floor, so sequences never go
+/// back.
+fn delete_old_tombstones(state: &State, cutoff_ms: i64) -> Result<u64> {
+    let mut n_deleted = 0u64;
+    let start = state.store.change_horizon()?;
+    let mut horizon = start;
+    loop {
+        let last_sequence = state.writer();
+        let changes = state.store.changes_after(horizon, TOMBSTONE_CHUNK)?;
+        let mut batch = state.store.batch();
+        let mut reached = horizon;
+        let mut n_chunk = 0u64;
+        let mut done = changes.len() < TOMBSTONE_CHUNK;
+        for (sequence, change) in &changes {
+            if change.at_ms >= cutoff_ms || *sequence > *last_sequence {
+                done = true;
+                break;
+            }
+            reached = *sequence;
+            match change.change {
+                Change::Upsert(_) => {}
+                Change::Retract(_) | Change::Expire | Change::Dispute => {
+                    batch.delete_change(*sequence);
+                    n_chunk += 1;
+                    if is_foreign(change.key.member) && change.origin_sequence > 0 {
+                        let version = state.store.get_flag_versions(&[change.key])?.pop().flatten();
+                        let live = state
+                            .store
+                            .get_summaries(&[change.key.digest])?
+                            .pop()
+                            .flatten()
+                            .is_some_and(|entries| entries.iter().any(|entry| entry.same_flag(&change.key)));
+                        if version == Some(change.origin_sequence) && !live {
+                            batch.delete_flag_version(&change.key);
+                        }
+                    }
+                }
+            }
+        }
+        if reached > horizon {
+            if reached == *last_sequence {
+                batch.put_sequence_floor(reached);
+            }
+            batch.put_change_horizon(reached);
+            state.store.commit(batch)?;
+            horizon = reached;
+            n_deleted += n_chunk;
+        }
+        drop(last_sequence);
+        if done {
+            break;
+        }
+    }
+    if horizon > start {
+        state.store.compact_changes(start, horizon);
+        if n_deleted > 0 {
+            tracing::info!(n_deleted, horizon, "deleted tombstones past their retention");
+        }
+    }
+    Ok(n_deleted)
 }
 
 /// Deletes every flag whose expiry has passed (queries already ignore them), writing an
 /// `Expire` change per flag so feeds and peers learn of it.
-fn purge_expired(inner: &Inner, now: i64) -> Result<u64> {
+fn purge_expired(state: &State, now: i64) -> Result<u64> {
     // Find candidates without the lock; each chunk is re-read under it.
     let mut candidates: Vec<Digest> = Vec::new();
-    for item in inner.store.all_summaries() {
+    for item in state.store.all_summaries() {
         let (digest, entries) = item?;
         if entries.iter().any(|entry| entry.expires_at_ms <= now) {
             candidates.push(digest);
@@ -52,27 +133,39 @@ fn purge_expired(inner: &Inner, now: i64) -> Result<u64> {
     }
     let mut n_purged = 0u64;
     for chunk in candidates.chunks(PURGE_CHUNK) {
-        let mut last_sequence = inner.writer();
+        let mut last_sequence = state.writer();
         let mut sequence = *last_sequence;
-        let mut batch = inner.store.batch();
+        let mut batch = state.store.batch();
         let mut n_chunk = 0u64;
-        for (digest, entries) in inner.read_summaries(chunk)? {
+        for (digest, entries) in state.read_summaries(chunk)? {
             let (expired, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
                 entries.into_iter().partition(|entry| entry.expires_at_ms <= now);
             if expired.is_empty() {
                 continue;
             }
             for entry in &expired {
-                stage_removal(&mut batch, &mut sequence, digest, entry, Change::Expire, 0, now);
+                stage_removal(
+                    &mut batch,
+                    &mut sequence,
+                    digest,
+                    entry,
+                    Removal {
+                        change: Change::Expire,
+                        origin_sequence: entry_origin_sequence(state, entry)?,
+                        signature: None,
+                    },
+                    now,
+                );
+                stage_dispute_cleanup(state, &mut batch, &digest, &kept, entry.member);
             }
             n_chunk += expired.len() as u64;
-            batch.put_summary(&digest, &kept);
+            batch.put_summary(&digest, &kept)?;
         }
         if n_chunk == 0 {
             continue;
         }
         let event = AuditEvent::new(Actor::system(), AuditOp::PurgeExpired).counts(n_chunk, n_chunk);
-        inner.commit_audited(batch, event, now)?;
+        state.commit_audited(batch, event, now)?;
         *last_sequence = sequence;
         n_purged += n_chunk;
     }
@@ -104,13 +197,13 @@ pub struct Stats {
     pub audit_entries_pruned: u64,
 }
 
-pub(super) fn stats(inner: &Inner, now: i64) -> Result<Stats> {
+pub(super) fn stats(state: &State, now: i64) -> Result<Stats> {
     let mut stats = Stats {
         oldest_flag_ms: i64::MAX,
         newest_flag_ms: i64::MIN,
         ..Stats::default()
     };
-    for item in inner.store.all_summaries() {
+    for item in state.store.all_summaries() {
         let (_digest, entries) = item?;
         let mut live = false;
         for entry in entries {
@@ -131,15 +224,28 @@ pub(super) fn stats(inner: &Inner, now: i64) -> Result<Stats> {
         stats.oldest_flag_ms = 0;
         stats.newest_flag_ms = 0;
     }
-    for record in inner.registry.list() {
+    for record in state.registry.list() {
         if record.status == PrincipalStatus::Active {
             *stats.principals_by_role.entry(record.role).or_default() += 1;
         }
     }
-    stats.disk_bytes = inner.store.disk_size();
-    stats.change_sequence = *inner.writer();
-    stats.audit_sequence = inner.ledger().last_sequence();
-    stats.flags_expired_purged = inner.metrics.flags_expired_purged.load(Ordering::Relaxed);
-    stats.audit_entries_pruned = inner.metrics.audit_entries_pruned.load(Ordering::Relaxed);
+    stats.disk_bytes = state.store.disk_size();
+    stats.change_sequence = state.head()?;
+    stats.audit_sequence = state.ledger().last_sequence();
+    stats.flags_expired_purged = state.metrics.flags_expired_purged.load(Ordering::Relaxed);
+    stats.audit_entries_pruned = state.metrics.audit_entries_pruned.load(Ordering::Relaxed);
     Ok(stats)
+}
+
+/// The origin version of a stored flag (0 for a local one), from the upsert its entry names.
+fn entry_origin_sequence(state: &State, entry: &SummaryEntry) -> Result<u64> {
+    if !crate::model::is_foreign(entry.member) {
+        return Ok(0);
+    }
+    Ok(state
+        .store
+        .get_flag_records(&[entry.sequence])?
+        .pop()
+        .flatten()
+        .map_or(0, |record| record.origin_sequence))
 }

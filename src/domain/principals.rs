@@ -3,11 +3,11 @@
 //! is a hash lookup and a suspension takes effect on the very next call, also on
 //! connections that were already open.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::model::{PrincipalId, PrincipalRecord, PrincipalStatus, Role};
+use crate::model::{FOREIGN_MEMBER_BASE, PrincipalId, PrincipalRecord, PrincipalStatus, Role};
 
 /// An authenticated caller, as the domain sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +15,13 @@ pub struct Caller {
     pub id: PrincipalId,
     pub name: String,
     pub role: Role,
+    /// SHA-256 of the certificate the caller authenticated with: a long-lived stream is
+    /// re-checked against it, so a rotation or removal ends the stream.
+    pub cert_sha256: [u8; 32],
 }
+
+/// The name the audit log gives the server's own work; no principal may take it.
+pub const SYSTEM_NAME: &str = "system";
 
 #[derive(Default)]
 struct Maps {
@@ -38,6 +44,11 @@ pub fn validate_principal_name(name: &str) -> Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok && name == SYSTEM_NAME {
+        return Err(Error::invalid(format!(
+            "name: '{SYSTEM_NAME}' is reserved for the server's own entries in the audit log"
+        )));
+    }
     if ok {
         Ok(())
     } else {
@@ -58,7 +69,7 @@ impl Registry {
 
     /// Inserts or replaces a record (after it has been committed to the store).
     pub fn upsert(&self, record: PrincipalRecord) {
-        let mut maps = self.maps.write().expect("registry lock poisoned");
+        let mut maps = self.maps.write();
         if let Some(old) = maps.by_id.get(&record.id).cloned() {
             maps.by_fingerprint.remove(&old.cert_sha256);
             maps.by_name.remove(&old.name);
@@ -70,7 +81,7 @@ impl Registry {
 
     /// Maps a client certificate's SHA-256 to an active principal.
     pub fn authenticate(&self, cert_sha256: &[u8; 32]) -> Result<Caller> {
-        let maps = self.maps.read().expect("registry lock poisoned");
+        let maps = self.maps.read();
         let record = maps
             .by_fingerprint
             .get(cert_sha256)
@@ -91,16 +102,17 @@ impl Registry {
             id: record.id,
             name: record.name.clone(),
             role: record.role,
+            cert_sha256: *cert_sha256,
         })
     }
 
     pub fn by_name(&self, name: &str) -> Option<PrincipalRecord> {
-        let maps = self.maps.read().expect("registry lock poisoned");
+        let maps = self.maps.read();
         maps.by_name.get(name).and_then(|id| maps.by_id.get(id)).cloned()
     }
 
     pub fn name_of(&self, id: PrincipalId) -> String {
-        let maps = self.maps.read().expect("registry lock poisoned");
+        let maps = self.maps.read();
         maps.by_id
             .get(&id)
             .map(|record| record.name.clone())
@@ -109,34 +121,34 @@ impl Registry {
     }
 
     pub fn set_foreign_name(&self, id: PrincipalId, display: String) {
-        let mut maps = self.maps.write().expect("registry lock poisoned");
+        let mut maps = self.maps.write();
         maps.foreign_names.insert(id, display);
     }
 
     /// Whether the principal with `id` is registered and active.
     pub fn is_active(&self, id: PrincipalId) -> bool {
-        let maps = self.maps.read().expect("registry lock poisoned");
+        let maps = self.maps.read();
         maps.by_id
             .get(&id)
             .is_some_and(|record| record.status == PrincipalStatus::Active)
     }
 
     pub fn contains_fingerprint(&self, cert_sha256: &[u8; 32]) -> bool {
-        self.maps
-            .read()
-            .expect("registry lock poisoned")
-            .by_fingerprint
-            .contains_key(cert_sha256)
+        self.maps.read().by_fingerprint.contains_key(cert_sha256)
     }
 
-    pub fn next_id(&self) -> PrincipalId {
-        let maps = self.maps.read().expect("registry lock poisoned");
-        maps.by_id.keys().max().map_or(1, |max| max + 1)
+    pub fn next_id(&self) -> Result<PrincipalId> {
+        let maps = self.maps.read();
+        let next = maps.by_id.keys().max().map_or(1, |max| max.saturating_add(1));
+        if next >= FOREIGN_MEMBER_BASE {
+            return Err(Error::ResourceExhausted("name: no principal ids are left".to_owned()));
+        }
+        Ok(next)
     }
 
     /// All principals, by name.
     pub fn list(&self) -> Vec<PrincipalRecord> {
-        let maps = self.maps.read().expect("registry lock poisoned");
+        let maps = self.maps.read();
         let mut records: Vec<_> = maps.by_id.values().cloned().collect();
         records.sort_by(|a, b| a.name.cmp(&b.name));
         records
@@ -180,7 +192,7 @@ mod tests {
         registry.upsert(rotated);
         assert!(registry.authenticate(&[1; 32]).is_err());
         assert_eq!(registry.authenticate(&[9; 32]).unwrap().id, 1);
-        assert_eq!(registry.next_id(), 2);
+        assert_eq!(registry.next_id().unwrap(), 2);
     }
 
     #[test]
@@ -188,5 +200,11 @@ mod tests {
         assert!(validate_principal_name("platform-a.eu_1").is_ok());
         assert!(validate_principal_name("Platform A").is_err());
         assert!(validate_principal_name("").is_err());
+        assert!(
+            validate_principal_name("system")
+                .unwrap_err()
+                .to_string()
+                .contains("reserved")
+        );
     }
 }

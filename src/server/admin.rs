@@ -10,9 +10,10 @@ use crate::model::Role;
 use crate::pb;
 use crate::pki::Pki;
 
-use super::convert::{self, status_from_error};
+use super::convert;
 use super::federation::{PeerProgress, Peers};
 use super::identity::authorize;
+use crate::wire;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct AdminService {
@@ -36,11 +37,14 @@ impl AdminService {
             state: progress.as_ref().map_or_else(|| "stopped".to_owned(), |p| p.state()),
             cursor: record.cursor,
             lag: head.saturating_sub(record.cursor),
-            last_sync: (record.last_sync_ms > 0).then(|| convert::timestamp_from_ms(record.last_sync_ms)),
+            last_sync: (record.last_sync_ms > 0).then(|| crate::wire::timestamp_from_ms(record.last_sync_ms)),
             n_received: load(|p| &p.received),
             n_applied: load(|p| &p.applied),
-            n_rejected: load(|p| &p.rejected),
+            n_rejected: record.n_rejected,
             last_error: progress.as_ref().map(|p| p.last_error()).unwrap_or_default(),
+            last_rejection: record.last_rejection.clone(),
+            pause_reason: record.pause_reason.clone(),
+            operator_id: record.operator_id.clone(),
         }
     }
 }
@@ -50,10 +54,11 @@ impl AdminService {
     fn issue(&self, name: &str, role: Role, public_key_der: &[u8]) -> Result<(String, [u8; 32]), Status> {
         self.pki
             .issue_client_certificate(name, role, public_key_der)
-            .map_err(|err| {
-                status_from_error(Error::invalid(format!(
+            .map_err(|err| match err {
+                crate::pki::PkiError::CaKeyOffline(_) => Status::failed_precondition(err.to_string()),
+                err => Status::from(Error::invalid(format!(
                     "public_key_der: not a usable SubjectPublicKeyInfo ({err})"
-                )))
+                ))),
             })
     }
 }
@@ -66,21 +71,20 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::AddPrincipalResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let request = request.into_inner();
-        let role = convert::role_from_pb(request.role).map_err(status_from_error)?;
-        self.domain
-            .check_new_principal_name(&request.name)
-            .map_err(status_from_error)?;
+        let role = wire::role_from_pb(request.role)?;
+        self.domain.check_new_principal_name(&request.name)?;
         let (certificate_pem, cert_sha256) = self.issue(&request.name, role, &request.public_key_der)?;
         let record = self
             .domain
             .add_principal((&admin).into(), request.name, role, cert_sha256)
-            .await
-            .map_err(status_from_error)?;
+            .await?;
         tracing::info!(principal = %record.name, role = %record.role, by = %admin.name, "principal added");
         Ok(Response::new(pb::AddPrincipalResponse {
             principal: Some(convert::principal_to_pb(&record)),
             certificate_pem,
             ca_certificate_pem: self.pki.ca_pem.clone(),
+            operator_id: self.domain.federation().operator_id.to_vec(),
+            operator_key: self.domain.operator_key().to_vec(),
         }))
     }
 
@@ -92,8 +96,7 @@ impl pb::admin_server::Admin for AdminService {
         let principals = self
             .domain
             .list_principals(admin)
-            .await
-            .map_err(status_from_error)?
+            .await?
             .iter()
             .map(convert::principal_view_to_pb)
             .collect();
@@ -106,12 +109,11 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::SetPrincipalStatusResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let request = request.into_inner();
-        let status = convert::status_from_pb(request.status).map_err(status_from_error)?;
+        let status = wire::principal_status_from_pb(request.status)?;
         let (record, n_withdrawn) = self
             .domain
             .set_principal_status(admin.clone(), request.name, status, request.withdraw_flags)
-            .await
-            .map_err(status_from_error)?;
+            .await?;
         tracing::info!(principal = %record.name, status = %record.status, n_withdrawn, by = %admin.name, "principal status changed");
         Ok(Response::new(pb::SetPrincipalStatusResponse {
             principal: Some(convert::principal_to_pb(&record)),
@@ -135,13 +137,14 @@ impl pb::admin_server::Admin for AdminService {
         let record = self
             .domain
             .rotate_certificate(admin.clone(), request.name, cert_sha256)
-            .await
-            .map_err(status_from_error)?;
+            .await?;
         tracing::info!(principal = %record.name, by = %admin.name, "certificate rotated");
         Ok(Response::new(pb::RotateCertificateResponse {
             principal: Some(convert::principal_to_pb(&record)),
             certificate_pem,
             ca_certificate_pem: self.pki.ca_pem.clone(),
+            operator_id: self.domain.federation().operator_id.to_vec(),
+            operator_key: self.domain.operator_key().to_vec(),
         }))
     }
 
@@ -150,8 +153,8 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let filter = convert::audit_filter_from_pb(request.into_inner()).map_err(status_from_error)?;
-        let entries = self.domain.list_audit(admin, filter).await.map_err(status_from_error)?;
+        let filter = convert::audit_filter_from_pb(request.into_inner())?;
+        let entries = self.domain.list_audit(admin, filter).await?;
         Ok(Response::new(pb::ListAuditResponse {
             entries: entries.into_iter().map(convert::audit_entry_to_pb).collect(),
         }))
@@ -162,7 +165,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let report = self.domain.verify_audit(admin).await.map_err(status_from_error)?;
+        let report = self.domain.verify_audit(admin).await?;
         if let Some((sequence, problem)) = &report.broken {
             tracing::warn!(sequence, problem, "audit chain broken");
         }
@@ -171,8 +174,11 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let stats = self.domain.stats(admin).await.map_err(status_from_error)?;
-        Ok(Response::new(convert::stats_to_pb(stats)))
+        let stats = self.domain.stats(admin).await?;
+        let mut response = convert::stats_to_pb(stats);
+        response.operator_id = hex::encode(self.domain.federation().operator_id);
+        response.operator_key = hex::encode(self.domain.operator_key());
+        Ok(Response::new(response))
     }
 
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {
@@ -187,7 +193,7 @@ impl pb::admin_server::Admin for AdminService {
                 "dir: '{dir}' must be an absolute path (it is on the server, whose working folder the caller does not know)"
             )));
         }
-        self.domain.backup(admin, path).await.map_err(status_from_error)?;
+        self.domain.backup(admin, path).await?;
         tracing::info!(dir, "backup written");
         Ok(Response::new(pb::BackupResponse { dir }))
     }
@@ -197,17 +203,22 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ConfigurePeerRequest>,
     ) -> Result<Response<pb::PeerStatus>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let record = convert::peer_from_pb(request.into_inner()).map_err(status_from_error)?;
+        let mut record = convert::peer_from_pb(request.into_inner())?;
         if record.pulls() {
-            crate::client::Bundle::load(std::path::Path::new(&record.bundle_dir))
+            let bundle = crate::client::Bundle::load(std::path::Path::new(&record.bundle_dir))
                 .map_err(|err| Status::invalid_argument(format!("bundle_dir: {} ({err})", record.bundle_dir)))?;
+            // The only origin believed from this peer: the operator that issued the bundle.
+            if bundle.config.operator_id.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "bundle_dir: {} has no operator_id in client.toml; ask the peer's operator for a bundle made by this version (`admin member add NAME --role peer`)",
+                    record.bundle_dir
+                )));
+            }
+            record.operator_id = bundle.config.operator_id.clone();
+            record.operator_key = bundle.config.operator_key.clone();
         }
-        let saved = self
-            .domain
-            .configure_peer(admin.clone(), record)
-            .await
-            .map_err(status_from_error)?;
-        self.peers.restart(&saved);
+        let saved = self.domain.configure_peer(admin.clone(), record).await?;
+        self.peers.reconfigured(&saved).await?;
         tracing::info!(peer = %saved.name, endpoint = %saved.endpoint, paused = saved.paused, by = %admin.name, "peer configured");
         Ok(Response::new(self.peer_status(&saved)))
     }
@@ -216,8 +227,9 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListPeersRequest>,
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
-        authorize(&self.domain, &request, &[Role::Admin])?;
-        let peers = self.domain.peers().await.map_err(status_from_error)?;
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let peers = self.domain.peers().await?;
+        self.domain.record_list_peers(admin, peers.len()).await?;
         Ok(Response::new(pb::ListPeersResponse {
             peers: peers.iter().map(|peer| self.peer_status(peer)).collect(),
         }))
@@ -229,12 +241,17 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::RemovePeerResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         let name = request.into_inner().name;
-        self.domain
-            .remove_peer(admin, name.clone())
-            .await
-            .map_err(status_from_error)?;
+        self.domain.remove_peer(admin, name.clone()).await?;
         self.peers.stop(&name);
         tracing::info!(peer = %name, "peer removed");
         Ok(Response::new(pb::RemovePeerResponse {}))
+    }
+
+    async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        self.domain.compact(admin).await?;
+        Ok(Response::new(pb::CompactResponse {
+            disk_bytes: self.domain.store().disk_size(),
+        }))
     }
 }

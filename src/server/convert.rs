@@ -4,98 +4,20 @@
 use std::fmt::{self, Display};
 
 use prost_types::Timestamp;
-use tonic::Status;
 
-use crate::digest::{DIGEST_LEN, Digest, Kind};
+use crate::domain::feed::{FeedItem, FeedOp};
 use crate::domain::{
-    AuditFilter, Event, EventOp, FlagSelector, Match, NewFlag, PeerRecord, PrincipalView, RetractOutcome, Stats,
-    SubmitOutcome, VerifyReport,
+    AuditFilter, Event, EventOp, FlagSelector, Match, NewFlag, PeerRecord, PrincipalView, Rejected, RetractOutcome,
+    Stats, SubmitOutcome, VerifyReport,
 };
 use crate::error::{Error, Result};
-use crate::model::{
-    AuditEntry, AuditOp, Category, Distribution, PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role,
-};
+use crate::model::{AuditEntry, AuditOp, PrincipalRecord, PrincipalStats};
 use crate::pb;
-
-/// The one place library errors become gRPC statuses. Storage and internal details are
-/// logged, never sent.
-pub fn status_from_error(err: Error) -> Status {
-    match err {
-        Error::InvalidArgument(message) => Status::invalid_argument(message),
-        Error::ResourceExhausted(message) => Status::resource_exhausted(message),
-        Error::NotFound(message) => Status::not_found(message),
-        Error::AlreadyExists(message) => Status::already_exists(message),
-        Error::Unauthenticated(message) => Status::unauthenticated(message),
-        Error::PermissionDenied(message) => Status::permission_denied(message),
-        Error::FailedPrecondition(message) => Status::failed_precondition(message),
-        err @ (Error::Storage(_) | Error::Internal(_)) => {
-            tracing::error!(error = %err, "internal error");
-            Status::internal("internal error")
-        }
-    }
-}
-
-pub fn ms_from_timestamp(field: impl Display, timestamp: &Timestamp) -> Result<i64> {
-    if !(0..1_000_000_000).contains(&timestamp.nanos) {
-        return Err(Error::invalid(format!(
-            "{field}: nanos {} is outside 0..1e9",
-            timestamp.nanos
-        )));
-    }
-    timestamp
-        .seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from(timestamp.nanos / 1_000_000)))
-        .ok_or_else(|| Error::invalid(format!("{field}: {} seconds is out of range", timestamp.seconds)))
-}
-
-pub fn timestamp_from_ms(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-pub fn digest_from_bytes(field: impl Display, bytes: &[u8]) -> Result<Digest> {
-    bytes
-        .try_into()
-        .map_err(|_| Error::invalid(format!("{field}: expected {DIGEST_LEN} bytes, got {}", bytes.len())))
-}
-
-pub fn kind_from_pb(field: impl Display, value: i32, required: bool) -> Result<Option<Kind>> {
-    match pb::IdentifierKind::try_from(value) {
-        Ok(pb::IdentifierKind::Unspecified) if required => Err(Error::invalid(format!("{field}: must be set"))),
-        Ok(pb::IdentifierKind::Unspecified) => Ok(None),
-        Ok(_) => Ok(Kind::from_u8(value as u8)),
-        Err(_) => Err(Error::invalid(format!("{field}: unknown identifier kind {value}"))),
-    }
-}
-
-pub fn kind_to_pb(kind: Kind) -> pb::IdentifierKind {
-    pb::IdentifierKind::try_from(kind as i32).unwrap_or(pb::IdentifierKind::Unspecified)
-}
-
-pub fn category_from_pb(field: impl Display, value: i32, required: bool) -> Result<Option<Category>> {
-    match pb::Category::try_from(value) {
-        Ok(pb::Category::Unspecified) if required => Err(Error::invalid(format!("{field}: must be set"))),
-        Ok(pb::Category::Unspecified) => Ok(None),
-        Ok(_) => Ok(Category::from_u8(value as u8)),
-        Err(_) => Err(Error::invalid(format!("{field}: unknown category {value}"))),
-    }
-}
-
-pub fn category_to_pb(category: Category) -> pb::Category {
-    pb::Category::try_from(category as i32).unwrap_or(pb::Category::Unspecified)
-}
-
-/// `None` for unspecified (the operator's default).
-pub fn distribution_from_pb(field: impl Display, value: i32) -> Result<Option<Distribution>> {
-    match pb::Distribution::try_from(value) {
-        Ok(pb::Distribution::Unspecified) => Ok(None),
-        Ok(_) => Ok(Distribution::from_u8(value as u8)),
-        Err(_) => Err(Error::invalid(format!("{field}: unknown distribution {value}"))),
-    }
-}
+use crate::wire::{
+    category_from_pb, category_to_pb, digest_from_bytes, distribution_from_pb, kind_from_pb, kind_to_pb,
+    ms_from_timestamp, optional_category_from_pb, optional_kind_from_pb, principal_status_to_pb, retract_reason_of,
+    retract_reason_to_pb, role_to_pb, timestamp_from_ms,
+};
 
 /// `flags[index].name`, formatted only when an error names it: building the string for
 /// every field of every flag was a measurable part of a bulk load.
@@ -119,8 +41,8 @@ pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
             let field = |name| ItemField { index, name };
             Ok(NewFlag {
                 digest: digest_from_bytes(field("digest"), &flag.digest)?,
-                kind: kind_from_pb(field("kind"), flag.kind, true)?.expect("required"),
-                category: category_from_pb(field("category"), flag.category, true)?.expect("required"),
+                kind: kind_from_pb(field("kind"), flag.kind)?,
+                category: category_from_pb(field("category"), flag.category)?,
                 confidence: flag.confidence,
                 observed_at_ms: flag
                     .observed_at
@@ -137,21 +59,6 @@ pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
             })
         })
         .collect()
-}
-
-/// Splits a packed `N x 32` byte string into digests.
-pub fn digests_from_packed(packed: &[u8]) -> Result<Vec<Digest>> {
-    if !packed.len().is_multiple_of(DIGEST_LEN) {
-        return Err(Error::invalid(format!(
-            "digests: {} bytes is not a whole number of {DIGEST_LEN}-byte digests",
-            packed.len()
-        )));
-    }
-    crate::domain::flags::check_batch_len("digests", packed.len() / DIGEST_LEN)?;
-    Ok(packed
-        .chunks_exact(DIGEST_LEN)
-        .map(|chunk| chunk.try_into().expect("exact chunk"))
-        .collect())
 }
 
 pub fn match_to_pb(found: Match) -> pb::Match {
@@ -187,25 +94,11 @@ pub fn selectors_from_pb(selectors: Vec<pb::FlagSelector>) -> Result<Vec<FlagSel
             let field = |name| ItemField { index, name };
             Ok(FlagSelector {
                 digest: digest_from_bytes(field("digest"), &selector.digest)?,
-                kind: kind_from_pb(field("kind"), selector.kind, false)?,
-                category: category_from_pb(field("category"), selector.category, false)?,
+                kind: optional_kind_from_pb(field("kind"), selector.kind)?,
+                category: optional_category_from_pb(field("category"), selector.category)?,
             })
         })
         .collect()
-}
-
-/// A member's retraction reason; `withdrawn` is the operator's alone.
-pub fn retract_reason_from_pb(value: i32) -> Result<RetractReason> {
-    match pb::RetractReason::try_from(value)
-        .ok()
-        .and_then(|_| RetractReason::from_u8(value as u8))
-    {
-        Some(RetractReason::Withdrawn) => Err(Error::invalid(
-            "reason: withdrawn is set by the operator when it withdraws a member's flags",
-        )),
-        Some(reason) => Ok(reason),
-        None => Err(Error::invalid(format!("reason: unknown retract reason {value}"))),
-    }
 }
 
 pub fn retract_outcome_to_pb(outcome: RetractOutcome) -> pb::RetractResponse {
@@ -213,22 +106,6 @@ pub fn retract_outcome_to_pb(outcome: RetractOutcome) -> pb::RetractResponse {
         n_retracted: outcome.n_retracted,
         unmatched_indexes: outcome.unmatched_indexes,
         sequence: outcome.sequence,
-    }
-}
-
-pub fn role_from_pb(value: i32) -> Result<Role> {
-    match pb::Role::try_from(value) {
-        Ok(pb::Role::Unspecified) => Err(Error::invalid("role: must be set")),
-        Ok(_) => Ok(Role::from_u8(value as u8).expect("pb roles mirror model roles")),
-        Err(_) => Err(Error::invalid(format!("role: unknown role {value}"))),
-    }
-}
-
-pub fn status_from_pb(value: i32) -> Result<PrincipalStatus> {
-    match pb::PrincipalStatus::try_from(value) {
-        Ok(pb::PrincipalStatus::Unspecified) => Err(Error::invalid("status: must be set")),
-        Ok(_) => Ok(PrincipalStatus::from_u8(value as u8).expect("pb statuses mirror model statuses")),
-        Err(_) => Err(Error::invalid(format!("status: unknown status {value}"))),
     }
 }
 
@@ -243,8 +120,8 @@ pub fn principal_view_to_pb(view: &PrincipalView) -> pb::Principal {
     let record = &view.record;
     pb::Principal {
         name: record.name.clone(),
-        role: record.role as i32,
-        status: record.status as i32,
+        role: role_to_pb(record.role) as i32,
+        status: principal_status_to_pb(record.status) as i32,
         created_at: Some(timestamp_from_ms(record.created_at_ms)),
         certificate_sha256: hex::encode(record.cert_sha256),
         last_seen: (view.stats.last_seen_ms > 0).then(|| timestamp_from_ms(view.stats.last_seen_ms)),
@@ -280,10 +157,7 @@ pub fn audit_filter_from_pb(request: pb::ListAuditRequest) -> Result<AuditFilter
     };
     let digest = match request.digest.len() {
         0 => None,
-        DIGEST_LEN => Some(request.digest.as_slice().try_into().expect("32 bytes")),
-        n => {
-            return Err(Error::invalid(format!("digest: {n} bytes, expected {DIGEST_LEN}")));
-        }
+        _ => Some(digest_from_bytes("digest", &request.digest)?),
     };
     Ok(AuditFilter {
         principal: (!request.principal.is_empty()).then_some(request.principal),
@@ -331,6 +205,8 @@ pub fn stats_to_pb(stats: Stats) -> pb::GetStatsResponse {
         audit_sequence: stats.audit_sequence,
         flags_expired_purged: stats.flags_expired_purged,
         audit_entries_pruned: stats.audit_entries_pruned,
+        operator_id: String::new(),
+        operator_key: String::new(),
     }
 }
 
@@ -345,6 +221,7 @@ pub fn event_to_pb(event: Event) -> pb::FederatedEvent {
         digest: event.digest.to_vec(),
         kind: kind_to_pb(event.kind) as i32,
         category: category_to_pb(event.category) as i32,
+        signature: event.signature,
         ..Default::default()
     };
     match event.op {
@@ -362,54 +239,52 @@ pub fn event_to_pb(event: Event) -> pb::FederatedEvent {
         }
         EventOp::Retract(reason) => {
             out.op = pb::federated_event::Op::Retract as i32;
-            out.reason = reason as i32;
+            out.reason = retract_reason_to_pb(reason) as i32;
         }
         EventOp::Expire => out.op = pb::federated_event::Op::Expire as i32,
     }
     out
 }
 
-/// A received event, or why it is malformed (naming the sender's sequence number).
-pub fn event_from_pb(event: pb::FederatedEvent) -> std::result::Result<Event, String> {
-    let at = |field: &str| format!("event {}: {field}", event.sequence);
-    let wire = |err: Error| format!("event {}: {err}", event.sequence);
+/// A received event, or why it is malformed (naming the sender's sequence number and the
+/// field).
+pub fn event_from_pb(event: pb::FederatedEvent) -> std::result::Result<Event, Rejected> {
+    let sequence = event.sequence;
+    let reject = |field: &'static str, reason: String| Rejected::new(sequence, field, reason);
+    let wire =
+        |field: &'static str| move |err: Error| Rejected::new(sequence, field, strip_field(&err.to_string(), field));
     let origin: [u8; 8] = event.origin_operator.as_slice().try_into().map_err(|_| {
-        format!(
-            "{} {} bytes, expected 8",
-            at("origin_operator"),
-            event.origin_operator.len()
+        reject(
+            "origin_operator",
+            format!("{} bytes, expected 8", event.origin_operator.len()),
         )
     })?;
-    let digest = digest_from_bytes("digest", &event.digest).map_err(wire)?;
-    let kind = kind_from_pb("kind", event.kind, true).map_err(wire)?.expect("required");
-    let category = category_from_pb("category", event.category, true)
-        .map_err(wire)?
-        .expect("required");
-    let time = |field: &str, ts: &Option<Timestamp>| -> std::result::Result<i64, String> {
-        let ts = ts.as_ref().ok_or_else(|| format!("{} is required", at(field)))?;
-        ms_from_timestamp(field, ts).map_err(wire)
+    let digest = digest_from_bytes("digest", &event.digest).map_err(wire("digest"))?;
+    let kind = kind_from_pb("kind", event.kind).map_err(wire("kind"))?;
+    let category = category_from_pb("category", event.category).map_err(wire("category"))?;
+    let time = |field: &'static str, ts: &Option<Timestamp>| -> std::result::Result<i64, Rejected> {
+        let ts = ts.as_ref().ok_or_else(|| reject(field, "is required".to_owned()))?;
+        ms_from_timestamp(field, ts).map_err(wire(field))
     };
     let op = match pb::federated_event::Op::try_from(event.op) {
         Ok(pb::federated_event::Op::Upsert) => EventOp::Upsert {
             confidence: u8::try_from(event.confidence)
                 .ok()
                 .filter(|confidence| *confidence <= 100)
-                .ok_or_else(|| format!("{} {} is above 100", at("confidence"), event.confidence))?,
+                .ok_or_else(|| reject("confidence", format!("{} is above 100", event.confidence)))?,
             first_seen_ms: time("first_seen", &event.first_seen)?,
             last_seen_ms: time("last_seen", &event.last_seen)?,
             expires_at_ms: time("expires_at", &event.expires_at)?,
         },
         Ok(pb::federated_event::Op::Retract) => EventOp::Retract(
-            pb::RetractReason::try_from(event.reason)
-                .ok()
-                .and_then(|_| RetractReason::from_u8(event.reason as u8))
-                .ok_or_else(|| format!("{} unknown retract reason {}", at("reason"), event.reason))?,
+            retract_reason_of(event.reason)
+                .ok_or_else(|| reject("reason", format!("unknown retract reason {}", event.reason)))?,
         ),
         Ok(pb::federated_event::Op::Expire) => EventOp::Expire,
-        _ => return Err(format!("{} unknown op {}", at("op"), event.op)),
+        _ => return Err(reject("op", format!("unknown op {}", event.op))),
     };
     Ok(Event {
-        sequence: event.sequence,
+        sequence,
         origin,
         origin_name: event.origin_operator_name,
         origin_sequence: event.origin_sequence,
@@ -419,7 +294,17 @@ pub fn event_from_pb(event: pb::FederatedEvent) -> std::result::Result<Event, St
         kind,
         category,
         op,
+        signature: event.signature,
     })
+}
+
+/// `"field: reason"` → `"reason"`, for messages re-attached to a `Rejected` field.
+fn strip_field(message: &str, field: &str) -> String {
+    message
+        .strip_prefix(field)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(message)
+        .to_owned()
 }
 
 pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
@@ -444,12 +329,11 @@ pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
         .categories
         .iter()
         .enumerate()
-        .map(|(index, value)| {
-            category_from_pb(format!("categories[{index}]"), *value, true).map(|c| c.expect("required"))
-        })
+        .map(|(index, value)| category_from_pb(format!("categories[{index}]"), *value))
         .collect::<Result<Vec<_>>>()?;
     Ok(PeerRecord {
         name: request.name,
+        operator_id: request.operator_id,
         endpoint: request.endpoint,
         bundle_dir: request.bundle_dir,
         paused: request.paused,
@@ -458,6 +342,8 @@ pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
         categories,
         pass_on: request.pass_on,
         reveal_names: request.reveal_names,
+        operator_key: request.operator_key,
+        ..PeerRecord::policy_only("")
     })
 }
 
@@ -470,59 +356,39 @@ pub fn peer_config_to_pb(record: &PeerRecord) -> pb::ConfigurePeerRequest {
         categories: record.categories.iter().map(|c| category_to_pb(*c) as i32).collect(),
         pass_on: record.pass_on,
         reveal_names: record.reveal_names,
+        operator_id: record.operator_id.clone(),
+        operator_key: record.operator_key.clone(),
+    }
+}
+
+/// A feed item as the wire carries it.
+pub fn feed_item_to_pb(item: FeedItem) -> pb::FeedEvent {
+    let (op, reason) = match item.op {
+        FeedOp::Snapshot => (pb::feed_event::Op::Snapshot, 0),
+        FeedOp::Upsert => (pb::feed_event::Op::Upsert, 0),
+        FeedOp::Retract(reason) => (pb::feed_event::Op::Retract, retract_reason_to_pb(reason) as i32),
+        FeedOp::Expire => (pb::feed_event::Op::Expire, 0),
+        FeedOp::Dispute => (pb::feed_event::Op::Dispute, 0),
+    };
+    let (kind, category, member) = match item.flag {
+        Some((kind, category, member)) => (kind_to_pb(kind) as i32, category_to_pb(category) as i32, member),
+        None => (0, 0, String::new()),
+    };
+    pb::FeedEvent {
+        sequence: item.sequence,
+        op: op as i32,
+        digest: item.digest.to_vec(),
+        kind,
+        category,
+        member,
+        reason,
+        state: item.state.map(match_to_pb),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_round_trip_in_milliseconds() {
-        for ms in [0, 1, 999, 1_000, 1_700_000_000_123, -1, -1_001] {
-            assert_eq!(ms_from_timestamp("t", &timestamp_from_ms(ms)).unwrap(), ms);
-        }
-        let bad = Timestamp { seconds: 1, nanos: -5 };
-        assert!(
-            ms_from_timestamp("flags[0].observed_at", &bad)
-                .unwrap_err()
-                .to_string()
-                .starts_with("flags[0].observed_at")
-        );
-    }
-
-    #[test]
-    fn packed_digests_must_be_whole() {
-        assert_eq!(digests_from_packed(&[0u8; 64]).unwrap().len(), 2);
-        assert!(
-            digests_from_packed(&[0u8; 33])
-                .unwrap_err()
-                .to_string()
-                .contains("33 bytes")
-        );
-        assert!(digests_from_packed(&[]).unwrap_err().to_string().contains("empty"));
-    }
-
-    #[test]
-    fn enum_values_mirror_the_wire() {
-        for kind in Kind::ALL {
-            assert_eq!(kind_from_pb("k", kind_to_pb(kind) as i32, true).unwrap(), Some(kind));
-        }
-        for category in Category::ALL {
-            assert_eq!(
-                category_from_pb("c", category_to_pb(*category) as i32, true).unwrap(),
-                Some(*category)
-            );
-        }
-        assert!(
-            kind_from_pb("flags[2].kind", 17, true)
-                .unwrap_err()
-                .to_string()
-                .contains("flags[2].kind: unknown identifier kind 17")
-        );
-        assert_eq!(kind_from_pb("k", 0, false).unwrap(), None);
-        assert!(category_from_pb("c", 0, true).is_err());
-    }
 
     #[test]
     fn malformed_events_name_their_sequence_and_field() {
@@ -546,18 +412,18 @@ mod tests {
                     origin_operator: vec![1; 3],
                     ..good.clone()
                 },
-                "event 42: origin_operator 3 bytes, expected 8",
+                "event 42: origin_operator: 3 bytes, expected 8",
             ),
             (
                 pb::FederatedEvent {
                     digest: vec![3; 31],
                     ..good.clone()
                 },
-                "event 42: digest",
+                "event 42: digest: expected 32 bytes, got 31",
             ),
             (
                 pb::FederatedEvent { op: 9, ..good.clone() },
-                "event 42: op unknown op 9",
+                "event 42: op: unknown op 9",
             ),
             (
                 pb::FederatedEvent {
@@ -565,20 +431,146 @@ mod tests {
                     confidence: 101,
                     ..good.clone()
                 },
-                "event 42: confidence 101 is above 100",
+                "event 42: confidence: 101 is above 100",
             ),
             (
                 pb::FederatedEvent {
                     op: pb::federated_event::Op::Upsert as i32,
                     confidence: 10,
+                    ..good.clone()
+                },
+                "event 42: first_seen: is required",
+            ),
+            (
+                pb::FederatedEvent {
+                    op: pb::federated_event::Op::Upsert as i32,
+                    confidence: 10,
+                    first_seen: Some(Timestamp { seconds: 1, nanos: 0 }),
+                    last_seen: Some(Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    }),
+                    expires_at: Some(Timestamp { seconds: 1, nanos: 0 }),
                     ..good
                 },
-                "event 42: first_seen is required",
+                "event 42: last_seen:",
             ),
         ];
         for (event, expected) in cases {
-            let err = event_from_pb(event).unwrap_err();
+            let err = event_from_pb(event).unwrap_err().to_string();
             assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn timestamp() -> impl Strategy<Value = Option<Timestamp>> {
+        proptest::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| Timestamp { seconds, nanos }))
+    }
+
+    fn federated_event() -> impl Strategy<Value = pb::FederatedEvent> {
+        (
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..12),
+                "\\PC{0,20}",
+                any::<u64>(),
+            ),
+            (
+                "\\PC{0,20}",
+                "\\PC{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ),
+            (any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>()),
+            (timestamp(), timestamp(), timestamp(), any::<i32>()),
+            proptest::collection::vec(any::<u8>(), 0..70),
+        )
+            .prop_map(
+                |(
+                    (sequence, origin, origin_name, origin_sequence),
+                    (member_id, member_name, digest),
+                    (kind, category, op, confidence),
+                    (first_seen, last_seen, expires_at, reason),
+                    signature,
+                )| pb::FederatedEvent {
+                    sequence,
+                    origin_operator: origin,
+                    origin_operator_name: origin_name,
+                    origin_sequence,
+                    member_id,
+                    member_name,
+                    digest,
+                    kind: kind % 10,
+                    category: category % 10,
+                    op: op % 5,
+                    confidence,
+                    first_seen,
+                    last_seen,
+                    expires_at,
+                    reason: reason % 10,
+                    signature,
+                },
+            )
+    }
+
+    fn flag() -> impl Strategy<Value = pb::Flag> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..40),
+            (any::<i32>(), any::<i32>(), any::<u32>(), any::<i32>()),
+            (timestamp(), timestamp()),
+            proptest::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_map(
+                |(digest, (kind, category, confidence, distribution), (observed_at, expires_at), reference)| pb::Flag {
+                    digest,
+                    kind: kind % 10,
+                    category: category % 10,
+                    confidence,
+                    observed_at,
+                    expires_at,
+                    reference,
+                    distribution: distribution % 5,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn any_federated_event_converts_or_is_refused(event in federated_event()) {
+            let sequence = event.sequence;
+            match event_from_pb(event.clone()) {
+                Ok(converted) => {
+                    // What converts goes back out the same.
+                    let back = event_to_pb(converted);
+                    prop_assert_eq!(back.digest, event.digest);
+                    prop_assert_eq!(back.origin_sequence, event.origin_sequence);
+                }
+                Err(rejected) => prop_assert_eq!(rejected.sequence, sequence),
+            }
+        }
+
+        #[test]
+        fn any_flag_batch_converts_or_is_refused(flags in proptest::collection::vec(flag(), 0..5)) {
+            if let Ok(converted) = new_flags_from_pb(flags.clone()) {
+                prop_assert_eq!(converted.len(), flags.len());
+                let _ = crate::domain::flags::validate_new_flags(&converted, crate::util::now_ms());
+            }
+        }
+
+        #[test]
+        fn any_selector_batch_converts_or_is_refused(
+            selectors in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..40), any::<i32>(), any::<i32>()), 0..5),
+        ) {
+            let selectors: Vec<pb::FlagSelector> = selectors
+                .into_iter()
+                .map(|(digest, kind, category)| pb::FlagSelector { digest, kind, category })
+                .collect();
+            let _ = selectors_from_pb(selectors);
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod convert;
 mod federation;
 mod flags;
 mod identity;
+pub mod streams;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,17 @@ use crate::store::Store;
 /// Largest request message accepted, in bytes. A full batch of 10,000 flags with maximal
 /// references is about 1.9 MB; a full query batch is 320 KB.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// After a shutdown signal, how long open calls may take to finish before the remaining
+/// connections are closed: a reader that stopped reading cannot hold the server up.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After serving stopped, how long to wait for the last calls to let go of the database.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 64;
+/// An idle connection is pinged this often, and closed when a ping goes unanswered for
+/// `HTTP2_KEEPALIVE_TIMEOUT`: a vanished client does not hold its streams for ever.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// tonic refuses an oversized request with OUT_OF_RANGE and an internal-sounding message;
 /// callers expect RESOURCE_EXHAUSTED and a plain statement of the limit.
@@ -57,6 +69,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let pki = Arc::new(Pki::load(&config.data_dir)?);
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
+    let db_identity = domain.db_identity();
+    let stream_limits = streams::StreamLimits::new(config.max_streams_per_principal);
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
@@ -84,6 +98,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let flags_service = pb::flags_server::FlagsServer::new(flags::FlagsService {
         domain: domain.clone(),
         stopping: stop_requested.clone(),
+        streams: stream_limits.clone(),
+        db_identity,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
@@ -96,27 +112,33 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {
         domain: domain.clone(),
         stopping: stop_requested.clone(),
+        streams: stream_limits,
+        db_identity,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(64 << 20);
+    .max_encoding_message_size(federation::MAX_PULL_MESSAGE_BYTES);
 
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
     let maintenance = tokio::spawn(maintenance_loop(
         domain.clone(),
         Duration::from_secs(config.maintenance_interval_secs),
-        config.audit_retention_ms(),
-        stop_requested,
+        config.retention(),
+        stop_requested.clone(),
     ));
     peers.start_all().await.context("starting federation peers")?;
     let shutdown = async move {
         shutdown.await;
         let _ = stopping.send(true);
     };
-    Server::builder()
+    let serving = Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
         .tcp_nodelay(true)
+        .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
         .layer(MapResponseLayer::new(rewrite_oversized_request_status))
         .add_service(flags_service)
         .add_service(admin_service)
@@ -124,11 +146,37 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
-        .context("serving")?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+    // A graceful shutdown waits for every open call; a stream whose reader stopped reading
+    // cannot finish (its last frames wait on HTTP/2 flow control), so after a grace
+    // period the remaining connections are dropped.
+    let mut stop_watch = stop_requested;
+    let grace = async move {
+        let _ = stop_watch.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served.context("serving")?,
+        () = grace => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "calls still open after the shutdown grace period; closing their connections"
+        ),
+    }
     maintenance.await.context("maintenance task")?;
     peers.join_all().await;
+    drop(peers);
+    // Stream tasks end on the shutdown signal within a poll; the store closes when the last
+    // of them lets go of the domain, and a restart on the same folder needs it closed. A
+    // connection dropped after the grace period may still hold it: then the process exit
+    // closes it, a little later.
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    while !domain.is_sole_owner() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !domain.is_sole_owner() {
+        tracing::warn!("calls still hold the database after the shutdown grace period");
+    }
+    drop(domain);
     tracing::info!("flagshare stopped");
     Ok(())
 }
@@ -137,7 +185,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 async fn maintenance_loop(
     domain: Domain,
     interval: Duration,
-    audit_retention_ms: i64,
+    retention: crate::domain::Retention,
     mut stop_requested: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -147,9 +195,14 @@ async fn maintenance_loop(
             _ = ticks.tick() => {}
             _ = stop_requested.changed() => return,
         }
-        match domain.sweep(audit_retention_ms).await {
+        match domain.sweep(retention).await {
             Ok(sweep) if sweep != Default::default() => {
-                tracing::info!(sweep.flags_purged, sweep.audit_entries_pruned, "maintenance pass");
+                tracing::info!(
+                    sweep.flags_purged,
+                    sweep.audit_entries_pruned,
+                    sweep.tombstones_deleted,
+                    "maintenance pass"
+                );
             }
             Ok(_) => {}
             Err(err) => tracing::error!(%err, "maintenance pass failed; retrying at the next interval"),

@@ -9,7 +9,13 @@
 /// BLAKE3 hash(32)` of the newest audit entry; `b"audit_anchor"` → the same for the newest
 /// entry removed by audit retention (the chain is verified from there); `b"operator_id"` →
 /// 8 random bytes naming this operator in federation; `b"pseudonym_key"` → 32 random bytes
-/// keying the pseudonyms of local members sent to peers.
+/// keying the pseudonyms of local members sent to peers; `b"db_identity"` → 8 random bytes
+/// naming this database (made anew by `offline-restore`: cursors of before a restore are
+/// refused); `b"origin_signing_key"` → the 32-byte Ed25519 secret this operator signs the
+/// federated events it originates with (`domain::signing`); `b"change_horizon"` → u64 BE:
+/// every tombstone at or below this sequence has been deleted (`domain::maintenance`), so
+/// a cursor below it cannot be continued; `b"sequence_floor"` → u64 BE: the newest sequence
+/// handed out when the newest change-log row was deleted, so sequences never go back.
 pub const META: &str = "meta";
 
 /// The lookup path: one row per digest that has at least one stored flag, one entry per
@@ -24,8 +30,11 @@ pub const SUMMARIES: &str = "summaries";
 /// federation replay it, and an upsert is the flag's full record: a stored flag is the
 /// upsert its summary entry names, so no row keyed by digest is written twice per flag
 /// (schema 2 had a `flags` family; sequence keys append where random keys cost a
-/// skip-list search and compaction). Never pruned while a summary entry names a row.
-/// Rows: `sequence u64` → change v3 (see `codec::encode_change`).
+/// skip-list search and compaction). An upsert is deleted when a newer one supersedes it or
+/// its flag is removed; what remains of a removed flag is a thin tombstone (key, time,
+/// reason), itself deleted after the tombstone retention window. Never pruned while a
+/// summary entry names a row.
+/// Rows: `sequence u64` → change v4 (see `codec::encode_change`).
 pub const CHANGES: &str = "changes";
 
 /// Registered client identities.

@@ -3,9 +3,16 @@
 
 use crate::digest::Kind;
 use crate::model::{
-    AuditEntry, Category, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, ForeignMember, PrincipalRecord,
-    PrincipalStats, PrincipalStatus, RetractReason, Role, SummaryEntry,
+    AuditEntry, Category, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, ForeignMember, OriginSignature,
+    PrincipalRecord, PrincipalStats, PrincipalStatus, RetractReason, Role, SummaryEntry,
 };
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode {what} value: {reason}")]
+pub struct EncodeError {
+    pub what: &'static str,
+    pub reason: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot decode {what} value: {reason}")]
@@ -17,11 +24,13 @@ pub struct DecodeError {
 const SUMMARY_V3: u8 = 3;
 const SUMMARY_ENTRY_LEN: usize = 4 + 1 + 1 + 1 + 8 + 8 + 8 + 1 + 8;
 const CHANGE_V3: u8 = 3;
+const CHANGE_V4: u8 = 4;
 const FOREIGN_MEMBER_V1: u8 = 1;
 const PRINCIPAL_V1: u8 = 1;
 const CHANGE_UPSERT: u8 = 1;
 const CHANGE_RETRACT: u8 = 2;
 const CHANGE_EXPIRE: u8 = 3;
+const CHANGE_DISPUTE: u8 = 4;
 const PRINCIPAL_STATS_V1: u8 = 1;
 const AUDIT_V1: u8 = 1;
 const DISPUTE_V1: u8 = 1;
@@ -62,24 +71,29 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
 
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let bytes = self.take(N)?;
+        <[u8; N]>::try_from(bytes).map_err(|_| self.error(format!("expected {N} bytes")))
+    }
+
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_be_bytes(self.array()?))
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(self.array()?))
     }
 
     fn i64(&mut self) -> Result<i64, DecodeError> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_be_bytes(self.array()?))
     }
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(self.array()?))
     }
 
     fn array32(&mut self) -> Result<[u8; 32], DecodeError> {
-        Ok(self.take(32)?.try_into().expect("32 bytes"))
+        self.array()
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
@@ -111,10 +125,13 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A length-prefixed byte string. Every stored string is validated far shorter than 64 KiB
+/// before it gets here (references 128 bytes, names 64 or 128); a longer one is cut at the
+/// limit rather than panicking, so a missed check costs a truncated string, not the writer.
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = u16::try_from(bytes.len()).expect("stored byte strings are validated to be short");
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
+    out.extend_from_slice(&bytes[..usize::from(len)]);
 }
 
 fn put_summary_entry(out: &mut Vec<u8>, entry: &SummaryEntry) {
@@ -143,16 +160,20 @@ fn read_summary_entry(reader: &mut Reader<'_>) -> Result<SummaryEntry, DecodeErr
     })
 }
 
-pub fn encode_summary(entries: &[SummaryEntry]) -> Vec<u8> {
-    let n_entries =
-        u16::try_from(entries.len()).expect("a digest holds at most one flag per member, kind and category");
+/// Fails when the digest holds more flags than the count field can say; the domain keeps
+/// far below that (`domain::MAX_ENTRIES_PER_DIGEST`), so this refusal is a second line.
+pub fn encode_summary(entries: &[SummaryEntry]) -> Result<Vec<u8>, EncodeError> {
+    let n_entries = u16::try_from(entries.len()).map_err(|_| EncodeError {
+        what: "summary",
+        reason: format!("{} entries, the format holds at most {}", entries.len(), u16::MAX),
+    })?;
     let mut out = Vec::with_capacity(3 + entries.len() * SUMMARY_ENTRY_LEN);
     out.push(SUMMARY_V3);
     out.extend_from_slice(&n_entries.to_be_bytes());
     for entry in entries {
         put_summary_entry(&mut out, entry);
     }
-    out
+    Ok(out)
 }
 
 pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
@@ -165,15 +186,18 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
     reader.finish(entries)
 }
 
+/// change v4: v3 followed by `signed u8` (0 or 1) and, when 1, the origin's `signature(64)`
+/// and the `expires_at i64` it signed. v3 (no trailer) is still read.
+///
 /// change v3: `[3, at i64, digest(32), member u32, kind u8, category u8, distribution u8,
 /// origin_sequence u64, op u8, body]`;
 /// op 1 (upsert) body, the flag's full record: `confidence u8, first_seen i64,
 /// last_seen i64, expires_at i64, created_at i64, updated_at i64, key_id u32,
 /// reference_len u16, reference` (its distribution and origin sequence are the header's);
-/// op 2 (retract) body: `reason u8`; op 3 (expire): no body.
+/// op 2 (retract) body: `reason u8`; op 3 (expire) and op 4 (dispute): no body.
 pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(112);
-    out.push(CHANGE_V3);
+    out.push(CHANGE_V4);
     out.extend_from_slice(&record.at_ms.to_be_bytes());
     out.extend_from_slice(&record.key.digest);
     out.extend_from_slice(&record.key.member.to_be_bytes());
@@ -202,12 +226,26 @@ pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
             out.push(*reason as u8);
         }
         Change::Expire => out.push(CHANGE_EXPIRE),
+        Change::Dispute => out.push(CHANGE_DISPUTE),
+    }
+    match &record.signature {
+        None => out.push(0),
+        Some(signed) => {
+            out.push(1);
+            out.extend_from_slice(&signed.signature);
+            out.extend_from_slice(&signed.expires_at_ms.to_be_bytes());
+        }
     }
     out
 }
 
 pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
-    let mut reader = Reader::new("change", bytes, CHANGE_V3)?;
+    let version = bytes.first().copied().unwrap_or(0);
+    let mut reader = Reader::new(
+        "change",
+        bytes,
+        if version == CHANGE_V3 { CHANGE_V3 } else { CHANGE_V4 },
+    )?;
     let at_ms = reader.i64()?;
     let key = FlagKey {
         digest: reader.array32()?,
@@ -237,7 +275,20 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
             Change::Retract(reason)
         }
         CHANGE_EXPIRE => Change::Expire,
+        CHANGE_DISPUTE => Change::Dispute,
         other => return Err(reader.error(format!("unknown change op {other}"))),
+    };
+    let signature = if version == CHANGE_V3 {
+        None
+    } else {
+        match reader.u8()? {
+            0 => None,
+            1 => Some(OriginSignature {
+                signature: reader.array()?,
+                expires_at_ms: reader.i64()?,
+            }),
+            other => return Err(reader.error(format!("unknown signature marker {other}"))),
+        }
     };
     reader.finish(ChangeRecord {
         at_ms,
@@ -245,6 +296,7 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
         change,
         distribution,
         origin_sequence,
+        signature,
     })
 }
 
@@ -304,10 +356,13 @@ pub fn decode_principal_stats(bytes: &[u8]) -> Result<PrincipalStats, DecodeErro
 }
 
 /// audit v1: `[1, JSON]`.
-pub fn encode_audit(entry: &AuditEntry) -> Vec<u8> {
+pub fn encode_audit(entry: &AuditEntry) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![AUDIT_V1];
-    serde_json::to_writer(&mut out, entry).expect("an audit entry serialises");
-    out
+    serde_json::to_writer(&mut out, entry).map_err(|err| EncodeError {
+        what: "audit",
+        reason: err.to_string(),
+    })?;
+    Ok(out)
 }
 
 pub fn decode_audit(bytes: &[u8]) -> Result<AuditEntry, DecodeError> {
@@ -348,7 +403,7 @@ pub fn encode_foreign_member(member: &ForeignMember) -> Vec<u8> {
 pub fn decode_foreign_member(bytes: &[u8]) -> Result<ForeignMember, DecodeError> {
     let mut reader = Reader::new("foreign member", bytes, FOREIGN_MEMBER_V1)?;
     let id = reader.u32()?;
-    let origin: [u8; 8] = reader.take(8)?.try_into().expect("8 bytes");
+    let origin: [u8; 8] = reader.array()?;
     let mut text = || -> Result<String, DecodeError> {
         let bytes = reader.bytes()?.to_vec();
         String::from_utf8(bytes).map_err(|_| DecodeError {
@@ -393,7 +448,7 @@ mod tests {
     #[test]
     fn summary_round_trips() {
         let entries = vec![entry(1), entry(2), entry(u32::MAX)];
-        let encoded = encode_summary(&entries);
+        let encoded = encode_summary(&entries).unwrap();
         assert_eq!(encoded.len(), 3 + 3 * SUMMARY_ENTRY_LEN);
         assert_eq!(decode_summary(&encoded).unwrap(), entries);
     }
@@ -423,6 +478,10 @@ mod tests {
             }),
             distribution: crate::model::Distribution::Federated,
             origin_sequence: 7,
+            signature: Some(OriginSignature {
+                signature: [9; 64],
+                expires_at_ms: 77,
+            }),
         };
         assert_eq!(decode_change(&encode_change(&upsert)).unwrap(), upsert);
         let retract = ChangeRecord {
@@ -431,6 +490,7 @@ mod tests {
             change: Change::Retract(RetractReason::AppealUpheld),
             distribution: crate::model::Distribution::Federated,
             origin_sequence: 7,
+            signature: None,
         };
         assert_eq!(decode_change(&encode_change(&retract)).unwrap(), retract);
     }
@@ -468,7 +528,7 @@ mod tests {
             digests: vec!["ab".to_owned()],
             prev_hash: "00".to_owned(),
         };
-        assert_eq!(decode_audit(&encode_audit(&entry)).unwrap(), entry);
+        assert_eq!(decode_audit(&encode_audit(&entry).unwrap()).unwrap(), entry);
         assert!(decode_audit(b"\x01{not json").is_err());
         assert_eq!(decode_chain_end(&encode_chain_end(4, &[7; 32])).unwrap(), (4, [7; 32]));
         let change = ChangeRecord {
@@ -482,13 +542,14 @@ mod tests {
             change: Change::Expire,
             distribution: crate::model::Distribution::Federated,
             origin_sequence: 7,
+            signature: None,
         };
         assert_eq!(decode_change(&encode_change(&change)).unwrap(), change);
     }
 
     #[test]
     fn unknown_versions_truncation_and_trailing_bytes_are_rejected() {
-        let mut encoded = encode_summary(&[entry(1)]);
+        let mut encoded = encode_summary(&[entry(1)]).unwrap();
         encoded[0] = 9;
         assert!(
             decode_summary(&encoded)
@@ -496,7 +557,7 @@ mod tests {
                 .reason
                 .contains("unknown format version 9")
         );
-        let encoded = encode_summary(&[entry(1)]);
+        let encoded = encode_summary(&[entry(1)]).unwrap();
         assert!(
             decode_summary(&encoded[..encoded.len() - 1])
                 .unwrap_err()
@@ -506,5 +567,179 @@ mod tests {
         let mut padded = encoded.clone();
         padded.push(0);
         assert!(decode_summary(&padded).unwrap_err().reason.contains("trailing"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        proptest::sample::select(Kind::ALL.to_vec())
+    }
+
+    fn category() -> impl Strategy<Value = Category> {
+        proptest::sample::select(Category::ALL.to_vec())
+    }
+
+    fn distribution() -> impl Strategy<Value = Distribution> {
+        proptest::sample::select(Distribution::ALL.to_vec())
+    }
+
+    fn summary_entry() -> impl Strategy<Value = SummaryEntry> {
+        (
+            any::<u32>(),
+            kind(),
+            category(),
+            any::<u8>(),
+            (any::<i64>(), any::<i64>(), any::<i64>()),
+            distribution(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(member, kind, category, confidence, (first, last, expires), distribution, sequence)| SummaryEntry {
+                    member,
+                    kind,
+                    category,
+                    confidence,
+                    first_seen_ms: first,
+                    last_seen_ms: last,
+                    expires_at_ms: expires,
+                    distribution,
+                    sequence,
+                },
+            )
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (
+                any::<u8>(),
+                proptest::array::uniform5(any::<i64>()),
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..200)
+            )
+                .prop_map(|(confidence, times, key_id, reference)| {
+                    Change::Upsert(FlagRecord {
+                        confidence,
+                        first_seen_ms: times[0],
+                        last_seen_ms: times[1],
+                        expires_at_ms: times[2],
+                        created_at_ms: times[3],
+                        updated_at_ms: times[4],
+                        key_id,
+                        reference,
+                        distribution: Distribution::Federated,
+                        origin_sequence: 0,
+                    })
+                }),
+            proptest::sample::select(RetractReason::ALL.to_vec()).prop_map(Change::Retract),
+            Just(Change::Expire),
+            Just(Change::Dispute),
+        ]
+    }
+
+    fn change_record() -> impl Strategy<Value = ChangeRecord> {
+        (
+            any::<i64>(),
+            (any::<[u8; 32]>(), any::<u32>(), kind(), category()),
+            change(),
+            distribution(),
+            any::<u64>(),
+            proptest::option::of((proptest::collection::vec(any::<u8>(), 64), any::<i64>())),
+        )
+            .prop_map(
+                |(at_ms, (digest, member, kind, category), mut change, distribution, origin_sequence, signed)| {
+                    // The record's distribution and version are the header's.
+                    if let Change::Upsert(record) = &mut change {
+                        record.distribution = distribution;
+                        record.origin_sequence = origin_sequence;
+                    }
+                    ChangeRecord {
+                        at_ms,
+                        key: FlagKey {
+                            digest,
+                            member,
+                            kind,
+                            category,
+                        },
+                        change,
+                        distribution,
+                        origin_sequence,
+                        signature: signed.map(|(signature, expires_at_ms)| OriginSignature {
+                            signature: signature.try_into().unwrap_or([0; 64]),
+                            expires_at_ms,
+                        }),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_summary(&bytes);
+            let _ = decode_change(&bytes);
+            let _ = decode_principal(&bytes);
+            let _ = decode_principal_stats(&bytes);
+            let _ = decode_audit(&bytes);
+            let _ = decode_chain_end(&bytes);
+            let _ = decode_foreign_member(&bytes);
+        }
+
+        #[test]
+        fn summaries_round_trip(entries in proptest::collection::vec(summary_entry(), 0..40)) {
+            let encoded = encode_summary(&entries).unwrap();
+            prop_assert_eq!(decode_summary(&encoded).unwrap(), entries);
+        }
+
+        #[test]
+        fn changes_round_trip(record in change_record()) {
+            prop_assert_eq!(decode_change(&encode_change(&record)).unwrap(), record);
+        }
+
+        #[test]
+        fn a_truncated_or_padded_change_is_refused(record in change_record(), cut in 1usize..40, extra in 1u8..=255) {
+            let encoded = encode_change(&record);
+            let cut = cut.min(encoded.len());
+            prop_assert!(decode_change(&encoded[..encoded.len() - cut]).is_err());
+            let mut padded = encoded;
+            padded.push(extra);
+            prop_assert!(decode_change(&padded).is_err());
+        }
+
+        #[test]
+        fn foreign_members_round_trip(id in any::<u32>(), origin in any::<[u8; 8]>(), names in proptest::array::uniform3("[ -~]{0,80}")) {
+            let member = ForeignMember {
+                id,
+                origin,
+                origin_name: names[0].clone(),
+                pseudonym: names[1].clone(),
+                display: names[2].clone(),
+            };
+            prop_assert_eq!(decode_foreign_member(&encode_foreign_member(&member)).unwrap(), member);
+        }
+    }
+
+    #[test]
+    fn more_entries_than_the_format_counts_are_refused_not_a_panic() {
+        let entries = vec![
+            SummaryEntry {
+                member: 1,
+                kind: Kind::Email,
+                category: Category::Grooming,
+                confidence: 1,
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+                expires_at_ms: 0,
+                distribution: Distribution::Local,
+                sequence: 0,
+            };
+            usize::from(u16::MAX) + 1
+        ];
+        let err = encode_summary(&entries).unwrap_err();
+        assert!(err.reason.contains("at most 65535"), "{err}");
     }
 }

@@ -23,6 +23,10 @@ pub const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
 pub const AUDIT_ANCHOR_KEY: &[u8] = b"audit_anchor";
 pub const OPERATOR_ID_KEY: &[u8] = b"operator_id";
 pub const PSEUDONYM_KEY_KEY: &[u8] = b"pseudonym_key";
+pub const DB_IDENTITY_KEY: &[u8] = b"db_identity";
+pub const ORIGIN_KEY_KEY: &[u8] = b"origin_signing_key";
+pub const CHANGE_HORIZON_KEY: &[u8] = b"change_horizon";
+pub const SEQUENCE_FLOOR_KEY: &[u8] = b"sequence_floor";
 pub const DISPUTE_KEY_LEN: usize = DIGEST_LEN + 4 + 4;
 
 pub fn dispute_key(digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId) -> [u8; DISPUTE_KEY_LEN] {
@@ -33,18 +37,36 @@ pub fn dispute_key(digest: &Digest, flagged_by: PrincipalId, disputer: Principal
     out
 }
 
-/// `(flagged_by, disputer)` of a dispute key.
-pub fn decode_dispute_key(bytes: &[u8]) -> Result<(PrincipalId, PrincipalId), KeyError> {
-    if bytes.len() != DISPUTE_KEY_LEN {
-        return Err(KeyError::Length {
-            what: "dispute",
-            got: bytes.len(),
-            expected: DISPUTE_KEY_LEN,
-        });
-    }
-    let flagged_by = u32::from_be_bytes(bytes[DIGEST_LEN..DIGEST_LEN + 4].try_into().expect("4 bytes"));
-    let disputer = u32::from_be_bytes(bytes[DIGEST_LEN + 4..].try_into().expect("4 bytes"));
-    Ok((flagged_by, disputer))
+/// `(digest, flagged_by, disputer)` of a dispute key.
+pub fn decode_dispute_key(bytes: &[u8]) -> Result<(Digest, PrincipalId, PrincipalId), KeyError> {
+    let array: &[u8; DISPUTE_KEY_LEN] = bytes.try_into().map_err(|_| KeyError::Length {
+        what: "dispute",
+        got: bytes.len(),
+        expected: DISPUTE_KEY_LEN,
+    })?;
+    let (digest, rest) = array.split_at(DIGEST_LEN);
+    let (flagged_by, disputer) = rest.split_at(4);
+    Ok((
+        digest_of(digest),
+        u32::from_be_bytes(four(flagged_by)),
+        u32::from_be_bytes(four(disputer)),
+    ))
+}
+
+/// The first 32 bytes of `bytes` (zero-padded when shorter; callers pass exact slices).
+fn digest_of(bytes: &[u8]) -> Digest {
+    let mut digest = [0u8; DIGEST_LEN];
+    let n = bytes.len().min(DIGEST_LEN);
+    digest[..n].copy_from_slice(&bytes[..n]);
+    digest
+}
+
+/// The first 4 bytes of `bytes` (zero-padded when shorter; callers pass exact slices).
+fn four(bytes: &[u8]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    let n = bytes.len().min(4);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
 }
 
 pub fn flag_key(key: &FlagKey) -> [u8; FLAG_KEY_LEN] {
@@ -64,9 +86,8 @@ pub fn decode_flag_key(bytes: &[u8]) -> Result<FlagKey, KeyError> {
             expected: FLAG_KEY_LEN,
         });
     }
-    let mut digest: Digest = [0u8; DIGEST_LEN];
-    digest.copy_from_slice(&bytes[..DIGEST_LEN]);
-    let member = u32::from_be_bytes(bytes[DIGEST_LEN..DIGEST_LEN + 4].try_into().expect("4 bytes"));
+    let digest = digest_of(&bytes[..DIGEST_LEN]);
+    let member = u32::from_be_bytes(four(&bytes[DIGEST_LEN..DIGEST_LEN + 4]));
     let kind_byte = bytes[DIGEST_LEN + 4];
     let category_byte = bytes[DIGEST_LEN + 5];
     let kind = Kind::from_u8(kind_byte).ok_or(KeyError::UnknownEnum {

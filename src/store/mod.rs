@@ -20,7 +20,7 @@ use crate::model::{
     SummaryEntry,
 };
 
-pub use codec::DecodeError;
+pub use codec::{DecodeError, EncodeError};
 pub use keys::KeyError;
 
 /// Version of the layout described in `cf.rs`. Bumped when a family or a layout changes;
@@ -37,6 +37,8 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("the operating system gave no random bytes: {0}")]
@@ -116,6 +118,12 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
         db_options.set_bytes_per_sync(1 << 20);
+        // The MANIFEST logs the first and last key of every data file ever written; rolled
+        // over on every change, it holds only the files that exist, so a deleted digest does
+        // not linger there once compaction has rewritten its file. A roll writes a few KB per
+        // flush or compaction. (RocksDB 11 otherwise lets it grow to 5x its live size.)
+        db_options.set_max_manifest_file_size(1);
+        let db_options = db_options.get_options_from_string("max_manifest_space_amp_pct=0")?;
         // A store of another schema may hold families this build does not know; RocksDB
         // opens a store only with all of them, and the schema check below then refuses it
         // by version instead of by a RocksDB message.
@@ -231,10 +239,13 @@ impl Store {
         &self.path
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("every family in cf::ALL is opened at start")
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        match self.db.cf_handle(name) {
+            Some(family) => family,
+            // `open` opens every family of `cf::ALL` or fails, and only names from `cf`
+            // reach here: a missing handle is a bug in this file, not an input.
+            None => unreachable_family(name),
+        }
     }
 
     /// Summaries of `digests`, which must be sorted (RocksDB then batches the reads per
@@ -270,7 +281,7 @@ impl Store {
                 let Some(bytes) = value? else { return Ok(None) };
                 match codec::decode_change(&bytes)?.change {
                     Change::Upsert(record) => Ok(Some(record)),
-                    Change::Retract(_) | Change::Expire => Err(DecodeError {
+                    Change::Retract(_) | Change::Expire | Change::Dispute => Err(DecodeError {
                         what: "change",
                         reason: "a summary entry names a change that is not an upsert".to_owned(),
                     }
@@ -290,13 +301,19 @@ impl Store {
             .collect()
     }
 
-    /// The sequence number of the newest change-log entry, 0 when the log is empty.
+    /// The newest sequence number handed out: the newest change-log entry's, or the floor
+    /// recorded when that entry was deleted (tombstone retention); 0 for a new log.
     pub fn last_sequence(&self) -> Result<u64, StoreError> {
         let mut iterator = self.db.iterator_cf(self.cf(cf::CHANGES), IteratorMode::End);
-        match iterator.next() {
-            Some(item) => Ok(keys::decode_sequence_key(&item?.0)?),
-            None => Ok(0),
-        }
+        let newest = match iterator.next() {
+            Some(item) => keys::decode_sequence_key(&item?.0)?,
+            None => 0,
+        };
+        let floor = match self.db.get_cf(self.cf(cf::META), keys::SEQUENCE_FLOOR_KEY)? {
+            Some(bytes) => keys::decode_sequence_key(&bytes)?,
+            None => 0,
+        };
+        Ok(newest.max(floor))
     }
 
     /// Up to `limit` change-log entries with a sequence number above `after`, in order.
@@ -353,40 +370,62 @@ impl Store {
             })
     }
 
-    /// Summary rows of the digests that start with `prefix`, in digest order.
-    pub fn summaries_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Digest, Vec<SummaryEntry>)>, StoreError> {
+    /// Up to `limit` summary rows of the digests that start with `prefix` and come after
+    /// `after` (from the first when `None`), in digest order.
+    pub fn summaries_with_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, Vec<SummaryEntry>)>, StoreError> {
+        let rows = self.summaries_after_key(
+            after.as_ref().map_or(prefix, |digest| digest.as_slice()),
+            after.is_some(),
+        );
         let mut found = Vec::new();
-        let iterator = self
-            .db
-            .iterator_cf(self.cf(cf::SUMMARIES), IteratorMode::From(prefix, Direction::Forward));
-        for item in iterator {
-            let (key, value) = item?;
-            if !key.starts_with(prefix) {
+        for row in rows {
+            let (digest, entries) = row?;
+            if !digest.starts_with(prefix) || found.len() == limit {
                 break;
             }
-            let digest: Digest = key.as_ref().try_into().map_err(|_| KeyError::Length {
-                what: "summary",
-                got: key.len(),
-                expected: crate::digest::DIGEST_LEN,
-            })?;
-            found.push((digest, codec::decode_summary(&value)?));
+            found.push((digest, entries));
         }
         Ok(found)
+    }
+
+    /// Up to `limit` summary rows after `after` (from the first when `None`), in digest order.
+    pub fn summaries_after(
+        &self,
+        after: Option<Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, Vec<SummaryEntry>)>, StoreError> {
+        let rows = self.summaries_after_key(
+            after.as_ref().map_or(&[][..], |digest| digest.as_slice()),
+            after.is_some(),
+        );
+        rows.take(limit).collect()
+    }
+
+    /// Summary rows from `start` on (after it, when `exclusive`), in digest order.
+    fn summaries_after_key<'a>(
+        &'a self,
+        start: &[u8],
+        exclusive: bool,
+    ) -> impl Iterator<Item = Result<(Digest, Vec<SummaryEntry>), StoreError>> + 'a {
+        let start_key = start.to_vec();
+        self.db
+            .iterator_cf(self.cf(cf::SUMMARIES), IteratorMode::From(start, Direction::Forward))
+            .filter(move |item| {
+                !(exclusive && item.as_ref().is_ok_and(|(key, _)| key.as_ref() == start_key.as_slice()))
+            })
+            .map(decode_summary_row)
     }
 
     /// Every summary row, in digest order.
     pub fn all_summaries(&self) -> impl Iterator<Item = Result<(Digest, Vec<SummaryEntry>), StoreError>> + '_ {
         self.db
             .iterator_cf(self.cf(cf::SUMMARIES), IteratorMode::Start)
-            .map(|item| -> Result<_, StoreError> {
-                let (key, value) = item?;
-                let digest: Digest = key.as_ref().try_into().map_err(|_| KeyError::Length {
-                    what: "summary",
-                    got: key.len(),
-                    expected: crate::digest::DIGEST_LEN,
-                })?;
-                Ok((digest, codec::decode_summary(&value)?))
-            })
+            .map(decode_summary_row)
     }
 
     /// Keys of every stored flag of `member`: a scan of every summary, for the rare
@@ -416,8 +455,7 @@ impl Store {
         let mut found: Vec<Digest> = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf::DISPUTES), IteratorMode::Start) {
             let (key, _value) = item?;
-            keys::decode_dispute_key(&key)?;
-            let digest: Digest = key[..crate::digest::DIGEST_LEN].try_into().expect("checked length");
+            let digest = keys::decode_dispute_key(&key)?.0;
             if found.last() != Some(&digest) {
                 found.push(digest);
             }
@@ -436,7 +474,8 @@ impl Store {
             if !key.starts_with(digest) {
                 break;
             }
-            found.push(keys::decode_dispute_key(&key)?);
+            let (_digest, flagged_by, disputer) = keys::decode_dispute_key(&key)?;
+            found.push((flagged_by, disputer));
         }
         Ok(found)
     }
@@ -467,6 +506,68 @@ impl Store {
         Ok(())
     }
 
+    /// This database's identity: 8 random bytes made on first open and made anew by
+    /// `renew_db_identity` when a backup is restored, so cursors of before the restore are
+    /// told apart from cursors of after.
+    pub fn db_identity(&self) -> Result<[u8; 8], StoreError> {
+        self.meta_secret(keys::DB_IDENTITY_KEY)
+    }
+
+    /// Gives this database a new identity (after it was restored from a backup).
+    pub fn renew_db_identity(&self) -> Result<[u8; 8], StoreError> {
+        let mut value = [0u8; 8];
+        getrandom::fill(&mut value).map_err(|err| StoreError::Random(err.to_string()))?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(cf::META), keys::DB_IDENTITY_KEY, value, &write_options)?;
+        Ok(value)
+    }
+
+    /// Every tombstone at or below this sequence was deleted (0 when none was).
+    pub fn change_horizon(&self) -> Result<u64, StoreError> {
+        match self.db.get_cf(self.cf(cf::META), keys::CHANGE_HORIZON_KEY)? {
+            Some(bytes) => Ok(keys::decode_sequence_key(&bytes)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Writes every memtable to disk and compacts every family whole, so that deleted
+    /// rows (retracted and purged flags, their tombstones) leave the data files and the
+    /// write-ahead log. Costs a rewrite of the database: for an operator's "erase now".
+    pub fn compact_all(&self) -> Result<(), StoreError> {
+        // Forced at the bottom level too: by default RocksDB skips files already there, and
+        // a deletion (or range deletion) in such a file would keep its key's bytes.
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in cf::ALL {
+            let family = self.cf(name);
+            self.db.flush_cf(family)?;
+            self.db
+                .compact_range_cf_opt(family, None::<&[u8]>, None::<&[u8]>, &options);
+        }
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Compacts the change-log rows from `from` to `to` (after tombstones there were deleted).
+    pub fn compact_changes(&self, from: u64, to: u64) {
+        self.db.compact_range_cf(
+            self.cf(cf::CHANGES),
+            Some(keys::sequence_key(from)),
+            Some(keys::sequence_key(to.saturating_add(1))),
+        );
+    }
+
+    /// A consistent view of the audit log (its anchor, head and entries) as of now, for
+    /// verifying the chain while new entries are appended.
+    pub fn audit_view(&self) -> AuditView<'_> {
+        AuditView {
+            store: self,
+            snapshot: self.db.snapshot(),
+        }
+    }
+
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             store: self,
@@ -489,6 +590,60 @@ impl Store {
     }
 }
 
+/// A summary row read by an iterator: its digest key and decoded entries.
+type RawRow = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
+
+fn decode_summary_row(item: RawRow) -> Result<(Digest, Vec<SummaryEntry>), StoreError> {
+    let (key, value) = item?;
+    let digest: Digest = key.as_ref().try_into().map_err(|_| KeyError::Length {
+        what: "summary",
+        got: key.len(),
+        expected: crate::digest::DIGEST_LEN,
+    })?;
+    Ok((digest, codec::decode_summary(&value)?))
+}
+
+#[cold]
+#[allow(clippy::panic)] // The one invariant `Store::open` guarantees; see `Store::cf`.
+fn unreachable_family(name: &str) -> ! {
+    panic!("column family {name} was not opened")
+}
+
+/// The audit log as of one moment (a RocksDB snapshot).
+pub struct AuditView<'a> {
+    store: &'a Store,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl AuditView<'_> {
+    fn chain_end(&self, key: &[u8]) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        match self.snapshot.get_cf(self.store.cf(cf::META), key)? {
+            Some(bytes) => Ok(Some(codec::decode_chain_end(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `(sequence, hash)` of the newest entry.
+    pub fn head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.chain_end(keys::AUDIT_HEAD_KEY)
+    }
+
+    /// `(sequence, hash)` of the newest entry removed by retention.
+    pub fn anchor(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.chain_end(keys::AUDIT_ANCHOR_KEY)
+    }
+
+    /// Stored entries (raw bytes, as hashed), in sequence order.
+    pub fn entries(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.snapshot
+            .iterator_cf(self.store.cf(cf::AUDIT), IteratorMode::Start)
+            .map(|item| -> Result<_, StoreError> {
+                let (key, value) = item?;
+                Ok((keys::decode_sequence_key(&key)?, value.into_vec()))
+            })
+    }
+}
+
 /// An atomic group of writes across families.
 pub struct Batch<'a> {
     store: &'a Store,
@@ -497,13 +652,53 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// Stores the summary of `digest`, or deletes it when no flag is left.
-    pub fn put_summary(&mut self, digest: &Digest, entries: &[SummaryEntry]) {
+    pub fn put_summary(&mut self, digest: &Digest, entries: &[SummaryEntry]) -> Result<(), StoreError> {
         let family = self.store.cf(cf::SUMMARIES);
         if entries.is_empty() {
             self.inner.delete_cf(family, digest);
         } else {
-            self.inner.put_cf(family, digest, codec::encode_summary(entries));
+            self.inner.put_cf(family, digest, codec::encode_summary(entries)?);
         }
+        Ok(())
+    }
+
+    /// Records the newest sequence handed out (before the newest row is deleted).
+    pub fn put_sequence_floor(&mut self, sequence: u64) {
+        self.inner.put_cf(
+            self.store.cf(cf::META),
+            keys::SEQUENCE_FLOOR_KEY,
+            keys::sequence_key(sequence),
+        );
+    }
+
+    /// Moves the change horizon (see `Store::change_horizon`).
+    pub fn put_change_horizon(&mut self, sequence: u64) {
+        self.inner.put_cf(
+            self.store.cf(cf::META),
+            keys::CHANGE_HORIZON_KEY,
+            keys::sequence_key(sequence),
+        );
+    }
+
+    /// Deletes the version row of a foreign flag (its tombstone went).
+    pub fn delete_flag_version(&mut self, key: &FlagKey) {
+        self.inner
+            .delete_cf(self.store.cf(cf::FLAG_VERSIONS), keys::flag_key(key));
+    }
+
+    /// Deletes a change-log row: a superseded upsert, or the upsert of a removed flag.
+    pub fn delete_change(&mut self, sequence: u64) {
+        self.inner
+            .delete_cf(self.store.cf(cf::CHANGES), keys::sequence_key(sequence));
+    }
+
+    /// Deletes every dispute of `flagged_by`'s flags on `digest`.
+    pub fn delete_disputes_of(&mut self, digest: &Digest, flagged_by: PrincipalId) {
+        // Member ids stop below u32::MAX (local ones below FOREIGN_MEMBER_BASE, foreign ones
+        // are refused at the top), so `flagged_by + 1` is the next member's first key.
+        let from = keys::dispute_key(digest, flagged_by, 0);
+        let to = keys::dispute_key(digest, flagged_by.saturating_add(1), 0);
+        self.inner.delete_range_cf(self.store.cf(cf::DISPUTES), from, to);
     }
 
     pub fn put_change(&mut self, sequence: u64, record: &ChangeRecord) {
@@ -637,7 +832,7 @@ mod tests {
         {
             let store = Store::open(dir.path(), &options).unwrap();
             let mut batch = store.batch();
-            batch.put_summary(&key.digest, &[entry(1)]);
+            batch.put_summary(&key.digest, &[entry(1)]).unwrap();
             batch.put_change(
                 1,
                 &ChangeRecord {
@@ -646,6 +841,7 @@ mod tests {
                     change: Change::Upsert(record()),
                     distribution: Distribution::Federated,
                     origin_sequence: 7,
+                    signature: None,
                 },
             );
             store.commit(batch).unwrap();

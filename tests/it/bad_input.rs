@@ -2,7 +2,7 @@
 
 use flagshare::pb;
 use flagshare::pb::flags_client::FlagsClient;
-use flagshare::server::convert::timestamp_from_ms;
+use flagshare::wire::timestamp_from_ms;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -109,6 +109,22 @@ async fn an_expiry_in_the_past_is_refused() {
 }
 
 #[tokio::test]
+async fn an_observation_in_the_year_10000_is_refused_with_its_date() {
+    // Formatting this date for the message panicked the handler once.
+    let mut bad = flag(email_digest("x@example.com"), pb::Category::Grooming, 50);
+    bad.observed_at = Some(prost_types::Timestamp {
+        seconds: 253_402_300_800, // 10000-01-01
+        nanos: 0,
+    });
+    assert_submit_refused(
+        bad,
+        Code::InvalidArgument,
+        "flags[1].observed_at: +10000-01-01T00:00:00Z lies in the future",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn empty_and_oversized_batches_are_refused() {
     let server = TestServer::start().await;
     let mut alpha = server.member("alpha").await;
@@ -209,6 +225,23 @@ async fn bad_retractions_are_refused_and_change_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(status.message(), "reason: unknown retract reason 99");
+
+    // An appeal trail needs a reason: UNSPECIFIED is refused, as are the server's own.
+    for (reason, expected) in [
+        (pb::RetractReason::Unspecified, "reason: must be set"),
+        (pb::RetractReason::Withdrawn, "reason: withdrawn is set by the server"),
+        (pb::RetractReason::Unshared, "reason: unshared is set by the server"),
+    ] {
+        let status = alpha
+            .retract(pb::RetractRequest {
+                flags: vec![selector(digest.to_vec())],
+                reason: reason as i32,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with(expected), "{}", status.message());
+    }
 
     assert_eq!(query(&mut alpha, &[digest]).await.len(), 1, "the flag is still there");
     let next = alpha
@@ -326,9 +359,9 @@ async fn bad_operator_and_dispute_requests_are_refused_and_record_nothing() {
         (Code::InvalidArgument, "digest: "),
         (Code::InvalidArgument, "note: 129 bytes"),
         (Code::NotFound, "member: no principal named 'nobody'"),
-        (Code::InvalidArgument, "reason: withdrawn is set by the operator"),
+        (Code::InvalidArgument, "reason: withdrawn is set by the server"),
         (Code::InvalidArgument, "op: unknown audit op 'delete_everything'"),
-        (Code::InvalidArgument, "digest: 5 bytes, expected 32"),
+        (Code::InvalidArgument, "digest: expected 32 bytes, got 5"),
         (Code::InvalidArgument, "limit: 10001 is outside 1 to 10000"),
         (Code::InvalidArgument, "dir: 'relative/backup' must be an absolute path"),
         (Code::InvalidArgument, "withdraw_flags: only a suspension or a removal"),

@@ -46,6 +46,23 @@ async fn send_policy(server: &TestServer, name: &str, policy: pb::ConfigurePeerR
         .unwrap();
 }
 
+/// Makes `server` believe the signed events of `origin`'s operator that its peers pass on,
+/// naming that operator `name`: the key an operator reads off `admin stats` of the other.
+async fn trust_origin(server: &TestServer, name: &str, origin: &TestServer) {
+    let identity = stats(origin).await;
+    server
+        .admin_client()
+        .await
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: name.to_owned(),
+            operator_id: identity.operator_id,
+            operator_key: identity.operator_key,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 async fn stats(server: &TestServer) -> pb::GetStatsResponse {
     server
         .admin_client()
@@ -128,6 +145,8 @@ async fn flags_travel_by_policy_and_retractions_follow_them() {
     link(&b, &a, "b", "a").await;
     link(&c, &b, "c", "b").await;
     link(&d, &b, "d", "b").await;
+    // C accepts A's flags that B passes on, signed by A.
+    trust_origin(&c, "op-a", &a).await;
 
     let mut alpha = a.member("alpha").await;
     let mut beta = b.member("beta").await;
@@ -247,6 +266,12 @@ async fn a_ring_of_three_converges_without_loops_or_double_counting() {
         )
         .await;
         link(&servers[i], &servers[source], names[i], names[source]).await;
+    }
+    // Each operator knows the key of the one it does not pull from, whose flags come
+    // passed on and signed.
+    for i in 0..3 {
+        let third = (i + 1) % 3;
+        trust_origin(&servers[i], &format!("op-{}", names[third]), &servers[third]).await;
     }
     let digest = email_digest("everywhere@example.com");
     let mut members = Vec::new();
@@ -384,9 +409,90 @@ async fn peers_members_and_admins_reach_only_their_own_services() {
         .pull(pb::PullRequest {
             after: 0,
             max_batch: 10_001,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("max_batch:"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn a_flag_made_local_and_then_retracted_is_withdrawn_at_every_peer_of_a_mesh() {
+    let servers = [
+        TestServer::start_named("op-a").await,
+        TestServer::start_named("op-b").await,
+        TestServer::start_named("op-c").await,
+    ];
+    let names = ["a", "b", "c"];
+    // Every operator pulls from every other.
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                link(&servers[i], &servers[j], names[i], names[j]).await;
+            }
+        }
+    }
+    let mut alpha = servers[0].member("alpha").await;
+    let mut readers = vec![servers[1].member("beta").await, servers[2].member("gamma").await];
+    let digest = email_digest("downgraded@example.com");
+    alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap();
+    for reader in &mut readers {
+        eventually("the federated flag reaches the peer", || {
+            let mut reader = reader.clone();
+            async move { matched(&mut reader, digest).await.is_some() }
+        })
+        .await;
+    }
+    // Resubmitted as local: it stays on A, and leaves every peer.
+    let mut local = flag(digest, pb::Category::Grooming, 80);
+    local.distribution = pb::Distribution::Local as i32;
+    alpha.submit(submit_request(vec![local])).await.unwrap();
+    for reader in &mut readers {
+        eventually("the withdrawal reaches the peer", || {
+            let mut reader = reader.clone();
+            async move { matched(&mut reader, digest).await.is_none() }
+        })
+        .await;
+    }
+    assert!(matched(&mut alpha, digest).await.is_some(), "still local to A");
+    // A resubmission without a distribution keeps it local; then it is retracted.
+    alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 90)]))
+        .await
+        .unwrap();
+    alpha
+        .retract(pb::RetractRequest {
+            flags: vec![pb::FlagSelector {
+                digest: digest.to_vec(),
+                ..Default::default()
+            }],
+            reason: pb::RetractReason::AppealUpheld as i32,
+        })
+        .await
+        .unwrap();
+    for (i, server) in servers.iter().enumerate().skip(1) {
+        caught_up(server, "a", &servers[0]).await;
+        assert!(
+            matched(&mut readers[i - 1], digest).await.is_none(),
+            "{} has it",
+            names[i]
+        );
+    }
+    assert!(matched(&mut alpha, digest).await.is_none());
+    for (i, server) in servers.iter().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            if i != j {
+                assert_eq!(
+                    peer_status(server, name).await.n_rejected,
+                    0,
+                    "{} from {name}",
+                    names[i]
+                );
+            }
+        }
+    }
 }

@@ -267,7 +267,7 @@ async fn an_expired_flag_stops_matching() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     let expires_ms = now.as_millis() as i64 + 1_500;
-    short.expires_at = Some(flagshare::server::convert::timestamp_from_ms(expires_ms));
+    short.expires_at = Some(flagshare::wire::timestamp_from_ms(expires_ms));
     alpha.submit(submit_request(vec![short])).await.unwrap();
     assert_eq!(query(&mut alpha, &[digest]).await.len(), 1);
     // Bounded wait for the expiry to pass (the flag's own clock, not a timing assertion).

@@ -32,6 +32,8 @@ fn bundle_from_cert(server: &TestServer, cert_pem: String, key_pem: String, ca_p
             role: "member".to_owned(),
             endpoint: server.endpoint(),
             server_name: "localhost".to_owned(),
+            operator_id: String::new(),
+            operator_key: String::new(),
         },
         cert_pem,
         key_pem,

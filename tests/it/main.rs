@@ -1,4 +1,5 @@
 //! Integration tests: one binary, real servers on 127.0.0.1:0 with generated PKIs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod support;
 
@@ -6,6 +7,7 @@ mod bad_input;
 mod cli;
 mod federation;
 mod flags;
+mod hostile;
 mod identity;
 mod operator;
 mod streams;

@@ -667,3 +667,219 @@ fn a_mirror_answers_as_the_server_does_and_follows_retractions() {
     assert_eq!(mirrored[0]["members"], serde_json::json!(["beta"]));
     assert!(server.stop().success());
 }
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The events a `peer` principal's `Pull` from 0 carries, until it is caught up.
+fn pull_from_zero(peer_bundle: &Path, endpoint: &str) -> Vec<pb::FederatedEvent> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bundle = Bundle::load(peer_bundle).unwrap();
+        let channel = bundle.connect(Some(endpoint)).await.unwrap();
+        let mut client = pb::federation_client::FederationClient::new(channel);
+        let mut stream = client.pull(pb::PullRequest::default()).await.unwrap().into_inner();
+        let mut events = Vec::new();
+        loop {
+            let batch = stream.message().await.unwrap().unwrap();
+            events.extend(batch.events);
+            if batch.cursor >= batch.head {
+                return events;
+            }
+        }
+    })
+}
+
+#[test]
+fn removals_leave_feeds_and_disk_and_stale_or_restored_cursors_re_snapshot() {
+    let site = Site::new();
+    site.set_config("maintenance_interval_secs = 600", "maintenance_interval_secs = 1");
+    site.set_config("tombstone_retention_secs = 2592000", "tombstone_retention_secs = 4");
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    let peer = site.bundle("peer-p");
+    ok(admin(
+        &site.data,
+        &server,
+        &["member", "add", "p", "--role", "peer", "--out", path(&peer)],
+    ));
+    let kept: Vec<String> = (0..5).map(|i| format!("kept{i}@example.com")).collect();
+    let retracted: Vec<String> = (0..10).map(|i| format!("retracted{i}@example.com")).collect();
+    let expiring: Vec<String> = (0..10).map(|i| format!("expiring{i}@example.com")).collect();
+    for email in kept.iter().chain(&retracted) {
+        site.submit(&server, &alpha, "grooming", &[], email);
+    }
+    for email in &expiring {
+        site.submit(&server, &alpha, "grooming", &["--expires-in", "2s"], email);
+    }
+    let everyone: Vec<&str> = kept
+        .iter()
+        .chain(&retracted)
+        .chain(&expiring)
+        .map(String::as_str)
+        .collect();
+    let mirror = site.root.join("mirror");
+    let endpoint = server.endpoint();
+    let sync = |mirror: &Path, endpoint: &str| {
+        ok(flagshare(&[
+            "mirror",
+            "--bundle",
+            path(&beta),
+            "--endpoint",
+            endpoint,
+            "--once",
+            path(mirror),
+        ]))
+    };
+    let from_mirror = |mirror: &Path| {
+        let mut args = vec![
+            "query",
+            "--mirror",
+            path(mirror),
+            "--key",
+            path(&site.key),
+            "--kind",
+            "email",
+            "--json",
+        ];
+        args.extend(everyone.iter().copied());
+        json_lines(&ok(flagshare(&args)))
+    };
+    sync(&mirror, &endpoint);
+    assert_eq!(from_mirror(&mirror).len(), 25);
+    let backup = site.root.join("backup-1");
+    ok(admin(&site.data, &server, &["backup", path(&backup)]));
+
+    let mut retract = vec!["--kind", "email", "--reason", "appeal_upheld"];
+    retract.extend(retracted.iter().map(String::as_str));
+    ok(site.member(&server, &alpha, "retract", &retract));
+    let removed: Vec<String> = retracted
+        .iter()
+        .chain(&expiring)
+        .map(|email| site.digest_hex(email))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while site.admin_json(&server, &["stats"])[0]["flags_expired_purged_since_start"] != 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the expiring flags are purged within a minute"
+        );
+        #[allow(clippy::disallowed_methods)] // a plain test thread polling a child process
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Within the retention window: a feed from the start and a pull from 0 carry no
+    // upsert of a removed flag (its record went with it), only thin tombstones.
+    let fresh = site.root.join("mirror-fresh");
+    sync(&fresh, &endpoint);
+    assert_eq!(from_mirror(&fresh), site.query(&server, &beta, &everyone));
+    assert_eq!(from_mirror(&fresh).len(), 5);
+    let events = pull_from_zero(&peer, &endpoint);
+    let upserted: Vec<String> = events
+        .iter()
+        .filter(|event| event.op == pb::federated_event::Op::Upsert as i32)
+        .map(|event| hex::encode(&event.digest))
+        .collect();
+    assert_eq!(upserted.len(), 5, "only the kept flags' records travel");
+    assert!(removed.iter().all(|digest| !upserted.contains(digest)));
+    let tombstones = events
+        .iter()
+        .filter(|event| event.op != pb::federated_event::Op::Upsert as i32)
+        .count();
+    assert_eq!(tombstones, 20);
+
+    // Past the window: not even the tombstones, and after compaction not their bytes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pull_from_zero(&peer, &endpoint).len() != 5 {
+        assert!(
+            Instant::now() < deadline,
+            "tombstones are deleted within a minute of the window"
+        );
+        #[allow(clippy::disallowed_methods)] // a plain test thread polling a child process
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // `admin compact` rewrites the files; the data, the logs and the MANIFEST then hold no
+    // byte of a removed digest, also across a restart.
+    ok(admin(&site.data, &server, &["compact"]));
+    assert!(server.stop().success());
+    let server = ServeProcess::start(&site.data);
+    let endpoint = server.endpoint();
+    for digest in &removed {
+        let raw = hex::decode(digest).unwrap();
+        let holding = files_holding(&site.data.join("db"), &raw);
+        assert!(holding.is_empty(), "{digest} is still in {holding:?}");
+    }
+    let live = hex::decode(site.digest_hex(&kept[0])).unwrap();
+    assert!(
+        !files_holding(&site.data.join("db"), &live).is_empty(),
+        "the check can find a digest"
+    );
+
+    // A cursor from before the window: the mirror re-snapshots by itself.
+    let out = flagshare(&[
+        "mirror",
+        "--bundle",
+        path(&beta),
+        "--endpoint",
+        &endpoint,
+        "--once",
+        path(&mirror),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starting again with a snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(from_mirror(&mirror), site.query(&server, &beta, &everyone));
+
+    // A restore from before the removals: the mirror's cursor names the old database.
+    assert!(server.stop().success());
+    ok(flagshare(&[
+        "offline-restore",
+        path(&backup),
+        "--data",
+        path(&site.data),
+    ]));
+    let server = ServeProcess::start(&site.data);
+    let endpoint = server.endpoint();
+    site.submit(&server, &alpha, "sextortion", &[], &kept[1]);
+    let out = flagshare(&[
+        "mirror",
+        "--bundle",
+        path(&beta),
+        "--endpoint",
+        &endpoint,
+        "--once",
+        path(&mirror),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starting again with a snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    let restored = site.query(&server, &beta, &everyone);
+    assert_eq!(
+        restored.len(),
+        15,
+        "the backup's kept and retracted flags; the expired ones stay expired"
+    );
+    assert_eq!(from_mirror(&mirror), restored);
+    assert!(server.stop().success());
+}

@@ -105,6 +105,7 @@ async fn range_query_returns_exactly_the_bucket() {
         let found = beta
             .range_query(pb::RangeQueryRequest {
                 prefix: prefix.to_vec(),
+                page_after: Vec::new(),
             })
             .await
             .unwrap()
@@ -118,12 +119,49 @@ async fn range_query_returns_exactly_the_bucket() {
         let status = beta
             .range_query(pb::RangeQueryRequest {
                 prefix: vec![0xab; len],
+                page_after: Vec::new(),
             })
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), format!("prefix: {len} bytes, expected 2 to 3"));
     }
+
+    // A bucket filled on purpose is read in pages: no call reads more than 2,000 digests.
+    let crowded: Vec<Digest> = (0..2_500u32)
+        .map(|i| {
+            let mut digest = *blake3::hash(&i.to_be_bytes()).as_bytes();
+            digest[..2].copy_from_slice(&[0xfe, 0xed]);
+            digest
+        })
+        .collect();
+    for chunk in crowded.chunks(1_000) {
+        alpha
+            .submit(submit_request(
+                chunk.iter().map(|d| flag(*d, pb::Category::Other, 10)).collect(),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut pages = Vec::new();
+    let mut page_after = Vec::new();
+    loop {
+        let page = beta
+            .range_query(pb::RangeQueryRequest {
+                prefix: vec![0xfe, 0xed],
+                page_after: page_after.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.matches.len());
+        if page.next_page_after.is_empty() {
+            break;
+        }
+        page_after = page.next_page_after;
+        assert!(pages.len() < 10, "paging ends");
+    }
+    assert_eq!(pages, vec![2_000, 500]);
 }
 
 /// Reads feed batches until one is caught up; returns the events and the last cursor.

@@ -68,15 +68,23 @@ impl ServeProcess {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_within(Duration::from_secs(30))
+    }
+
+    /// Sends SIGTERM; fails unless the server exits within `limit`.
+    pub fn stop_within(mut self, limit: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the server must stop within 30 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the server must stop within {limit:?} of SIGTERM"
+            );
             // A plain test thread, not a runtime worker: polling the child is fine here.
             #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(50));

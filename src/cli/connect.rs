@@ -1,0 +1,61 @@
+//! What every client command shares: the connection flags, the mutual-TLS client setup,
+//! and how a refused call is printed.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use tonic::transport::Channel;
+
+use crate::client::Bundle;
+use crate::config::DEFAULT_DATA_DIR;
+use crate::pb::admin_client::AdminClient;
+use crate::pb::flags_client::FlagsClient;
+
+/// Largest answer a command accepts (a feed batch or an audit listing can be large).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+#[derive(Args, Clone)]
+pub struct ConnectArgs {
+    /// Client bundle folder (from `flagshare admin member add`).
+    #[arg(long, env = "FLAGSHARE_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+    /// Server endpoint (default: the bundle's).
+    #[arg(long, env = "FLAGSHARE_ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The bundle named by `--bundle`, or `default` when given.
+    pub fn load_bundle(&self, default: Option<PathBuf>) -> anyhow::Result<Bundle> {
+        let dir = self
+            .bundle
+            .clone()
+            .or(default)
+            .context("--bundle (or FLAGSHARE_BUNDLE) is required to reach the server")?;
+        Ok(Bundle::load(&dir)?)
+    }
+
+    pub async fn channel(&self, bundle: &Bundle) -> anyhow::Result<Channel> {
+        Ok(bundle.connect(self.endpoint.as_deref()).await?)
+    }
+
+    /// A `Flags` client for a member's bundle.
+    pub async fn flags_client(&self) -> anyhow::Result<FlagsClient<Channel>> {
+        let bundle = self.load_bundle(None)?;
+        Ok(FlagsClient::new(self.channel(&bundle).await?).max_decoding_message_size(MAX_ANSWER_BYTES))
+    }
+
+    /// An `Admin` client, with the bundle it uses (default: the one `init` wrote under
+    /// ./flagshare-data/clients/admin).
+    pub async fn admin_client(&self) -> anyhow::Result<(AdminClient<Channel>, Bundle)> {
+        let bundle = self.load_bundle(Some(PathBuf::from(DEFAULT_DATA_DIR).join("clients").join("admin")))?;
+        let client = AdminClient::new(self.channel(&bundle).await?).max_decoding_message_size(MAX_ANSWER_BYTES);
+        Ok((client, bundle))
+    }
+}
+
+/// A refused call, as every command prints it.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("server refused: {} ({:?})", status.message(), status.code())
+}

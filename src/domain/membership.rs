@@ -1,0 +1,225 @@
+//! Principal lifecycle: onboarding, suspension, removal (optionally withdrawing the
+//! principal's flags), certificate rotation, and the listing with activity counters.
+
+use super::PrincipalView;
+use super::audit::{Actor, AuditEvent};
+use super::principals::{self, Caller};
+use super::state::{Removal, State, stage_dispute_cleanup, stage_removal};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::model::{AuditOp, Change, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason, Role, SummaryEntry};
+use crate::util::now_ms;
+
+/// Digests whose flags are withdrawn per commit: the writer lock is never held for more
+/// than this, however many flags a member has.
+const WITHDRAW_CHUNK: usize = 1_000;
+
+impl State {
+    pub(super) fn add_principal(
+        &self,
+        admin: &Actor,
+        name: &str,
+        role: Role,
+        cert_sha256: [u8; 32],
+    ) -> Result<PrincipalRecord> {
+        principals::validate_principal_name(name)?;
+        let _writer = self.writer();
+        if self.registry.by_name(name).is_some() {
+            return Err(Error::AlreadyExists(format!("name: a principal named '{name}' exists")));
+        }
+        if self.registry.contains_fingerprint(&cert_sha256) {
+            return Err(Error::AlreadyExists(
+                "certificate: already registered to another principal".to_owned(),
+            ));
+        }
+        let now = now_ms();
+        let record = PrincipalRecord {
+            id: self.registry.next_id()?,
+            name: name.to_owned(),
+            role,
+            status: PrincipalStatus::Active,
+            created_at_ms: now,
+            cert_sha256,
+        };
+        let mut batch = self.store.batch();
+        batch.put_principal(&record);
+        let event = AuditEvent::new(admin.clone(), AuditOp::AddPrincipal)
+            .counts(1, 1)
+            .detail(format!("{name} as {role}"));
+        self.commit_audited(batch, event, now)?;
+        self.registry.upsert(record.clone());
+        Ok(record)
+    }
+
+    pub(super) fn set_principal_status(
+        &self,
+        admin: &Caller,
+        name: &str,
+        status: PrincipalStatus,
+        withdraw_flags: bool,
+    ) -> Result<(PrincipalRecord, u32)> {
+        if name == admin.name {
+            return Err(Error::FailedPrecondition(
+                "name: an admin cannot change its own status (it would lock itself out)".to_owned(),
+            ));
+        }
+        if withdraw_flags && status == PrincipalStatus::Active {
+            return Err(Error::invalid(
+                "withdraw_flags: only a suspension or a removal withdraws flags",
+            ));
+        }
+        let record = {
+            let _writer = self.writer();
+            let mut record = self
+                .registry
+                .by_name(name)
+                .ok_or_else(|| Error::NotFound(format!("name: no principal named '{name}'")))?;
+            if record.status == PrincipalStatus::Removed {
+                return Err(Error::FailedPrecondition(format!(
+                    "name: '{name}' was removed; add the platform again under a new name"
+                )));
+            }
+            record.status = status;
+            let mut batch = self.store.batch();
+            batch.put_principal(&record);
+            let op = if status == PrincipalStatus::Removed {
+                AuditOp::RemovePrincipal
+            } else {
+                AuditOp::SetPrincipalStatus
+            };
+            let event = AuditEvent::new(admin.into(), op)
+                .counts(1, 0)
+                .detail(format!("{name} is now {status}"));
+            self.commit_audited(batch, event, now_ms())?;
+            self.registry.upsert(record.clone());
+            record
+        };
+        // The principal can no longer call; its flags go in chunks, each its own commit,
+        // so other writers are never held up by a large member. Re-running the command
+        // withdraws whatever a crash left.
+        let n_withdrawn = if withdraw_flags {
+            self.withdraw_flags_of(admin, record.id, name)?
+        } else {
+            0
+        };
+        Ok((record, n_withdrawn))
+    }
+
+    /// Retracts (reason `withdrawn`) every flag of `member`, a chunk of digests per commit.
+    fn withdraw_flags_of(&self, admin: &Caller, member: PrincipalId, name: &str) -> Result<u32> {
+        // Found without the lock (a scan of every summary); each chunk is re-read under it.
+        let mut digests: Vec<Digest> = self
+            .store
+            .flag_keys_of_member(member)?
+            .iter()
+            .map(|key| key.digest)
+            .collect();
+        digests.dedup();
+        let mut n_withdrawn = 0u32;
+        for chunk in digests.chunks(WITHDRAW_CHUNK) {
+            let now = now_ms();
+            let mut last_sequence = self.writer();
+            let mut sequence = *last_sequence;
+            let mut batch = self.store.batch();
+            let mut n_chunk = 0u32;
+            for (digest, mut entries) in self.read_summaries(chunk)? {
+                let (withdrawn, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
+                    entries.drain(..).partition(|entry| entry.member == member);
+                if withdrawn.is_empty() {
+                    continue;
+                }
+                for entry in &withdrawn {
+                    stage_removal(
+                        &mut batch,
+                        &mut sequence,
+                        digest,
+                        entry,
+                        Removal::local(Change::Retract(RetractReason::Withdrawn)),
+                        now,
+                    );
+                    n_chunk += 1;
+                }
+                stage_dispute_cleanup(self, &mut batch, &digest, &kept, member);
+                batch.put_summary(&digest, &kept)?;
+            }
+            if n_chunk == 0 {
+                continue;
+            }
+            let event = AuditEvent::new(admin.into(), AuditOp::Retract)
+                .counts(u64::from(n_chunk), u64::from(n_chunk))
+                .detail(format!("withdrawn: flags of {name}"));
+            self.commit_audited(batch, event, now)?;
+            *last_sequence = sequence;
+            n_withdrawn += n_chunk;
+        }
+        Ok(n_withdrawn)
+    }
+
+    pub(super) fn rotate_certificate(
+        &self,
+        admin: &Caller,
+        name: &str,
+        cert_sha256: [u8; 32],
+    ) -> Result<PrincipalRecord> {
+        let _writer = self.writer();
+        let mut record = self
+            .registry
+            .by_name(name)
+            .ok_or_else(|| Error::NotFound(format!("name: no principal named '{name}'")))?;
+        if record.status == PrincipalStatus::Removed {
+            return Err(Error::FailedPrecondition(format!("name: '{name}' was removed")));
+        }
+        if self.registry.contains_fingerprint(&cert_sha256) {
+            return Err(Error::AlreadyExists(
+                "certificate: already registered to a principal".to_owned(),
+            ));
+        }
+        let old = record.cert_sha256;
+        record.cert_sha256 = cert_sha256;
+        let mut batch = self.store.batch();
+        batch.put_principal(&record);
+        let event = AuditEvent::new(admin.into(), AuditOp::RotateCertificate)
+            .counts(1, 1)
+            .detail(format!(
+                "{name}: certificate {} replaced by {}",
+                hex::encode(old),
+                hex::encode(cert_sha256)
+            ));
+        self.commit_audited(batch, event, now_ms())?;
+        self.registry.upsert(record.clone());
+        Ok(record)
+    }
+
+    pub(super) fn list_principals(&self, admin: &Caller) -> Result<Vec<PrincipalView>> {
+        let records = self.registry.list();
+        self.record(AuditEvent::new(admin.into(), AuditOp::ListPrincipals).counts(0, records.len() as u64))?;
+        let ledger = self.ledger();
+        Ok(records
+            .into_iter()
+            .map(|record| PrincipalView {
+                stats: ledger.stats_of(record.id),
+                record,
+            })
+            .collect())
+    }
+
+    /// Marks the principal `name` removed, if it exists and is a peer (used when its peer
+    /// configuration goes): returns whether it did.
+    pub(super) fn remove_peer_principal(&self, admin: &Caller, name: &str, now: i64) -> Result<bool> {
+        let Some(mut record) = self.registry.by_name(name) else {
+            return Ok(false);
+        };
+        if record.role != Role::Peer || record.status == PrincipalStatus::Removed {
+            return Ok(false);
+        }
+        record.status = PrincipalStatus::Removed;
+        let mut batch = self.store.batch();
+        batch.put_principal(&record);
+        let event = AuditEvent::new(admin.into(), AuditOp::RemovePrincipal)
+            .counts(1, 0)
+            .detail(format!("{name} is now removed (its peer configuration was removed)"));
+        self.commit_audited(batch, event, now)?;
+        self.registry.upsert(record);
+        Ok(true)
+    }
+}

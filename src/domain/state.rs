@@ -1,0 +1,356 @@
+//! The state every domain operation shares: the store, the principal registry, the
+//! writer lock with the last sequence number, the audit ledger, and the helpers that stage
+//! flag changes into a batch. Operations live in their own files beside this one and
+//! reach the state only through what this file exposes.
+//!
+//! Locks are `parking_lot`'s, which do not poison: a panic while one is held (a bug, or
+//! an input nobody foresaw) fails that one call and leaves the lock usable, and as the
+//! in-memory sequence moves only after a successful commit, the next write starts from
+//! the committed state.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+use super::Policy;
+use super::audit::{AuditEvent, Ledger};
+use super::flags::{self, Match};
+use super::foreign::Federation;
+use super::principals::{Caller, Registry};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::model::{Change, ChangeRecord, FlagKey, FlagRecord, OriginSignature, PrincipalId, SummaryEntry, is_foreign};
+use crate::store::{Batch, Durability, Store};
+use crate::util::now_ms;
+
+/// Most flags one digest may hold from one origin (this operator's members together, or
+/// one other operator's). A digest's flags are read whole on every hit, so the row must
+/// stay small, and one origin filling it must not keep others from flagging the digest.
+pub const MAX_ENTRIES_PER_ORIGIN: usize = 1_024;
+/// Most flags one digest may hold in all (the row is read whole on every hit).
+pub const MAX_ENTRIES_PER_DIGEST: usize = 16_384;
+
+/// Stream chunks worked on at once (see `State::stream_work`).
+const STREAM_WORKERS: usize = 4;
+
+/// Counters since the server started, for `admin stats`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub flags_expired_purged: AtomicU64,
+    pub audit_entries_pruned: AtomicU64,
+}
+
+pub(crate) struct State {
+    pub(super) store: Store,
+    pub(super) registry: Registry,
+    pub(super) policy: Policy,
+    /// Held for the whole read-modify-write of every change; guards the last sequence
+    /// number handed out. Taken before `ledger` when both are needed.
+    writer: Mutex<u64>,
+    /// The audit chain's head; every audited commit goes through it.
+    ledger: Mutex<Ledger>,
+    pub(super) metrics: Metrics,
+    pub(super) federation: Federation,
+    /// Digests with dispute rows; the query path scans `disputes` only for these.
+    pub(super) disputed: RwLock<HashSet<Digest>>,
+    /// This database's identity, carried by feed cursors and federation batches.
+    pub(super) db_identity: [u8; 8],
+    /// Blocking chunks of long-lived streams (feed snapshots and changes, federation pulls)
+    /// run this many at a time: hundreds of open streams queue here, and the blocking pool
+    /// stays free for queries and submissions.
+    pub(super) stream_work: tokio::sync::Semaphore,
+    /// Tests set it to make the next audited commit panic under the writer lock.
+    #[cfg(test)]
+    fault: std::sync::atomic::AtomicBool,
+}
+
+impl State {
+    pub(super) fn open(store: Store, policy: Policy) -> Result<State> {
+        let registry = Registry::new(store.load_principals()?);
+        let last_sequence = store.last_sequence()?;
+        let ledger = Ledger::load(&store)?;
+        let disputed = RwLock::new(store.disputed_digests()?.into_iter().collect());
+        let foreign_members = store.load_foreign_members()?;
+        for member in &foreign_members {
+            registry.set_foreign_name(member.id, member.display.clone());
+        }
+        let federation = Federation::new(
+            store.meta_secret(crate::store::keys::OPERATOR_ID_KEY)?,
+            policy.operator_name.clone(),
+            store.meta_secret(crate::store::keys::PSEUDONYM_KEY_KEY)?,
+            super::signing::OriginKey::from_secret(store.meta_secret(crate::store::keys::ORIGIN_KEY_KEY)?),
+            foreign_members,
+        );
+        let db_identity = store.db_identity()?;
+        Ok(State {
+            #[cfg(test)]
+            fault: std::sync::atomic::AtomicBool::new(false),
+            db_identity,
+            stream_work: tokio::sync::Semaphore::new(STREAM_WORKERS),
+            store,
+            registry,
+            policy,
+            writer: Mutex::new(last_sequence),
+            ledger: Mutex::new(ledger),
+            metrics: Metrics::default(),
+            federation,
+            disputed,
+        })
+    }
+
+    pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock()
+    }
+
+    pub(super) fn writer(&self) -> MutexGuard<'_, u64> {
+        self.writer.lock()
+    }
+
+    /// The newest committed sequence number, without waiting for a writer that holds the lock
+    /// longer than a moment: readers of the change log use it as the head.
+    pub(super) fn head(&self) -> Result<u64> {
+        Ok(self.store.last_sequence()?)
+    }
+
+    /// Fails with `OutOfRange` when tombstones a reader at `after` has not seen were
+    /// deleted since `horizon_at_start` (the horizon when its stream started; 0 for a
+    /// resumption, checked against the whole past). Returns the horizon now. A reader at 0
+    /// holds nothing, so it may read on however far the horizon is.
+    pub(super) fn check_horizon(&self, after: u64, horizon_at_start: u64) -> Result<u64> {
+        let horizon = self.store.change_horizon()?;
+        if after != 0 && after < horizon && horizon > horizon_at_start {
+            return Err(Error::OutOfRange(format!(
+                "cursor: position {after} is older than the retention of removals (kept from {horizon} on); start again with a snapshot"
+            )));
+        }
+        Ok(horizon)
+    }
+
+    #[cfg(test)]
+    pub(super) fn panic_in_next_commit(&self) {
+        self.fault.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Commits `batch` together with the audit entry of `event`.
+    pub(super) fn commit_audited(&self, batch: Batch<'_>, event: AuditEvent, now: i64) -> Result<u64> {
+        #[cfg(test)]
+        #[allow(clippy::panic)]
+        if self.fault.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a fault injected by a test");
+        }
+        self.ledger()
+            .commit(&self.store, batch, event, now, Durability::Configured)
+    }
+
+    /// Records a call that changes nothing else.
+    pub(super) fn record(&self, event: AuditEvent) -> Result<u64> {
+        self.commit_audited(self.store.batch(), event, now_ms())
+    }
+
+    /// Records a read-only call: its entry is written without waiting for the disk.
+    pub(super) fn record_read(&self, event: AuditEvent, now: i64) -> Result<u64> {
+        self.ledger()
+            .commit(&self.store, self.store.batch(), event, now, Durability::Buffered)
+    }
+
+    pub(super) fn read_summaries(&self, sorted_digests: &[Digest]) -> Result<HashMap<Digest, Vec<SummaryEntry>>> {
+        Ok(sorted_digests
+            .iter()
+            .copied()
+            .zip(self.store.get_summaries(sorted_digests)?)
+            .map(|(digest, entries)| (digest, entries.unwrap_or_default()))
+            .collect())
+    }
+
+    /// What `caller` is told about a digest with these stored flags; `None` when none is live.
+    pub(super) fn match_of(
+        &self,
+        caller: &Caller,
+        index: u32,
+        digest: Digest,
+        entries: &[SummaryEntry],
+        now: i64,
+    ) -> Result<Option<Match>> {
+        let Some(mut found) = flags::aggregate(index, digest, entries, caller.id, now, |id| self.registry.name_of(id))
+        else {
+            return Ok(None);
+        };
+        // Disputes are rare: only a digest known to have some is scanned for them.
+        if !self.disputed.read().contains(&digest) {
+            return Ok(Some(found));
+        }
+        let live: BTreeSet<PrincipalId> = entries
+            .iter()
+            .filter(|entry| entry.expires_at_ms > now)
+            .map(|entry| entry.member)
+            .collect();
+        found.n_disputes = self
+            .store
+            .disputes_of(&digest)?
+            .iter()
+            .filter(|(flagged_by, _)| live.contains(flagged_by))
+            .count() as u32;
+        Ok(Some(found))
+    }
+
+    /// The origin a flag's member belongs to, for the per-origin bound: `None` for this
+    /// operator's own members.
+    fn origin_of(&self, member: PrincipalId) -> Option<[u8; 8]> {
+        if is_foreign(member) {
+            self.federation.origin_of(member)
+        } else {
+            None
+        }
+    }
+
+    /// Fails when adding a flag of `key.member` to `entries` (which does not hold that flag
+    /// yet) would pass a per-digest bound.
+    pub(super) fn check_room(&self, entries: &[SummaryEntry], key: &FlagKey) -> std::result::Result<(), String> {
+        if entries.iter().any(|entry| entry.same_flag(key)) {
+            return Ok(());
+        }
+        if entries.len() >= MAX_ENTRIES_PER_DIGEST {
+            return Err(format!(
+                "the digest already holds {} flags, the most one digest may hold",
+                entries.len()
+            ));
+        }
+        let origin = self.origin_of(key.member);
+        let n_same_origin = entries
+            .iter()
+            .filter(|entry| {
+                is_foreign(entry.member) == is_foreign(key.member) && self.origin_of(entry.member) == origin
+            })
+            .count();
+        if n_same_origin >= MAX_ENTRIES_PER_ORIGIN {
+            return Err(format!(
+                "the digest already holds {n_same_origin} flags from this origin, the most one origin may place on a digest"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Stages a new or updated flag: a change-log upsert holding its full record, and its
+/// entry in the digest's summary (written by the caller once per digest) naming that upsert.
+/// The upsert the entry named before (a superseded version of the flag) is deleted in the
+/// same batch: the change log keeps one record per live flag.
+pub(super) fn stage_upsert(
+    batch: &mut Batch<'_>,
+    sequence: &mut u64,
+    summary: &mut Vec<SummaryEntry>,
+    key: &FlagKey,
+    record: &FlagRecord,
+    signature: Option<OriginSignature>,
+    now: i64,
+) {
+    *sequence += 1;
+    if let Some(previous) = flags::upsert_summary_entry(summary, key, record, *sequence) {
+        batch.delete_change(previous);
+    }
+    batch.put_change(
+        *sequence,
+        &ChangeRecord {
+            at_ms: now,
+            key: *key,
+            change: Change::Upsert(record.clone()),
+            distribution: record.distribution,
+            origin_sequence: record.origin_sequence,
+            signature,
+        },
+    );
+}
+
+/// Why and by whose word a flag is removed: the tombstone's change, the flag's version at
+/// its origin (0 for a local flag) and, for another operator's, its signature.
+pub(super) struct Removal {
+    pub change: Change,
+    pub origin_sequence: u64,
+    pub signature: Option<OriginSignature>,
+}
+
+impl Removal {
+    /// A removal decided here, of a flag of this operator's own (or expired here).
+    pub fn local(change: Change) -> Removal {
+        Removal {
+            change,
+            origin_sequence: 0,
+            signature: None,
+        }
+    }
+}
+
+/// Stages the removal of one flag (the caller drops its summary entry): the upsert that
+/// held its record is deleted, and a thin tombstone in the change log says why.
+pub(super) fn stage_removal(
+    batch: &mut Batch<'_>,
+    sequence: &mut u64,
+    digest: Digest,
+    entry: &SummaryEntry,
+    removal: Removal,
+    now: i64,
+) {
+    let Removal {
+        change,
+        origin_sequence,
+        signature,
+    } = removal;
+    let key = FlagKey {
+        digest,
+        member: entry.member,
+        kind: entry.kind,
+        category: entry.category,
+    };
+    *sequence += 1;
+    batch.delete_change(entry.sequence);
+    batch.put_change(
+        *sequence,
+        &ChangeRecord {
+            at_ms: now,
+            key,
+            change,
+            distribution: entry.distribution,
+            origin_sequence,
+            signature,
+        },
+    );
+}
+
+/// When the last live flag of `member` on `digest` goes, disputes of its flags there go
+/// with it: a dispute is about flags, and must not attach to a later flag on the digest.
+/// Only a digest known to have disputes is touched (a range deletion carries the digest's
+/// bytes until compaction).
+pub(super) fn stage_dispute_cleanup(
+    state: &State,
+    batch: &mut Batch<'_>,
+    digest: &Digest,
+    remaining: &[SummaryEntry],
+    removed_member: PrincipalId,
+) {
+    if state.disputed.read().contains(digest) && !remaining.iter().any(|entry| entry.member == removed_member) {
+        batch.delete_disputes_of(digest, removed_member);
+    }
+}
+
+/// Runs a blocking chunk of a long-lived stream, after waiting for one of the few
+/// stream workers.
+pub(super) async fn stream_chunk<T: Send + 'static>(
+    state: std::sync::Arc<State>,
+    work: impl FnOnce(&State) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let _permit = state
+        .stream_work
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("the stream workers are closed".to_owned()))?;
+    let worker = state.clone();
+    blocking(move || work(&worker)).await
+}
+
+/// Runs blocking store work off the async runtime.
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
+}

@@ -1,0 +1,392 @@
+//! `Domain` over a temporary store: the rules as a caller meets them, without a server.
+
+use super::*;
+use crate::digest::Kind;
+use crate::model::{Change, FOREIGN_MEMBER_BASE};
+use crate::store::StoreOptions;
+
+struct Fixture {
+    domain: Domain,
+    _dir: tempfile::TempDir,
+}
+
+fn open() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    Fixture {
+        domain: Domain::open(store, Policy::default()).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn admin() -> Caller {
+    Caller {
+        id: 0,
+        name: "admin".to_owned(),
+        role: Role::Admin,
+        cert_sha256: [0; 32],
+    }
+}
+
+async fn member(domain: &Domain, name: &str) -> Caller {
+    let fingerprint = *blake3::hash(name.as_bytes()).as_bytes();
+    let record = domain
+        .add_principal(Actor::system(), name.to_owned(), Role::Member, fingerprint)
+        .await
+        .unwrap();
+    Caller {
+        id: record.id,
+        name: record.name,
+        role: Role::Member,
+        cert_sha256: fingerprint,
+    }
+}
+
+fn flag(digest: Digest, kind: Kind, category: Category) -> NewFlag {
+    NewFlag {
+        digest,
+        kind,
+        category,
+        confidence: 70,
+        observed_at_ms: None,
+        expires_at_ms: None,
+        reference: Vec::new(),
+        distribution: None,
+    }
+}
+
+fn changes(domain: &Domain) -> Vec<(u64, crate::model::ChangeRecord)> {
+    domain.store().changes_after(0, 100_000).unwrap()
+}
+
+#[tokio::test]
+async fn a_panic_under_the_writer_lock_fails_one_call_and_later_writes_go_on() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let alpha = member(domain, "alpha").await;
+    domain.state.panic_in_next_commit();
+    let failed = domain
+        .submit(alpha.clone(), vec![flag([1; 32], Kind::Email, Category::Grooming)], 1)
+        .await;
+    assert!(matches!(failed, Err(Error::Internal(_))), "{failed:?}");
+    // Nothing of the failed call is stored, and the lock is usable.
+    assert!(domain.query(alpha.clone(), vec![[1; 32]]).await.unwrap().is_empty());
+    let outcome = domain
+        .submit(alpha.clone(), vec![flag([2; 32], Kind::Email, Category::Grooming)], 1)
+        .await
+        .unwrap();
+    assert_eq!(outcome.n_created, 1);
+    assert_eq!(domain.query(alpha, vec![[2; 32]]).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_origin_cannot_fill_a_digest_past_its_bound() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let digest = [7; 32];
+    // 36 flags per member (6 kinds x 6 categories); 28 members stay under 1,024.
+    let all_flags: Vec<NewFlag> = Kind::ALL
+        .iter()
+        .flat_map(|kind| Category::ALL.iter().map(move |category| flag(digest, *kind, *category)))
+        .collect();
+    let mut n_stored = 0;
+    let mut refused = None;
+    for i in 0..29 {
+        let caller = member(domain, &format!("m{i}")).await;
+        match domain.submit(caller, all_flags.clone(), 1).await {
+            Ok(outcome) => n_stored += outcome.n_created as usize,
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    assert_eq!(n_stored, 28 * 36);
+    let err = refused.expect("the 29th member's batch passes the bound");
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err:?}");
+    assert!(err.to_string().contains("from this origin"), "{err}");
+    // The refused batch wrote nothing; the digest still answers.
+    let entries = domain.store().get_summaries(&[digest]).unwrap()[0].clone().unwrap();
+    assert_eq!(entries.len(), 28 * 36);
+}
+
+#[tokio::test]
+async fn an_update_deletes_the_upsert_it_supersedes_and_a_retraction_leaves_a_thin_tombstone() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let alpha = member(domain, "alpha").await;
+    let digest = [3; 32];
+    for _ in 0..3 {
+        domain
+            .submit(alpha.clone(), vec![flag(digest, Kind::Email, Category::Grooming)], 1)
+            .await
+            .unwrap();
+    }
+    let upserts: Vec<_> = changes(domain)
+        .into_iter()
+        .filter(|(_, change)| matches!(change.change, Change::Upsert(_)))
+        .collect();
+    assert_eq!(upserts.len(), 1, "one record per live flag");
+    domain
+        .retract(
+            alpha,
+            vec![FlagSelector {
+                digest,
+                kind: None,
+                category: None,
+            }],
+            RetractReason::AppealUpheld,
+        )
+        .await
+        .unwrap();
+    let left = changes(domain);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].1.change, Change::Retract(RetractReason::AppealUpheld));
+}
+
+#[tokio::test]
+async fn a_resubmission_keeps_a_local_flag_local_and_a_downgrade_withdraws_it_from_peers() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    domain
+        .configure_peer(admin(), PeerRecord::policy_only("peer-x"))
+        .await
+        .unwrap();
+    let alpha = member(domain, "alpha").await;
+    let (shared, kept_local) = ([4; 32], [5; 32]);
+    let mut local = flag(kept_local, Kind::Email, Category::Grooming);
+    local.distribution = Some(Distribution::Local);
+    domain
+        .submit(
+            alpha.clone(),
+            vec![flag(shared, Kind::Email, Category::Grooming), local],
+            1,
+        )
+        .await
+        .unwrap();
+    // Again without a distribution: the local one stays local.
+    domain
+        .submit(
+            alpha.clone(),
+            vec![flag(kept_local, Kind::Email, Category::Grooming)],
+            1,
+        )
+        .await
+        .unwrap();
+    // The shared one is made local: peers are told to withdraw it.
+    let mut downgrade = flag(shared, Kind::Email, Category::Grooming);
+    downgrade.distribution = Some(Distribution::Local);
+    domain.submit(alpha, vec![downgrade], 1).await.unwrap();
+
+    let peer = Caller {
+        id: 99,
+        name: "peer-x".to_owned(),
+        role: Role::Peer,
+        cert_sha256: [9; 32],
+    };
+    let sent = federation::outgoing(
+        &domain.state,
+        &domain.state.peer(&peer.name).unwrap().unwrap(),
+        0,
+        100,
+        false,
+    )
+    .unwrap();
+    let ops: Vec<(Digest, EventOp)> = sent
+        .events
+        .iter()
+        .map(|event| (event.digest, event.op.clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        vec![(shared, EventOp::Retract(RetractReason::Unshared))],
+        "only the withdrawal leaves; the superseded federated upsert is gone from the log"
+    );
+}
+
+#[tokio::test]
+async fn a_dispute_dies_with_the_flag_it_disputed() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let alpha = member(domain, "alpha").await;
+    let beta = member(domain, "beta").await;
+    let digest = [6; 32];
+    let submit = |caller: Caller| domain.submit(caller, vec![flag(digest, Kind::Email, Category::Grooming)], 1);
+    submit(alpha.clone()).await.unwrap();
+    domain
+        .dispute(beta.clone(), digest, "alpha".to_owned(), String::new())
+        .await
+        .unwrap();
+    assert_eq!(domain.query(beta.clone(), vec![digest]).await.unwrap()[0].n_disputes, 1);
+    let dispute_changes = changes(domain)
+        .iter()
+        .filter(|(_, change)| change.change == Change::Dispute)
+        .count();
+    assert_eq!(dispute_changes, 1, "a dispute is a change a feed can follow");
+    domain
+        .retract(
+            alpha.clone(),
+            vec![FlagSelector {
+                digest,
+                kind: None,
+                category: None,
+            }],
+            RetractReason::FalsePositive,
+        )
+        .await
+        .unwrap();
+    submit(alpha).await.unwrap();
+    assert_eq!(
+        domain.query(beta, vec![digest]).await.unwrap()[0].n_disputes,
+        0,
+        "the new flag does not inherit the old flag's dispute"
+    );
+}
+
+fn event(origin: [u8; 8], sequence: u64, pseudonym: &str, now: i64) -> Event {
+    Event {
+        sequence,
+        origin,
+        origin_name: "op-x".to_owned(),
+        origin_sequence: sequence,
+        member_pseudonym: pseudonym.to_owned(),
+        member_name: String::new(),
+        digest: [9; 32],
+        kind: Kind::Email,
+        category: Category::Grooming,
+        op: EventOp::Upsert {
+            confidence: 50,
+            first_seen_ms: now - 10,
+            last_seen_ms: now - 5,
+            expires_at_ms: now + 60_000,
+        },
+        signature: Vec::new(),
+    }
+}
+
+async fn peer_from(domain: &Domain, origin: [u8; 8]) {
+    let mut record = PeerRecord::policy_only("x");
+    record.operator_id = hex::encode(origin);
+    domain.configure_peer(admin(), record).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_speaks_only_for_itself_and_within_its_bounds() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let origin = [7; 8];
+    peer_from(domain, origin).await;
+    let now = crate::util::now_ms();
+    let apply = |events: Vec<std::result::Result<Event, Rejected>>, cursor| {
+        let domain = domain.clone();
+        async move {
+            domain
+                .apply_federated("x".to_owned(), events, cursor, String::new())
+                .await
+                .unwrap()
+        }
+    };
+    let forged = event([8; 8], 2, "m-1", now);
+    let own = Event {
+        origin: domain.federation().operator_id,
+        ..event(origin, 3, "m-1", now)
+    };
+    let mut too_long = event(origin, 4, "m-1", now);
+    too_long.op = EventOp::Upsert {
+        confidence: 50,
+        first_seen_ms: now - 10,
+        last_seen_ms: now - 5,
+        expires_at_ms: i64::MAX,
+    };
+    let outcome = apply(
+        vec![
+            Ok(forged),
+            Err(Rejected::new(3, "digest", "31 bytes")),
+            Ok(own),
+            Ok(too_long),
+        ],
+        4,
+    )
+    .await;
+    assert_eq!((outcome.applied, outcome.skipped, outcome.rejected), (1, 1, 2));
+    assert!(
+        outcome.first_rejection.unwrap().to_string().contains("origin_operator"),
+        "the forged origin is the first refusal"
+    );
+    // The over-long expiry was capped at this operator's own retention.
+    let entries = domain.store().get_summaries(&[[9; 32]]).unwrap()[0].clone().unwrap();
+    assert!(
+        entries[0].expires_at_ms <= now + DEFAULT_TTL_MS + 60_000,
+        "{}",
+        entries[0].expires_at_ms
+    );
+    assert!(entries[0].member >= FOREIGN_MEMBER_BASE);
+    let stored = domain.peer("x".to_owned()).await.unwrap().unwrap();
+    assert_eq!(stored.n_rejected, 2);
+    assert!(stored.last_rejection.contains("digest"), "{}", stored.last_rejection);
+
+    // The origin's members are bounded.
+    let many: Vec<_> = (0..(DEFAULT_MAX_FOREIGN_MEMBERS_PER_ORIGIN as u64 + 10))
+        .map(|i| Ok(event(origin, 10 + i, &format!("m-{i}"), now)))
+        .collect();
+    let outcome = apply(many, 10_000).await;
+    assert_eq!(
+        domain.federation().n_members_of(&origin),
+        DEFAULT_MAX_FOREIGN_MEMBERS_PER_ORIGIN
+    );
+    assert!(outcome.rejected >= 10, "{outcome:?}");
+}
+
+#[tokio::test]
+async fn versions_keep_late_events_out_and_a_peer_of_only_bad_events_is_paused() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let origin = [7; 8];
+    peer_from(domain, origin).await;
+    let now = crate::util::now_ms();
+    let apply = |events: Vec<Event>, cursor| {
+        let domain = domain.clone();
+        async move {
+            domain
+                .apply_federated(
+                    "x".to_owned(),
+                    events.into_iter().map(Ok).collect(),
+                    cursor,
+                    String::new(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let retract = |sequence| Event {
+        op: EventOp::Retract(RetractReason::FalsePositive),
+        ..event(origin, sequence, "m-1", now)
+    };
+    assert_eq!(apply(vec![event(origin, 10, "m-1", now)], 10).await.applied, 1);
+    // An older version of the same flag, arriving late, changes nothing.
+    assert_eq!(apply(vec![event(origin, 8, "m-1", now)], 11).await.skipped, 1);
+    assert_eq!(apply(vec![retract(20)], 12).await.applied, 1);
+    // The tombstone keeps a late upsert from resurrecting the retracted flag.
+    assert_eq!(apply(vec![event(origin, 15, "m-1", now)], 13).await.skipped, 1);
+    assert!(domain.store().get_summaries(&[[9; 32]]).unwrap()[0].is_none());
+    // A newer upsert (re-flagged at the origin) applies again.
+    assert_eq!(apply(vec![event(origin, 21, "m-1", now)], 14).await.applied, 1);
+    let err = domain
+        .apply_federated("x".to_owned(), Vec::new(), 3, String::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cursor: 3 is behind"), "{err}");
+
+    for cursor in 15..15 + u64::from(federation::MAX_BAD_BATCHES) {
+        let outcome = apply(vec![event([1; 8], cursor, "m-1", now)], cursor).await;
+        assert_eq!(outcome.rejected, 1);
+        assert_eq!(outcome.paused, cursor == 14 + u64::from(federation::MAX_BAD_BATCHES));
+    }
+    let peer = domain.peer("x".to_owned()).await.unwrap().unwrap();
+    assert!(peer.paused);
+    assert!(
+        peer.pause_reason.contains("only refused events"),
+        "{}",
+        peer.pause_reason
+    );
+}
