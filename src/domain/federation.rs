@@ -297,14 +297,45 @@ pub(super) fn outgoing(
             op,
             signature: Vec::new(),
         };
-        event.signature = match change.signature {
-            Some(signed) => signed.signature.to_vec(),
-            None if signed => federation.origin_key.sign(&event).to_vec(),
-            None => Vec::new(),
-        };
+        if let Some(kept) = change.signature {
+            event.signature = kept.signature.to_vec();
+        }
         batch.events.push(event);
     }
+    if signed {
+        // This operator's own events are the ones without a signature yet.
+        let own = federation.operator_id;
+        let mut own_events: Vec<Event> = Vec::new();
+        let mut positions = Vec::new();
+        for (position, event) in batch.events.iter_mut().enumerate() {
+            if event.origin == own && event.signature.is_empty() {
+                own_events.push(std::mem::replace(event, placeholder()));
+                positions.push(position);
+            }
+        }
+        signing::sign_all(&federation.origin_key, &mut own_events);
+        for (position, event) in positions.into_iter().zip(own_events) {
+            batch.events[position] = event;
+        }
+    }
     Ok(batch)
+}
+
+/// A stand-in while an event is out being signed.
+fn placeholder() -> Event {
+    Event {
+        sequence: 0,
+        origin: [0; 8],
+        origin_name: String::new(),
+        origin_sequence: 0,
+        member_pseudonym: String::new(),
+        member_name: String::new(),
+        digest: [0; 32],
+        kind: crate::digest::Kind::Other,
+        category: Category::Other,
+        op: EventOp::Expire,
+        signature: Vec::new(),
+    }
 }
 
 /// The known keys of other operators, by operator id (from the peer records).
@@ -393,6 +424,33 @@ pub(super) fn apply(
             Err(rejected) => rejections.push(rejected),
         }
     }
+    // Events of other origins than the peer's are believed only with a valid signature.
+    let (relayed_at, relayed): (Vec<usize>, Vec<([u8; PUBLIC_KEY_LEN], &Event)>) = valid
+        .iter()
+        .enumerate()
+        .filter(|(_, event)| Some(event.origin) != peer_origin)
+        .filter_map(|(index, event)| keys.get(&event.origin).map(|key| (index, (*key, event))))
+        .unzip();
+    let mut bad: HashMap<usize, String> = HashMap::new();
+    for (index, result) in relayed_at.into_iter().zip(signing::verify_all(&relayed)) {
+        if let Err(reason) = result {
+            bad.insert(index, reason);
+        }
+    }
+    if !bad.is_empty() {
+        let mut index = 0;
+        valid.retain(|event| {
+            let keep = match bad.remove(&index) {
+                Some(reason) => {
+                    rejections.push(Rejected::new(event.sequence, "signature", reason));
+                    false
+                }
+                None => true,
+            };
+            index += 1;
+            keep
+        });
+    }
 
     let mut batch = state.store.batch();
     let mut renames: Vec<String> = Vec::new();
@@ -410,6 +468,7 @@ pub(super) fn apply(
             state.policy.max_foreign_members_per_origin,
         );
         let member = match registered {
+            Ok(Registered::Known(id)) => id,
             Ok(registered) => {
                 if let Registered::Renamed(_, old, new) = &registered
                     && renames.len() < 8
@@ -665,7 +724,7 @@ fn check_event(
     let sequence = event.sequence;
     // Our own events coming back round a ring are dropped by the caller, not refused.
     if event.origin != own_origin && Some(event.origin) != peer_origin {
-        let Some(key) = known_keys.get(&event.origin) else {
+        if !known_keys.contains_key(&event.origin) {
             return Err(Rejected::new(
                 sequence,
                 "origin_operator",
@@ -674,7 +733,7 @@ fn check_event(
                     hex::encode(event.origin)
                 ),
             ));
-        };
+        }
         if event.signature.is_empty() {
             return Err(Rejected::new(
                 sequence,
@@ -685,7 +744,7 @@ fn check_event(
                 ),
             ));
         }
-        signing::verify(key, event, &event.signature).map_err(|reason| Rejected::new(sequence, "signature", reason))?;
+        // Whether it verifies under the key is checked for the whole batch at once.
     }
     let pseudonym_ok = !event.member_pseudonym.is_empty()
         && event.member_pseudonym.len() <= 64

@@ -77,6 +77,68 @@ impl OriginKey {
     }
 }
 
+/// Signs each event with `key`, on up to every core: signing costs tens of microseconds
+/// an event, so a batch of thousands is split.
+pub fn sign_all(key: &OriginKey, events: &mut [Event]) {
+    let n_threads = parallelism(events.len());
+    let chunk = events.len().div_ceil(n_threads).max(1);
+    std::thread::scope(|scope| {
+        for part in events.chunks_mut(chunk) {
+            scope.spawn(move || {
+                for event in part {
+                    event.signature = key.sign(event).to_vec();
+                }
+            });
+        }
+    });
+}
+
+/// Verifies each `(key, event)` pair against the event's signature: batch verification
+/// (about twice as fast as one by one) of chunks spread over every core; a chunk that fails
+/// is checked one by one, so each bad signature is named.
+pub fn verify_all(items: &[([u8; PUBLIC_KEY_LEN], &Event)]) -> Vec<Result<(), String>> {
+    const CHUNK: usize = 128;
+    let n_threads = parallelism(items.len().div_ceil(CHUNK));
+    let mut results: Vec<Result<(), String>> = vec![Ok(()); items.len()];
+    let per_thread = items.len().div_ceil(n_threads).max(1);
+    std::thread::scope(|scope| {
+        for (part, out) in items.chunks(per_thread).zip(results.chunks_mut(per_thread)) {
+            scope.spawn(move || {
+                for (batch, out) in part.chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+                    if verify_batch(batch).is_err() {
+                        for ((key, event), result) in batch.iter().zip(out.iter_mut()) {
+                            *result = verify(key, event, &event.signature);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    results
+}
+
+fn verify_batch(items: &[([u8; PUBLIC_KEY_LEN], &Event)]) -> Result<(), ()> {
+    let messages: Vec<Vec<u8>> = items.iter().map(|(_, event)| canonical_bytes(event)).collect();
+    let message_refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let signatures = items
+        .iter()
+        .map(|(_, event)| Signature::from_slice(&event.signature))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(drop)?;
+    let keys = items
+        .iter()
+        .map(|(key, _)| VerifyingKey::from_bytes(key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(drop)?;
+    ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).map_err(drop)
+}
+
+/// Threads worth starting for `n_pieces` of work: at most the cores, at least one.
+fn parallelism(n_pieces: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.min(n_pieces).clamp(1, 8)
+}
+
 /// Whether `signature` is the signature of the holder of `public_key` over `event`.
 pub fn verify(public_key: &[u8; PUBLIC_KEY_LEN], event: &Event, signature: &[u8]) -> Result<(), String> {
     let key =
@@ -183,5 +245,28 @@ mod tests {
         let other = OriginKey::from_secret([6; 32]);
         assert!(verify(&other.public_key(), &original, &signature).is_err());
         assert!(verify(&public, &original, &signature[..10]).is_err());
+    }
+
+    #[test]
+    fn many_are_signed_and_verified_at_once_and_each_bad_one_is_named() {
+        let key = OriginKey::from_secret([5; 32]);
+        let mut events: Vec<Event> = (0..300)
+            .map(|i| Event {
+                origin_sequence: i,
+                ..event()
+            })
+            .collect();
+        sign_all(&key, &mut events);
+        events[7].origin_sequence = 1_000_000;
+        events[250].signature[3] ^= 1;
+        let items: Vec<([u8; PUBLIC_KEY_LEN], &Event)> = events.iter().map(|event| (key.public_key(), event)).collect();
+        let results = verify_all(&items);
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, result)| result.is_err())
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(failed, vec![7, 250]);
     }
 }
