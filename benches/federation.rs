@@ -11,6 +11,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)] // the benchmarks use the harness's servers, not every test helper
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -20,27 +23,35 @@ use flagshare::pb;
 use flagshare::pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use common::{InProcess, LOAD_BATCH};
+use common::LOAD_BATCH;
+use support::TestServer;
 
 /// Makes `puller` pull from `source` as peer `name`; returns when its cursor reaches
 /// `head`, with the seconds that took.
 async fn catch_up(
-    puller: &InProcess,
-    source: &InProcess,
+    puller: &TestServer,
+    source: &TestServer,
     source_admin: &mut AdminClient<Channel>,
     name_on_source: &str,
     name: &str,
     head: u64,
 ) -> anyhow::Result<f64> {
-    let peer_bundle = enroll(source_admin, name_on_source, Role::Peer, &source.endpoint, "localhost").await?;
-    let bundle_dir = puller.dir.path().join(format!("peer-{name}"));
+    let peer_bundle = enroll(
+        source_admin,
+        name_on_source,
+        Role::Peer,
+        &source.endpoint(),
+        "localhost",
+    )
+    .await?;
+    let bundle_dir = puller.data_dir().join(format!("peer-{name}"));
     peer_bundle.write(&bundle_dir)?;
-    let mut admin = puller.admin().await?;
+    let mut admin = puller.admin_client().await;
     let started = Instant::now();
     admin
         .configure_peer(pb::ConfigurePeerRequest {
             name: name.to_owned(),
-            endpoint: source.endpoint.clone(),
+            endpoint: source.endpoint(),
             bundle_dir: bundle_dir.display().to_string(),
             ..Default::default()
         })
@@ -71,14 +82,14 @@ async fn stats(admin: &mut AdminClient<Channel>) -> anyhow::Result<pb::GetStatsR
 async fn main() -> anyhow::Result<()> {
     let n = common::bench_n(1_000_000);
     let signed = std::env::var("FLAGSHARE_BENCH_SIGNED").is_ok_and(|value| value == "1");
-    let a = InProcess::start("op-a").await?;
-    let b = InProcess::start("op-b").await?;
-    let mut a_admin = a.admin().await?;
-    let loader = common::member(&mut a_admin, "loader", &a.endpoint).await?;
+    let a = TestServer::start_named("op-a").await;
+    let b = TestServer::start_named("op-b").await;
+    let mut a_admin = a.admin_client().await;
+    let loader = common::member(&mut a_admin, "loader", &a.endpoint()).await?;
     let load_secs = common::load(&loader, n, 1).await?;
     let head = stats(&mut a_admin).await?.change_sequence;
 
-    let mut b_admin = b.admin().await?;
+    let mut b_admin = b.admin_client().await;
     if signed {
         // B passes flags on to C: it asks A for signed events and keeps the signatures.
         b_admin
@@ -116,8 +127,8 @@ async fn main() -> anyhow::Result<()> {
 
     if signed {
         // C knows A's key, pulls from B, and verifies A's signature on every event.
-        let c = InProcess::start("op-c").await?;
-        let mut c_admin = c.admin().await?;
+        let c = TestServer::start_named("op-c").await;
+        let mut c_admin = c.admin_client().await;
         let a_identity = stats(&mut a_admin).await?;
         c_admin
             .configure_peer(pb::ConfigurePeerRequest {
@@ -139,9 +150,9 @@ async fn main() -> anyhow::Result<()> {
             "| catch-up of C from B ({b_head} events passed on, A's signature verified on each) | {relay_secs:.1} s, {:.0} events/s |",
             b_head as f64 / relay_secs
         );
-        c.shutdown().await?;
+        c.stop().await;
     }
-    b.shutdown().await?;
-    a.shutdown().await?;
+    b.stop().await;
+    a.stop().await;
     Ok(())
 }

@@ -11,13 +11,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)] // the benchmarks use the harness's servers, not every test helper
+mod support;
 
 use std::time::Instant;
 
 use flagshare::pb::flags_client::FlagsClient;
 use tonic::transport::Channel;
 
-use common::{InProcess, LOAD_BATCH, median, packed, percentile, query_digests, unary_queries};
+use common::{LOAD_BATCH, median, packed, percentile, query_digests, unary_queries};
+use support::TestServer;
 
 const QUERY_BATCH: usize = 1_000;
 /// Requests in flight at once on the one connection.
@@ -46,10 +50,10 @@ async fn throughput(client: &FlagsClient<Channel>, n_loaded: u64, hit_percent: u
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = common::bench_n(1_000_000);
-    let server = InProcess::start("flagshare-dev").await?;
-    let mut admin = server.admin().await?;
-    let loader = common::member(&mut admin, "loader", &server.endpoint).await?;
-    let reader_client = common::member(&mut admin, "reader", &server.endpoint).await?;
+    let server = TestServer::start_named("flagshare-dev").await;
+    let mut admin = server.admin_client().await;
+    let loader = common::member(&mut admin, "loader", &server.endpoint()).await?;
+    let reader_client = common::member(&mut admin, "reader", &server.endpoint()).await?;
     let load_secs = common::load(&loader, n, 1).await?;
 
     let (miss_rate, _) = throughput(&reader_client, n, 0).await;
@@ -78,5 +82,6 @@ async fn main() -> anyhow::Result<()> {
         "| single-digest Query latency p99 | {:.0} µs |",
         percentile(&latencies, 0.99).as_secs_f64() * 1e6
     );
-    server.shutdown().await
+    server.stop().await;
+    Ok(())
 }

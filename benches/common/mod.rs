@@ -1,11 +1,11 @@
-//! What the benchmarks share: the digests they load and ask for, an in-process server,
-//! bulk loading through `Submit`, unary `Query` lanes, and single-digest latency. Each benchmark uses part of it.
+//! What the benchmarks share beside the test harness (`tests/it/support`, which starts the
+//! servers): the digests they load and ask for, bulk loading through `Submit`, unary
+//! `Query` lanes, and single-digest latency. Each benchmark uses part of it.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use flagshare::client::{Bundle, enroll};
-use flagshare::config::Config;
 use flagshare::digest::Digest;
 use flagshare::model::Role;
 use flagshare::pb;
@@ -102,49 +102,6 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 
 pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[((sorted.len() as f64 * fraction) as usize).min(sorted.len() - 1)]
-}
-
-/// A real server on 127.0.0.1:0 in this process, with a fresh data folder and PKI.
-pub struct InProcess {
-    pub dir: tempfile::TempDir,
-    pub endpoint: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl InProcess {
-    pub async fn start(operator: &str) -> anyhow::Result<InProcess> {
-        let dir = tempfile::tempdir()?;
-        let config = Config {
-            data_dir: dir.path().to_owned(),
-            listen: "127.0.0.1:0".parse()?,
-            operator_name: operator.to_owned(),
-            ..Config::default()
-        };
-        flagshare::cli::setup::initialize(&config).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("https://127.0.0.1:{}", listener.local_addr()?.port());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(flagshare::server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
-        Ok(InProcess {
-            dir,
-            endpoint,
-            stop,
-            task,
-        })
-    }
-
-    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        admin_client(self.dir.path(), &self.endpoint).await
-    }
-
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
 }
 
 /// The admin client of the data folder `data` (as `init` made it), for `endpoint`.

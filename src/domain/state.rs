@@ -139,8 +139,14 @@ impl State {
         if self.fault.swap(false, std::sync::atomic::Ordering::SeqCst) {
             panic!("a fault injected by a test");
         }
-        self.ledger()
-            .commit(&self.store, batch, event, now, Durability::Configured)
+        // The ledger is held for the write only; the wait for the disk comes after it is
+        // released (the writer lock, when the caller holds it, still orders flag changes),
+        // so a query's audit entry never waits behind another call's fsync.
+        let sequence = self
+            .ledger()
+            .commit(&self.store, batch, event, now, Durability::Deferred)?;
+        self.store.sync_wal()?;
+        Ok(sequence)
     }
 
     /// Records a call that changes nothing else.

@@ -68,6 +68,8 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     write_options: WriteOptions,
+    /// Whether a commit is answered only once its WAL record is on disk.
+    sync_writes: bool,
 }
 
 /// Whether a commit waits for the disk.
@@ -78,6 +80,9 @@ pub enum Durability {
     /// WAL written but not fsynced: the audit record of a read-only call, where a power
     /// loss may lose the last few records but a query is never slowed by an fsync.
     Buffered,
+    /// WAL written, fsynced later by `Store::sync_wal` (when `sync_writes`): the caller
+    /// releases the audit ledger before waiting for the disk, so queries never wait on it.
+    Deferred,
 }
 
 fn family_options(name: &str, cache: &Cache) -> Options {
@@ -149,6 +154,7 @@ impl Store {
             db,
             path: path.to_owned(),
             write_options,
+            sync_writes: store_options.sync_writes,
         };
         store.check_schema_version()?;
         Ok(store)
@@ -584,7 +590,16 @@ impl Store {
     pub fn commit_with(&self, batch: Batch<'_>, durability: Durability) -> Result<(), StoreError> {
         match durability {
             Durability::Configured => self.db.write_opt(batch.inner, &self.write_options)?,
-            Durability::Buffered => self.db.write(batch.inner)?,
+            Durability::Buffered | Durability::Deferred => self.db.write(batch.inner)?,
+        }
+        Ok(())
+    }
+
+    /// Waits until every write so far is on disk (with `sync_writes`; a no-op without):
+    /// completes a `Durability::Deferred` commit.
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        if self.sync_writes {
+            self.db.flush_wal(true)?;
         }
         Ok(())
     }

@@ -218,3 +218,66 @@ async fn principal_names_are_unique_and_an_admin_cannot_lock_itself_out() {
     let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["admin", "alpha"]);
 }
+
+/// Reads a stream until it ends with an error; fails if it does not within 10 s.
+async fn ending<T>(stream: &mut tonic::Streaming<T>) -> tonic::Status {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without a status"),
+            Ok(Err(status)) => return status,
+            Err(_) => panic!("the stream is still open 10 s after its credentials changed"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn rotating_a_certificate_or_removing_a_principal_ends_its_open_streams() {
+    let server = TestServer::start().await;
+    let alpha = server.enroll("alpha", flagshare::model::Role::Member).await;
+    let mut alpha_client = FlagsClient::new(server.channel(&alpha).await);
+    let mut feed = alpha_client
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    feed.message().await.unwrap();
+    let mut admin = server.admin_client().await;
+    flagshare::client::rotate(&mut admin, "alpha", &server.endpoint(), "localhost")
+        .await
+        .unwrap();
+    let status = ending(&mut feed).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+
+    // A peer's pull ends when its peer configuration is removed, and it cannot pull again.
+    let peer = server.enroll("op-x", flagshare::model::Role::Peer).await;
+    admin
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: "op-x".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut federation = pb::federation_client::FederationClient::new(server.channel(&peer).await);
+    let mut pull = federation.pull(pb::PullRequest::default()).await.unwrap().into_inner();
+    pull.message().await.unwrap();
+    admin
+        .remove_peer(pb::RemovePeerRequest {
+            name: "op-x".to_owned(),
+        })
+        .await
+        .unwrap();
+    let status = ending(&mut pull).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+    let again = federation.pull(pb::PullRequest::default()).await.unwrap_err();
+    assert_eq!(again.code(), Code::PermissionDenied, "{}", again.message());
+    let principals = admin
+        .list_principals(pb::ListPrincipalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .principals;
+    let removed = principals.iter().find(|p| p.name == "op-x").unwrap();
+    assert_eq!(removed.status, pb::PrincipalStatus::Removed as i32);
+}
