@@ -48,6 +48,9 @@ pub struct Config {
     /// (like Cassandra's gc_grace_seconds): a mirror or peer away longer than this starts
     /// again with a snapshot.
     pub tombstone_retention_secs: u64,
+    /// A connection from which nothing arrives for this long is closed (a stalled TLS
+    /// handshake included; live connections answer the server's pings every 20 s).
+    pub idle_connection_secs: u64,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             max_foreign_members_per_origin: crate::domain::DEFAULT_MAX_FOREIGN_MEMBERS_PER_ORIGIN,
             // Thirty days: longer than a mirror or peer is expected to be down.
             tombstone_retention_secs: 30 * 24 * 3600,
+            idle_connection_secs: 45,
         }
     }
 }
@@ -90,6 +94,11 @@ impl Config {
         anyhow::ensure!(
             config.maintenance_interval_secs > 0,
             "{}: maintenance_interval_secs must be at least 1",
+            path.display()
+        );
+        anyhow::ensure!(
+            config.idle_connection_secs > 0,
+            "{}: idle_connection_secs must be at least 1",
             path.display()
         );
         anyhow::ensure!(

@@ -6,6 +6,7 @@ pub mod convert;
 mod federation;
 mod flags;
 mod identity;
+mod idle;
 pub mod streams;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http::HeaderValue;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tower::util::MapResponseLayer;
@@ -37,8 +39,8 @@ const RELEASE_WAIT: Duration = Duration::from_secs(2);
 pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 64;
 /// An idle connection is pinged this often, and closed when a ping goes unanswered for
 /// `HTTP2_KEEPALIVE_TIMEOUT`: a vanished client does not hold its streams for ever.
-pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// tonic refuses an oversized request with OUT_OF_RANGE and an internal-sounding message;
 /// callers expect RESOURCE_EXHAUSTED and a plain statement of the limit.
@@ -131,11 +133,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         shutdown.await;
         let _ = stopping.send(true);
     };
+    let idle_limit = Duration::from_secs(config.idle_connection_secs);
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .map(move |accepted| accepted.map(|stream| idle::IdleTimeout::new(stream, idle_limit)));
     let serving = Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
@@ -146,7 +151,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     // A graceful shutdown waits for every open call; a stream whose reader stopped reading
     // cannot finish (its last frames wait on HTTP/2 flow control), so after a grace
     // period the remaining connections are dropped.

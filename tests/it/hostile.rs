@@ -391,3 +391,20 @@ async fn hundreds_of_unread_streams_cost_no_threads_and_shutdown_still_ends_the_
     assert!(status.success(), "{status:?}");
     drop(open);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_handshake_is_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let server = TestServer::start_configured(|config| config.idle_connection_secs = 1).await;
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buffer = [0u8; 64];
+    // Nothing is sent: no ClientHello. The server closes the socket after a second idle.
+    let closed = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut buffer))
+        .await
+        .expect("the server closes a silent connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // And keeps serving real clients, whose connections answer its pings.
+    let mut alpha = server.member("alpha").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(query(&mut alpha, &[email_digest("x@example.com")]).await.is_empty());
+}

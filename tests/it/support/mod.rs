@@ -56,7 +56,21 @@ impl TestServer {
     }
 
     pub async fn start_in_named(dir: TempDir, operator_name: &str) -> TestServer {
-        let config = test_config(dir.path(), operator_name);
+        TestServer::start_in_configured(dir, operator_name, |_| {}).await
+    }
+
+    /// A new data folder and a server on it, with `adjust` applied to its settings.
+    pub async fn start_configured(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        flagshare::cli::setup::initialize(&test_config(dir.path(), "flagshare-dev"))
+            .await
+            .unwrap();
+        TestServer::start_in_configured(dir, "flagshare-dev", adjust).await
+    }
+
+    async fn start_in_configured(dir: TempDir, operator_name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config(dir.path(), operator_name);
+        adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
