@@ -1,7 +1,7 @@
 //! Federation between three real servers on loopback, each with its own PKI: the peers'
 //! certificates are issued as `peer` principals by the operator they pull from.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flagshare::digest::Digest;
 use flagshare::model::Role;
@@ -12,7 +12,7 @@ use flagshare::pb::flags_client::FlagsClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::{TestServer, email_digest, flag, query, submit_request};
+use crate::support::{TestServer, email_digest, eventually, flag, peer_status, query, submit_request};
 
 /// `puller` pulls from `source`, which issues it a `peer` principal named `name_on_source`;
 /// on `puller` the peer is called `peer_name`.
@@ -71,34 +71,6 @@ async fn stats(server: &TestServer) -> pb::GetStatsResponse {
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn peer_status(server: &TestServer, name: &str) -> pb::PeerStatus {
-    let peers = server
-        .admin_client()
-        .await
-        .list_peers(pb::ListPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .peers;
-    peers
-        .into_iter()
-        .find(|peer| peer.config.as_ref().unwrap().name == name)
-        .unwrap()
-}
-
-/// Polls `check` until it holds; fails after 30 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Until `puller` has applied everything `source` has committed so far.

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flagshare::client::{Bundle, BundleConfig};
 use flagshare::model::Role;
@@ -16,7 +16,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
-use crate::support::{TestServer, email_digest, flag, query, submit_request};
+use crate::support::{TestServer, email_digest, eventually, flag, peer_status, query, submit_request};
 
 /// The fake peer's own operator id: the only origin the receiver may believe from it.
 const FAKE_ORIGIN: [u8; 8] = [0xF0; 8];
@@ -171,32 +171,6 @@ fn hostile_script(good: [u8; 32], crowded: [u8; 32]) -> Vec<pb::PullBatch> {
     script
 }
 
-async fn peer_status(server: &TestServer, name: &str) -> pb::PeerStatus {
-    server
-        .admin_client()
-        .await
-        .list_peers(pb::ListPeersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .peers
-        .into_iter()
-        .find(|peer| peer.config.as_ref().is_some_and(|config| config.name == name))
-        .unwrap()
-}
-
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_hostile_peer_is_refused_counted_and_paused_and_the_server_keeps_serving() {
     let fake_dir = tempfile::tempdir().unwrap();
@@ -217,7 +191,7 @@ async fn a_hostile_peer_is_refused_counted_and_paused_and_the_server_keeps_servi
         })
         .await
         .unwrap();
-    until("the receiver pauses the peer", || async {
+    eventually("the receiver pauses the peer", || async {
         peer_status(&receiver, "fake").await.state == "paused"
     })
     .await;

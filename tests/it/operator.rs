@@ -685,6 +685,25 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// Syncs `mirror` once and checks that it started again from a snapshot by itself.
+fn assert_resnapshots(bundle: &Path, endpoint: &str, mirror: &Path) {
+    let out = flagshare(&[
+        "mirror",
+        "--bundle",
+        path(bundle),
+        "--endpoint",
+        endpoint,
+        "--once",
+        path(mirror),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starting again with a snapshot"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// The events a `peer` principal's `Pull` from 0 carries, until it is caught up.
 fn pull_from_zero(peer_bundle: &Path, endpoint: &str) -> Vec<pb::FederatedEvent> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -831,21 +850,7 @@ fn removals_leave_feeds_and_disk_and_stale_or_restored_cursors_re_snapshot() {
     );
 
     // A cursor from before the window: the mirror re-snapshots by itself.
-    let out = flagshare(&[
-        "mirror",
-        "--bundle",
-        path(&beta),
-        "--endpoint",
-        &endpoint,
-        "--once",
-        path(&mirror),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("starting again with a snapshot"),
-        "{}",
-        stderr(&out)
-    );
+    assert_resnapshots(&beta, &endpoint, &mirror);
     assert_eq!(from_mirror(&mirror), site.query(&server, &beta, &everyone));
 
     // A restore from before the removals: the mirror's cursor names the old database.
@@ -859,21 +864,7 @@ fn removals_leave_feeds_and_disk_and_stale_or_restored_cursors_re_snapshot() {
     let server = ServeProcess::start(&site.data);
     let endpoint = server.endpoint();
     site.submit(&server, &alpha, "sextortion", &[], &kept[1]);
-    let out = flagshare(&[
-        "mirror",
-        "--bundle",
-        path(&beta),
-        "--endpoint",
-        &endpoint,
-        "--once",
-        path(&mirror),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("starting again with a snapshot"),
-        "{}",
-        stderr(&out)
-    );
+    assert_resnapshots(&beta, &endpoint, &mirror);
     let restored = site.query(&server, &beta, &everyone);
     assert_eq!(
         restored.len(),

@@ -170,3 +170,31 @@ pub fn query_request(digests: &[Digest]) -> pb::QueryRequest {
 pub async fn query(client: &mut FlagsClient<Channel>, digests: &[Digest]) -> Vec<pb::Match> {
     client.query(query_request(digests)).await.unwrap().into_inner().matches
 }
+
+/// Polls `check` until it holds; fails after 60 s naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `server`'s view of its federation peer `name`.
+pub async fn peer_status(server: &TestServer, name: &str) -> pb::PeerStatus {
+    server
+        .admin_client()
+        .await
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peers
+        .into_iter()
+        .find(|peer| peer.config.as_ref().is_some_and(|config| config.name == name))
+        .unwrap()
+}
