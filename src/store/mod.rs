@@ -123,12 +123,9 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
         db_options.set_bytes_per_sync(1 << 20);
-        // The MANIFEST logs the first and last key of every data file ever written; rolled
-        // over on every change, it holds only the files that exist, so a deleted digest does
-        // not linger there once compaction has rewritten its file. A roll writes a few KB per
-        // flush or compaction. (RocksDB 11 otherwise lets it grow to 5x its live size.)
-        db_options.set_max_manifest_file_size(1);
-        let db_options = db_options.get_options_from_string("max_manifest_space_amp_pct=0")?;
+        // The MANIFEST keeps the first and last key of data files it listed until RocksDB
+        // rolls it over (its defaults). Forcing a roll at every change, so that no replaced
+        // file's key lingers, cost bulk loads and lookups a tenth to a fifth: not done.
         // A store of another schema may hold families this build does not know; RocksDB
         // opens a store only with all of them, and the schema check below then refuses it
         // by version instead of by a RocksDB message.
