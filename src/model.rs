@@ -257,10 +257,11 @@ pub struct ChangeRecord {
     pub signature: Option<OriginSignature>,
 }
 
-/// An origin's signature over a federated event, as received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An origin's signature over a federated event, as received: the signature of its
+/// batch's root and the event's path to it (`domain::signing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginSignature {
-    pub signature: [u8; 64],
+    pub signature: Vec<u8>,
     /// The expiry the origin signed (the stored one may be shorter: this operator's
     /// retention caps it), so the event can be sent on exactly as signed.
     pub expires_at_ms: i64,

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::audit::{Actor, AuditEvent};
 use super::foreign::{Registered, display_name};
 use super::principals::{self, Caller};
-use super::signing::{self, PUBLIC_KEY_LEN, SIGNATURE_LEN};
+use super::signing::{self, PUBLIC_KEY_LEN};
 use super::state::{Removal, State, stage_dispute_cleanup, stage_removal, stage_upsert};
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, Result};
@@ -278,6 +278,7 @@ pub(super) fn outgoing(
                 // Passed on exactly as the origin signed it; the receiver caps it itself.
                 expires_at_ms: change
                     .signature
+                    .as_ref()
                     .map_or(entry.expires_at_ms, |signed| signed.expires_at_ms),
             },
             Change::Retract(reason) => EventOp::Retract(reason),
@@ -298,7 +299,7 @@ pub(super) fn outgoing(
             signature: Vec::new(),
         };
         if let Some(kept) = change.signature {
-            event.signature = kept.signature.to_vec();
+            event.signature = kept.signature;
         }
         batch.events.push(event);
     }
@@ -366,9 +367,12 @@ pub(super) fn wants_signatures(state: &State) -> Result<bool> {
     Ok(state.peers()?.iter().any(|peer| peer.pass_on))
 }
 
-/// The signature to keep with an applied event, if it has one of the right length.
+/// The signature (with its path) to keep with an applied event, if it has one.
 fn kept_signature(event: &Event) -> Option<OriginSignature> {
-    let signature: [u8; SIGNATURE_LEN] = event.signature.as_slice().try_into().ok()?;
+    if event.signature.is_empty() {
+        return None;
+    }
+    let signature = event.signature.clone();
     let expires_at_ms = match event.op {
         EventOp::Upsert { expires_at_ms, .. } => expires_at_ms,
         EventOp::Retract(_) | EventOp::Expire => 0,
@@ -403,6 +407,10 @@ pub(super) fn apply(
     let peer_origin = parse_operator_id(&peer.operator_id);
     let keys = known_keys(state)?;
     let origin_names = known_origin_names(state)?;
+    // Signatures are kept only to pass events on; a server that passes nothing on saves
+    // the few hundred bytes of each.
+    let keep_signatures = wants_signatures(state)?;
+    let kept_signature = |event: &Event| if keep_signatures { kept_signature(event) } else { None };
     let mut rejections: Vec<Rejected> = Vec::new();
     let mut valid = Vec::with_capacity(events.len());
     for event in events {

@@ -261,6 +261,16 @@ pub fn event_from_pb(event: pb::FederatedEvent) -> std::result::Result<Event, Re
     })?;
     let digest = digest_from_bytes("digest", &event.digest).map_err(wire("digest"))?;
     let kind = kind_from_pb("kind", event.kind).map_err(wire("kind"))?;
+    if event.signature.len() > crate::domain::signing::MAX_SIGNATURE_BYTES {
+        return Err(reject(
+            "signature",
+            format!(
+                "{} bytes, the most a signature with its path takes is {}",
+                event.signature.len(),
+                crate::domain::signing::MAX_SIGNATURE_BYTES
+            ),
+        ));
+    }
     let category = category_from_pb("category", event.category).map_err(wire("category"))?;
     let time = |field: &'static str, ts: &Option<Timestamp>| -> std::result::Result<i64, Rejected> {
         let ts = ts.as_ref().ok_or_else(|| reject(field, "is required".to_owned()))?;

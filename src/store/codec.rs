@@ -31,6 +31,8 @@ const CHANGE_UPSERT: u8 = 1;
 const CHANGE_RETRACT: u8 = 2;
 const CHANGE_EXPIRE: u8 = 3;
 const CHANGE_DISPUTE: u8 = 4;
+/// Marks a change-v4 trailer holding a signature with its path.
+const SIGNED_WITH_PATH: u8 = 2;
 const PRINCIPAL_STATS_V1: u8 = 1;
 const AUDIT_V1: u8 = 1;
 const DISPUTE_V1: u8 = 1;
@@ -186,8 +188,9 @@ pub fn decode_summary(bytes: &[u8]) -> Result<Vec<SummaryEntry>, DecodeError> {
     reader.finish(entries)
 }
 
-/// change v4: v3 followed by `signed u8` (0 or 1) and, when 1, the origin's `signature(64)`
-/// and the `expires_at i64` it signed. v3 (no trailer) is still read.
+/// change v4: v3 followed by `signed u8` (0 or 2) and, when 2, the origin's signature with
+/// its path (`len u16, bytes`) and the `expires_at i64` it signed. v3 (no trailer) is
+/// still read.
 ///
 /// change v3: `[3, at i64, digest(32), member u32, kind u8, category u8, distribution u8,
 /// origin_sequence u64, op u8, body]`;
@@ -231,8 +234,8 @@ pub fn encode_change(record: &ChangeRecord) -> Vec<u8> {
     match &record.signature {
         None => out.push(0),
         Some(signed) => {
-            out.push(1);
-            out.extend_from_slice(&signed.signature);
+            out.push(SIGNED_WITH_PATH);
+            put_bytes(&mut out, &signed.signature);
             out.extend_from_slice(&signed.expires_at_ms.to_be_bytes());
         }
     }
@@ -283,8 +286,8 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
     } else {
         match reader.u8()? {
             0 => None,
-            1 => Some(OriginSignature {
-                signature: reader.array()?,
+            SIGNED_WITH_PATH => Some(OriginSignature {
+                signature: reader.bytes()?.to_vec(),
                 expires_at_ms: reader.i64()?,
             }),
             other => return Err(reader.error(format!("unknown signature marker {other}"))),
@@ -479,7 +482,7 @@ mod tests {
             distribution: crate::model::Distribution::Federated,
             origin_sequence: 7,
             signature: Some(OriginSignature {
-                signature: [9; 64],
+                signature: vec![9; 64 + 8 + 3 * 32],
                 expires_at_ms: 77,
             }),
         };
@@ -648,7 +651,7 @@ mod properties {
             change(),
             distribution(),
             any::<u64>(),
-            proptest::option::of((proptest::collection::vec(any::<u8>(), 64), any::<i64>())),
+            proptest::option::of((proptest::collection::vec(any::<u8>(), 0..900), any::<i64>())),
         )
             .prop_map(
                 |(at_ms, (digest, member, kind, category), mut change, distribution, origin_sequence, signed)| {
@@ -669,7 +672,7 @@ mod properties {
                         distribution,
                         origin_sequence,
                         signature: signed.map(|(signature, expires_at_ms)| OriginSignature {
-                            signature: signature.try_into().unwrap_or([0; 64]),
+                            signature,
                             expires_at_ms,
                         }),
                     }
