@@ -157,6 +157,7 @@ byte_enum!(
         ListPeers = 20 => "list_peers",
         RefusedCall = 21 => "refused_call",
         Compact = 22 => "compact",
+        ForgetMembers = 23 => "forget_members",
     }
 );
 

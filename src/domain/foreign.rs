@@ -4,7 +4,8 @@
 //! bounded (`Policy::max_foreign_members_per_origin`): a peer cannot make this server
 //! remember without end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -19,6 +20,8 @@ pub struct Federation {
     /// Signs the events this operator originates, for peers that pass them on.
     pub origin_key: OriginKey,
     foreign: Mutex<ForeignMembers>,
+    /// Counts registrations, so an orphan scan knows what was used after it began.
+    uses: AtomicU64,
 }
 
 #[derive(Default)]
@@ -29,6 +32,9 @@ struct ForeignMembers {
     by_identity: HashMap<([u8; 8], String), PrincipalId>,
     /// Members known per origin, for the bound.
     per_origin: HashMap<[u8; 8], usize>,
+    /// The `Federation::uses` tick of each member's latest registration: a member used
+    /// after an orphan scan began is never forgotten by it.
+    last_used: HashMap<PrincipalId, u64>,
     next_id: PrincipalId,
 }
 
@@ -80,8 +86,10 @@ impl Federation {
                 by_id,
                 by_identity,
                 per_origin,
+                last_used: HashMap::new(),
                 next_id,
             }),
+            uses: AtomicU64::new(1),
         }
     }
 
@@ -117,8 +125,12 @@ impl Federation {
         display: Option<String>,
         max_per_origin: usize,
     ) -> Result<Registered, String> {
+        let tick = self.uses.load(Ordering::SeqCst);
         let mut foreign = self.foreign.lock();
         let identity = (origin, pseudonym.to_owned());
+        if let Some(id) = foreign.by_identity.get(&identity).copied() {
+            foreign.last_used.insert(id, tick);
+        }
         if let Some(id) = foreign.by_identity.get(&identity).copied()
             && let Some(member) = foreign.by_id.get_mut(&id)
         {
@@ -153,8 +165,38 @@ impl Federation {
         };
         foreign.by_identity.insert(identity, id);
         foreign.by_id.insert(id, member);
+        foreign.last_used.insert(id, tick);
         *foreign.per_origin.entry(origin).or_default() += 1;
         Ok(Registered::New(id))
+    }
+
+    /// Starts an orphan scan: members registered from now on are kept by it.
+    pub fn begin_orphan_scan(&self) -> u64 {
+        self.uses.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Forgets the members no row refers to (`referenced` holds every member id the store's
+    /// flags and change log name, as read by a scan begun at `scan`) and not used since the
+    /// scan began; returns their ids. Frees their places under the per-origin bound.
+    pub fn forget_orphans(&self, referenced: &HashSet<PrincipalId>, scan: u64) -> Vec<PrincipalId> {
+        let mut foreign = self.foreign.lock();
+        let orphans: Vec<PrincipalId> = foreign
+            .by_id
+            .keys()
+            .copied()
+            .filter(|id| !referenced.contains(id))
+            .filter(|id| foreign.last_used.get(id).is_none_or(|used| *used < scan))
+            .collect();
+        for id in &orphans {
+            if let Some(member) = foreign.by_id.remove(id) {
+                foreign.by_identity.remove(&(member.origin, member.pseudonym));
+                if let Some(n) = foreign.per_origin.get_mut(&member.origin) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            foreign.last_used.remove(id);
+        }
+        orphans
     }
 }
 

@@ -13,6 +13,32 @@ use crate::model::{AuditOp, Category, Change, PrincipalStatus, Role, SummaryEntr
 /// Digests rewritten per commit while purging, so the writer lock is never held long.
 const PURGE_CHUNK: usize = 1_000;
 
+/// Deletes the members of other operators that no stored flag and no change-log row
+/// names any more (their flags were removed and the tombstones are gone), so a peer's
+/// departed members leave, and free their places under the per-origin bound. A full scan
+/// of flags and change log: the maintenance task runs it once a day.
+pub(super) fn forget_orphaned_members(state: &State, now: i64) -> Result<u64> {
+    let scan = state.federation.begin_orphan_scan();
+    let referenced = state.store.referenced_members()?;
+    let _writer = state.writer();
+    let orphans = state.federation.forget_orphans(&referenced, scan);
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = state.store.batch();
+    for id in &orphans {
+        batch.delete_foreign_member(*id);
+    }
+    let event = AuditEvent::new(Actor::system(), AuditOp::ForgetMembers)
+        .counts(orphans.len() as u64, orphans.len() as u64)
+        .detail("members of other operators no flag or tombstone names any more");
+    state.commit_audited(batch, event, now)?;
+    for id in &orphans {
+        state.registry.forget_foreign_name(*id);
+    }
+    Ok(orphans.len() as u64)
+}
+
 /// Change-log rows read per commit while deleting old tombstones.
 const TOMBSTONE_CHUNK: usize = 1_000;
 
@@ -31,11 +57,23 @@ pub struct Sweep {
     pub flags_purged: u64,
     pub audit_entries_pruned: u64,
     pub tombstones_deleted: u64,
+    pub members_forgotten: u64,
 }
+
+/// How often the maintenance task looks for orphaned members of other operators (a full
+/// scan of flags and change log).
+const ORPHAN_SCAN_INTERVAL_MS: i64 = 24 * 60 * 60 * 1000;
 
 pub(super) fn sweep(state: &State, now: i64, retention: Retention) -> Result<Sweep> {
     let flags_purged = purge_expired(state, now)?;
     let tombstones_deleted = delete_old_tombstones(state, now.saturating_sub(retention.tombstone_ms))?;
+    let last_orphan_scan = state.metrics.last_orphan_scan_ms.load(Ordering::Relaxed);
+    let members_forgotten = if now.saturating_sub(last_orphan_scan) >= ORPHAN_SCAN_INTERVAL_MS {
+        state.metrics.last_orphan_scan_ms.store(now, Ordering::Relaxed);
+        forget_orphaned_members(state, now)?
+    } else {
+        0
+    };
     let audit_retention_ms = retention.audit_ms;
     let audit_entries_pruned = state
         .ledger()
@@ -52,6 +90,7 @@ pub(super) fn sweep(state: &State, now: i64, retention: Retention) -> Result<Swe
         flags_purged,
         audit_entries_pruned,
         tombstones_deleted,
+        members_forgotten,
     })
 }
 
@@ -60,7 +99,7 @@ pub(super) fn sweep(state: &State, now: i64, retention: Retention) -> Result<Swe
 /// them: a cursor below the horizon is refused, as what it missed is gone. Live flags'
 /// upserts stay. Deleting the newest row records the sequence floor, so sequences never go
 /// back.
-fn delete_old_tombstones(state: &State, cutoff_ms: i64) -> Result<u64> {
+pub(super) fn delete_old_tombstones(state: &State, cutoff_ms: i64) -> Result<u64> {
     let mut n_deleted = 0u64;
     let start = state.store.change_horizon()?;
     let mut horizon = start;

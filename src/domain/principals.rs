@@ -120,6 +120,10 @@ impl Registry {
             .unwrap_or_else(|| format!("principal-{id}"))
     }
 
+    pub fn forget_foreign_name(&self, id: PrincipalId) {
+        self.maps.write().foreign_names.remove(&id);
+    }
+
     pub fn set_foreign_name(&self, id: PrincipalId, display: String) {
         let mut maps = self.maps.write();
         maps.foreign_names.insert(id, display);

@@ -39,6 +39,8 @@ const STREAM_WORKERS: usize = 4;
 pub struct Metrics {
     pub flags_expired_purged: AtomicU64,
     pub audit_entries_pruned: AtomicU64,
+    /// When the maintenance task last looked for orphaned foreign members (0: not yet).
+    pub last_orphan_scan_ms: std::sync::atomic::AtomicI64,
 }
 
 pub(crate) struct State {

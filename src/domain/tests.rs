@@ -390,3 +390,49 @@ async fn versions_keep_late_events_out_and_a_peer_of_only_bad_events_is_paused()
         peer.pause_reason
     );
 }
+
+#[tokio::test]
+async fn a_foreign_member_no_flag_or_tombstone_names_is_forgotten() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let origin = [7; 8];
+    peer_from(domain, origin).await;
+    let now = crate::util::now_ms();
+    let kept = event(origin, 1, "m-kept", now);
+    let gone = Event {
+        digest: [8; 32],
+        ..event(origin, 2, "m-gone", now)
+    };
+    let gone_retracted = Event {
+        op: EventOp::Retract(RetractReason::Other),
+        ..event(origin, 3, "m-gone", now)
+    };
+    let gone_retracted = Event {
+        digest: [8; 32],
+        ..gone_retracted
+    };
+    domain
+        .apply_federated(
+            "x".to_owned(),
+            vec![Ok(kept), Ok(gone), Ok(gone_retracted)],
+            3,
+            String::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(domain.federation().n_members_of(&origin), 2);
+    // The tombstone still names m-gone: it stays.
+    assert_eq!(maintenance::forget_orphaned_members(&domain.state, now).unwrap(), 0);
+    // Past the tombstone retention, nothing names it.
+    maintenance::delete_old_tombstones(&domain.state, now + 60_000).unwrap();
+    assert_eq!(maintenance::forget_orphaned_members(&domain.state, now).unwrap(), 1);
+    assert_eq!(domain.federation().n_members_of(&origin), 1);
+    let stored: Vec<String> = domain
+        .store()
+        .load_foreign_members()
+        .unwrap()
+        .into_iter()
+        .map(|member| member.pseudonym)
+        .collect();
+    assert_eq!(stored, vec!["m-kept"]);
+}

@@ -206,6 +206,7 @@ async fn maintenance_loop(
                     sweep.flags_purged,
                     sweep.audit_entries_pruned,
                     sweep.tombstones_deleted,
+                    sweep.members_forgotten,
                     "maintenance pass"
                 );
             }

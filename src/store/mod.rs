@@ -424,6 +424,19 @@ impl Store {
             .map(decode_summary_row)
     }
 
+    /// Every member id a stored flag or a change-log row names (a full scan of both).
+    pub fn referenced_members(&self) -> Result<std::collections::HashSet<PrincipalId>, StoreError> {
+        let mut found = std::collections::HashSet::new();
+        for row in self.all_summaries() {
+            found.extend(row?.1.iter().map(|entry| entry.member));
+        }
+        for item in self.db.iterator_cf(self.cf(cf::CHANGES), IteratorMode::Start) {
+            let (_key, value) = item?;
+            found.insert(codec::decode_change(&value)?.key.member);
+        }
+        Ok(found)
+    }
+
     /// Every summary row, in digest order.
     pub fn all_summaries(&self) -> impl Iterator<Item = Result<(Digest, Vec<SummaryEntry>), StoreError>> + '_ {
         self.db
@@ -753,6 +766,11 @@ impl Batch<'_> {
             keys::AUDIT_ANCHOR_KEY,
             codec::encode_chain_end(through, hash),
         );
+    }
+
+    pub fn delete_foreign_member(&mut self, id: PrincipalId) {
+        self.inner
+            .delete_cf(self.store.cf(cf::FOREIGN_MEMBERS), keys::principal_key(id));
     }
 
     pub fn put_foreign_member(&mut self, member: &ForeignMember) {
