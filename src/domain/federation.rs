@@ -856,10 +856,77 @@ pub(super) fn configure_peer(state: &State, admin: &Caller, mut record: PeerReco
     Ok(record)
 }
 
-/// Starts a peer's pull over from 0: the peer could not continue our cursor (its
-/// database was restored from a backup or replaced).
-pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Result<()> {
+/// Digests whose flags are dropped per commit when a peer's snapshot starts over.
+const RESNAPSHOT_CHUNK: usize = 1_000;
+
+/// Starts a peer's pull over from 0: the peer could not continue our cursor (its database
+/// was restored from a backup or replaced, or our cursor is older than its tombstones).
+/// What we hold of the peer's own flags may no longer be true, so they are dropped with
+/// their versions first (in commits of bounded size), and its snapshot brings back what it
+/// still holds. Flags of third operators it passed on stay (they are theirs to retract).
+/// Returns how many flags were dropped.
+pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Result<u64> {
     let now = crate::util::now_ms();
+    let peer = state
+        .peer(name)?
+        .ok_or_else(|| Error::NotFound(format!("name: no peer named '{name}'")))?;
+    let mut n_dropped = 0u64;
+    if let Some(origin) = parse_operator_id(&peer.operator_id) {
+        let of_peer = |member: crate::model::PrincipalId| state.federation.origin_of(member) == Some(origin);
+        // Found without the lock; each chunk is re-read under it.
+        let mut candidates: Vec<Digest> = Vec::new();
+        for row in state.store.all_summaries() {
+            let (digest, entries) = row?;
+            if entries
+                .iter()
+                .any(|entry| is_foreign(entry.member) && of_peer(entry.member))
+            {
+                candidates.push(digest);
+            }
+        }
+        for chunk in candidates.chunks(RESNAPSHOT_CHUNK) {
+            let mut last_sequence = state.writer();
+            let mut sequence = *last_sequence;
+            let mut batch = state.store.batch();
+            let mut n_chunk = 0u64;
+            for (digest, entries) in state.read_summaries(chunk)? {
+                let (dropped, kept): (Vec<_>, Vec<_>) = entries
+                    .into_iter()
+                    .partition(|entry| is_foreign(entry.member) && of_peer(entry.member));
+                for entry in &dropped {
+                    let key = FlagKey {
+                        digest,
+                        member: entry.member,
+                        kind: entry.kind,
+                        category: entry.category,
+                    };
+                    stage_removal(
+                        &mut batch,
+                        &mut sequence,
+                        digest,
+                        entry,
+                        Removal::local(Change::Retract(RetractReason::Withdrawn)),
+                        now,
+                    );
+                    batch.delete_flag_version(&key);
+                    n_chunk += 1;
+                }
+                if !dropped.is_empty() {
+                    batch.put_summary(&digest, &kept)?;
+                }
+            }
+            let actor = Actor {
+                id: None,
+                name: format!("peer:{name}"),
+            };
+            let event = AuditEvent::new(actor, AuditOp::FederationApply)
+                .counts(n_chunk, n_chunk)
+                .detail("flags of the peer dropped before its new snapshot");
+            state.commit_audited(batch, event, now)?;
+            *last_sequence = sequence;
+            n_dropped += n_chunk;
+        }
+    }
     let _writer = state.writer();
     let mut peer = state
         .peer(name)?
@@ -874,16 +941,17 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Resu
         name: format!("peer:{name}"),
     };
     let event = AuditEvent::new(actor, AuditOp::FederationApply).detail(format!(
-        "cursor {old_cursor} refused by the peer ({reason}); pulling again from 0"
+        "cursor {old_cursor} refused by the peer ({reason}); {n_dropped} of its flags dropped; pulling again from 0"
     ));
     state.commit_audited(batch, event, now)?;
     tracing::warn!(
         peer = name,
         old_cursor,
+        n_dropped,
         reason,
         "federation peer asks for a new snapshot; pulling from 0"
     );
-    Ok(())
+    Ok(n_dropped)
 }
 
 pub(super) fn remove_peer(state: &State, admin: &Caller, name: &str) -> Result<()> {

@@ -337,7 +337,7 @@ impl Domain {
     }
 
     /// Makes a peer's pull start again from 0 (it could not continue our cursor).
-    pub async fn reset_peer_cursor(&self, peer: String, reason: String) -> Result<()> {
+    pub async fn reset_peer_cursor(&self, peer: String, reason: String) -> Result<u64> {
         let state = self.state.clone();
         blocking(move || federation::reset_peer_cursor(&state, &peer, &reason)).await
     }

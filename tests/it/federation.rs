@@ -468,3 +468,72 @@ async fn a_flag_made_local_and_then_retracted_is_withdrawn_at_every_peer_of_a_me
         }
     }
 }
+
+#[tokio::test]
+async fn a_peer_restored_from_a_backup_is_pulled_again_from_a_snapshot() {
+    let a = TestServer::start_named("op-a").await;
+    let b = TestServer::start_named("op-b").await;
+    link(&b, &a, "b", "a").await;
+    let mut alpha = a.member("alpha").await;
+    let before: Vec<Digest> = (0..3)
+        .map(|i| email_digest(&format!("before{i}@example.com")))
+        .collect();
+    alpha
+        .submit(submit_request(
+            before.iter().map(|d| flag(*d, pb::Category::Grooming, 80)).collect(),
+        ))
+        .await
+        .unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let backup = backups.path().join("a-1");
+    a.admin_client()
+        .await
+        .backup(pb::BackupRequest {
+            dir: backup.display().to_string(),
+        })
+        .await
+        .unwrap();
+    let after = email_digest("after-backup@example.com");
+    alpha
+        .submit(submit_request(vec![flag(after, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap();
+    caught_up(&b, "a", &a).await;
+    let mut beta = b.member("beta").await;
+    assert_eq!(query(&mut beta, &[before[0], after]).await.len(), 2);
+
+    // A is restored from the backup: the flag submitted after it is gone there.
+    let a_dir = a.stop().await;
+    let restored = crate::support::process::flagshare(&[
+        "offline-restore",
+        backup.to_str().unwrap(),
+        "--data",
+        a_dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let a = TestServer::start_in_named(a_dir, "op-a").await;
+    let bundle_dir = b.data_dir().join("peer-bundles").join("a");
+    b.admin_client()
+        .await
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: "a".to_owned(),
+            endpoint: a.endpoint(),
+            bundle_dir: bundle_dir.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("B drops the flag A no longer has", || {
+        let mut beta = beta.clone();
+        async move { matched(&mut beta, after).await.is_none() }
+    })
+    .await;
+    caught_up(&b, "a", &a).await;
+    let found = query(&mut beta, &[before[0], before[1], before[2], after]).await;
+    assert_eq!(found.len(), 3, "B holds exactly what the restored A holds");
+    assert_eq!(peer_status(&b, "a").await.n_rejected, 0);
+}
