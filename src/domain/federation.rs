@@ -884,48 +884,21 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Resu
                 candidates.push(digest);
             }
         }
-        for chunk in candidates.chunks(RESNAPSHOT_CHUNK) {
-            let mut last_sequence = state.writer();
-            let mut sequence = *last_sequence;
-            let mut batch = state.store.batch();
-            let mut n_chunk = 0u64;
-            for (digest, entries) in state.read_summaries(chunk)? {
-                let (dropped, kept): (Vec<_>, Vec<_>) = entries
-                    .into_iter()
-                    .partition(|entry| is_foreign(entry.member) && of_peer(entry.member));
-                for entry in &dropped {
-                    let key = FlagKey {
-                        digest,
-                        member: entry.member,
-                        kind: entry.kind,
-                        category: entry.category,
-                    };
-                    stage_removal(
-                        &mut batch,
-                        &mut sequence,
-                        digest,
-                        entry,
-                        Removal::local(Change::Retract(RetractReason::Withdrawn)),
-                        now,
-                    );
-                    batch.delete_flag_version(&key);
-                    n_chunk += 1;
-                }
-                if !dropped.is_empty() {
-                    batch.put_summary(&digest, &kept)?;
-                }
-            }
-            let actor = Actor {
-                id: None,
-                name: format!("peer:{name}"),
-            };
-            let event = AuditEvent::new(actor, AuditOp::FederationApply)
-                .counts(n_chunk, n_chunk)
-                .detail("flags of the peer dropped before its new snapshot");
-            state.commit_audited(batch, event, now)?;
-            *last_sequence = sequence;
-            n_dropped += n_chunk;
-        }
+        n_dropped = state.withdraw_where(
+            &candidates,
+            RESNAPSHOT_CHUNK,
+            |entry| is_foreign(entry.member) && of_peer(entry.member),
+            true,
+            |n| {
+                let actor = Actor {
+                    id: None,
+                    name: format!("peer:{name}"),
+                };
+                AuditEvent::new(actor, AuditOp::FederationApply)
+                    .counts(n, n)
+                    .detail("flags of the peer dropped before its new snapshot")
+            },
+        )?;
     }
     let _writer = state.writer();
     let mut peer = state

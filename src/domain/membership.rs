@@ -4,10 +4,10 @@
 use super::PrincipalView;
 use super::audit::{Actor, AuditEvent};
 use super::principals::{self, Caller};
-use super::state::{Removal, State, stage_dispute_cleanup, stage_removal};
+use super::state::State;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Change, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason, Role, SummaryEntry};
+use crate::model::{AuditOp, PrincipalId, PrincipalRecord, PrincipalStatus, Role};
 use crate::util::now_ms;
 
 /// Digests whose flags are withdrawn per commit: the writer lock is never held for more
@@ -115,44 +115,18 @@ impl State {
             .map(|key| key.digest)
             .collect();
         digests.dedup();
-        let mut n_withdrawn = 0u32;
-        for chunk in digests.chunks(WITHDRAW_CHUNK) {
-            let now = now_ms();
-            let mut last_sequence = self.writer();
-            let mut sequence = *last_sequence;
-            let mut batch = self.store.batch();
-            let mut n_chunk = 0u32;
-            for (digest, mut entries) in self.read_summaries(chunk)? {
-                let (withdrawn, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
-                    entries.drain(..).partition(|entry| entry.member == member);
-                if withdrawn.is_empty() {
-                    continue;
-                }
-                for entry in &withdrawn {
-                    stage_removal(
-                        &mut batch,
-                        &mut sequence,
-                        digest,
-                        entry,
-                        Removal::local(Change::Retract(RetractReason::Withdrawn)),
-                        now,
-                    );
-                    n_chunk += 1;
-                }
-                stage_dispute_cleanup(self, &mut batch, &digest, &kept, member);
-                batch.put_summary(&digest, &kept)?;
-            }
-            if n_chunk == 0 {
-                continue;
-            }
-            let event = AuditEvent::new(admin.into(), AuditOp::Retract)
-                .counts(u64::from(n_chunk), u64::from(n_chunk))
-                .detail(format!("withdrawn: flags of {name}"));
-            self.commit_audited(batch, event, now)?;
-            *last_sequence = sequence;
-            n_withdrawn += n_chunk;
-        }
-        Ok(n_withdrawn)
+        let n_withdrawn = self.withdraw_where(
+            &digests,
+            WITHDRAW_CHUNK,
+            |entry| entry.member == member,
+            false,
+            |n| {
+                AuditEvent::new(admin.into(), AuditOp::Retract)
+                    .counts(n, n)
+                    .detail(format!("withdrawn: flags of {name}"))
+            },
+        )?;
+        Ok(u32::try_from(n_withdrawn).unwrap_or(u32::MAX))
     }
 
     pub(super) fn rotate_certificate(

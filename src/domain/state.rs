@@ -202,6 +202,68 @@ impl State {
         Ok(Some(found))
     }
 
+    /// Retracts (reason `withdrawn`) every flag on `digests` for which `selects` holds,
+    /// `chunk` digests per commit so the writer lock is never held long, each commit audited
+    /// as `event(n_flags)`. `digests` are found beforehand without the lock; each chunk is
+    /// re-read under it. Disputes of members left without flags on a digest go too, and
+    /// with `drop_versions` the flags' version rows (a peer's fresh snapshot may bring them
+    /// back at the same version). Returns how many flags went.
+    pub(super) fn withdraw_where(
+        &self,
+        digests: &[Digest],
+        chunk: usize,
+        selects: impl Fn(&SummaryEntry) -> bool,
+        drop_versions: bool,
+        event: impl Fn(u64) -> AuditEvent,
+    ) -> Result<u64> {
+        let mut n_withdrawn = 0u64;
+        for digests in digests.chunks(chunk.max(1)) {
+            let now = now_ms();
+            let mut last_sequence = self.writer();
+            let mut sequence = *last_sequence;
+            let mut batch = self.store.batch();
+            let mut n_chunk = 0u64;
+            for (digest, entries) in self.read_summaries(digests)? {
+                let (withdrawn, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
+                    entries.into_iter().partition(|entry| selects(entry));
+                if withdrawn.is_empty() {
+                    continue;
+                }
+                for entry in &withdrawn {
+                    stage_removal(
+                        &mut batch,
+                        &mut sequence,
+                        digest,
+                        entry,
+                        Removal::local(Change::Retract(crate::model::RetractReason::Withdrawn)),
+                        now,
+                    );
+                    if drop_versions {
+                        batch.delete_flag_version(&FlagKey {
+                            digest,
+                            member: entry.member,
+                            kind: entry.kind,
+                            category: entry.category,
+                        });
+                    }
+                    n_chunk += 1;
+                }
+                let members: BTreeSet<PrincipalId> = withdrawn.iter().map(|entry| entry.member).collect();
+                for member in members {
+                    stage_dispute_cleanup(self, &mut batch, &digest, &kept, member);
+                }
+                batch.put_summary(&digest, &kept)?;
+            }
+            if n_chunk == 0 {
+                continue;
+            }
+            self.commit_audited(batch, event(n_chunk), now)?;
+            *last_sequence = sequence;
+            n_withdrawn += n_chunk;
+        }
+        Ok(n_withdrawn)
+    }
+
     /// The origin a flag's member belongs to, for the per-origin bound: `None` for this
     /// operator's own members.
     fn origin_of(&self, member: PrincipalId) -> Option<[u8; 8]> {
