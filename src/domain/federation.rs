@@ -884,10 +884,11 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Resu
                 candidates.push(digest);
             }
         }
-        n_dropped = state.withdraw_where(
+        n_dropped = state.remove_where(
             &candidates,
             RESNAPSHOT_CHUNK,
             |entry| is_foreign(entry.member) && of_peer(entry.member),
+            |_| Ok(Removal::local(Change::Retract(RetractReason::Withdrawn))),
             true,
             |n| {
                 let actor = Actor {
@@ -898,6 +899,7 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Resu
                     .counts(n, n)
                     .detail("flags of the peer dropped before its new snapshot")
             },
+            now,
         )?;
     }
     let _writer = state.writer();

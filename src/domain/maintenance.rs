@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use super::audit::{Actor, AuditEvent};
-use super::state::{Removal, State, stage_dispute_cleanup, stage_removal};
+use super::state::{Removal, State};
 use crate::digest::{Digest, Kind};
 use crate::error::Result;
 use crate::model::{AuditOp, Category, Change, PrincipalStatus, Role, SummaryEntry, is_foreign};
@@ -170,44 +170,21 @@ fn purge_expired(state: &State, now: i64) -> Result<u64> {
             candidates.push(digest);
         }
     }
-    let mut n_purged = 0u64;
-    for chunk in candidates.chunks(PURGE_CHUNK) {
-        let mut last_sequence = state.writer();
-        let mut sequence = *last_sequence;
-        let mut batch = state.store.batch();
-        let mut n_chunk = 0u64;
-        for (digest, entries) in state.read_summaries(chunk)? {
-            let (expired, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) =
-                entries.into_iter().partition(|entry| entry.expires_at_ms <= now);
-            if expired.is_empty() {
-                continue;
-            }
-            for entry in &expired {
-                stage_removal(
-                    &mut batch,
-                    &mut sequence,
-                    digest,
-                    entry,
-                    Removal {
-                        change: Change::Expire,
-                        origin_sequence: entry_origin_sequence(state, entry)?,
-                        signature: None,
-                    },
-                    now,
-                );
-                stage_dispute_cleanup(state, &mut batch, &digest, &kept, entry.member);
-            }
-            n_chunk += expired.len() as u64;
-            batch.put_summary(&digest, &kept)?;
-        }
-        if n_chunk == 0 {
-            continue;
-        }
-        let event = AuditEvent::new(Actor::system(), AuditOp::PurgeExpired).counts(n_chunk, n_chunk);
-        state.commit_audited(batch, event, now)?;
-        *last_sequence = sequence;
-        n_purged += n_chunk;
-    }
+    let n_purged = state.remove_where(
+        &candidates,
+        PURGE_CHUNK,
+        |entry| entry.expires_at_ms <= now,
+        |entry| {
+            Ok(Removal {
+                change: Change::Expire,
+                origin_sequence: entry_origin_sequence(state, entry)?,
+                signature: None,
+            })
+        },
+        false,
+        |n| AuditEvent::new(Actor::system(), AuditOp::PurgeExpired).counts(n, n),
+        now,
+    )?;
     if n_purged > 0 {
         tracing::info!(n_purged, "purged expired flags");
     }

@@ -4,10 +4,10 @@
 use super::PrincipalView;
 use super::audit::{Actor, AuditEvent};
 use super::principals::{self, Caller};
-use super::state::State;
+use super::state::{Removal, State};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, PrincipalId, PrincipalRecord, PrincipalStatus, Role};
+use crate::model::{AuditOp, Change, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason, Role};
 use crate::util::now_ms;
 
 /// Digests whose flags are withdrawn per commit: the writer lock is never held for more
@@ -115,16 +115,18 @@ impl State {
             .map(|key| key.digest)
             .collect();
         digests.dedup();
-        let n_withdrawn = self.withdraw_where(
+        let n_withdrawn = self.remove_where(
             &digests,
             WITHDRAW_CHUNK,
             |entry| entry.member == member,
+            |_| Ok(Removal::local(Change::Retract(RetractReason::Withdrawn))),
             false,
             |n| {
                 AuditEvent::new(admin.into(), AuditOp::Retract)
                     .counts(n, n)
                     .detail(format!("withdrawn: flags of {name}"))
             },
+            now_ms(),
         )?;
         Ok(u32::try_from(n_withdrawn).unwrap_or(u32::MAX))
     }

@@ -202,23 +202,27 @@ impl State {
         Ok(Some(found))
     }
 
-    /// Retracts (reason `withdrawn`) every flag on `digests` for which `selects` holds,
-    /// `chunk` digests per commit so the writer lock is never held long, each commit audited
-    /// as `event(n_flags)`. `digests` are found beforehand without the lock; each chunk is
-    /// re-read under it. Disputes of members left without flags on a digest go too, and
-    /// with `drop_versions` the flags' version rows (a peer's fresh snapshot may bring them
-    /// back at the same version). Returns how many flags went.
-    pub(super) fn withdraw_where(
+    /// Removes every flag on `digests` for which `selects` holds, as `removal` says (the
+    /// tombstone's change and version), `chunk` digests per commit so the writer lock is
+    /// never held long, each commit audited as `event(n_flags)` at time `now`. `digests` are
+    /// found beforehand without the lock; each chunk is re-read under it. Disputes of
+    /// members left without flags on a digest go too, and with `drop_versions` the flags'
+    /// version rows (a peer's fresh snapshot may bring them back at the same version).
+    /// Returns how many flags went. Member withdrawals, a peer's re-snapshot and the expiry
+    /// purge all remove flags through here.
+    #[allow(clippy::too_many_arguments)] // each is one decision of the caller's; a struct would only rename them
+    pub(super) fn remove_where(
         &self,
         digests: &[Digest],
         chunk: usize,
         selects: impl Fn(&SummaryEntry) -> bool,
+        removal: impl Fn(&SummaryEntry) -> Result<Removal>,
         drop_versions: bool,
         event: impl Fn(u64) -> AuditEvent,
+        now: i64,
     ) -> Result<u64> {
         let mut n_withdrawn = 0u64;
         for digests in digests.chunks(chunk.max(1)) {
-            let now = now_ms();
             let mut last_sequence = self.writer();
             let mut sequence = *last_sequence;
             let mut batch = self.store.batch();
@@ -230,14 +234,7 @@ impl State {
                     continue;
                 }
                 for entry in &withdrawn {
-                    stage_removal(
-                        &mut batch,
-                        &mut sequence,
-                        digest,
-                        entry,
-                        Removal::local(Change::Retract(crate::model::RetractReason::Withdrawn)),
-                        now,
-                    );
+                    stage_removal(&mut batch, &mut sequence, digest, entry, removal(entry)?, now);
                     if drop_versions {
                         batch.delete_flag_version(&FlagKey {
                             digest,
