@@ -4,6 +4,8 @@
 //! their side (through the `flagshare hash|submit|query` commands or their own port of the
 //! spec); the server only ever sees the 32-byte output.
 
+#[cfg(test)]
+mod conformance;
 mod key;
 mod normalize;
 
@@ -103,7 +105,77 @@ impl FromStr for Kind {
 #[error("invalid {kind} identifier: {reason}")]
 pub struct InvalidIdentifier {
     pub kind: Kind,
+    pub class: InvalidClass,
     pub reason: String,
+}
+
+/// Why an identifier is invalid, as a class every implementation of the spec reports
+/// alike: the conformance corpus (`docs/digest-v1-conformance.jsonl`) names it for each
+/// invalid input. The reason in words may differ between implementations; the class may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InvalidClass {
+    /// Nothing is left once surrounding white space is removed.
+    Empty,
+    /// White space or a control character where none may be.
+    SpaceOrControl,
+    /// An email address without '@'.
+    NoAt,
+    /// An email address with more than one '@'.
+    ManyAt,
+    /// An email address whose local part is empty (at once, or once plus-tag or dots go).
+    EmptyLocalPart,
+    /// An email domain that is empty, has no dot or a malformed label.
+    BadDomain,
+    /// A normal form over its kind's length limit.
+    TooLong,
+    /// A phone number without '+' and without a default region.
+    NoRegion,
+    /// A phone number that does not parse or is not valid in its numbering plan.
+    BadPhone,
+    /// A username without `platform:`.
+    NoPlatform,
+    /// A username whose platform is not 1 to 64 of a-z, 0-9, '.', '-', '_'.
+    BadPlatform,
+    /// A username whose name is empty.
+    EmptyName,
+    /// Not an IPv4 or IPv6 address as the spec reads them.
+    BadIp,
+}
+
+impl InvalidClass {
+    pub const ALL: [InvalidClass; 13] = [
+        InvalidClass::Empty,
+        InvalidClass::SpaceOrControl,
+        InvalidClass::NoAt,
+        InvalidClass::ManyAt,
+        InvalidClass::EmptyLocalPart,
+        InvalidClass::BadDomain,
+        InvalidClass::TooLong,
+        InvalidClass::NoRegion,
+        InvalidClass::BadPhone,
+        InvalidClass::NoPlatform,
+        InvalidClass::BadPlatform,
+        InvalidClass::EmptyName,
+        InvalidClass::BadIp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidClass::Empty => "empty",
+            InvalidClass::SpaceOrControl => "space_or_control",
+            InvalidClass::NoAt => "no_at",
+            InvalidClass::ManyAt => "many_at",
+            InvalidClass::EmptyLocalPart => "empty_local_part",
+            InvalidClass::BadDomain => "bad_domain",
+            InvalidClass::TooLong => "too_long",
+            InvalidClass::NoRegion => "no_region",
+            InvalidClass::BadPhone => "bad_phone",
+            InvalidClass::NoPlatform => "no_platform",
+            InvalidClass::BadPlatform => "bad_platform",
+            InvalidClass::EmptyName => "empty_name",
+            InvalidClass::BadIp => "bad_ip",
+        }
+    }
 }
 
 /// Options that change how identifiers are read, not what they mean.

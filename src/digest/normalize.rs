@@ -5,7 +5,14 @@ use std::net::IpAddr;
 
 use unicode_normalization::UnicodeNormalization;
 
-use super::{InvalidIdentifier, Kind, NormalizeOptions};
+use super::{InvalidClass, InvalidIdentifier, Kind, NormalizeOptions};
+
+/// A refusal: its class (the same in every implementation of the spec) and its reason.
+type Refusal = (InvalidClass, String);
+
+fn refuse<T>(class: InvalidClass, reason: impl Into<String>) -> Result<T, Refusal> {
+    Err((class, reason.into()))
+}
 
 /// Longest accepted normal form of a username, device id or `other` identifier, in bytes.
 const MAX_FREE_FORM_LEN: usize = 256;
@@ -16,41 +23,42 @@ const DOT_INSENSITIVE_EMAIL_DOMAINS: [&str; 2] = ["gmail.com", "googlemail.com"]
 
 /// Returns the normal form of `raw` read as `kind`, or why it is not a valid identifier.
 pub fn normalize(kind: Kind, raw: &str, options: &NormalizeOptions) -> Result<String, InvalidIdentifier> {
-    let invalid = |reason: &str| InvalidIdentifier {
-        kind,
-        reason: reason.to_owned(),
-    };
     let trimmed = raw.trim();
-    if trimmed.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    match kind {
-        Kind::Email => normalize_email(trimmed).map_err(|reason| invalid(&reason)),
-        Kind::Phone => normalize_phone(trimmed, options).map_err(|reason| invalid(&reason)),
-        Kind::Username => normalize_username(trimmed).map_err(|reason| invalid(&reason)),
-        Kind::DeviceId => normalize_device_id(trimmed).map_err(|reason| invalid(&reason)),
-        Kind::IpAddress => normalize_ip(trimmed).map_err(|reason| invalid(&reason)),
-        Kind::Other => normalize_other(trimmed).map_err(|reason| invalid(&reason)),
-    }
+    let normal = if trimmed.is_empty() {
+        refuse(InvalidClass::Empty, "it is empty")
+    } else {
+        match kind {
+            Kind::Email => normalize_email(trimmed),
+            Kind::Phone => normalize_phone(trimmed, options),
+            Kind::Username => normalize_username(trimmed),
+            Kind::DeviceId => normalize_device_id(trimmed),
+            Kind::IpAddress => normalize_ip(trimmed),
+            Kind::Other => normalize_other(trimmed),
+        }
+    };
+    normal.map_err(|(class, reason)| InvalidIdentifier { kind, class, reason })
 }
 
 fn has_space_or_control(s: &str) -> bool {
     s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn normalize_email(trimmed: &str) -> Result<String, String> {
+fn normalize_email(trimmed: &str) -> Result<String, Refusal> {
     let lowered: String = trimmed.nfkc().collect::<String>().to_lowercase();
     if has_space_or_control(&lowered) {
-        return Err("it contains white space or control characters".to_owned());
+        return refuse(
+            InvalidClass::SpaceOrControl,
+            "it contains white space or control characters".to_owned(),
+        );
     }
     let Some((local, domain)) = lowered.rsplit_once('@') else {
-        return Err("it has no '@'".to_owned());
+        return refuse(InvalidClass::NoAt, "it has no '@'".to_owned());
     };
     if local.contains('@') {
-        return Err("it has more than one '@'".to_owned());
+        return refuse(InvalidClass::ManyAt, "it has more than one '@'".to_owned());
     }
     if local.is_empty() {
-        return Err("the part before '@' is empty".to_owned());
+        return refuse(InvalidClass::EmptyLocalPart, "the part before '@' is empty".to_owned());
     }
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     validate_email_domain(domain)?;
@@ -61,7 +69,10 @@ fn normalize_email(trimmed: &str) -> Result<String, String> {
         None => local,
     };
     if local.is_empty() {
-        return Err("the part before '@' is empty once its plus-tag is removed".to_owned());
+        return refuse(
+            InvalidClass::EmptyLocalPart,
+            "the part before '@' is empty once its plus-tag is removed".to_owned(),
+        );
     }
     let (local, domain) = if DOT_INSENSITIVE_EMAIL_DOMAINS.contains(&domain) {
         (local.replace('.', ""), "gmail.com")
@@ -69,21 +80,27 @@ fn normalize_email(trimmed: &str) -> Result<String, String> {
         (local.to_owned(), domain)
     };
     if local.is_empty() {
-        return Err("the part before '@' is empty once its dots are removed".to_owned());
+        return refuse(
+            InvalidClass::EmptyLocalPart,
+            "the part before '@' is empty once its dots are removed".to_owned(),
+        );
     }
     let normal = format!("{local}@{domain}");
     if normal.len() > MAX_EMAIL_LEN {
-        return Err(format!("it is longer than {MAX_EMAIL_LEN} bytes"));
+        return refuse(
+            InvalidClass::TooLong,
+            format!("it is longer than {MAX_EMAIL_LEN} bytes"),
+        );
     }
     Ok(normal)
 }
 
-fn validate_email_domain(domain: &str) -> Result<(), String> {
+fn validate_email_domain(domain: &str) -> Result<(), Refusal> {
     if domain.is_empty() {
-        return Err("the domain after '@' is empty".to_owned());
+        return refuse(InvalidClass::BadDomain, "the domain after '@' is empty".to_owned());
     }
     if !domain.contains('.') {
-        return Err(format!("the domain '{domain}' has no dot"));
+        return refuse(InvalidClass::BadDomain, format!("the domain '{domain}' has no dot"));
     }
     for label in domain.split('.') {
         let well_formed = !label.is_empty()
@@ -91,18 +108,21 @@ fn validate_email_domain(domain: &str) -> Result<(), String> {
             && !label.ends_with('-')
             && label.chars().all(|c| c.is_alphanumeric() || c == '-');
         if !well_formed {
-            return Err(format!("the domain '{domain}' has a malformed label '{label}'"));
+            return refuse(
+                InvalidClass::BadDomain,
+                format!("the domain '{domain}' has a malformed label '{label}'"),
+            );
         }
     }
     Ok(())
 }
 
-fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, String> {
+fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, Refusal> {
     let international = trimmed.starts_with('+');
     if !international && options.default_phone_region.is_none() {
-        return Err(
-            "it has no '+' country code and no default region was given (write it as +<country code><number>)"
-                .to_owned(),
+        return refuse(
+            InvalidClass::NoRegion,
+            "it has no '+' country code and no default region was given (write it as +<country code><number>)",
         );
     }
     let region = if international {
@@ -110,17 +130,41 @@ fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, 
     } else {
         options.default_phone_region
     };
-    let number =
-        phonenumber::parse(region, trimmed).map_err(|err| format!("it does not parse as a phone number ({err})"))?;
+    // libphonenumber reads other scripts' digits as 0-9; the Rust port refuses them. The
+    // spec refuses them too, so every implementation agrees.
+    if trimmed.chars().any(|c| c.is_numeric() && !c.is_ascii_digit()) {
+        return refuse(InvalidClass::BadPhone, "it has digits other than ASCII 0-9");
+    }
+    let number = phonenumber::parse(region, trimmed).map_err(|err| {
+        (
+            InvalidClass::BadPhone,
+            format!("it does not parse as a phone number ({err})"),
+        )
+    })?;
+    // Numbers dialled with an international access code ("00 44 ...", "011 44 ...") are
+    // refused: libphonenumber's ports read some of them as different numbers, and a wrong
+    // number is a match against someone else.
+    if number.code().source() == phonenumber::country::Source::Idd {
+        return refuse(
+            InvalidClass::BadPhone,
+            "it is dialled with an international access code: write it as +<country code><number>",
+        );
+    }
     if !phonenumber::is_valid(&number) {
-        return Err("it is not a valid number in its country's numbering plan".to_owned());
+        return refuse(
+            InvalidClass::BadPhone,
+            "it is not a valid number in its country's numbering plan".to_owned(),
+        );
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
 }
 
-fn normalize_username(trimmed: &str) -> Result<String, String> {
+fn normalize_username(trimmed: &str) -> Result<String, Refusal> {
     let Some((platform, name)) = trimmed.split_once(':') else {
-        return Err("it has no platform scope: write it as <platform>:<name>, e.g. instagram:alice".to_owned());
+        return refuse(
+            InvalidClass::NoPlatform,
+            "it has no platform scope: write it as <platform>:<name>, e.g. instagram:alice".to_owned(),
+        );
     };
     let platform = platform.trim().to_ascii_lowercase();
     let platform_ok = !platform.is_empty()
@@ -129,9 +173,10 @@ fn normalize_username(trimmed: &str) -> Result<String, String> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
     if !platform_ok {
-        return Err(format!(
-            "the platform '{platform}' must be 1 to 64 of a-z, 0-9, '.', '-' and '_'"
-        ));
+        return refuse(
+            InvalidClass::BadPlatform,
+            format!("the platform '{platform}' must be 1 to 64 of a-z, 0-9, '.', '-' and '_'"),
+        );
     }
     let name = name.trim();
     let name = name.strip_prefix('@').unwrap_or(name);
@@ -140,18 +185,27 @@ fn normalize_username(trimmed: &str) -> Result<String, String> {
         .nfkc()
         .collect();
     if folded.is_empty() {
-        return Err("the name after the platform is empty".to_owned());
+        return refuse(
+            InvalidClass::EmptyName,
+            "the name after the platform is empty".to_owned(),
+        );
     }
     if has_space_or_control(&folded) {
-        return Err("the name contains white space or control characters".to_owned());
+        return refuse(
+            InvalidClass::SpaceOrControl,
+            "the name contains white space or control characters".to_owned(),
+        );
     }
     if folded.len() > MAX_FREE_FORM_LEN {
-        return Err(format!("the name is longer than {MAX_FREE_FORM_LEN} bytes"));
+        return refuse(
+            InvalidClass::TooLong,
+            format!("the name is longer than {MAX_FREE_FORM_LEN} bytes"),
+        );
     }
     Ok(format!("{platform}:{folded}"))
 }
 
-fn normalize_device_id(trimmed: &str) -> Result<String, String> {
+fn normalize_device_id(trimmed: &str) -> Result<String, Refusal> {
     let lowered: String = trimmed.nfkc().collect::<String>().to_lowercase();
     // Hardware and advertising ids are hex written with assorted separators (MAC
     // addresses, UUIDs, IMEIs): drop the separators so every spelling agrees.
@@ -165,22 +219,31 @@ fn normalize_device_id(trimmed: &str) -> Result<String, String> {
         lowered
     };
     if has_space_or_control(&normal) {
-        return Err("it contains white space or control characters".to_owned());
+        return refuse(
+            InvalidClass::SpaceOrControl,
+            "it contains white space or control characters".to_owned(),
+        );
     }
     if normal.len() > MAX_FREE_FORM_LEN {
-        return Err(format!("it is longer than {MAX_FREE_FORM_LEN} bytes"));
+        return refuse(
+            InvalidClass::TooLong,
+            format!("it is longer than {MAX_FREE_FORM_LEN} bytes"),
+        );
     }
     Ok(normal)
 }
 
-fn normalize_ip(trimmed: &str) -> Result<String, String> {
+fn normalize_ip(trimmed: &str) -> Result<String, Refusal> {
     let unbracketed = trimmed
         .strip_prefix('[')
         .and_then(|rest| rest.strip_suffix(']'))
         .unwrap_or(trimmed);
-    let address: IpAddr = unbracketed
-        .parse()
-        .map_err(|_| "it is not an IPv4 address in dotted decimal or an IPv6 address".to_owned())?;
+    let address: IpAddr = unbracketed.parse().map_err(|_| {
+        (
+            InvalidClass::BadIp,
+            "it is not an IPv4 address in dotted decimal or an IPv6 address".to_owned(),
+        )
+    })?;
     let canonical = match address {
         IpAddr::V4(v4) => v4.to_string(),
         // An IPv4-mapped address is the IPv4 host: give both spellings one digest.
@@ -192,10 +255,13 @@ fn normalize_ip(trimmed: &str) -> Result<String, String> {
     Ok(canonical)
 }
 
-fn normalize_other(trimmed: &str) -> Result<String, String> {
+fn normalize_other(trimmed: &str) -> Result<String, Refusal> {
     let normal: String = trimmed.nfc().collect();
     if normal.len() > MAX_FREE_FORM_LEN * 4 {
-        return Err(format!("it is longer than {} bytes", MAX_FREE_FORM_LEN * 4));
+        return refuse(
+            InvalidClass::TooLong,
+            format!("it is longer than {} bytes", MAX_FREE_FORM_LEN * 4),
+        );
     }
     Ok(normal)
 }
