@@ -171,6 +171,7 @@ def test_bad_input_is_refused_before_anything_is_sent(server, platform_a, platfo
         ([Flag(good, "email", "grooming"), Flag(b"short", "email", "grooming")], "flag 1: digest is 5 bytes, expected 32"),
         ([Flag(good, "email", "grooming"), Flag(good, "email", "grooming", confidence=101)], "flag 1: confidence 101"),
         ([Flag(good, "email", "stalking")], "flag 0: category 'stalking' is not one of"),
+        ([Flag(good, "fax", "grooming")], "flag 0: unknown identifier kind 'fax'"),
         ([Flag(good, "email", "grooming", reference=b"x" * 129)], "flag 0: reference is 129 bytes"),
         ([Flag(good, "email", "grooming", expires_at=dt.datetime(2030, 1, 1))], "flag 0: expires_at must be a timezone-aware"),
     ]
