@@ -345,6 +345,28 @@ fn phone(inputs: &mut Inputs) {
     inputs.phone("phone/invalid", "1".repeat(5000), Some("GB"));
     inputs.phone("phone/digits", "+44 \u{660}\u{667}\u{664}\u{660}\u{660} 123456", None);
     inputs.phone("phone/digits", "+44 \u{ff17}\u{ff14}\u{ff10}\u{ff10} 123456", None);
+    for raw in [
+        "+44 (0)7400-123456 ext. 12",
+        "+44 7400 123456;ext=12",
+        "+44 7400 123456#",
+        "+44 7400 123456, 2",
+        "+44 7400 123456 EXTENSION 7",
+        "tel:+44-7400-123456",
+        "+44 7400 123456 \u{2013} work",
+        "+1 784 8263",
+        "+1 1 201 555 0123",
+        "+44 0 7400 123456",
+        "+44 00 7400 123456",
+        "+39 02 1234 5678",
+        "+39 (0)2 1234 5678",
+        "+44 7400 1234_56",
+        "+44 [7400] 123456",
+    ] {
+        inputs.phone("phone/spelling", raw, None);
+    }
+    for raw in ["1-800-FLOWERS", "1 (201) 555-0123", "201.555.0123", "+1 201 555 0123 x"] {
+        inputs.phone("phone/spelling", raw, Some("US"));
+    }
     inputs.phone("phone/punctuation", "+44 (0) 7400 123456", None);
     inputs.phone("phone/punctuation", "+44.7400.123.456", None);
     inputs.phone("phone/punctuation", "+44/7400/123456", None);

@@ -135,7 +135,30 @@ fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, 
     if trimmed.chars().any(|c| c.is_numeric() && !c.is_ascii_digit()) {
         return refuse(InvalidClass::BadPhone, "it has digits other than ASCII 0-9");
     }
-    let number = phonenumber::parse(region, trimmed).map_err(|err| {
+    // libphonenumber's ports read extensions, stray characters and separators each their
+    // own way (one reads "+33 4x386888" as an extension, another as digits; one cannot
+    // parse "+1582656.42-68"). So the spec drops the extension itself, from the first
+    // letter or '#', ';', ',' on, and lets through only digits, one leading '+', white
+    // space and the separators "-.()/".
+    let number_part = match trimmed.find(|c: char| c.is_ascii_alphabetic() || matches!(c, '#' | ';' | ',')) {
+        Some(at) => &trimmed[..at],
+        None => trimmed,
+    };
+    let stray = number_part.char_indices().find(|&(at, c)| {
+        !(c.is_ascii_digit() || c.is_whitespace() || matches!(c, '-' | '.' | '(' | ')' | '/') || (c == '+' && at == 0))
+    });
+    if let Some((_, c)) = stray {
+        return refuse(
+            InvalidClass::BadPhone,
+            format!("it has {c:?}, not a digit, white space or one of + - . ( ) /"),
+        );
+    }
+    // Separators go too: libphonenumber is given '+' and digits only, where its ports agree.
+    let digits: String = number_part
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '+')
+        .collect();
+    let number = phonenumber::parse(region, &digits).map_err(|err| {
         (
             InvalidClass::BadPhone,
             format!("it does not parse as a phone number ({err})"),
@@ -156,7 +179,32 @@ fn normalize_phone(trimmed: &str, options: &NormalizeOptions) -> Result<String, 
             "it is not a valid number in its country's numbering plan".to_owned(),
         );
     }
-    Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    if international {
+        check_digits_kept(&digits, &e164, number.code().value())?;
+    }
+    Ok(e164)
+}
+
+/// A number written with '+' says every digit: libphonenumber may drop a '0' trunk prefix
+/// written after the country code ("+44 (0) 7400 123456") and nothing else. Its ports
+/// apply national rewriting rules to such numbers differently (one turns "+1 784 8263"
+/// into "+1 784 784 8263"), so a rewritten number is refused rather than guessed.
+fn check_digits_kept(written: &str, e164: &str, country_code: u16) -> Result<(), Refusal> {
+    let written = written.trim_start_matches('+');
+    let normal = e164.trim_start_matches('+');
+    let code = country_code.to_string();
+    let without_trunk_zero = written
+        .strip_prefix(code.as_str())
+        .and_then(|rest| rest.strip_prefix('0'))
+        .map(|rest| format!("{code}{rest}"));
+    if written == normal || without_trunk_zero.as_deref() == Some(normal) {
+        return Ok(());
+    }
+    refuse(
+        InvalidClass::BadPhone,
+        format!("its digits are not a number as written: libphonenumber reads them as +{normal}"),
+    )
 }
 
 fn normalize_username(trimmed: &str) -> Result<String, Refusal> {
@@ -312,7 +360,32 @@ mod tests {
                 .contains("invalid phone identifier")
         );
         assert!(norm(Kind::Phone, "+44 12").unwrap_err().contains("phone"));
+        assert_eq!(
+            norm(Kind::Phone, "+44 (0)7400-123456 ext. 12").unwrap(),
+            "+447400123456"
+        );
+        assert!(
+            norm(Kind::Phone, "+44 7400 123456\u{200b}")
+                .unwrap_err()
+                .contains("not a digit")
+        );
+        assert!(
+            norm(Kind::Phone, "+44 \u{ff17}400 123456")
+                .unwrap_err()
+                .contains("other than ASCII 0-9")
+        );
+        assert!(
+            norm(Kind::Phone, "00 44 7400 123456")
+                .unwrap_err()
+                .contains("international access code")
+        );
+        assert!(
+            norm(Kind::Phone, "+1 784 8263")
+                .unwrap_err()
+                .contains("reads them as +17847848263")
+        );
         let no_region = normalize(Kind::Phone, "07911 123456", &NormalizeOptions::default()).unwrap_err();
+        assert_eq!(no_region.class, InvalidClass::NoRegion);
         assert!(no_region.reason.contains("no default region"), "{no_region}");
     }
 

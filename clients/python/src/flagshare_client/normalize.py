@@ -67,6 +67,9 @@ _DOT_INSENSITIVE_EMAIL_DOMAINS = ("gmail.com", "googlemail.com")
 _DEVICE_SEPARATORS = str.maketrans("", "", "-:. ")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_EXTENSION_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ#;,")
+_PHONE_CHARS = frozenset("0123456789-.()/")
+_DIGITS_AND_PLUS = frozenset("0123456789+")
 _PLATFORM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
 
 
@@ -189,8 +192,21 @@ def _phone(trimmed: str, region: str | None) -> str:
     # Rust port and therefore every implementation).
     if any(unicodedata.category(c) in ("Nd", "Nl", "No") and not ("0" <= c <= "9") for c in trimmed):
         raise _Refused("bad_phone", "it has digits other than ASCII 0-9")
+    # libphonenumber's ports read extensions, stray characters and separators each their
+    # own way, so the spec drops the extension itself (from the first letter or '#', ';', ',' on) and lets
+    # through only digits, one leading '+', white space and the separators "-.()/".
+    number_part = trimmed
+    for at, c in enumerate(trimmed):
+        if c in _EXTENSION_START:
+            number_part = trimmed[:at]
+            break
+    for at, c in enumerate(number_part):
+        if not (c in _PHONE_CHARS or c in _WHITE_SPACE_SET or (c == "+" and at == 0)):
+            raise _Refused("bad_phone", f"it has {c!r}, not a digit, white space or one of + - . ( ) /")
+    # Separators go too: libphonenumber is given '+' and digits only, where its ports agree.
+    digits = "".join(c for c in number_part if c in _DIGITS_AND_PLUS)
     try:
-        number = phonenumbers.parse(trimmed, None if international else region.upper(), keep_raw_input=True)
+        number = phonenumbers.parse(digits, None if international else region.upper(), keep_raw_input=True)
     except phonenumbers.NumberParseException as err:
         raise _Refused("bad_phone", f"it does not parse as a phone number ({err})") from None
     # Dialled with an international access code ("00 44 ...", "011 44 ..."): refused, since
@@ -201,7 +217,15 @@ def _phone(trimmed: str, region: str | None) -> str:
         )
     if not phonenumbers.is_valid_number(number):
         raise _Refused("bad_phone", "it is not a valid number in its country's numbering plan")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if international:
+        # A number written with '+' says every digit: only a '0' trunk prefix after the
+        # country code ("+44 (0) 7400 123456") may go; a rewritten number is refused.
+        written, normal, code = digits[1:], e164[1:], str(number.country_code)
+        trunk_dropped = written.startswith(code + "0") and normal == code + written[len(code) + 1 :]
+        if written != normal and not trunk_dropped:
+            raise _Refused("bad_phone", f"its digits are not a number as written: libphonenumber reads them as +{normal}")
+    return e164
 
 
 def _username(trimmed: str) -> str:
