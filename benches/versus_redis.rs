@@ -66,7 +66,7 @@ fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
     let mut child = Command::new(&bin)
         .args(["serve", "--data"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -51,6 +51,9 @@ pub struct Config {
     /// A connection from which nothing arrives for this long is closed (a stalled TLS
     /// handshake included; live connections answer the server's pings every 20 s).
     pub idle_connection_secs: u64,
+    /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
+    /// Loopback by default: the figures name members and peers.
+    pub metrics_listen: String,
 }
 
 impl Default for Config {
@@ -73,11 +76,26 @@ impl Default for Config {
             // Thirty days: longer than a mirror or peer is expected to be down.
             tombstone_retention_secs: 30 * 24 * 3600,
             idle_connection_secs: 45,
+            metrics_listen: DEFAULT_METRICS_LISTEN.to_owned(),
         }
     }
 }
 
+/// Where the metrics endpoint listens unless `metrics_listen` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
 impl Config {
+    /// The metrics endpoint's address, or `None` when it is off.
+    pub fn metrics_address(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let text = self.metrics_listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("metrics_listen: '{text}' is not an address such as 127.0.0.1:9464 (empty turns it off)")
+        })
+    }
+
     /// Reads `<data_dir>/flagshare.toml` when it exists, else the defaults for `data_dir`.
     pub fn load(data_dir: &Path) -> anyhow::Result<Config> {
         let path = data_dir.join("flagshare.toml");
@@ -101,6 +119,9 @@ impl Config {
             "{}: idle_connection_secs must be at least 1",
             path.display()
         );
+        config
+            .metrics_address()
+            .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
         anyhow::ensure!(
             config.max_streams_per_principal > 0,
             "{}: max_streams_per_principal must be at least 1",

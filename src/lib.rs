@@ -10,6 +10,7 @@ pub mod config;
 pub mod digest;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod server;

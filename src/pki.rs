@@ -61,6 +61,13 @@ pub fn pem_certificate_sha256(pem_text: &str) -> Result<[u8; 32], PkiError> {
     Ok(certificate_sha256(&der))
 }
 
+/// When the first certificate of a PEM text stops being valid, as Unix seconds.
+pub fn certificate_not_after(pem_text: &str) -> Option<i64> {
+    let der = CertificateDer::from_pem_slice(pem_text.as_bytes()).ok()?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(certificate.validity().not_after.timestamp())
+}
+
 fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Read {
         path: path.to_owned(),

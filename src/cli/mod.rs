@@ -10,6 +10,7 @@ mod mirror;
 mod offline;
 pub mod setup;
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,6 +63,9 @@ struct ServeArgs {
     /// Address to listen on; overrides the data folder's flagshare.toml.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the Prometheus endpoint (`metrics_listen`); an empty value turns it off.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -139,6 +143,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(metrics_listen) = args.metrics_listen {
+        config.metrics_listen = metrics_listen;
+    }
+    let metrics_address = config.metrics_address()?;
     if !crate::pki::Pki::exists(&config.data_dir) {
         let report = setup::initialize(&config).await?;
         eprintln!("{}", report.describe(&config));
@@ -151,7 +159,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     eprintln!("flagshare: listening on {} (mutual TLS)", listener.local_addr()?);
-    crate::server::run(config, listener, shutdown_signal()).await
+    let metrics_listener = match metrics_address {
+        Some(address) => {
+            let bound = tokio::net::TcpListener::bind(address).await.with_context(|| {
+                format!("cannot listen for metrics on {address} (metrics_listen; empty turns it off)")
+            })?;
+            eprintln!("flagshare: metrics on http://{}/metrics", bound.local_addr()?);
+            Some(bound)
+        }
+        None => None,
+    };
+    crate::server::run(config, listener, metrics_listener, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -158,6 +158,12 @@ impl Domain {
         &self.state.store
     }
 
+    /// RocksDB's figures for the metrics endpoint (walks the data folder for its size).
+    pub async fn rocks_reading(&self) -> Result<crate::store::RocksReading> {
+        let state = self.state.clone();
+        blocking(move || Ok(state.store.rocks_reading())).await
+    }
+
     /// Maps a client certificate to a caller allowed to act in one of `roles`.
     pub fn authorize(&self, cert_sha256: &[u8; 32], roles: &[Role]) -> Result<Caller> {
         let caller = self.state.registry.authenticate(cert_sha256)?;

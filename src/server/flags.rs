@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::feed::{FeedItem, decode_cursor, encode_cursor};
 use crate::domain::{Caller, Domain};
+use crate::metrics::Metrics;
 use crate::model::Role;
 use crate::pb;
 use crate::wire;
@@ -25,6 +26,7 @@ pub struct FlagsService {
     pub streams: Arc<StreamLimits>,
     /// This database's identity, carried by every feed cursor.
     pub db_identity: [u8; 8],
+    pub metrics: Arc<Metrics>,
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::FeedBatch, Status>> + Send>>;
@@ -35,18 +37,37 @@ const STREAM_PIPELINE: usize = 4;
 type QueryStreamStream = Pin<Box<dyn Stream<Item = Result<pb::QueryBatchResult, Status>> + Send>>;
 
 /// One batch of packed digests, as `Query` and each `QueryStream` batch answer it.
-async fn query_packed(domain: &Domain, caller: Caller, packed: &[u8]) -> crate::error::Result<pb::QueryResponse> {
+async fn query_packed(
+    domain: &Domain,
+    metrics: &Metrics,
+    caller: Caller,
+    packed: &[u8],
+) -> crate::error::Result<pb::QueryResponse> {
     let digests = wire::digests_from_packed(packed)?;
     let n_queried = digests.len() as u32;
+    let member = Metrics::member(&caller.name);
     let matches = domain.query(caller, digests).await?;
+    metrics
+        .digests_queried
+        .get_or_create(&member)
+        .inc_by(u64::from(n_queried));
+    metrics
+        .digests_matched
+        .get_or_create(&member)
+        .inc_by(matches.len() as u64);
     Ok(pb::QueryResponse {
         matches: matches.into_iter().map(convert::match_to_pb).collect(),
         n_queried,
     })
 }
 
-async fn answer_batch(domain: Domain, caller: Caller, batch: pb::QueryBatch) -> pb::QueryBatchResult {
-    match query_packed(&domain, caller, &batch.digests).await {
+async fn answer_batch(
+    domain: Domain,
+    metrics: Arc<Metrics>,
+    caller: Caller,
+    batch: pb::QueryBatch,
+) -> pb::QueryBatchResult {
+    match query_packed(&domain, &metrics, caller, &batch.digests).await {
         Ok(pb::QueryResponse { matches, n_queried }) => pb::QueryBatchResult {
             batch_id: batch.batch_id,
             matches,
@@ -186,6 +207,7 @@ impl pb::flags_server::Flags for FlagsService {
         // up to STREAM_PIPELINE batches are worked on at once and still answered in order.
         let (pending, mut in_order) = mpsc::channel::<tokio::task::JoinHandle<pb::QueryBatchResult>>(STREAM_PIPELINE);
         let domain = self.domain.clone();
+        let metrics = self.metrics.clone();
         let mut reader = Outbox::new(answers.clone(), self.stopping.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -208,7 +230,7 @@ impl pb::flags_server::Flags for FlagsService {
                         if let Err(err) = domain.reauthorize(&caller) {
                             return reader.fail(err.into()).await;
                         }
-                        let task = tokio::spawn(answer_batch(domain.clone(), caller.clone(), batch));
+                        let task = tokio::spawn(answer_batch(domain.clone(), metrics.clone(), caller.clone(), batch));
                         if pending.send(task).await.is_err() {
                             return;
                         }
@@ -252,13 +274,22 @@ impl pb::flags_server::Flags for FlagsService {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
         let request = request.into_inner();
         let flags = convert::new_flags_from_pb(request.flags)?;
+        let member = Metrics::member(&caller.name);
         let outcome = self.domain.submit(caller, flags, request.key_id).await?;
+        self.metrics
+            .flags_created
+            .get_or_create(&member)
+            .inc_by(u64::from(outcome.n_created));
+        self.metrics
+            .flags_updated
+            .get_or_create(&member)
+            .inc_by(u64::from(outcome.n_updated));
         Ok(Response::new(convert::submit_outcome_to_pb(outcome)))
     }
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        let response = query_packed(&self.domain, caller, &request.get_ref().digests).await?;
+        let response = query_packed(&self.domain, &self.metrics, caller, &request.get_ref().digests).await?;
         Ok(Response::new(response))
     }
 
@@ -267,7 +298,12 @@ impl pb::flags_server::Flags for FlagsService {
         let request = request.into_inner();
         let reason = wire::member_retract_reason_from_pb(request.reason)?;
         let selectors = convert::selectors_from_pb(request.flags)?;
+        let member = Metrics::member(&caller.name);
         let outcome = self.domain.retract(caller, selectors, reason).await?;
+        self.metrics
+            .flags_retracted
+            .get_or_create(&member)
+            .inc_by(u64::from(outcome.n_retracted));
         Ok(Response::new(convert::retract_outcome_to_pb(outcome)))
     }
 

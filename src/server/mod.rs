@@ -23,6 +23,7 @@ use tower::util::MapResponseLayer;
 
 use crate::config::Config;
 use crate::domain::Domain;
+use crate::metrics::{Metrics, PeerReading, RpcMetricsLayer, Scraped};
 use crate::pb;
 use crate::pki::Pki;
 use crate::store::Store;
@@ -65,10 +66,21 @@ fn rewrite_oversized_request_status(
     response
 }
 
-/// Opens the store and PKI of `config`, serves on `listener` until `shutdown` completes,
-/// then drains in-flight calls and closes the store.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Opens the store and PKI of `config`, serves gRPC on `listener` (and metrics on
+/// `metrics_listener`, when given) until `shutdown` completes, then drains in-flight calls
+/// and closes the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let pki = Arc::new(Pki::load(&config.data_dir)?);
+    let metrics = Metrics::new();
+    let certificate_expiry: Vec<(String, i64)> = [("ca", &pki.ca_pem), ("server", &pki.server_pem)]
+        .into_iter()
+        .filter_map(|(name, pem)| crate::pki::certificate_not_after(pem).map(|at| (name.to_owned(), at)))
+        .collect();
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
     let db_identity = domain.db_identity();
@@ -102,6 +114,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         stopping: stop_requested.clone(),
         streams: stream_limits.clone(),
         db_identity,
+        metrics: metrics.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
@@ -124,10 +137,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
     let maintenance = tokio::spawn(maintenance_loop(
         domain.clone(),
+        metrics.clone(),
         Duration::from_secs(config.maintenance_interval_secs),
         config.retention(),
         stop_requested.clone(),
     ));
+    let metrics_server = metrics_listener.map(|metrics_listener| {
+        if let Ok(address) = metrics_listener.local_addr() {
+            tracing::info!(%address, "metrics at http://{address}/metrics");
+        }
+        let scrape_domain = domain.clone();
+        let scrape_peers = peers.clone();
+        let scrape = move || scrape(scrape_domain.clone(), scrape_peers.clone(), certificate_expiry.clone());
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            metrics.clone(),
+            scrape,
+            stop_requested.clone(),
+        ))
+    });
     peers.start_all().await.context("starting federation peers")?;
     let shutdown = async move {
         shutdown.await;
@@ -144,7 +172,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
-        .layer(MapResponseLayer::new(rewrite_oversized_request_status))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(RpcMetricsLayer::new(metrics.clone()))
+                .layer(MapResponseLayer::new(rewrite_oversized_request_status)),
+        )
         .add_service(flags_service)
         .add_service(admin_service)
         .add_service(federation_service)
@@ -168,6 +200,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         ),
     }
     maintenance.await.context("maintenance task")?;
+    if let Some(metrics_server) = metrics_server {
+        match metrics_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "the metrics endpoint failed"),
+            Err(err) => tracing::error!(%err, "the metrics task failed"),
+        }
+    }
     peers.join_all().await;
     drop(peers);
     // Stream tasks end on the shutdown signal within a poll; the store closes when the last
@@ -189,6 +228,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 /// Purges expired flags and prunes the audit log every `interval`, first right after start.
 async fn maintenance_loop(
     domain: Domain,
+    metrics: Arc<Metrics>,
     interval: Duration,
     retention: crate::domain::Retention,
     mut stop_requested: tokio::sync::watch::Receiver<bool>,
@@ -202,6 +242,7 @@ async fn maintenance_loop(
         }
         match domain.sweep(retention).await {
             Ok(sweep) if sweep != Default::default() => {
+                metrics.flags_expired.inc_by(sweep.flags_purged);
                 tracing::info!(
                     sweep.flags_purged,
                     sweep.audit_entries_pruned,
@@ -213,5 +254,41 @@ async fn maintenance_loop(
             Ok(_) => {}
             Err(err) => tracing::error!(%err, "maintenance pass failed; retrying at the next interval"),
         }
+    }
+}
+
+/// What the metrics endpoint reads off the server at scrape time.
+async fn scrape(domain: Domain, peers: Arc<federation::Peers>, certificates: Vec<(String, i64)>) -> Scraped {
+    let now_ms = crate::util::now_ms();
+    let records = domain.peers().await.unwrap_or_default();
+    let readings = records
+        .iter()
+        .map(|record| {
+            let progress = peers.progress(&record.name);
+            let load = |counter: fn(&federation::PeerProgress) -> &std::sync::atomic::AtomicU64| {
+                progress.as_ref().map_or(0, |progress| {
+                    counter(progress).load(std::sync::atomic::Ordering::Relaxed)
+                })
+            };
+            let lag_events = load(|p| &p.head).saturating_sub(record.cursor);
+            PeerReading {
+                name: record.name.clone(),
+                state: progress.as_ref().map_or_else(|| "stopped".to_owned(), |p| p.state()),
+                lag_events,
+                lag_seconds: if lag_events > 0 && record.last_sync_ms > 0 {
+                    (now_ms - record.last_sync_ms).max(0) / 1000
+                } else {
+                    0
+                },
+                applied: load(|p| &p.applied),
+                rejected: record.n_rejected,
+            }
+        })
+        .collect();
+    let rocks = domain.rocks_reading().await.unwrap_or_default();
+    Scraped {
+        peers: readings,
+        rocks,
+        certificates,
     }
 }

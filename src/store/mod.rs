@@ -66,10 +66,24 @@ impl Default for StoreOptions {
 
 pub struct Store {
     db: DB,
+    /// Kept for its statistics object (tickers read by `rocks_reading`).
+    db_options: Options,
     path: PathBuf,
     write_options: WriteOptions,
     /// Whether a commit is answered only once its WAL record is on disk.
     sync_writes: bool,
+}
+
+/// RocksDB's figures for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct RocksReading {
+    pub live_sst_bytes: u64,
+    pub pending_compaction_bytes: u64,
+    pub write_stopped: u64,
+    pub block_cache_hits: u64,
+    pub block_cache_misses: u64,
+    pub stall_micros: u64,
+    pub disk_bytes: u64,
 }
 
 /// Whether a commit waits for the disk.
@@ -123,6 +137,10 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
         db_options.set_bytes_per_sync(1 << 20);
+        // Tickers only (cache hits, stalls) for the metrics endpoint: histograms and timers
+        // would cost the lookup path.
+        db_options.enable_statistics();
+        db_options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
         // The MANIFEST keeps the first and last key of data files it listed until RocksDB
         // rolls it over (its defaults). Forcing a roll at every change, so that no replaced
         // file's key lingers, cost bulk loads and lookups a tenth to a fifth: not done.
@@ -149,6 +167,7 @@ impl Store {
         write_options.set_sync(store_options.sync_writes);
         let store = Store {
             db,
+            db_options,
             path: path.to_owned(),
             write_options,
             sync_writes: store_options.sync_writes,
@@ -494,6 +513,27 @@ impl Store {
             found.push((flagged_by, disputer));
         }
         Ok(found)
+    }
+
+    /// What the metrics endpoint reports of RocksDB, summed over the column families.
+    pub fn rocks_reading(&self) -> RocksReading {
+        let sum = |property: &str| -> u64 {
+            cf::ALL
+                .iter()
+                .filter_map(|name| self.db.cf_handle(name))
+                .filter_map(|handle| self.db.property_int_value_cf(&handle, property).ok().flatten())
+                .sum()
+        };
+        use rocksdb::statistics::Ticker;
+        RocksReading {
+            live_sst_bytes: sum("rocksdb.live-sst-files-size"),
+            pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+            write_stopped: u64::from(sum("rocksdb.is-write-stopped") > 0),
+            block_cache_hits: self.db_options.get_ticker_count(Ticker::BlockCacheHit),
+            block_cache_misses: self.db_options.get_ticker_count(Ticker::BlockCacheMiss),
+            stall_micros: self.db_options.get_ticker_count(Ticker::StallMicros),
+            disk_bytes: self.disk_size(),
+        }
     }
 
     /// Bytes of the database's files on disk.

@@ -537,3 +537,35 @@ async fn a_peer_restored_from_a_backup_is_pulled_again_from_a_snapshot() {
     assert_eq!(found.len(), 3, "B holds exactly what the restored A holds");
     assert_eq!(peer_status(&b, "a").await.n_rejected, 0);
 }
+
+#[tokio::test]
+async fn the_metrics_endpoint_shows_a_peer_caught_up_with_what_it_applied() {
+    let a = TestServer::start_named("op-a").await;
+    let b = TestServer::start_named("op-b").await;
+    link(&b, &a, "b", "a").await;
+    let mut alpha = a.member("alpha").await;
+    let digests: Vec<_> = (0..3).map(|i| email_digest(&format!("peer{i}@example.com"))).collect();
+    alpha
+        .submit(submit_request(
+            digests.iter().map(|d| flag(*d, pb::Category::Grooming, 70)).collect(),
+        ))
+        .await
+        .unwrap();
+    caught_up(&b, "a", &a).await;
+    let status = peer_status(&b, "a").await;
+    let scraped = b.scrape().await;
+    let peer = r#"peer="a""#;
+    assert_eq!(
+        scraped.value("flagshare_peer_state", &format!(r#"{peer},state="{}""#, status.state)),
+        Some(1.0)
+    );
+    assert_eq!(status.state, "streaming");
+    assert_eq!(scraped.value("flagshare_peer_lag_events", peer), Some(0.0));
+    assert_eq!(scraped.value("flagshare_peer_lag_seconds", peer), Some(0.0));
+    let applied = scraped.value("flagshare_peer_events_applied_total", peer).unwrap();
+    assert_eq!(applied, status.n_applied as f64);
+    assert!(applied >= 3.0, "{applied}");
+    assert_eq!(scraped.value("flagshare_peer_events_rejected_total", peer), Some(0.0));
+    // A is not a peer of anyone: it has no peer series.
+    assert!(!a.scrape().await.0.contains("flagshare_peer_state{"));
+}

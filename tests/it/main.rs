@@ -5,9 +5,11 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod deploy;
 mod federation;
 mod flags;
 mod hostile;
 mod identity;
+mod metrics;
 mod operator;
 mod streams;

@@ -32,7 +32,7 @@ class Server:
         self.binary = flagshare_binary()
         self.data = data
         self.process = subprocess.Popen(
-            [str(self.binary), "serve", "--data", str(data), "--listen", "127.0.0.1:0"],
+            [str(self.binary), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

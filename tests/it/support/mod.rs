@@ -20,6 +20,8 @@ use tonic::transport::Channel;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The plain-HTTP metrics endpoint.
+    pub metrics_addr: SocketAddr,
     pub admin: Bundle,
     dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -73,13 +75,21 @@ impl TestServer {
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics_listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(flagshare::server::run(config, listener, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(flagshare::server::run(
+            config,
+            listener,
+            Some(metrics_listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let admin = Bundle::load(&dir.path().join("clients").join("admin")).unwrap();
         TestServer {
             addr,
+            metrics_addr,
             admin,
             dir: Some(dir),
             stop: Some(stop),
@@ -115,6 +125,11 @@ impl TestServer {
         enroll(&mut admin, name, role, &self.endpoint(), "localhost")
             .await
             .unwrap()
+    }
+
+    /// `GET /metrics`, as Prometheus would scrape it.
+    pub async fn scrape(&self) -> Metrics {
+        Metrics(scrape(self.metrics_addr).await)
     }
 
     /// A new member principal and a `Flags` client for it.
@@ -197,4 +212,69 @@ pub async fn peer_status(server: &TestServer, name: &str) -> pb::PeerStatus {
         .into_iter()
         .find(|peer| peer.config.as_ref().is_some_and(|config| config.name == name))
         .unwrap()
+}
+
+/// The body of `GET /metrics` at `addr`, over a plain HTTP/1.1 connection.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// A scrape, read as Prometheus reads it.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample `name{labels}`, labels given as `a="x",b="y"` in the order
+    /// the server writes them; `None` when the scrape has no such sample.
+    pub fn value(&self, name: &str, labels: &str) -> Option<f64> {
+        let wanted = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}{{{labels}}}")
+        };
+        self.0.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == wanted).then(|| value.parse().unwrap())
+        })
+    }
+
+    /// As `value`, 0 when absent (a counter not yet touched).
+    pub fn counter(&self, name: &str, labels: &str) -> f64 {
+        self.value(name, labels).unwrap_or(0.0)
+    }
+
+    /// Names of every metric the scrape declares (`# TYPE` lines), with the names of a
+    /// histogram's series (`_bucket`, `_sum`, `_count`).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for line in self.0.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                names.insert(name.to_owned());
+                if kind == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        names.insert(format!("{name}{suffix}"));
+                    }
+                }
+            }
+        }
+        names
+    }
 }

@@ -35,7 +35,15 @@ pub struct ServeProcess {
 impl ServeProcess {
     pub fn start(data: &Path) -> ServeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flagshare"))
-            .args(["serve", "--data", path(data), "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--data",
+                path(data),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -1,0 +1,127 @@
+//! The files under deploy/: the alerting rules and the Grafana dashboard parse, and every
+//! metric they name exists in a real scrape.
+
+use std::collections::BTreeSet;
+
+use flagshare::model::Role;
+use flagshare::pb;
+
+use crate::support::{TestServer, email_digest, eventually, flag, peer_status, query_request, submit_request};
+
+const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus-alerts.yml");
+const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+
+/// Every `flagshare_...` metric name in a PromQL expression.
+fn metric_names(expr: &str, into: &mut BTreeSet<String>) {
+    let mut rest = expr;
+    while let Some(at) = rest.find("flagshare_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        into.insert(name);
+    }
+}
+
+fn alert_expressions() -> Vec<String> {
+    let text = std::fs::read_to_string(ALERTS).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+    let mut exprs = Vec::new();
+    for group in docs[0]["groups"].as_vec().unwrap() {
+        assert!(group["name"].as_str().is_some());
+        for rule in group["rules"].as_vec().unwrap() {
+            assert!(rule["alert"].as_str().is_some(), "a rule without a name: {rule:?}");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{rule:?}");
+            exprs.push(rule["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    exprs
+}
+
+fn dashboard_expressions() -> Vec<String> {
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "flagshare");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    exprs
+}
+
+#[tokio::test]
+async fn every_metric_the_alerts_and_the_dashboard_name_is_in_a_scrape() {
+    let alerts = alert_expressions();
+    let panels = dashboard_expressions();
+    assert!(alerts.len() >= 6 && panels.len() >= 9);
+    // A peer pair with traffic, so that every family has a sample.
+    let a = TestServer::start_named("op-a").await;
+    let b = TestServer::start_named("op-b").await;
+    let bundle = a.enroll("b", Role::Peer).await;
+    let dir = b.data_dir().join("peer-bundles").join("a");
+    bundle.write(&dir).unwrap();
+    b.admin_client()
+        .await
+        .configure_peer(pb::ConfigurePeerRequest {
+            name: "a".to_owned(),
+            endpoint: a.endpoint(),
+            bundle_dir: dir.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut alpha = a.member("alpha").await;
+    let digest = email_digest("deploy@example.com");
+    alpha
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap();
+    eventually("b applied a's flag", || async {
+        peer_status(&b, "a").await.n_applied >= 1
+    })
+    .await;
+    let mut beta = b.member("beta").await;
+    beta.submit(submit_request(vec![flag(digest, pb::Category::Sextortion, 50)]))
+        .await
+        .unwrap();
+    beta.submit(submit_request(vec![flag(digest, pb::Category::Sextortion, 60)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        beta.query(query_request(&[digest]))
+            .await
+            .unwrap()
+            .into_inner()
+            .matches
+            .len(),
+        1
+    );
+    beta.retract(pb::RetractRequest {
+        flags: vec![pb::FlagSelector {
+            digest: digest.to_vec(),
+            kind: 0,
+            category: 0,
+        }],
+        reason: pb::RetractReason::Duplicate as i32,
+    })
+    .await
+    .unwrap();
+
+    let scraped = b.scrape().await.names();
+    let mut named = BTreeSet::new();
+    for expr in alerts.iter().chain(&panels) {
+        metric_names(expr, &mut named);
+    }
+    let missing: Vec<_> = named.iter().filter(|name| !scraped.contains(*name)).collect();
+    assert!(
+        missing.is_empty(),
+        "named but not in a scrape: {missing:?}\nscrape has {scraped:?}"
+    );
+    // The check itself sees what it should.
+    assert!(
+        named.contains("flagshare_rpc_duration_seconds_bucket") && named.len() >= 15,
+        "{named:?}"
+    );
+}
