@@ -51,6 +51,14 @@ pub struct Config {
     /// A connection from which nothing arrives for this long is closed (a stalled TLS
     /// handshake included; live connections answer the server's pings every 20 s).
     pub idle_connection_secs: u64,
+    /// What one principal of a role may cost (`[limits.member]`, `[limits.peer]`,
+    /// `[limits.admin]`); `flagshare admin member limits` overrides them per principal.
+    pub limits: std::collections::BTreeMap<String, RoleLimits>,
+    /// A unary call still unanswered after this many seconds is ended with
+    /// DEADLINE_EXCEEDED (a client's shorter `grpc-timeout` wins).
+    pub request_timeout_secs: u64,
+    /// TCP connections open at once on the gRPC port; one more is closed at accept.
+    pub max_connections: usize,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
     /// Loopback by default: the figures name members and peers.
     pub metrics_listen: String,
@@ -77,6 +85,32 @@ impl Default for Config {
             tombstone_retention_secs: 30 * 24 * 3600,
             idle_connection_secs: 45,
             metrics_listen: DEFAULT_METRICS_LISTEN.to_owned(),
+            limits: std::collections::BTreeMap::new(),
+            request_timeout_secs: 60,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Limits of one role, per principal. Generous by default: they stop a runaway job or a
+/// stolen bundle, not a platform's normal peak (the README's benchmarks run under them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoleLimits {
+    pub digests_queried_per_second: u64,
+    pub flags_submitted_per_second: u64,
+    pub flags_submitted_per_day: u64,
+    /// Streams open at once; 0 means `max_streams_per_principal`.
+    pub streams: u32,
+}
+
+impl Default for RoleLimits {
+    fn default() -> Self {
+        RoleLimits {
+            digests_queried_per_second: 5_000_000,
+            flags_submitted_per_second: 1_000_000,
+            flags_submitted_per_day: 100_000_000,
+            streams: 0,
         }
     }
 }
@@ -122,12 +156,40 @@ impl Config {
         config
             .metrics_address()
             .map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        for (role, limits) in &config.limits {
+            anyhow::ensure!(
+                matches!(role.as_str(), "member" | "peer" | "admin"),
+                "{}: limits.{role}: unknown role (expected member, peer or admin)",
+                path.display()
+            );
+            anyhow::ensure!(
+                limits.digests_queried_per_second > 0
+                    && limits.flags_submitted_per_second > 0
+                    && limits.flags_submitted_per_day > 0,
+                "{}: limits.{role}: every rate must be at least 1",
+                path.display()
+            );
+        }
+        anyhow::ensure!(
+            config.request_timeout_secs > 0 && config.max_connections > 0,
+            "{}: request_timeout_secs and max_connections must be at least 1",
+            path.display()
+        );
         anyhow::ensure!(
             config.max_streams_per_principal > 0,
             "{}: max_streams_per_principal must be at least 1",
             path.display()
         );
         Ok(config)
+    }
+
+    /// The limits of `role` from `[limits.<role>]`, or the defaults.
+    pub fn role_limits(&self, role: crate::model::Role) -> RoleLimits {
+        let mut limits = self.limits.get(role.as_str()).copied().unwrap_or_default();
+        if limits.streams == 0 {
+            limits.streams = u32::try_from(self.max_streams_per_principal).unwrap_or(u32::MAX);
+        }
+        limits
     }
 
     pub fn db_dir(&self) -> PathBuf {

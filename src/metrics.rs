@@ -40,6 +40,13 @@ pub struct MemberLabels {
     pub member: String,
 }
 
+/// A refusal by limit: whose, and which limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub member: String,
+    pub limit: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
@@ -72,6 +79,8 @@ pub struct Metrics {
     pub flags_updated: Family<MemberLabels, Counter>,
     pub flags_retracted: Family<MemberLabels, Counter>,
     pub flags_expired: Counter,
+    pub limit_refusals: Family<LimitLabels, Counter>,
+    pub connections_refused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,8 +135,22 @@ impl Metrics {
             "Flags removed by the expiry purge",
             flags_expired.clone(),
         );
+        let limit_refusals = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limit_refusals",
+            "Calls refused because a principal was over one of its limits",
+            limit_refusals.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because max_connections were open",
+            connections_refused.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            limit_refusals,
+            connections_refused,
             rpcs,
             rpc_seconds,
             digests_queried,

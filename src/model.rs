@@ -158,6 +158,8 @@ byte_enum!(
         RefusedCall = 21 => "refused_call",
         Compact = 22 => "compact",
         ForgetMembers = 23 => "forget_members",
+        LimitExceeded = 24 => "limit_exceeded",
+        SetLimits = 25 => "set_limits",
     }
 );
 
@@ -327,4 +329,31 @@ pub struct AuditEntry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<String>,
     pub prev_hash: String,
+}
+
+/// Limits set for one principal over its role's defaults (`admin member limits`); `None`
+/// leaves the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub digests_queried_per_second: Option<u64>,
+    pub flags_submitted_per_second: Option<u64>,
+    pub flags_submitted_per_day: Option<u64>,
+    pub streams: Option<u32>,
+}
+
+impl LimitOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitOverrides::default()
+    }
+
+    /// `other`'s values where it sets them, else these.
+    pub fn merged(self, other: LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            digests_queried_per_second: other.digests_queried_per_second.or(self.digests_queried_per_second),
+            flags_submitted_per_second: other.flags_submitted_per_second.or(self.flags_submitted_per_second),
+            flags_submitted_per_day: other.flags_submitted_per_day.or(self.flags_submitted_per_day),
+            streams: other.streams.or(self.streams),
+        }
+    }
 }

@@ -270,6 +270,24 @@ pub fn principal_status_from_pb(value: i32) -> Result<PrincipalStatus> {
     required("status", principal_status_of(value), value, "status")
 }
 
+pub fn limit_overrides_to_pb(limits: &crate::model::LimitOverrides) -> pb::Limits {
+    pb::Limits {
+        digests_queried_per_second: limits.digests_queried_per_second,
+        flags_submitted_per_second: limits.flags_submitted_per_second,
+        flags_submitted_per_day: limits.flags_submitted_per_day,
+        streams: limits.streams,
+    }
+}
+
+pub fn limit_overrides_from_pb(limits: pb::Limits) -> crate::model::LimitOverrides {
+    crate::model::LimitOverrides {
+        digests_queried_per_second: limits.digests_queried_per_second,
+        flags_submitted_per_second: limits.flags_submitted_per_second,
+        flags_submitted_per_day: limits.flags_submitted_per_day,
+        streams: limits.streams,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,30 @@ enum MemberCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Show a principal's limits, or set some over its role's defaults (flagshare.toml).
+    Limits(LimitsArgs),
+}
+
+#[derive(Args)]
+struct LimitsArgs {
+    name: String,
+    /// Digests it may look up per second.
+    #[arg(long)]
+    digests_queried_per_second: Option<u64>,
+    /// Flags it may submit per second.
+    #[arg(long)]
+    flags_submitted_per_second: Option<u64>,
+    /// Flags it may submit per day.
+    #[arg(long)]
+    flags_submitted_per_day: Option<u64>,
+    /// Streams it may hold open at once.
+    #[arg(long)]
+    streams: Option<u32>,
+    /// Drop its overrides first (back to the role's defaults).
+    #[arg(long)]
+    clear: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +239,7 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Member(MemberCommand::RotateCert { name, out }) => {
             rotate_cert(&mut client, &bundle, endpoint, name, out).await
         }
+        AdminCommand::Member(MemberCommand::Limits(args)) => member_limits(&mut client, args).await,
         AdminCommand::Audit(AuditCommand::List(list)) => audit_list(&mut client, list).await,
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
@@ -646,6 +671,75 @@ async fn list_peers(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Re
                 println!("{:<20} last refused: {}", "", peer.last_rejection);
             }
         }
+    }
+    Ok(())
+}
+
+async fn member_limits(client: &mut AdminClient<Channel>, args: &LimitsArgs) -> anyhow::Result<()> {
+    let changes = pb::Limits {
+        digests_queried_per_second: args.digests_queried_per_second,
+        flags_submitted_per_second: args.flags_submitted_per_second,
+        flags_submitted_per_day: args.flags_submitted_per_day,
+        streams: args.streams,
+    };
+    let setting = args.clear || changes != pb::Limits::default();
+    let response = if setting {
+        client
+            .set_principal_limits(pb::SetPrincipalLimitsRequest {
+                name: args.name.clone(),
+                limits: Some(changes),
+                clear: args.clear,
+            })
+            .await
+    } else {
+        client
+            .get_principal_limits(pb::GetPrincipalLimitsRequest {
+                name: args.name.clone(),
+            })
+            .await
+    }
+    .map_err(status_error)?
+    .into_inner();
+    let overrides = response.overrides.unwrap_or_default();
+    let effective = response.effective.unwrap_or_default();
+    let rows = [
+        (
+            "digests_queried_per_second",
+            effective.digests_queried_per_second,
+            overrides.digests_queried_per_second,
+        ),
+        (
+            "flags_submitted_per_second",
+            effective.flags_submitted_per_second,
+            overrides.flags_submitted_per_second,
+        ),
+        (
+            "flags_submitted_per_day",
+            effective.flags_submitted_per_day,
+            overrides.flags_submitted_per_day,
+        ),
+        (
+            "streams",
+            effective.streams.map(u64::from),
+            overrides.streams.map(u64::from),
+        ),
+    ];
+    if args.json {
+        let mut object = serde_json::Map::new();
+        object.insert("name".to_owned(), response.name.clone().into());
+        for (name, value, set) in rows {
+            object.insert(
+                name.to_owned(),
+                serde_json::json!({ "value": value, "overridden": set.is_some() }),
+            );
+        }
+        println!("{}", serde_json::Value::Object(object));
+        return Ok(());
+    }
+    println!("limits of {}:", response.name);
+    for (name, value, set) in rows {
+        let source = if set.is_some() { "set for it" } else { "role default" };
+        println!("  {name:<28} {:>14}  ({source})", value.unwrap_or_default());
     }
     Ok(())
 }

@@ -7,7 +7,9 @@ use super::principals::{self, Caller};
 use super::state::{Removal, State};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Change, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason, Role};
+use crate::model::{
+    AuditOp, Change, LimitOverrides, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason, Role,
+};
 use crate::util::now_ms;
 
 /// Digests whose flags are withdrawn per commit: the writer lock is never held for more
@@ -49,6 +51,66 @@ impl State {
         self.commit_audited(batch, event, now)?;
         self.registry.upsert(record.clone());
         Ok(record)
+    }
+
+    /// Sets (or with `clear`, first drops) a principal's limit overrides; returns what is
+    /// set now. Audited with the new values.
+    pub(super) fn set_limits(
+        &self,
+        admin: &Caller,
+        name: &str,
+        changes: LimitOverrides,
+        clear: bool,
+    ) -> Result<LimitOverrides> {
+        let zero = [
+            changes.digests_queried_per_second == Some(0),
+            changes.flags_submitted_per_second == Some(0),
+            changes.flags_submitted_per_day == Some(0),
+            changes.streams == Some(0),
+        ];
+        if zero.contains(&true) {
+            return Err(Error::invalid("limits: every limit must be at least 1"));
+        }
+        let _writer = self.writer();
+        if self.registry.by_name(name).is_none() {
+            return Err(Error::NotFound(format!("name: no principal named '{name}'")));
+        }
+        let current = if clear {
+            LimitOverrides::default()
+        } else {
+            self.limit_overrides_of(name)?
+        };
+        let updated = current.merged(changes);
+        let mut batch = self.store.batch();
+        if updated.is_empty() {
+            batch.delete_limits(name);
+        } else {
+            let json = serde_json::to_vec(&updated).map_err(|err| Error::Internal(err.to_string()))?;
+            batch.put_limits(name, &[&[LIMITS_FORMAT][..], &json].concat());
+        }
+        let event = AuditEvent::new(admin.into(), AuditOp::SetLimits)
+            .counts(1, 0)
+            .detail(format!("{name}: {}", describe_limits(&updated)));
+        self.commit_audited(batch, event, now_ms())?;
+        Ok(updated)
+    }
+
+    /// Every principal's limit overrides, by name.
+    pub(super) fn all_limit_overrides(&self) -> Result<Vec<(String, LimitOverrides)>> {
+        self.store
+            .load_limits()?
+            .into_iter()
+            .map(|(name, encoded)| Ok((name, decode_limits(&encoded)?)))
+            .collect()
+    }
+
+    pub(super) fn limit_overrides_of(&self, name: &str) -> Result<LimitOverrides> {
+        Ok(self
+            .all_limit_overrides()?
+            .into_iter()
+            .find(|(named, _)| named == name)
+            .map(|(_, limits)| limits)
+            .unwrap_or_default())
     }
 
     pub(super) fn set_principal_status(
@@ -197,5 +259,35 @@ impl State {
         self.commit_audited(batch, event, now)?;
         self.registry.upsert(record);
         Ok(true)
+    }
+}
+
+/// Format byte of a stored `LimitOverrides` (followed by JSON).
+const LIMITS_FORMAT: u8 = 1;
+
+fn decode_limits(encoded: &[u8]) -> Result<LimitOverrides> {
+    match encoded.split_first() {
+        Some((&LIMITS_FORMAT, json)) => {
+            serde_json::from_slice(json).map_err(|err| Error::Internal(format!("stored limits are unreadable: {err}")))
+        }
+        _ => Err(Error::Internal("stored limits have an unknown format".to_owned())),
+    }
+}
+
+/// `digests_queried_per_second=100, streams=4`, or `role defaults`.
+pub fn describe_limits(limits: &LimitOverrides) -> String {
+    let parts: Vec<String> = [
+        ("digests_queried_per_second", limits.digests_queried_per_second),
+        ("flags_submitted_per_second", limits.flags_submitted_per_second),
+        ("flags_submitted_per_day", limits.flags_submitted_per_day),
+        ("streams", limits.streams.map(u64::from)),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|value| format!("{name}={value}")))
+    .collect();
+    if parts.is_empty() {
+        "role defaults".to_owned()
+    } else {
+        parts.join(", ")
     }
 }

@@ -40,6 +40,7 @@ pub use flags::{FlagSelector, Match, NewFlag};
 pub use foreign::Federation;
 pub use lookup::MAX_RANGE_MATCHES;
 pub use maintenance::{Retention, Stats, Sweep};
+pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
 pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
 
@@ -424,6 +425,39 @@ impl Domain {
         blocking(move || state.set_principal_status(&admin, &name, status, withdraw_flags)).await
     }
 
+    /// Sets a principal's limit overrides (`clear` drops the old ones first).
+    pub async fn set_limits(
+        &self,
+        admin: Caller,
+        name: String,
+        changes: crate::model::LimitOverrides,
+        clear: bool,
+    ) -> Result<crate::model::LimitOverrides> {
+        let state = self.state.clone();
+        blocking(move || state.set_limits(&admin, &name, changes, clear)).await
+    }
+
+    /// Every principal's limit overrides, by name.
+    pub async fn all_limit_overrides(&self) -> Result<Vec<(String, crate::model::LimitOverrides)>> {
+        let state = self.state.clone();
+        blocking(move || state.all_limit_overrides()).await
+    }
+
+    /// Records that a principal went over a limit (once per window, by the caller).
+    pub async fn record_limit_exceeded(&self, caller: Caller, detail: String) -> Result<()> {
+        let state = self.state.clone();
+        blocking(move || {
+            state
+                .record(
+                    AuditEvent::new((&caller).into(), AuditOp::LimitExceeded)
+                        .counts(1, 0)
+                        .detail(detail),
+                )
+                .map(drop)
+        })
+        .await
+    }
+
     /// Replaces a principal's certificate; the old one is refused from the next call on.
     pub async fn rotate_certificate(
         &self,
@@ -536,6 +570,11 @@ impl Domain {
             return Err(Error::AlreadyExists(format!("name: a principal named '{name}' exists")));
         }
         Ok(())
+    }
+
+    /// The role of the principal named `name`, if there is one.
+    pub fn principal_role(&self, name: &str) -> Option<Role> {
+        self.state.registry.by_name(name).map(|record| record.role)
     }
 
     /// The id of a principal, for tests and tools that address one by name.

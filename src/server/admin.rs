@@ -21,6 +21,7 @@ pub struct AdminService {
     /// Signs the certificates of new principals.
     pub pki: Arc<Pki>,
     pub peers: Arc<Peers>,
+    pub limits: Arc<super::limits::Limits>,
 }
 
 impl AdminService {
@@ -50,6 +51,28 @@ impl AdminService {
 }
 
 impl AdminService {
+    fn limits_response(
+        &self,
+        name: String,
+        overrides: crate::model::LimitOverrides,
+    ) -> Result<pb::PrincipalLimitsResponse, Status> {
+        let role = self
+            .domain
+            .principal_role(&name)
+            .ok_or_else(|| Status::from(Error::NotFound(format!("name: no principal named '{name}'"))))?;
+        let effective = self.limits.effective(&name, role);
+        Ok(pb::PrincipalLimitsResponse {
+            name,
+            overrides: Some(crate::wire::limit_overrides_to_pb(&overrides)),
+            effective: Some(pb::Limits {
+                digests_queried_per_second: Some(effective.digests_queried_per_second),
+                flags_submitted_per_second: Some(effective.flags_submitted_per_second),
+                flags_submitted_per_day: Some(effective.flags_submitted_per_day),
+                streams: Some(effective.streams),
+            }),
+        })
+    }
+
     /// Signs a certificate for `name` over a client-made public key.
     fn issue(&self, name: &str, role: Role, public_key_der: &[u8]) -> Result<(String, [u8; 32]), Status> {
         self.pki
@@ -245,6 +268,39 @@ impl pb::admin_server::Admin for AdminService {
         self.peers.stop(&name);
         tracing::info!(peer = %name, "peer removed");
         Ok(Response::new(pb::RemovePeerResponse {}))
+    }
+
+    async fn set_principal_limits(
+        &self,
+        request: Request<pb::SetPrincipalLimitsRequest>,
+    ) -> Result<Response<pb::PrincipalLimitsResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let request = request.into_inner();
+        let changes = crate::wire::limit_overrides_from_pb(request.limits.unwrap_or_default());
+        let updated = self
+            .domain
+            .set_limits(admin, request.name.clone(), changes, request.clear)
+            .await?;
+        self.limits.set_overrides(&request.name, updated);
+        tracing::info!(principal = %request.name, limits = %crate::domain::describe_limits(&updated), "limits set");
+        Ok(Response::new(self.limits_response(request.name, updated)?))
+    }
+
+    async fn get_principal_limits(
+        &self,
+        request: Request<pb::GetPrincipalLimitsRequest>,
+    ) -> Result<Response<pb::PrincipalLimitsResponse>, Status> {
+        authorize(&self.domain, &request, &[Role::Admin])?;
+        let name = request.into_inner().name;
+        let overrides = self
+            .domain
+            .all_limit_overrides()
+            .await?
+            .into_iter()
+            .find(|(named, _)| *named == name)
+            .map(|(_, overrides)| overrides)
+            .unwrap_or_default();
+        Ok(Response::new(self.limits_response(name, overrides)?))
     }
 
     async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {

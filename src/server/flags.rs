@@ -8,6 +8,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::limits::{Limit, Limits};
 use crate::domain::feed::{FeedItem, decode_cursor, encode_cursor};
 use crate::domain::{Caller, Domain};
 use crate::metrics::Metrics;
@@ -27,6 +28,7 @@ pub struct FlagsService {
     /// This database's identity, carried by every feed cursor.
     pub db_identity: [u8; 8],
     pub metrics: Arc<Metrics>,
+    pub limits: Arc<Limits>,
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::FeedBatch, Status>> + Send>>;
@@ -40,11 +42,13 @@ type QueryStreamStream = Pin<Box<dyn Stream<Item = Result<pb::QueryBatchResult, 
 async fn query_packed(
     domain: &Domain,
     metrics: &Metrics,
+    limits: &Limits,
     caller: Caller,
     packed: &[u8],
-) -> crate::error::Result<pb::QueryResponse> {
+) -> Result<pb::QueryResponse, Status> {
     let digests = wire::digests_from_packed(packed)?;
     let n_queried = digests.len() as u32;
+    limits.take(&caller, &[Limit::DigestsQueried], u64::from(n_queried))?;
     let member = Metrics::member(&caller.name);
     let matches = domain.query(caller, digests).await?;
     metrics
@@ -64,10 +68,11 @@ async fn query_packed(
 async fn answer_batch(
     domain: Domain,
     metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
     caller: Caller,
     batch: pb::QueryBatch,
 ) -> pb::QueryBatchResult {
-    match query_packed(&domain, &metrics, caller, &batch.digests).await {
+    match query_packed(&domain, &metrics, &limits, caller, &batch.digests).await {
         Ok(pb::QueryResponse { matches, n_queried }) => pb::QueryBatchResult {
             batch_id: batch.batch_id,
             matches,
@@ -75,16 +80,13 @@ async fn answer_batch(
             error_code: 0,
             error_message: String::new(),
         },
-        Err(err) => {
-            let status = Status::from(err);
-            pb::QueryBatchResult {
-                batch_id: batch.batch_id,
-                matches: Vec::new(),
-                n_queried: 0,
-                error_code: status.code() as i32,
-                error_message: status.message().to_owned(),
-            }
-        }
+        Err(status) => pb::QueryBatchResult {
+            batch_id: batch.batch_id,
+            matches: Vec::new(),
+            n_queried: 0,
+            error_code: status.code() as i32,
+            error_message: status.message().to_owned(),
+        },
     }
 }
 
@@ -208,6 +210,7 @@ impl pb::flags_server::Flags for FlagsService {
         let (pending, mut in_order) = mpsc::channel::<tokio::task::JoinHandle<pb::QueryBatchResult>>(STREAM_PIPELINE);
         let domain = self.domain.clone();
         let metrics = self.metrics.clone();
+        let limits = self.limits.clone();
         let mut reader = Outbox::new(answers.clone(), self.stopping.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -230,7 +233,13 @@ impl pb::flags_server::Flags for FlagsService {
                         if let Err(err) = domain.reauthorize(&caller) {
                             return reader.fail(err.into()).await;
                         }
-                        let task = tokio::spawn(answer_batch(domain.clone(), metrics.clone(), caller.clone(), batch));
+                        let task = tokio::spawn(answer_batch(
+                            domain.clone(),
+                            metrics.clone(),
+                            limits.clone(),
+                            caller.clone(),
+                            batch,
+                        ));
                         if pending.send(task).await.is_err() {
                             return;
                         }
@@ -274,6 +283,11 @@ impl pb::flags_server::Flags for FlagsService {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
         let request = request.into_inner();
         let flags = convert::new_flags_from_pb(request.flags)?;
+        self.limits.take(
+            &caller,
+            &[Limit::FlagsPerSecond, Limit::FlagsPerDay],
+            flags.len() as u64,
+        )?;
         let member = Metrics::member(&caller.name);
         let outcome = self.domain.submit(caller, flags, request.key_id).await?;
         self.metrics
@@ -289,7 +303,14 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        let response = query_packed(&self.domain, &self.metrics, caller, &request.get_ref().digests).await?;
+        let response = query_packed(
+            &self.domain,
+            &self.metrics,
+            &self.limits,
+            caller,
+            &request.get_ref().digests,
+        )
+        .await?;
         Ok(Response::new(response))
     }
 

@@ -17,6 +17,8 @@ pub struct IdleTimeout<IO> {
     inner: IO,
     limit: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// The connection's place under `max_connections`, given back when it closes.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<IO> IdleTimeout<IO> {
@@ -25,7 +27,14 @@ impl<IO> IdleTimeout<IO> {
             inner,
             limit,
             deadline: Box::pin(tokio::time::sleep(limit)),
+            _slot: None,
         }
+    }
+
+    /// Holds `slot` for as long as the connection lives.
+    pub fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> IdleTimeout<IO> {
+        self._slot = Some(slot);
+        self
     }
 }
 

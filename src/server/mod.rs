@@ -7,6 +7,7 @@ mod federation;
 mod flags;
 mod identity;
 mod idle;
+pub mod limits;
 pub mod streams;
 
 use std::future::Future;
@@ -84,7 +85,8 @@ pub async fn run(
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
     let db_identity = domain.db_identity();
-    let stream_limits = streams::StreamLimits::new(config.max_streams_per_principal);
+    let limits = limits::Limits::load(&config, domain.clone(), metrics.clone()).await?;
+    let stream_limits = streams::StreamLimits::new(limits.clone());
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
@@ -115,6 +117,7 @@ pub async fn run(
         streams: stream_limits.clone(),
         db_identity,
         metrics: metrics.clone(),
+        limits: limits.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
@@ -122,6 +125,7 @@ pub async fn run(
         domain: domain.clone(),
         pki,
         peers: peers.clone(),
+        limits: limits.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {
@@ -162,16 +166,31 @@ pub async fn run(
         let _ = stopping.send(true);
     };
     let idle_limit = Duration::from_secs(config.idle_connection_secs);
+    // A connection beyond max_connections is closed at accept: what many addresses can
+    // open at once is bounded, whatever each of them sends.
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let refused_metrics = metrics.clone();
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .map(move |accepted| accepted.map(|stream| idle::IdleTimeout::new(stream, idle_limit)));
+        .filter_map(move |accepted| match accepted {
+            Ok(stream) => match connection_slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(Ok(idle::IdleTimeout::new(stream, idle_limit).holding(slot))),
+                Err(_) => {
+                    refused_metrics.connections_refused.inc();
+                    tracing::warn!(peer = ?stream.peer_addr().ok(), "max_connections reached; closing a new connection");
+                    None
+                }
+            },
+            Err(err) => Some(Err(err)),
+        });
     let serving = Server::builder()
         .tls_config(tls)
         .context("configuring TLS")?
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
+        .timeout(Duration::from_secs(config.request_timeout_secs))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(RpcMetricsLayer::new(metrics.clone()))

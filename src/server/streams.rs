@@ -28,7 +28,8 @@ pub const STREAM_BUFFER: usize = 1;
 
 /// Open streams per principal (`Subscribe`, `QueryStream` and `Pull` together).
 pub struct StreamLimits {
-    max_per_principal: usize,
+    /// Each principal's `streams` limit (its role's default or its override).
+    limits: Arc<super::limits::Limits>,
     open: Mutex<HashMap<PrincipalId, usize>>,
 }
 
@@ -39,20 +40,21 @@ pub struct StreamPermit {
 }
 
 impl StreamLimits {
-    pub fn new(max_per_principal: usize) -> Arc<StreamLimits> {
+    pub fn new(limits: Arc<super::limits::Limits>) -> Arc<StreamLimits> {
         Arc::new(StreamLimits {
-            max_per_principal,
+            limits,
             open: Mutex::new(HashMap::new()),
         })
     }
 
     /// A slot for one more stream of `caller`, or RESOURCE_EXHAUSTED naming the limit.
     pub fn acquire(self: &Arc<Self>, caller: &Caller) -> Result<StreamPermit, Status> {
+        let max = self.limits.effective(&caller.name, caller.role).streams as usize;
         let mut open = self.open.lock();
         let n_open = open.entry(caller.id).or_default();
-        if *n_open >= self.max_per_principal {
+        if *n_open >= max {
             return Err(Status::resource_exhausted(format!(
-                "streams: '{}' already has {} streams open, the most one principal may hold (max_streams_per_principal); close one first",
+                "streams: '{}' already has {} streams open, the most it may hold (its streams limit, by default max_streams_per_principal); close one first",
                 caller.name, n_open
             )));
         }

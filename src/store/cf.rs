@@ -15,7 +15,8 @@
 /// federated events it originates with (`domain::signing`); `b"change_horizon"` → u64 BE:
 /// every tombstone at or below this sequence has been deleted (`domain::maintenance`), so
 /// a cursor below it cannot be continued; `b"sequence_floor"` → u64 BE: the newest sequence
-/// handed out when the newest change-log row was deleted, so sequences never go back.
+/// handed out when the newest change-log row was deleted, so sequences never go back;
+/// `b"limits/" + name` → `[1, JSON]`: that principal's limit overrides (`LimitOverrides`).
 pub const META: &str = "meta";
 
 /// The lookup path: one row per digest that has at least one stored flag, one entry per

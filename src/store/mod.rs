@@ -249,6 +249,23 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf::PEERS), name.as_bytes())?)
     }
 
+    /// Every principal's limit overrides (`meta` rows `limits/<name>`), as stored (JSON).
+    pub fn load_limits(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.db
+            .prefix_iterator_cf(self.cf(cf::META), keys::LIMITS_PREFIX)
+            .map(|item| -> Result<_, StoreError> { Ok(item?) })
+            .take_while(|item| {
+                item.as_ref()
+                    .map_or(true, |(key, _)| key.starts_with(keys::LIMITS_PREFIX))
+            })
+            .map(|item| {
+                let (key, value) = item?;
+                let name = String::from_utf8_lossy(&key[keys::LIMITS_PREFIX.len()..]).into_owned();
+                Ok((name, value.into_vec()))
+            })
+            .collect()
+    }
+
     /// Every peer row, as stored (`[1, JSON]`).
     pub fn load_peers(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.db
@@ -827,6 +844,16 @@ impl Batch<'_> {
             keys::flag_key(key),
             keys::sequence_key(origin_sequence),
         );
+    }
+
+    pub fn put_limits(&mut self, name: &str, encoded: &[u8]) {
+        let key = [keys::LIMITS_PREFIX, name.as_bytes()].concat();
+        self.inner.put_cf(self.store.cf(cf::META), key, encoded);
+    }
+
+    pub fn delete_limits(&mut self, name: &str) {
+        let key = [keys::LIMITS_PREFIX, name.as_bytes()].concat();
+        self.inner.delete_cf(self.store.cf(cf::META), key);
     }
 
     pub fn put_peer(&mut self, name: &str, encoded: &[u8]) {

@@ -10,6 +10,7 @@ mod federation;
 mod flags;
 mod hostile;
 mod identity;
+mod limits;
 mod metrics;
 mod operator;
 mod streams;

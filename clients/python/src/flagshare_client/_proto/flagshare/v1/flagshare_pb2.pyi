@@ -535,6 +535,44 @@ class BackupResponse(_message.Message):
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
 
+class Limits(_message.Message):
+    __slots__ = ("digests_queried_per_second", "flags_submitted_per_second", "flags_submitted_per_day", "streams")
+    DIGESTS_QUERIED_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_SUBMITTED_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_SUBMITTED_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    digests_queried_per_second: int
+    flags_submitted_per_second: int
+    flags_submitted_per_day: int
+    streams: int
+    def __init__(self, digests_queried_per_second: _Optional[int] = ..., flags_submitted_per_second: _Optional[int] = ..., flags_submitted_per_day: _Optional[int] = ..., streams: _Optional[int] = ...) -> None: ...
+
+class SetPrincipalLimitsRequest(_message.Message):
+    __slots__ = ("name", "limits", "clear")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limits: Limits
+    clear: bool
+    def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., clear: _Optional[bool] = ...) -> None: ...
+
+class GetPrincipalLimitsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PrincipalLimitsResponse(_message.Message):
+    __slots__ = ("name", "overrides", "effective")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    overrides: Limits
+    effective: Limits
+    def __init__(self, name: _Optional[str] = ..., overrides: _Optional[_Union[Limits, _Mapping]] = ..., effective: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
 class CompactRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

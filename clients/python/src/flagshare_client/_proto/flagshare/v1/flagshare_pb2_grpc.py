@@ -437,6 +437,16 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.CompactRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.CompactResponse.FromString,
                 _registered_method=True)
+        self.SetPrincipalLimits = channel.unary_unary(
+                '/flagshare.v1.Admin/SetPrincipalLimits',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.SetPrincipalLimitsRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.FromString,
+                _registered_method=True)
+        self.GetPrincipalLimits = channel.unary_unary(
+                '/flagshare.v1.Admin/GetPrincipalLimits',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.GetPrincipalLimitsRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -518,6 +528,19 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPrincipalLimits(self, request, context):
+        """Per-principal limits: overrides of the role's defaults in flagshare.toml.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrincipalLimits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -580,6 +603,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.CompactRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.CompactResponse.SerializeToString,
+            ),
+            'SetPrincipalLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPrincipalLimits,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.SetPrincipalLimitsRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.SerializeToString,
+            ),
+            'GetPrincipalLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrincipalLimits,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.GetPrincipalLimitsRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -907,6 +940,60 @@ class Admin:
             '/flagshare.v1.Admin/Compact',
             flagshare_dot_v1_dot_flagshare__pb2.CompactRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.CompactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPrincipalLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/SetPrincipalLimits',
+            flagshare_dot_v1_dot_flagshare__pb2.SetPrincipalLimitsRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrincipalLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/GetPrincipalLimits',
+            flagshare_dot_v1_dot_flagshare__pb2.GetPrincipalLimitsRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
