@@ -879,3 +879,44 @@ fn removals_leave_feeds_and_disk_and_stale_or_restored_cursors_re_snapshot() {
     assert_eq!(from_mirror(&mirror), restored);
     assert!(server.stop().success());
 }
+
+#[test]
+fn an_operator_sets_a_members_limits_and_the_member_meets_them() {
+    let site = Site::new();
+    site.set_config("[limits]", "[limits.member]\nflags_submitted_per_day = 1000");
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let shown = &site.admin_json(&server, &["member", "limits", "alpha"])[0];
+    assert_eq!(shown["flags_submitted_per_day"]["value"], 1000);
+    assert_eq!(shown["flags_submitted_per_day"]["overridden"], false);
+    let set = ok(admin(
+        &site.data,
+        &server,
+        &["member", "limits", "alpha", "--flags-submitted-per-day", "1"],
+    ));
+    assert!(
+        set.contains("flags_submitted_per_day") && set.contains("set for it"),
+        "{set}"
+    );
+    site.submit(&server, &alpha, "grooming", &[], "first@example.com");
+    let refused = site.member(
+        &server,
+        &alpha,
+        "submit",
+        &["--kind", "email", "--category", "grooming", "second@example.com"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("over its flags_submitted_per_day of 1"),
+        "{}",
+        stderr(&refused)
+    );
+    let audit = site.admin_json(&server, &["audit", "list", "--op", "set_limits"]);
+    assert_eq!(audit.len(), 1);
+    assert!(
+        audit[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("alpha: flags_submitted_per_day=1")
+    );
+}
