@@ -59,6 +59,8 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// TCP connections open at once on the gRPC port; one more is closed at accept.
     pub max_connections: usize,
+    /// `text` (for a terminal) or `json` (one object per line, for log shippers).
+    pub log_format: String,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
     /// Loopback by default: the figures name members and peers.
     pub metrics_listen: String,
@@ -88,6 +90,7 @@ impl Default for Config {
             limits: std::collections::BTreeMap::new(),
             request_timeout_secs: 60,
             max_connections: 4096,
+            log_format: "text".to_owned(),
         }
     }
 }
@@ -170,6 +173,12 @@ impl Config {
                 path.display()
             );
         }
+        anyhow::ensure!(
+            matches!(config.log_format.as_str(), "text" | "json"),
+            "{}: log_format: '{}' is not text or json",
+            path.display(),
+            config.log_format
+        );
         anyhow::ensure!(
             config.request_timeout_secs > 0 && config.max_connections > 0,
             "{}: request_timeout_secs and max_connections must be at least 1",

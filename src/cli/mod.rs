@@ -93,10 +93,20 @@ pub fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    // The server's log format comes from its data folder's flagshare.toml (`log_format`);
+    // a malformed file is reported by `serve` itself a moment later.
+    let json_logs = match &cli.command {
+        Command::Serve(args) => Config::load(&args.data).is_ok_and(|config| config.log_format == "json"),
+        _ => false,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -10,6 +10,51 @@ use crate::support::{TestServer, email_digest, eventually, flag, peer_status, qu
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus-alerts.yml");
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/flagshare.service");
+
+#[test]
+fn the_systemd_unit_sandboxes_the_server_and_verifies() {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let settings: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    for (key, value) in [
+        ("User", "flagshare"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ReadWritePaths", "/var/lib/flagshare"),
+        ("ExecStart", "/usr/local/bin/flagshare serve --data /var/lib/flagshare"),
+    ] {
+        assert!(settings.contains(&(key, value)), "{key}={value} missing from the unit");
+    }
+    // Where systemd is installed, it checks the unit too (with this build as the binary).
+    let Ok(which) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        return;
+    };
+    if !which.status.success() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("flagshare.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/flagshare", env!("CARGO_BIN_EXE_flagshare")),
+    )
+    .unwrap();
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    // Unknown or malformed settings are only warned about, each prefixed by the unit's path.
+    let warnings = String::from_utf8_lossy(&verified.stderr);
+    assert!(
+        verified.status.success() && !warnings.contains("flagshare.service"),
+        "systemd-analyze verify: {warnings}"
+    );
+}
 
 /// Every `flagshare_...` metric name in a PromQL expression.
 fn metric_names(expr: &str, into: &mut BTreeSet<String>) {

@@ -920,3 +920,58 @@ fn an_operator_sets_a_members_limits_and_the_member_meets_them() {
             .contains("alpha: flags_submitted_per_day=1")
     );
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_log_line() {
+    use std::io::{BufRead as _, BufReader};
+    let site = Site::new();
+    site.set_config("log_format = \"text\"", "log_format = \"json\"");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flagshare"))
+        .args([
+            "serve",
+            "--data",
+            path(&site.data),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let serving = loop {
+        let line = received
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs that it serves within a minute");
+        if line.contains("flagshare serving") {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let entry: Value = serde_json::from_str(&serving).unwrap();
+    assert_eq!(entry["level"], "INFO", "{serving}");
+    assert!(
+        entry["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("flagshare serving")
+    );
+    assert!(
+        entry["fields"]["local_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert!(entry["timestamp"].is_string());
+}
