@@ -72,6 +72,18 @@ impl ServeProcess {
         ServeProcess { child, port }
     }
 
+    /// The server's resident memory now, in bytes (Linux `/proc`).
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|value| value.parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
     pub fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
