@@ -7,7 +7,9 @@
 //! 10,000,000; `FLAGSHARE_BENCH_N`) are loaded into both.
 //!
 //! For comparing builds of flagshare itself: `FLAGSHARE_BENCH_BIN` runs another
-//! `flagshare` binary, and `FLAGSHARE_BENCH_LOAD_ONLY=1` stops after the bulk load.
+//! `flagshare` binary (with `FLAGSHARE_BENCH_SERVE_ARGS` as its extra `serve` arguments,
+//! empty for a build from before the metrics endpoint), and `FLAGSHARE_BENCH_LOAD_ONLY=1`
+//! stops after the bulk load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
@@ -59,6 +61,15 @@ impl Drop for Killed {
 
 // ---- flagshare ----
 
+/// Extra `serve` arguments: the metrics endpoint on, at a free port, unless
+/// `FLAGSHARE_BENCH_SERVE_ARGS` says otherwise (empty for a build without metrics).
+fn serve_args() -> Vec<String> {
+    match std::env::var("FLAGSHARE_BENCH_SERVE_ARGS") {
+        Ok(args) => args.split_whitespace().map(str::to_owned).collect(),
+        Err(_) => vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()],
+    }
+}
+
 fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
     let bin = std::env::var("FLAGSHARE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flagshare").to_owned());
     let init = Command::new(&bin).args(["init", "--data"]).arg(data).output()?;
@@ -66,7 +77,8 @@ fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
     let mut child = Command::new(&bin)
         .args(["serve", "--data"])
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(serve_args())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -59,6 +59,9 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// TCP connections open at once on the gRPC port; one more is closed at accept.
     pub max_connections: usize,
+    /// Count RocksDB block cache hits and write stalls for the metrics endpoint. Off by
+    /// default: it costs lookups with hits about a tenth of their throughput.
+    pub rocksdb_statistics: bool,
     /// `text` (for a terminal) or `json` (one object per line, for log shippers).
     pub log_format: String,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
@@ -91,6 +94,7 @@ impl Default for Config {
             request_timeout_secs: 60,
             max_connections: 4096,
             log_format: "text".to_owned(),
+            rocksdb_statistics: false,
         }
     }
 }
@@ -218,6 +222,7 @@ impl Config {
         crate::store::StoreOptions {
             block_cache_bytes: self.block_cache_mib << 20,
             sync_writes: self.sync_writes,
+            statistics: self.rocksdb_statistics,
         }
     }
 

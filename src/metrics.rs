@@ -269,32 +269,41 @@ impl Scraped {
             gauge(self.rocks.pending_compaction_bytes),
         );
         registry.register(
-            "rocksdb_block_cache_hits",
-            "Block cache hits since start",
-            counter(self.rocks.block_cache_hits),
+            "rocksdb_delayed_write_rate",
+            "Bytes per second RocksDB slows writes to while compaction catches up; 0 when it does not",
+            gauge(self.rocks.delayed_write_rate),
         );
-        registry.register(
-            "rocksdb_block_cache_misses",
-            "Block cache misses since start",
-            counter(self.rocks.block_cache_misses),
-        );
-        let ratio = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        let lookups = self.rocks.block_cache_hits + self.rocks.block_cache_misses;
-        ratio.set(if lookups == 0 {
-            1.0
-        } else {
-            self.rocks.block_cache_hits as f64 / lookups as f64
-        });
-        registry.register(
-            "rocksdb_block_cache_hit_ratio",
-            "Block cache hits over lookups since start",
-            ratio,
-        );
-        registry.register(
-            "rocksdb_stall_microseconds",
-            "Microseconds writes were stalled by RocksDB since start",
-            counter(self.rocks.stall_micros),
-        );
+        // Tickers exist only with rocksdb_statistics on.
+        if let (Some(hits), Some(misses)) = (self.rocks.block_cache_hits, self.rocks.block_cache_misses) {
+            registry.register(
+                "rocksdb_block_cache_hits",
+                "Block cache hits since start",
+                counter(hits),
+            );
+            registry.register(
+                "rocksdb_block_cache_misses",
+                "Block cache misses since start",
+                counter(misses),
+            );
+            let ratio = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            ratio.set(if hits + misses == 0 {
+                1.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            });
+            registry.register(
+                "rocksdb_block_cache_hit_ratio",
+                "Block cache hits over lookups since start",
+                ratio,
+            );
+        }
+        if let Some(stall_micros) = self.rocks.stall_micros {
+            registry.register(
+                "rocksdb_stall_microseconds",
+                "Microseconds writes were stalled by RocksDB since start",
+                counter(stall_micros),
+            );
+        }
         registry.register(
             "rocksdb_write_stopped",
             "1 while RocksDB stops writes (too many files waiting for compaction)",

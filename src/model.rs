@@ -244,6 +244,16 @@ pub struct PrincipalRecord {
     pub created_at_ms: i64,
     /// SHA-256 of the DER of the one certificate that currently authenticates it.
     pub cert_sha256: [u8; 32],
+    /// When that certificate expires (ms since the epoch); 0 when it was issued before
+    /// expiry was recorded.
+    pub cert_not_after_ms: i64,
+}
+
+/// A certificate issued to a principal, as the registry keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    pub sha256: [u8; 32],
+    pub not_after_ms: i64,
 }
 
 /// One entry of the change log: what a feed or a federation peer replays, in order.

@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest as _, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use crate::model::Role;
+use crate::model::{IssuedCertificate, Role};
 
 /// How long a CA certificate is valid. The operator re-keys long before this.
 const CA_VALIDITY: Duration = Duration::days(10 * 365);
@@ -178,7 +178,7 @@ impl Pki {
         name: &str,
         role: Role,
         public_key_der: &[u8],
-    ) -> Result<(String, [u8; 32]), PkiError> {
+    ) -> Result<(String, IssuedCertificate), PkiError> {
         // Read afresh: a key taken offline after start is refused, and one put back works.
         let ca_key_path = self.dir.join("ca.key");
         if !ca_key_path.exists() {
@@ -196,8 +196,15 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut params, LEAF_VALIDITY);
+        let not_after_ms = params.not_after.unix_timestamp().saturating_mul(1000);
         let cert = params.signed_by(&public_key, &issuer)?;
-        Ok((cert.pem(), certificate_sha256(cert.der())))
+        Ok((
+            cert.pem(),
+            IssuedCertificate {
+                sha256: certificate_sha256(cert.der()),
+                not_after_ms,
+            },
+        ))
     }
 }
 

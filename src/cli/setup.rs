@@ -56,10 +56,10 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
 
     let admin_key = generate_client_key()?;
-    let (cert_pem, cert_sha256) =
+    let (cert_pem, certificate) =
         pki.issue_client_certificate("admin", Role::Admin, &admin_key.subject_public_key_info())?;
     domain
-        .add_principal(Actor::system(), "admin".to_owned(), Role::Admin, cert_sha256)
+        .add_principal(Actor::system(), "admin".to_owned(), Role::Admin, certificate)
         .await?;
     let admin_bundle = config.clients_dir().join("admin");
     // Clients reach the server by its certificate's first host name; for a development

@@ -8,7 +8,8 @@ use super::state::{Removal, State};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditOp, Change, LimitOverrides, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason, Role,
+    AuditOp, Change, IssuedCertificate, LimitOverrides, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason,
+    Role,
 };
 use crate::util::now_ms;
 
@@ -22,8 +23,9 @@ impl State {
         admin: &Actor,
         name: &str,
         role: Role,
-        cert_sha256: [u8; 32],
+        certificate: IssuedCertificate,
     ) -> Result<PrincipalRecord> {
+        let cert_sha256 = certificate.sha256;
         principals::validate_principal_name(name)?;
         let _writer = self.writer();
         if self.registry.by_name(name).is_some() {
@@ -42,6 +44,7 @@ impl State {
             status: PrincipalStatus::Active,
             created_at_ms: now,
             cert_sha256,
+            cert_not_after_ms: certificate.not_after_ms,
         };
         let mut batch = self.store.batch();
         batch.put_principal(&record);
@@ -197,8 +200,9 @@ impl State {
         &self,
         admin: &Caller,
         name: &str,
-        cert_sha256: [u8; 32],
+        certificate: IssuedCertificate,
     ) -> Result<PrincipalRecord> {
+        let cert_sha256 = certificate.sha256;
         let _writer = self.writer();
         let mut record = self
             .registry
@@ -214,6 +218,7 @@ impl State {
         }
         let old = record.cert_sha256;
         record.cert_sha256 = cert_sha256;
+        record.cert_not_after_ms = certificate.not_after_ms;
         let mut batch = self.store.batch();
         batch.put_principal(&record);
         let event = AuditEvent::new(admin.into(), AuditOp::RotateCertificate)

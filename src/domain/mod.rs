@@ -406,10 +406,10 @@ impl Domain {
         admin: Actor,
         name: String,
         role: Role,
-        cert_sha256: [u8; 32],
+        certificate: crate::model::IssuedCertificate,
     ) -> Result<PrincipalRecord> {
         let state = self.state.clone();
-        blocking(move || state.add_principal(&admin, &name, role, cert_sha256)).await
+        blocking(move || state.add_principal(&admin, &name, role, certificate)).await
     }
 
     /// Suspends, reinstates or removes a principal; with `withdraw_flags`, its flags stop
@@ -463,10 +463,10 @@ impl Domain {
         &self,
         admin: Caller,
         name: String,
-        cert_sha256: [u8; 32],
+        certificate: crate::model::IssuedCertificate,
     ) -> Result<PrincipalRecord> {
         let state = self.state.clone();
-        blocking(move || state.rotate_certificate(&admin, &name, cert_sha256)).await
+        blocking(move || state.rotate_certificate(&admin, &name, certificate)).await
     }
 
     pub async fn list_principals(&self, admin: Caller) -> Result<Vec<PrincipalView>> {

@@ -171,6 +171,7 @@ mod tests {
             status,
             created_at_ms: 0,
             cert_sha256: [id as u8; 32],
+            cert_not_after_ms: 0,
         }
     }
 

@@ -31,7 +31,15 @@ fn admin() -> Caller {
 async fn member(domain: &Domain, name: &str) -> Caller {
     let fingerprint = *blake3::hash(name.as_bytes()).as_bytes();
     let record = domain
-        .add_principal(Actor::system(), name.to_owned(), Role::Member, fingerprint)
+        .add_principal(
+            Actor::system(),
+            name.to_owned(),
+            Role::Member,
+            crate::model::IssuedCertificate {
+                sha256: fingerprint,
+                not_after_ms: i64::MAX,
+            },
+        )
         .await
         .unwrap();
     Caller {

@@ -74,7 +74,12 @@ impl AdminService {
     }
 
     /// Signs a certificate for `name` over a client-made public key.
-    fn issue(&self, name: &str, role: Role, public_key_der: &[u8]) -> Result<(String, [u8; 32]), Status> {
+    fn issue(
+        &self,
+        name: &str,
+        role: Role,
+        public_key_der: &[u8],
+    ) -> Result<(String, crate::model::IssuedCertificate), Status> {
         self.pki
             .issue_client_certificate(name, role, public_key_der)
             .map_err(|err| match err {
@@ -96,10 +101,10 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let role = wire::role_from_pb(request.role)?;
         self.domain.check_new_principal_name(&request.name)?;
-        let (certificate_pem, cert_sha256) = self.issue(&request.name, role, &request.public_key_der)?;
+        let (certificate_pem, certificate) = self.issue(&request.name, role, &request.public_key_der)?;
         let record = self
             .domain
-            .add_principal((&admin).into(), request.name, role, cert_sha256)
+            .add_principal((&admin).into(), request.name, role, certificate)
             .await?;
         tracing::info!(principal = %record.name, role = %record.role, by = %admin.name, "principal added");
         Ok(Response::new(pb::AddPrincipalResponse {
@@ -156,10 +161,10 @@ impl pb::admin_server::Admin for AdminService {
             .by_name(&request.name)
             .map(|record| record.role)
             .ok_or_else(|| Status::not_found(format!("name: no principal named '{}'", request.name)))?;
-        let (certificate_pem, cert_sha256) = self.issue(&request.name, role, &request.public_key_der)?;
+        let (certificate_pem, certificate) = self.issue(&request.name, role, &request.public_key_der)?;
         let record = self
             .domain
-            .rotate_certificate(admin.clone(), request.name, cert_sha256)
+            .rotate_certificate(admin.clone(), request.name, certificate)
             .await?;
         tracing::info!(principal = %record.name, by = %admin.name, "certificate rotated");
         Ok(Response::new(pb::RotateCertificateResponse {

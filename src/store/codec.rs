@@ -27,6 +27,8 @@ const CHANGE_V3: u8 = 3;
 const CHANGE_V4: u8 = 4;
 const FOREIGN_MEMBER_V1: u8 = 1;
 const PRINCIPAL_V1: u8 = 1;
+/// v2 adds the certificate's expiry after its SHA-256.
+const PRINCIPAL_V2: u8 = 2;
 const CHANGE_UPSERT: u8 = 1;
 const CHANGE_RETRACT: u8 = 2;
 const CHANGE_EXPIRE: u8 = 3;
@@ -306,18 +308,29 @@ pub fn decode_change(bytes: &[u8]) -> Result<ChangeRecord, DecodeError> {
 /// principal v1: `[1, id u32, role u8, status u8, created_at i64, cert_sha256(32), name_len u16, name]`.
 pub fn encode_principal(record: &PrincipalRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(52 + record.name.len());
-    out.push(PRINCIPAL_V1);
+    out.push(PRINCIPAL_V2);
     out.extend_from_slice(&record.id.to_be_bytes());
     out.push(record.role as u8);
     out.push(record.status as u8);
     out.extend_from_slice(&record.created_at_ms.to_be_bytes());
     out.extend_from_slice(&record.cert_sha256);
+    out.extend_from_slice(&record.cert_not_after_ms.to_be_bytes());
     put_bytes(&mut out, record.name.as_bytes());
     out
 }
 
 pub fn decode_principal(bytes: &[u8]) -> Result<PrincipalRecord, DecodeError> {
-    let mut reader = Reader::new("principal", bytes, PRINCIPAL_V1)?;
+    // v1 rows (written before expiry was recorded) are read with an unknown expiry.
+    let version = bytes.first().copied().unwrap_or(PRINCIPAL_V2);
+    let mut reader = Reader::new(
+        "principal",
+        bytes,
+        if version == PRINCIPAL_V1 {
+            PRINCIPAL_V1
+        } else {
+            PRINCIPAL_V2
+        },
+    )?;
     let id = reader.u32()?;
     let role_byte = reader.u8()?;
     let role = Role::from_u8(role_byte).ok_or_else(|| reader.error(format!("unknown role {role_byte}")))?;
@@ -326,6 +339,7 @@ pub fn decode_principal(bytes: &[u8]) -> Result<PrincipalRecord, DecodeError> {
         PrincipalStatus::from_u8(status_byte).ok_or_else(|| reader.error(format!("unknown status {status_byte}")))?;
     let created_at_ms = reader.i64()?;
     let cert_sha256 = reader.array32()?;
+    let cert_not_after_ms = if version == PRINCIPAL_V1 { 0 } else { reader.i64()? };
     let name = String::from_utf8(reader.bytes()?.to_vec()).map_err(|_| reader.error("name is not UTF-8".to_owned()))?;
     reader.finish(PrincipalRecord {
         id,
@@ -334,6 +348,7 @@ pub fn decode_principal(bytes: &[u8]) -> Result<PrincipalRecord, DecodeError> {
         status,
         created_at_ms,
         cert_sha256,
+        cert_not_after_ms,
     })
 }
 
@@ -507,8 +522,16 @@ mod tests {
             status: PrincipalStatus::Suspended,
             created_at_ms: 12,
             cert_sha256: [0xee; 32],
+            cert_not_after_ms: 1_900_000_000_000,
         };
         assert_eq!(decode_principal(&encode_principal(&record)).unwrap(), record);
+        // A v1 row (no expiry) still reads, with the expiry unknown.
+        let mut v1 = encode_principal(&record);
+        v1[0] = PRINCIPAL_V1;
+        v1.drain(46..54);
+        let old = decode_principal(&v1).unwrap();
+        assert_eq!(old.cert_not_after_ms, 0);
+        assert_eq!(old.name, record.name);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// Whether each commit waits for the WAL to reach the disk (fsync) before it returns.
     pub sync_writes: bool,
+    /// Whether RocksDB counts block cache hits and stalls (`rocksdb_statistics`).
+    pub statistics: bool,
 }
 
 impl Default for StoreOptions {
@@ -60,6 +62,7 @@ impl Default for StoreOptions {
         StoreOptions {
             block_cache_bytes: 256 << 20,
             sync_writes: true,
+            statistics: false,
         }
     }
 }
@@ -68,6 +71,7 @@ pub struct Store {
     db: DB,
     /// Kept for its statistics object (tickers read by `rocks_reading`).
     db_options: Options,
+    statistics: bool,
     path: PathBuf,
     write_options: WriteOptions,
     /// Whether a commit is answered only once its WAL record is on disk.
@@ -80,9 +84,12 @@ pub struct RocksReading {
     pub live_sst_bytes: u64,
     pub pending_compaction_bytes: u64,
     pub write_stopped: u64,
-    pub block_cache_hits: u64,
-    pub block_cache_misses: u64,
-    pub stall_micros: u64,
+    /// Bytes per second writes are slowed to while RocksDB delays them; 0 when it does not.
+    pub delayed_write_rate: u64,
+    /// Tickers, only with `rocksdb_statistics` on.
+    pub block_cache_hits: Option<u64>,
+    pub block_cache_misses: Option<u64>,
+    pub stall_micros: Option<u64>,
     pub disk_bytes: u64,
 }
 
@@ -139,8 +146,12 @@ impl Store {
         db_options.set_bytes_per_sync(1 << 20);
         // Tickers only (cache hits, stalls) for the metrics endpoint: histograms and timers
         // would cost the lookup path.
-        db_options.enable_statistics();
-        db_options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+        // Tickers (block cache hits, stalls) for the metrics endpoint, when asked for: even
+        // without histograms or timers they cost lookups with hits about a tenth.
+        if store_options.statistics {
+            db_options.enable_statistics();
+            db_options.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
+        }
         // The MANIFEST keeps the first and last key of data files it listed until RocksDB
         // rolls it over (its defaults). Forcing a roll at every change, so that no replaced
         // file's key lingers, cost bulk loads and lookups a tenth to a fifth: not done.
@@ -168,6 +179,7 @@ impl Store {
         let store = Store {
             db,
             db_options,
+            statistics: store_options.statistics,
             path: path.to_owned(),
             write_options,
             sync_writes: store_options.sync_writes,
@@ -542,13 +554,15 @@ impl Store {
                 .sum()
         };
         use rocksdb::statistics::Ticker;
+        let ticker = |ticker: Ticker| self.statistics.then(|| self.db_options.get_ticker_count(ticker));
         RocksReading {
             live_sst_bytes: sum("rocksdb.live-sst-files-size"),
             pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
             write_stopped: u64::from(sum("rocksdb.is-write-stopped") > 0),
-            block_cache_hits: self.db_options.get_ticker_count(Ticker::BlockCacheHit),
-            block_cache_misses: self.db_options.get_ticker_count(Ticker::BlockCacheMiss),
-            stall_micros: self.db_options.get_ticker_count(Ticker::StallMicros),
+            delayed_write_rate: sum("rocksdb.actual-delayed-write-rate"),
+            block_cache_hits: ticker(Ticker::BlockCacheHit),
+            block_cache_misses: ticker(Ticker::BlockCacheMiss),
+            stall_micros: ticker(Ticker::StallMicros),
             disk_bytes: self.disk_size(),
         }
     }

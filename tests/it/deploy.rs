@@ -103,7 +103,8 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_in_a_scrape() {
     assert!(alerts.len() >= 6 && panels.len() >= 9);
     // A peer pair with traffic, so that every family has a sample.
     let a = TestServer::start_named("op-a").await;
-    let b = TestServer::start_named("op-b").await;
+    // With RocksDB's tickers, which the dashboard reads.
+    let b = TestServer::start_named_configured("op-b", |config| config.rocksdb_statistics = true).await;
     let bundle = a.enroll("b", Role::Peer).await;
     let dir = b.data_dir().join("peer-bundles").join("a");
     bundle.write(&dir).unwrap();

@@ -83,6 +83,9 @@ async fn a_query_of_ten_digests_with_two_hits_moves_the_counters_by_exactly_that
     );
     // Read at scrape time: the database and both certificates.
     assert!(retracted.value("flagshare_rocksdb_live_sst_bytes", "").is_some());
+    assert_eq!(retracted.value("flagshare_rocksdb_delayed_write_rate", ""), Some(0.0));
+    // Tickers cost lookups: only with rocksdb_statistics on.
+    assert!(retracted.value("flagshare_rocksdb_block_cache_hit_ratio", "").is_none());
     assert!(retracted.value("flagshare_disk_bytes", "").unwrap() > 0.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

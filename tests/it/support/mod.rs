@@ -61,6 +61,15 @@ impl TestServer {
         TestServer::start_in_configured(dir, operator_name, |_| {}).await
     }
 
+    /// As `start_named`, with `adjust` applied to its settings.
+    pub async fn start_named_configured(operator_name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        flagshare::cli::setup::initialize(&test_config(dir.path(), operator_name))
+            .await
+            .unwrap();
+        TestServer::start_in_configured(dir, operator_name, adjust).await
+    }
+
     /// A new data folder and a server on it, with `adjust` applied to its settings.
     pub async fn start_configured(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
