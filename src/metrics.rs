@@ -58,9 +58,11 @@ pub struct PeerStateLabels {
     pub state: String,
 }
 
+/// A certificate: `ca`, `server`, or `client` with the principal's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabels {
     pub certificate: String,
+    pub principal: String,
 }
 
 fn histogram_buckets() -> impl Iterator<Item = f64> {
@@ -195,8 +197,9 @@ pub struct PeerReading {
 pub struct Scraped {
     pub peers: Vec<PeerReading>,
     pub rocks: crate::store::RocksReading,
-    /// (certificate, expiry as Unix seconds): `ca`, `server`.
-    pub certificates: Vec<(String, i64)>,
+    /// (certificate, principal, expiry as Unix seconds): `ca` and `server` with no
+    /// principal, `client` with each principal's name.
+    pub certificates: Vec<(String, String, i64)>,
 }
 
 impl Scraped {
@@ -315,16 +318,17 @@ impl Scraped {
             gauge(self.rocks.disk_bytes),
         );
         let expiry = Family::<CertificateLabels, Gauge>::default();
-        for (certificate, not_after) in &self.certificates {
+        for (certificate, principal, not_after) in &self.certificates {
             expiry
                 .get_or_create(&CertificateLabels {
                     certificate: certificate.clone(),
+                    principal: principal.clone(),
                 })
                 .set(*not_after);
         }
         registry.register(
             "certificate_expiry_timestamp_seconds",
-            "When a certificate of this server stops being valid (Unix seconds): the CA and the server certificate",
+            "When a certificate stops being valid (Unix seconds): the CA, the server's, and each principal's (client)",
             expiry,
         );
         registry

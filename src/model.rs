@@ -160,6 +160,7 @@ byte_enum!(
         ForgetMembers = 23 => "forget_members",
         LimitExceeded = 24 => "limit_exceeded",
         SetLimits = 25 => "set_limits",
+        RenewServerCertificate = 26 => "renew_server_certificate",
     }
 );
 

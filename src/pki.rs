@@ -108,7 +108,75 @@ fn ca_params(operator: &str) -> CertificateParams {
     params
 }
 
+fn server_params(operator: &str, host_names: &[String]) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(host_names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{operator} flagshare server"));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, LEAF_VALIDITY);
+    Ok(params)
+}
+
+/// Marks a server certificate renewal whose new files are complete: `Pki::load` finishes
+/// renaming them after a crash. Without it, stray new files are half-written and dropped.
+const RENEWAL_MARKER: &str = "server.renewing";
+const SERVER_FILES: [&str; 2] = ["server.key", "server.pem"];
+
+fn rename(from: &Path, to: &Path) -> Result<(), PkiError> {
+    std::fs::rename(from, to).map_err(|source| PkiError::Write {
+        path: to.to_owned(),
+        source,
+    })
+}
+
+/// Completes (or discards) a server certificate renewal a crash interrupted.
+fn finish_renewal(dir: &Path) -> Result<(), PkiError> {
+    let complete = dir.join(RENEWAL_MARKER).exists();
+    for name in SERVER_FILES {
+        let fresh = dir.join(format!("{name}.new"));
+        if fresh.exists() {
+            if complete {
+                rename(&fresh, &dir.join(name))?;
+            } else {
+                let _ = std::fs::remove_file(&fresh);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(dir.join(RENEWAL_MARKER));
+    Ok(())
+}
+
 impl Pki {
+    /// Issues a new server certificate (and key) for `host_names` from the CA, valid for 2
+    /// years, and writes it over `server.pem` and `server.key`. Returns (certificate PEM,
+    /// key PEM). Needs the CA key.
+    pub fn renew_server_certificate(
+        &self,
+        operator: &str,
+        host_names: &[String],
+    ) -> Result<(String, String), PkiError> {
+        let ca_key_path = self.dir.join("ca.key");
+        if !ca_key_path.exists() {
+            return Err(PkiError::CaKeyOffline(self.dir.clone()));
+        }
+        let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &ca_key)?;
+        let server_key = KeyPair::generate()?;
+        let server_cert = server_params(operator, host_names)?.signed_by(&server_key, &issuer)?;
+        let (cert_pem, key_pem) = (server_cert.pem(), server_key.serialize_pem());
+        // Both new files are written whole, then marked complete, then renamed over the
+        // old ones: a crash at any point leaves the old pair or (after `Pki::load`) the
+        // new one, never one of each.
+        finish_renewal(&self.dir)?;
+        write_file(&self.dir.join("server.key.new"), &key_pem, true)?;
+        write_file(&self.dir.join("server.pem.new"), &cert_pem, false)?;
+        write_file(&self.dir.join(RENEWAL_MARKER), "", false)?;
+        finish_renewal(&self.dir)?;
+        Ok((cert_pem, key_pem))
+    }
+
     pub fn dir(data_dir: &Path) -> PathBuf {
         data_dir.join("pki")
     }
@@ -134,14 +202,7 @@ impl Pki {
         let issuer = Issuer::new(ca_params, &ca_key);
 
         let server_key = KeyPair::generate()?;
-        let mut server_params = CertificateParams::new(host_names.to_vec())?;
-        server_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{operator} flagshare server"));
-        server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut server_params, LEAF_VALIDITY);
-        let server_cert = server_params.signed_by(&server_key, &issuer)?;
+        let server_cert = server_params(operator, host_names)?.signed_by(&server_key, &issuer)?;
 
         let ca_key_pem = ca_key.serialize_pem();
         let pki = Pki {
@@ -163,6 +224,7 @@ impl Pki {
         if !dir.join("ca.pem").exists() {
             return Err(PkiError::Missing(dir));
         }
+        finish_renewal(&dir)?;
         Ok(Pki {
             ca_pem: read(&dir.join("ca.pem"))?,
             server_pem: read(&dir.join("server.pem"))?,

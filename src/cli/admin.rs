@@ -50,6 +50,9 @@ enum AdminCommand {
     Peer(PeerCommand),
     /// Compact the whole database now, so retracted and purged flags leave the data files.
     Compact,
+    /// The server's own certificate.
+    #[command(subcommand)]
+    ServerCert(ServerCertCommand),
     /// Write a consistent copy of the database to DIR on the server's machine, while it serves.
     Backup {
         /// Absolute path on the server's file system; must not exist.
@@ -103,6 +106,13 @@ struct LimitsArgs {
     clear: bool,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum ServerCertCommand {
+    /// Issue a new server certificate (2 years) for the server's host names and present it
+    /// to new connections at once; needs the CA key back in the data folder.
+    Renew,
 }
 
 #[derive(Subcommand)]
@@ -244,6 +254,22 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
+        AdminCommand::ServerCert(ServerCertCommand::Renew) => {
+            let response = client
+                .renew_server_certificate(pb::RenewServerCertificateRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let expires = response
+                .expires_at
+                .map(|ts| timestamp_text(&ts))
+                .unwrap_or_else(|| "unknown".to_owned());
+            println!(
+                "server certificate renewed for {}; expires {expires}; new connections get it now",
+                response.host_names.join(", ")
+            );
+            Ok(())
+        }
         AdminCommand::Compact => {
             let response = client
                 .compact(pb::CompactRequest {})
@@ -313,12 +339,13 @@ async fn list_members(client: &mut AdminClient<Channel>, json: bool) -> anyhow::
         .into_inner();
     if !json {
         println!(
-            "{:<24} {:<7} {:<10} {:<21} {:<21} {:>9} {:>9} CERTIFICATE SHA-256",
-            "NAME", "ROLE", "STATUS", "CREATED", "LAST SEEN", "FLAGS", "QUERIES"
+            "{:<24} {:<7} {:<10} {:<21} {:<21} {:>9} {:>9} {:<21} CERTIFICATE SHA-256",
+            "NAME", "ROLE", "STATUS", "CREATED", "LAST SEEN", "FLAGS", "QUERIES", "CERTIFICATE EXPIRES"
         );
     }
     for principal in response.principals {
         let created = principal.created_at.map(|ts| timestamp_text(&ts)).unwrap_or_default();
+        let expires = principal.certificate_expires_at.map(|ts| timestamp_text(&ts));
         let last_seen = principal
             .last_seen
             .map(|ts| timestamp_text(&ts))
@@ -334,11 +361,12 @@ async fn list_members(client: &mut AdminClient<Channel>, json: bool) -> anyhow::
                 "queries": principal.n_queries,
                 "digests_queried": principal.n_digests_queried,
                 "certificate_sha256": principal.certificate_sha256,
+                "certificate_expires": expires,
             });
             println!("{line}");
         } else {
             println!(
-                "{:<24} {:<7} {:<10} {:<21} {:<21} {:>9} {:>9} {}",
+                "{:<24} {:<7} {:<10} {:<21} {:<21} {:>9} {:>9} {:<21} {}",
                 principal.name,
                 role_name(principal.role),
                 status_name(principal.status),
@@ -346,6 +374,7 @@ async fn list_members(client: &mut AdminClient<Channel>, json: bool) -> anyhow::
                 last_seen,
                 principal.n_flags_submitted,
                 principal.n_queries,
+                expires.as_deref().unwrap_or("unknown"),
                 principal.certificate_sha256
             );
         }

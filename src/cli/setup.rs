@@ -23,7 +23,9 @@ impl InitReport {
         format!(
             "flagshare: created a PKI in {pki} and the first admin principal.\n\
              flagshare: {pki}/ca.key signs every certificate: keep it offline (move it to offline storage; \
-             the server runs without it, and only `admin member add` and `rotate-cert` need it back).\n\
+             the server runs without it, and only `admin member add`, `rotate-cert` and `server-cert renew` need it back).\n\
+             flagshare: the CA certificate lives 10 years; the server's and every client's 2 years \
+             (renew them with `admin server-cert renew` and `admin member rotate-cert NAME`; the server warns 30 days ahead).\n\
              flagshare: admin client bundle: {admin}\n\
              flagshare: add members with `flagshare admin --bundle {admin} member add NAME --out DIR`",
             pki = Pki::dir(&config.data_dir).display(),

@@ -443,6 +443,17 @@ impl Domain {
         blocking(move || state.all_limit_overrides()).await
     }
 
+    /// Records an admin action that changes no stored state (a server certificate renewal).
+    pub async fn record_admin_action(&self, admin: Caller, op: AuditOp, detail: String) -> Result<()> {
+        let state = self.state.clone();
+        blocking(move || {
+            state
+                .record(AuditEvent::new((&admin).into(), op).counts(1, 1).detail(detail))
+                .map(drop)
+        })
+        .await
+    }
+
     /// Records that a principal went over a limit (once per window, by the caller).
     pub async fn record_limit_exceeded(&self, caller: Caller, detail: String) -> Result<()> {
         let state = self.state.clone();
@@ -570,6 +581,18 @@ impl Domain {
             return Err(Error::AlreadyExists(format!("name: a principal named '{name}' exists")));
         }
         Ok(())
+    }
+
+    /// (name, certificate expiry in ms) of every principal not removed whose certificate's
+    /// expiry is known: for the metrics and the expiry warning.
+    pub fn principal_certificates(&self) -> Vec<(String, i64)> {
+        self.state
+            .registry
+            .list()
+            .into_iter()
+            .filter(|record| record.status != crate::model::PrincipalStatus::Removed && record.cert_not_after_ms > 0)
+            .map(|record| (record.name, record.cert_not_after_ms))
+            .collect()
     }
 
     /// The role of the principal named `name`, if there is one.

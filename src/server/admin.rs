@@ -22,6 +22,10 @@ pub struct AdminService {
     pub pki: Arc<Pki>,
     pub peers: Arc<Peers>,
     pub limits: Arc<super::limits::Limits>,
+    /// What the server presents; `renew_server_certificate` replaces it.
+    pub server_certificate: Arc<super::tls::ServerCertificate>,
+    pub operator_name: String,
+    pub host_names: Vec<String>,
 }
 
 impl AdminService {
@@ -306,6 +310,46 @@ impl pb::admin_server::Admin for AdminService {
             .map(|(_, overrides)| overrides)
             .unwrap_or_default();
         Ok(Response::new(self.limits_response(name, overrides)?))
+    }
+
+    async fn renew_server_certificate(
+        &self,
+        request: Request<pb::RenewServerCertificateRequest>,
+    ) -> Result<Response<pb::RenewServerCertificateResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let pki = self.pki.clone();
+        let (operator, hosts) = (self.operator_name.clone(), self.host_names.clone());
+        let (cert_pem, key_pem) = tokio::task::spawn_blocking(move || pki.renew_server_certificate(&operator, &hosts))
+            .await
+            .map_err(|err| Status::internal(format!("renewal failed: {err}")))?
+            .map_err(|err| match err {
+                crate::pki::PkiError::CaKeyOffline(_) => Status::failed_precondition(err.to_string()),
+                err => {
+                    tracing::error!(%err, "server certificate renewal failed");
+                    Status::internal("renewal failed: the new certificate could not be written (see the server log)")
+                }
+            })?;
+        self.server_certificate.replace(&cert_pem, &key_pem).map_err(|err| {
+            tracing::error!(%err, "the renewed server certificate cannot be presented");
+            Status::internal("renewal failed: the new certificate cannot be presented (see the server log)")
+        })?;
+        let expires_at_ms = crate::pki::certificate_not_after(&cert_pem).map(|at| at.saturating_mul(1000));
+        let fingerprint = crate::pki::pem_certificate_sha256(&cert_pem)
+            .map(hex::encode)
+            .unwrap_or_default();
+        self.domain
+            .record_admin_action(
+                admin,
+                crate::model::AuditOp::RenewServerCertificate,
+                format!("server certificate {fingerprint} for {}", self.host_names.join(", ")),
+            )
+            .await?;
+        tracing::info!(certificate = %fingerprint, "server certificate renewed; new connections get it");
+        Ok(Response::new(pb::RenewServerCertificateResponse {
+            certificate_pem: cert_pem,
+            expires_at: expires_at_ms.map(crate::wire::timestamp_from_ms),
+            host_names: self.host_names.clone(),
+        }))
     }
 
     async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {

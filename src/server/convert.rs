@@ -128,6 +128,7 @@ pub fn principal_view_to_pb(view: &PrincipalView) -> pb::Principal {
         n_flags_submitted: view.stats.n_flags_submitted,
         n_queries: view.stats.n_queries,
         n_digests_queried: view.stats.n_digests_queried,
+        certificate_expires_at: (record.cert_not_after_ms > 0).then(|| timestamp_from_ms(record.cert_not_after_ms)),
     }
 }
 

@@ -9,6 +9,7 @@ mod identity;
 mod idle;
 pub mod limits;
 pub mod streams;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,9 +18,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tower::util::MapResponseLayer;
 
 use crate::config::Config;
@@ -78,19 +78,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pki = Arc::new(Pki::load(&config.data_dir)?);
     let metrics = Metrics::new();
-    let certificate_expiry: Vec<(String, i64)> = [("ca", &pki.ca_pem), ("server", &pki.server_pem)]
-        .into_iter()
-        .filter_map(|(name, pem)| crate::pki::certificate_not_after(pem).map(|at| (name.to_owned(), at)))
-        .collect();
+    let ca_expiry = crate::pki::certificate_not_after(&pki.ca_pem);
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
     let db_identity = domain.db_identity();
     let limits = limits::Limits::load(&config, domain.clone(), metrics.clone()).await?;
     let stream_limits = streams::StreamLimits::new(limits.clone());
 
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
-        .client_ca_root(Certificate::from_pem(&pki.ca_pem));
+    let server_certificate = tls::ServerCertificate::new(&pki.server_pem, &pki.server_key_pem)?;
+    let tls_config = tls::server_config(&pki.ca_pem, server_certificate.clone())?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -126,6 +122,9 @@ pub async fn run(
         pki,
         peers: peers.clone(),
         limits: limits.clone(),
+        server_certificate: server_certificate.clone(),
+        operator_name: config.operator_name.clone(),
+        host_names: config.host_names.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {
@@ -142,6 +141,10 @@ pub async fn run(
     let maintenance = tokio::spawn(maintenance_loop(
         domain.clone(),
         metrics.clone(),
+        ExpiryWatch {
+            ca_expiry,
+            server_certificate: server_certificate.clone(),
+        },
         Duration::from_secs(config.maintenance_interval_secs),
         config.retention(),
         stop_requested.clone(),
@@ -152,7 +155,18 @@ pub async fn run(
         }
         let scrape_domain = domain.clone();
         let scrape_peers = peers.clone();
-        let scrape = move || scrape(scrape_domain.clone(), scrape_peers.clone(), certificate_expiry.clone());
+        let scrape_certificate = server_certificate.clone();
+        let scrape = move || {
+            // The server certificate is read at each scrape: a renewal shows at once.
+            let certificates = [
+                ("ca", ca_expiry),
+                ("server", crate::pki::certificate_not_after(&scrape_certificate.pem())),
+            ]
+            .into_iter()
+            .filter_map(|(name, at)| at.map(|at| (name.to_owned(), String::new(), at)))
+            .collect();
+            scrape(scrape_domain.clone(), scrape_peers.clone(), certificates)
+        };
         tokio::spawn(crate::metrics::serve(
             metrics_listener,
             metrics.clone(),
@@ -169,24 +183,16 @@ pub async fn run(
     // A connection beyond max_connections is closed at accept: what many addresses can
     // open at once is bounded, whatever each of them sends.
     let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-    let refused_metrics = metrics.clone();
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .filter_map(move |accepted| match accepted {
-            Ok(stream) => match connection_slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(Ok(idle::IdleTimeout::new(stream, idle_limit).holding(slot))),
-                Err(_) => {
-                    refused_metrics.connections_refused.inc();
-                    tracing::warn!(peer = ?stream.peer_addr().ok(), "max_connections reached; closing a new connection");
-                    None
-                }
-            },
-            Err(err) => Some(Err(err)),
-        });
+    let incoming = tls::accept(
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL)),
+        tls_config,
+        idle_limit,
+        connection_slots,
+        metrics.clone(),
+    );
     let serving = Server::builder()
-        .tls_config(tls)
-        .context("configuring TLS")?
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
@@ -245,19 +251,64 @@ pub async fn run(
 }
 
 /// Purges expired flags and prunes the audit log every `interval`, first right after start.
+/// Certificates to warn about before they expire.
+struct ExpiryWatch {
+    ca_expiry: Option<i64>,
+    server_certificate: Arc<tls::ServerCertificate>,
+}
+
+/// A certificate expiring within this many days is warned about in the log, once a day.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+
+impl ExpiryWatch {
+    /// (what, expiry in Unix seconds) of every certificate expiring within 30 days.
+    fn expiring(&self, domain: &Domain, now_secs: i64) -> Vec<(String, i64)> {
+        let server = crate::pki::certificate_not_after(&self.server_certificate.pem());
+        [
+            ("the CA certificate".to_owned(), self.ca_expiry),
+            ("the server certificate".to_owned(), server),
+        ]
+        .into_iter()
+        .filter_map(|(what, at)| at.map(|at| (what, at)))
+        .chain(
+            domain
+                .principal_certificates()
+                .into_iter()
+                .map(|(name, ms)| (format!("the certificate of '{name}'"), ms / 1000)),
+        )
+        .filter(|(_, at)| *at - now_secs < EXPIRY_WARNING_DAYS * 86_400)
+        .collect()
+    }
+}
+
 async fn maintenance_loop(
     domain: Domain,
     metrics: Arc<Metrics>,
+    expiry: ExpiryWatch,
     interval: Duration,
     retention: crate::domain::Retention,
     mut stop_requested: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop_requested.changed() => return,
+        }
+        if warned_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(86_400)) {
+            let now_secs = crate::util::now_ms() / 1000;
+            let expiring = expiry.expiring(&domain, now_secs);
+            for (what, at) in &expiring {
+                let days = (at - now_secs) / 86_400;
+                tracing::warn!(
+                    certificate = %what,
+                    expires = %crate::util::format_ms(at.saturating_mul(1000)),
+                    "{what} expires in {days} days: renew it (admin server-cert renew, admin member rotate-cert)"
+                );
+            }
+            warned_at = Some(tokio::time::Instant::now());
         }
         match domain.sweep(retention).await {
             Ok(sweep) if sweep != Default::default() => {
@@ -277,7 +328,17 @@ async fn maintenance_loop(
 }
 
 /// What the metrics endpoint reads off the server at scrape time.
-async fn scrape(domain: Domain, peers: Arc<federation::Peers>, certificates: Vec<(String, i64)>) -> Scraped {
+async fn scrape(
+    domain: Domain,
+    peers: Arc<federation::Peers>,
+    mut certificates: Vec<(String, String, i64)>,
+) -> Scraped {
+    certificates.extend(
+        domain
+            .principal_certificates()
+            .into_iter()
+            .map(|(name, not_after_ms)| ("client".to_owned(), name, not_after_ms / 1000)),
+    );
     let now_ms = crate::util::now_ms();
     let records = domain.peers().await.unwrap_or_default();
     let readings = records
@@ -309,5 +370,45 @@ async fn scrape(domain: Domain, peers: Arc<federation::Peers>, certificates: Vec
         peers: readings,
         rocks,
         certificates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IssuedCertificate, Role};
+
+    #[tokio::test]
+    async fn certificates_within_thirty_days_of_expiry_are_the_ones_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::create(dir.path(), "op", &["localhost".to_owned()]).unwrap();
+        let store = Store::open(&dir.path().join("db"), &Default::default()).unwrap();
+        let domain = Domain::open(store, crate::domain::Policy::default()).unwrap();
+        let now_secs = crate::util::now_ms() / 1000;
+        for (name, days) in [("soon", 10), ("later", 300)] {
+            domain
+                .add_principal(
+                    crate::domain::Actor::system(),
+                    name.to_owned(),
+                    Role::Member,
+                    IssuedCertificate {
+                        sha256: *blake3::hash(name.as_bytes()).as_bytes(),
+                        not_after_ms: (now_secs + days * 86_400) * 1000,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let watch = ExpiryWatch {
+            ca_expiry: crate::pki::certificate_not_after(&pki.ca_pem),
+            server_certificate: tls::ServerCertificate::new(&pki.server_pem, &pki.server_key_pem).unwrap(),
+        };
+        let names = |now| -> Vec<String> { watch.expiring(&domain, now).into_iter().map(|(what, _)| what).collect() };
+        assert_eq!(names(now_secs), vec!["the certificate of 'soon'"]);
+        // 20 days before the server certificate's 2 years are up, it is warned about too.
+        let server_expiry = crate::pki::certificate_not_after(&pki.server_pem).unwrap();
+        let late = names(server_expiry - 20 * 86_400);
+        assert!(late.contains(&"the server certificate".to_owned()), "{late:?}");
+        assert!(!late.contains(&"the CA certificate".to_owned()), "{late:?}");
     }
 }

@@ -281,3 +281,144 @@ async fn rotating_a_certificate_or_removing_a_principal_ends_its_open_streams() 
     let removed = principals.iter().find(|p| p.name == "op-x").unwrap();
     assert_eq!(removed.status, pb::PrincipalStatus::Removed as i32);
 }
+
+/// SHA-256 of the certificate the server presents to a new connection now.
+async fn presented_certificate(server: &TestServer, bundle: &Bundle) -> [u8; 32] {
+    use rustls_pki_types::pem::PemObject as _;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(bundle.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(bundle.cert_pem.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(bundle.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (_, session) = tls.get_ref();
+    assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+    flagshare::pki::certificate_sha256(&session.peer_certificates().unwrap()[0])
+}
+
+#[tokio::test]
+async fn a_renewed_server_certificate_reaches_new_connections_while_open_ones_keep_working() {
+    let server = TestServer::start().await;
+    let bundle = server.enroll("alpha", Role::Member).await;
+    let mut open = FlagsClient::new(server.channel(&bundle).await);
+    open.query(query_request(&[email_digest("a@example.com")]))
+        .await
+        .unwrap();
+    let before = presented_certificate(&server, &bundle).await;
+    let pki_dir = server.data_dir().join("pki");
+    assert_eq!(
+        before,
+        flagshare::pki::pem_certificate_sha256(&std::fs::read_to_string(pki_dir.join("server.pem")).unwrap()).unwrap()
+    );
+
+    let mut admin = server.admin_client().await;
+    let renewed = admin
+        .renew_server_certificate(pb::RenewServerCertificateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let after = presented_certificate(&server, &bundle).await;
+    assert_ne!(before, after);
+    assert_eq!(
+        after,
+        flagshare::pki::pem_certificate_sha256(&renewed.certificate_pem).unwrap()
+    );
+    // Written to the data folder: a restart presents it too.
+    assert_eq!(
+        std::fs::read_to_string(pki_dir.join("server.pem")).unwrap(),
+        renewed.certificate_pem
+    );
+    assert!(!pki_dir.join("server.key.new").exists() && !pki_dir.join("server.renewing").exists());
+    assert_eq!(renewed.host_names, vec!["localhost", "127.0.0.1", "::1"]);
+    // The open connection goes on; a new one works with the same bundle.
+    open.query(query_request(&[email_digest("a@example.com")]))
+        .await
+        .unwrap();
+    FlagsClient::new(server.channel(&bundle).await)
+        .query(query_request(&[email_digest("b@example.com")]))
+        .await
+        .unwrap();
+    // The metrics show the new expiry at once; the renewal is audited.
+    let expiry = server
+        .scrape()
+        .await
+        .value(
+            "flagshare_certificate_expiry_timestamp_seconds",
+            r#"certificate="server",principal="""#,
+        )
+        .unwrap();
+    assert_eq!(expiry as i64, renewed.expires_at.unwrap().seconds);
+    let audited = admin
+        .list_audit(pb::ListAuditRequest {
+            op: "renew_server_certificate".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(audited.len(), 1);
+
+    // With the CA key offline, renewal is refused and nothing changes.
+    std::fs::rename(pki_dir.join("ca.key"), server.data_dir().join("ca.key.offline")).unwrap();
+    let refused = admin
+        .renew_server_certificate(pb::RenewServerCertificateRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("kept offline"), "{}", refused.message());
+    assert_eq!(presented_certificate(&server, &bundle).await, after);
+
+    // After a restart, the renewed certificate is the one presented.
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir).await;
+    assert_eq!(presented_certificate(&server, &bundle).await, after);
+}
+
+#[tokio::test]
+async fn member_list_shows_when_each_certificate_expires() {
+    let server = TestServer::start().await;
+    server.enroll("alpha", Role::Member).await;
+    let principals = server
+        .admin_client()
+        .await
+        .list_principals(pb::ListPrincipalsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .principals;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for principal in &principals {
+        let expires = principal.certificate_expires_at.as_ref().unwrap().seconds;
+        // Two years, give or take the hour certificates are backdated.
+        assert!(
+            (expires - now - 2 * 365 * 86_400).abs() < 2 * 3600,
+            "{}: {expires}",
+            principal.name
+        );
+    }
+    let scraped = server.scrape().await;
+    let alpha = scraped
+        .value(
+            "flagshare_certificate_expiry_timestamp_seconds",
+            r#"certificate="client",principal="alpha""#,
+        )
+        .unwrap();
+    let listed = principals.iter().find(|p| p.name == "alpha").unwrap();
+    assert_eq!(alpha as i64, listed.certificate_expires_at.as_ref().unwrap().seconds);
+}

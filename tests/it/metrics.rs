@@ -95,7 +95,7 @@ async fn a_query_of_ten_digests_with_two_hits_moves_the_counters_by_exactly_that
         let expiry = retracted
             .value(
                 "flagshare_certificate_expiry_timestamp_seconds",
-                &format!(r#"certificate="{certificate}""#),
+                &format!(r#"certificate="{certificate}",principal="""#),
             )
             .unwrap();
         assert!(expiry > now + 365.0 * 86_400.0, "{certificate} expires at {expiry}");

@@ -303,7 +303,7 @@ class DisputeResponse(_message.Message):
     def __init__(self, n_flags: _Optional[int] = ...) -> None: ...
 
 class Principal(_message.Message):
-    __slots__ = ("name", "role", "status", "created_at", "certificate_sha256", "last_seen", "n_flags_submitted", "n_queries", "n_digests_queried")
+    __slots__ = ("name", "role", "status", "created_at", "certificate_sha256", "last_seen", "n_flags_submitted", "n_queries", "n_digests_queried", "certificate_expires_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +313,7 @@ class Principal(_message.Message):
     N_FLAGS_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
     N_QUERIES_FIELD_NUMBER: _ClassVar[int]
     N_DIGESTS_QUERIED_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: Role
     status: PrincipalStatus
@@ -322,7 +323,8 @@ class Principal(_message.Message):
     n_flags_submitted: int
     n_queries: int
     n_digests_queried: int
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., status: _Optional[_Union[PrincipalStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., certificate_sha256: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., n_flags_submitted: _Optional[int] = ..., n_queries: _Optional[int] = ..., n_digests_queried: _Optional[int] = ...) -> None: ...
+    certificate_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., status: _Optional[_Union[PrincipalStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., certificate_sha256: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., n_flags_submitted: _Optional[int] = ..., n_queries: _Optional[int] = ..., n_digests_queried: _Optional[int] = ..., certificate_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AddPrincipalRequest(_message.Message):
     __slots__ = ("name", "role", "public_key_der")
@@ -534,6 +536,20 @@ class BackupResponse(_message.Message):
     DIR_FIELD_NUMBER: _ClassVar[int]
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
+
+class RenewServerCertificateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RenewServerCertificateResponse(_message.Message):
+    __slots__ = ("certificate_pem", "expires_at", "host_names")
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HOST_NAMES_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    expires_at: _timestamp_pb2.Timestamp
+    host_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, certificate_pem: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("digests_queried_per_second", "flags_submitted_per_second", "flags_submitted_per_day", "streams")

@@ -447,6 +447,11 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.GetPrincipalLimitsRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.FromString,
                 _registered_method=True)
+        self.RenewServerCertificate = channel.unary_unary(
+                '/flagshare.v1.Admin/RenewServerCertificate',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -541,6 +546,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewServerCertificate(self, request, context):
+        """Issues a new server certificate from the CA (which must be online) for the server's
+        host names; new connections get it at once, open ones keep the old one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -613,6 +626,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetPrincipalLimits,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.GetPrincipalLimitsRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.SerializeToString,
+            ),
+            'RenewServerCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewServerCertificate,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -994,6 +1012,33 @@ class Admin:
             '/flagshare.v1.Admin/GetPrincipalLimits',
             flagshare_dot_v1_dot_flagshare__pb2.GetPrincipalLimitsRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.PrincipalLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewServerCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/RenewServerCertificate',
+            flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,
