@@ -74,6 +74,16 @@ fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
     let bin = std::env::var("FLAGSHARE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flagshare").to_owned());
     let init = Command::new(&bin).args(["init", "--data"]).arg(data).output()?;
     anyhow::ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+    // One member bulk-loads N flags: the flood quarantine would hold most of them back.
+    let settings = data.join("flagshare.toml");
+    let text = std::fs::read_to_string(&settings)?;
+    std::fs::write(
+        &settings,
+        text.replace(
+            "quarantine_new_flags_per_hour = 100000",
+            "quarantine_new_flags_per_hour = 0",
+        ),
+    )?;
     let mut child = Command::new(&bin)
         .args(["serve", "--data"])
         .arg(data)

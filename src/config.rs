@@ -59,6 +59,10 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// TCP connections open at once on the gRPC port; one more is closed at accept.
     pub max_connections: usize,
+    /// New flags one member may commit per hour before its further new flags are
+    /// quarantined (held back from everyone else until an admin releases them); 0 turns the
+    /// quarantine off.
+    pub quarantine_new_flags_per_hour: u64,
     /// Count RocksDB block cache hits and write stalls for the metrics endpoint. Off by
     /// default: it costs lookups with hits about a tenth of their throughput.
     pub rocksdb_statistics: bool,
@@ -95,6 +99,7 @@ impl Default for Config {
             max_connections: 4096,
             log_format: "text".to_owned(),
             rocksdb_statistics: false,
+            quarantine_new_flags_per_hour: DEFAULT_QUARANTINE_NEW_FLAGS_PER_HOUR,
         }
     }
 }
@@ -121,6 +126,11 @@ impl Default for RoleLimits {
         }
     }
 }
+
+/// A platform's daily reports are far below this; a leaked bundle or a runaway job that
+/// floods the shared list is held back past it. A back-catalogue import needs an admin's
+/// release (or a higher setting while it runs).
+pub const DEFAULT_QUARANTINE_NEW_FLAGS_PER_HOUR: u64 = 100_000;
 
 /// Where the metrics endpoint listens unless `metrics_listen` says otherwise.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
@@ -253,6 +263,7 @@ impl Config {
             default_distribution,
             operator_name: self.operator_name.clone(),
             max_foreign_members_per_origin: self.max_foreign_members_per_origin,
+            quarantine_new_flags_per_hour: self.quarantine_new_flags_per_hour,
         })
     }
 

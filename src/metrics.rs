@@ -81,6 +81,7 @@ pub struct Metrics {
     pub flags_updated: Family<MemberLabels, Counter>,
     pub flags_retracted: Family<MemberLabels, Counter>,
     pub flags_expired: Counter,
+    pub flags_quarantined: Family<MemberLabels, Counter>,
     pub limit_refusals: Family<LimitLabels, Counter>,
     pub connections_refused: Counter,
 }
@@ -137,6 +138,12 @@ impl Metrics {
             "Flags removed by the expiry purge",
             flags_expired.clone(),
         );
+        let flags_quarantined = family();
+        registry.register(
+            "flags_quarantined",
+            "New flags of a member held back by the flood quarantine",
+            flags_quarantined.clone(),
+        );
         let limit_refusals = Family::<LimitLabels, Counter>::default();
         registry.register(
             "limit_refusals",
@@ -153,6 +160,7 @@ impl Metrics {
             registry,
             limit_refusals,
             connections_refused,
+            flags_quarantined,
             rpcs,
             rpc_seconds,
             digests_queried,

@@ -161,6 +161,8 @@ byte_enum!(
         LimitExceeded = 24 => "limit_exceeded",
         SetLimits = 25 => "set_limits",
         RenewServerCertificate = 26 => "renew_server_certificate",
+        ReleaseQuarantine = 27 => "release_quarantine",
+        RejectQuarantine = 28 => "reject_quarantine",
     }
 );
 

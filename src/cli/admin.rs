@@ -53,6 +53,9 @@ enum AdminCommand {
     /// The server's own certificate.
     #[command(subcommand)]
     ServerCert(ServerCertCommand),
+    /// New flags held back by the flood quarantine.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Write a consistent copy of the database to DIR on the server's machine, while it serves.
     Backup {
         /// Absolute path on the server's file system; must not exist.
@@ -106,6 +109,19 @@ struct LimitsArgs {
     clear: bool,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Members with quarantined flags: how many, since when.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a member's quarantined flags go live (they match and federate from now).
+    Release { member: String },
+    /// Delete a member's quarantined flags; they never matched.
+    Reject { member: String },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +270,36 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
+        AdminCommand::Quarantine(QuarantineCommand::List { json }) => {
+            let members = client
+                .list_quarantine(pb::ListQuarantineRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .members;
+            if !*json {
+                println!("{:<24} {:>10} {:<21} NEWEST", "MEMBER", "FLAGS", "OLDEST");
+            }
+            for member in members {
+                let oldest = member.oldest.map(|ts| timestamp_text(&ts)).unwrap_or_default();
+                let newest = member.newest.map(|ts| timestamp_text(&ts)).unwrap_or_default();
+                if *json {
+                    let line = serde_json::json!({
+                        "member": member.member, "flags": member.n_flags, "oldest": oldest, "newest": newest,
+                    });
+                    println!("{line}");
+                } else {
+                    println!("{:<24} {:>10} {:<21} {newest}", member.member, member.n_flags, oldest);
+                }
+            }
+            Ok(())
+        }
+        AdminCommand::Quarantine(QuarantineCommand::Release { member }) => {
+            quarantine_action(&mut client, member, true).await
+        }
+        AdminCommand::Quarantine(QuarantineCommand::Reject { member }) => {
+            quarantine_action(&mut client, member, false).await
+        }
         AdminCommand::ServerCert(ServerCertCommand::Renew) => {
             let response = client
                 .renew_server_certificate(pb::RenewServerCertificateRequest {})
@@ -771,4 +817,34 @@ async fn member_limits(client: &mut AdminClient<Channel>, args: &LimitsArgs) -> 
         println!("  {name:<28} {:>14}  ({source})", value.unwrap_or_default());
     }
     Ok(())
+}
+
+/// Releases or rejects every quarantined flag of `member`, one chunk per call.
+async fn quarantine_action(client: &mut AdminClient<Channel>, member: &str, release: bool) -> anyhow::Result<()> {
+    let mut total = 0u64;
+    let mut held = u64::MAX;
+    loop {
+        let request = pb::QuarantineActionRequest {
+            member: member.to_owned(),
+        };
+        let response = if release {
+            client.release_quarantine(request).await
+        } else {
+            client.reject_quarantine(request).await
+        }
+        .map_err(status_error)?
+        .into_inner();
+        total += u64::from(response.n_done);
+        // Done when none are left, or when a call made no progress (reported, not looped on).
+        let stuck = response.n_remaining >= held;
+        held = response.n_remaining;
+        if held == 0 || stuck {
+            let verb = if release { "released" } else { "rejected" };
+            println!(
+                "{total} quarantined flag(s) of {member} {verb}; {} still held",
+                response.n_remaining
+            );
+            return Ok(());
+        }
+    }
 }

@@ -323,6 +323,7 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut rejected = Vec::new();
     let mut pending = Vec::with_capacity(batch_size);
     let (mut n_lines, mut n_sent, mut n_created, mut n_updated) = (0u64, 0u64, 0u64, 0u64);
+    let mut n_quarantined = 0u64;
     let mut records = records.peekable();
     while let Some(item) = records.next() {
         n_lines += 1;
@@ -356,11 +357,17 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             n_sent += n;
             n_created += u64::from(response.n_created);
             n_updated += u64::from(response.n_updated);
+            n_quarantined += u64::from(response.n_quarantined);
         }
         progress.update(n_lines);
     }
     progress.finish();
     println!("submitted {n_sent} flag(s): {n_created} new, {n_updated} updated");
+    if n_quarantined > 0 {
+        println!(
+            "{n_quarantined} new flag(s) held in quarantine: more new flags than the operator's hourly threshold; they match for no one else until the operator releases them"
+        );
+    }
     Ok(report_rejected(&mut rejected))
 }
 

@@ -16,6 +16,7 @@ mod lookup;
 pub mod maintenance;
 mod membership;
 pub mod principals;
+mod quarantine;
 mod retract;
 pub mod signing;
 mod state;
@@ -42,6 +43,7 @@ pub use lookup::MAX_RANGE_MATCHES;
 pub use maintenance::{Retention, Stats, Sweep};
 pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
+pub use quarantine::{QUARANTINE_CHUNK, QuarantineSummary};
 pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
 
 use state::{State, blocking, stream_chunk};
@@ -58,6 +60,9 @@ pub struct Policy {
     pub operator_name: String,
     /// Most members of one other operator this server keeps (each costs memory and a row).
     pub max_foreign_members_per_origin: usize,
+    /// New flags one member may commit per hour before the rest are quarantined; 0: no
+    /// quarantine.
+    pub quarantine_new_flags_per_hour: u64,
 }
 
 /// Shortest and longest `RangeQuery` prefix, in bytes. Two bytes make 65,536 buckets, so
@@ -84,6 +89,7 @@ impl Default for Policy {
             default_distribution: Distribution::Federated,
             operator_name: "flagshare".to_owned(),
             max_foreign_members_per_origin: DEFAULT_MAX_FOREIGN_MEMBERS_PER_ORIGIN,
+            quarantine_new_flags_per_hour: 0,
         }
     }
 }
@@ -100,6 +106,8 @@ impl Policy {
 pub struct SubmitOutcome {
     pub n_created: u32,
     pub n_updated: u32,
+    /// New flags held back by the flood quarantine (stored, not matching for others).
+    pub n_quarantined: u32,
     pub sequence: u64,
 }
 
@@ -423,6 +431,24 @@ impl Domain {
     ) -> Result<(PrincipalRecord, u32)> {
         let state = self.state.clone();
         blocking(move || state.set_principal_status(&admin, &name, status, withdraw_flags)).await
+    }
+
+    /// Every member's quarantined flags, counted.
+    pub async fn quarantine_list(&self) -> Result<Vec<QuarantineSummary>> {
+        let state = self.state.clone();
+        blocking(move || state.quarantine_list()).await
+    }
+
+    /// Releases a chunk of a member's quarantined flags: (released, still held).
+    pub async fn quarantine_release(&self, admin: Caller, member: String) -> Result<(u32, u64)> {
+        let state = self.state.clone();
+        blocking(move || state.quarantine_release(&admin, &member)).await
+    }
+
+    /// Rejects (deletes) a chunk of a member's quarantined flags: (rejected, still held).
+    pub async fn quarantine_reject(&self, admin: Caller, member: String) -> Result<(u32, u64)> {
+        let state = self.state.clone();
+        blocking(move || state.quarantine_reject(&admin, &member)).await
     }
 
     /// Sets a principal's limit overrides (`clear` drops the old ones first).

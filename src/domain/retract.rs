@@ -32,9 +32,26 @@ impl State {
         let mut unmatched_indexes = Vec::new();
         let mut retracted_digests = BTreeSet::new();
         let mut n_retracted = 0;
+        // A retraction reaches the caller's quarantined flags too: a held flag that was
+        // retracted must not go live when an admin later releases the rest.
+        let held = self.has_quarantined(caller.id);
         for (index, selector) in selectors.iter().enumerate() {
+            let mut n_held = 0;
+            if held {
+                for (key, _) in self.store.quarantined_of_digest(caller.id, &selector.digest)? {
+                    if selector.kind.is_none_or(|kind| kind == key.kind)
+                        && selector.category.is_none_or(|category| category == key.category)
+                    {
+                        batch.delete_quarantined(&key);
+                        n_held += 1;
+                    }
+                }
+                n_retracted += n_held;
+            }
             let Some(entries) = summaries.get_mut(&selector.digest) else {
-                unmatched_indexes.push(index as u32);
+                if n_held == 0 {
+                    unmatched_indexes.push(index as u32);
+                }
                 continue;
             };
             let (selected, kept): (Vec<SummaryEntry>, Vec<SummaryEntry>) = entries
@@ -42,7 +59,9 @@ impl State {
                 .copied()
                 .partition(|entry| selector.selects(caller.id, entry));
             if selected.is_empty() {
-                unmatched_indexes.push(index as u32);
+                if n_held == 0 {
+                    unmatched_indexes.push(index as u32);
+                }
                 continue;
             }
             *entries = kept;

@@ -62,6 +62,11 @@ pub(crate) struct State {
     /// run this many at a time: hundreds of open streams queue here, and the blocking pool
     /// stays free for queries and submissions.
     pub(super) stream_work: tokio::sync::Semaphore,
+    /// New flags each member committed in the current quarantine window: (window start
+    /// ms, count). In memory: a restart opens a new window.
+    pub(super) new_flags_window: parking_lot::Mutex<HashMap<crate::model::PrincipalId, (i64, u64)>>,
+    /// Members with quarantined flags (loaded at open, kept current).
+    pub(super) quarantined_members: RwLock<HashSet<crate::model::PrincipalId>>,
     /// Tests set it to make the next audited commit panic under the writer lock.
     #[cfg(test)]
     fault: std::sync::atomic::AtomicBool,
@@ -85,6 +90,7 @@ impl State {
             foreign_members,
         );
         let db_identity = store.db_identity()?;
+        let quarantined_members = super::quarantine::members_with_rows(&store)?;
         Ok(State {
             #[cfg(test)]
             fault: std::sync::atomic::AtomicBool::new(false),
@@ -98,6 +104,8 @@ impl State {
             metrics: Metrics::default(),
             federation,
             disputed,
+            new_flags_window: parking_lot::Mutex::new(HashMap::new()),
+            quarantined_members: RwLock::new(quarantined_members),
         })
     }
 

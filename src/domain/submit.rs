@@ -7,7 +7,7 @@ use super::principals::Caller;
 use super::state::{Removal, State, stage_removal, stage_upsert};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Change, Distribution, FlagKey, FlagRecord, RetractReason, SummaryEntry};
+use crate::model::{AuditOp, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, RetractReason, SummaryEntry};
 
 impl State {
     pub(super) fn submit(
@@ -48,7 +48,11 @@ impl State {
 
         let mut batch = self.store.batch();
         let mut sequence = *last_sequence;
-        let (mut n_created, mut n_updated) = (0, 0);
+        let (mut n_created, mut n_updated, mut n_quarantined) = (0, 0, 0);
+        // New flags this member may still commit in this window; the rest are quarantined.
+        let mut room = self.quarantine_room(caller.id, now);
+        // Only a member with held-back flags can need one of them cleared as it goes live.
+        let may_be_held = self.has_quarantined(caller.id);
         // Key order, not submission order: RocksDB's memtable inserts a sorted run of keys
         // from where the previous one went, instead of searching its skip list afresh
         // (that search was half the server's time in a bulk load). The sort is stable, so
@@ -56,12 +60,16 @@ impl State {
         let mut order: Vec<usize> = (0..flag_keys.len()).collect();
         order.sort_by_key(|index| flag_keys[*index]);
         let (mut k, mut d) = (0, 0);
-        let mut previous: Option<(FlagKey, FlagRecord)> = None;
+        let mut previous: Option<(FlagKey, FlagRecord, bool)> = None;
         for index in order {
             let (key, new_flag) = (&flag_keys[index], &new_flags[index]);
+            let mut held_back = false;
             let existing = match previous.take() {
                 // The same key again in this batch: merge with what it just became.
-                Some((previous_key, record)) if previous_key == *key => Some(record),
+                Some((previous_key, record, quarantined)) if previous_key == *key => {
+                    held_back = quarantined;
+                    Some(record)
+                }
                 _ => {
                     while sorted_keys[k] != *key {
                         k += 1;
@@ -72,12 +80,18 @@ impl State {
             while digests[d] != key.digest {
                 d += 1;
             }
-            if existing.is_some() {
+            if held_back {
+                // Already held back in this batch: stays so.
+            } else if existing.is_some() {
                 n_updated += 1;
+            } else if room == Some(0) {
+                held_back = true;
+                n_quarantined += 1;
             } else {
                 self.check_room(&summaries[d], key)
                     .map_err(|reason| Error::ResourceExhausted(format!("flags[{index}].digest: {reason}")))?;
                 n_created += 1;
+                room = room.map(|left| left - 1);
             }
             let record = flags::merge_flag(
                 existing.as_ref(),
@@ -87,6 +101,17 @@ impl State {
                 self.policy.default_distribution,
                 now,
             );
+            if held_back {
+                // Stored for an admin to release or reject; no summary entry, no change-log
+                // entry: nobody else matches it and no peer is sent it.
+                batch.put_quarantined(key, &quarantine_row(key, &record, now));
+                previous = Some((*key, record, true));
+                continue;
+            }
+            // A flag that goes live is no longer held back, if it was by an earlier call.
+            if may_be_held {
+                batch.delete_quarantined(key);
+            }
             // A flag that peers have and that now stays local is withdrawn from them: the
             // withdrawal travels, the local upsert does not.
             if let Some(old) = &existing
@@ -105,20 +130,30 @@ impl State {
                 summaries[d].retain(|entry| !entry.same_flag(key));
             }
             stage_upsert(&mut batch, &mut sequence, &mut summaries[d], key, &record, None, now);
-            previous = Some((*key, record));
+            previous = Some((*key, record, false));
         }
         for (digest, entries) in digests.iter().zip(&summaries) {
             batch.put_summary(digest, entries)?;
         }
         // The flags themselves say who flagged what; the entry counts them.
+        let detail = if n_quarantined > 0 {
+            format!("{n_created} created, {n_updated} updated, {n_quarantined} quarantined")
+        } else {
+            format!("{n_created} created, {n_updated} updated")
+        };
         let event = AuditEvent::new(caller.into(), AuditOp::Submit)
             .counts(new_flags.len() as u64, u64::from(n_created + n_updated))
-            .detail(format!("{n_created} created, {n_updated} updated"));
+            .detail(detail);
         self.commit_audited(batch, event, now)?;
         *last_sequence = sequence;
+        self.count_new_flags(caller.id, u64::from(n_created), now);
+        if n_quarantined > 0 {
+            self.quarantined_members.write().insert(caller.id);
+        }
         Ok(SubmitOutcome {
             n_created,
             n_updated,
+            n_quarantined,
             sequence,
         })
     }
@@ -157,5 +192,17 @@ impl State {
         }
         stored.sort_unstable_by_key(|(k, _)| *k);
         Ok(stored)
+    }
+}
+
+/// A quarantined flag's row: the upsert it will be when released.
+fn quarantine_row(key: &FlagKey, record: &FlagRecord, now: i64) -> ChangeRecord {
+    ChangeRecord {
+        at_ms: now,
+        key: *key,
+        change: Change::Upsert(record.clone()),
+        distribution: record.distribution,
+        origin_sequence: 0,
+        signature: None,
     }
 }

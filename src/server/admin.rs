@@ -352,6 +352,49 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn list_quarantine(
+        &self,
+        request: Request<pb::ListQuarantineRequest>,
+    ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
+        authorize(&self.domain, &request, &[Role::Admin])?;
+        let members = self.domain.quarantine_list().await?;
+        Ok(Response::new(pb::ListQuarantineResponse {
+            members: members
+                .into_iter()
+                .map(|summary| pb::QuarantinedMember {
+                    member: summary.member,
+                    n_flags: summary.n_flags,
+                    oldest: Some(crate::wire::timestamp_from_ms(summary.oldest_ms)),
+                    newest: Some(crate::wire::timestamp_from_ms(summary.newest_ms)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn release_quarantine(
+        &self,
+        request: Request<pb::QuarantineActionRequest>,
+    ) -> Result<Response<pb::QuarantineActionResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let (n_done, n_remaining) = self
+            .domain
+            .quarantine_release(admin, request.into_inner().member)
+            .await?;
+        Ok(Response::new(pb::QuarantineActionResponse { n_done, n_remaining }))
+    }
+
+    async fn reject_quarantine(
+        &self,
+        request: Request<pb::QuarantineActionRequest>,
+    ) -> Result<Response<pb::QuarantineActionResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let (n_done, n_remaining) = self
+            .domain
+            .quarantine_reject(admin, request.into_inner().member)
+            .await?;
+        Ok(Response::new(pb::QuarantineActionResponse { n_done, n_remaining }))
+    }
+
     async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
         self.domain.compact(admin).await?;

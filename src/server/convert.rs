@@ -81,6 +81,7 @@ pub fn submit_outcome_to_pb(outcome: SubmitOutcome) -> pb::SubmitResponse {
     pb::SubmitResponse {
         n_created: outcome.n_created,
         n_updated: outcome.n_updated,
+        n_quarantined: outcome.n_quarantined,
         sequence: outcome.sequence,
     }
 }

@@ -298,6 +298,12 @@ impl pb::flags_server::Flags for FlagsService {
             .flags_updated
             .get_or_create(&member)
             .inc_by(u64::from(outcome.n_updated));
+        if outcome.n_quarantined > 0 {
+            self.metrics
+                .flags_quarantined
+                .get_or_create(&member)
+                .inc_by(u64::from(outcome.n_quarantined));
+        }
         Ok(Response::new(convert::submit_outcome_to_pb(outcome)))
     }
 

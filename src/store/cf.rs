@@ -71,6 +71,12 @@ pub const FLAG_VERSIONS: &str = "flag_versions";
 /// Rows: peer name → peer v1: `[1, JSON of domain::federation::PeerRecord]`.
 pub const PEERS: &str = "peers";
 
+/// Flags held back by the flood quarantine (`domain::quarantine`): stored, matching for
+/// no one else and sent to no peer until an admin releases or rejects them. Rows:
+/// `member u32 | digest(32) | kind u8 | category u8` → change v3 (see `codec`), an upsert
+/// carrying the flag's full record as it will be released.
+pub const QUARANTINE: &str = "quarantine";
+
 /// All families, in the order they are opened.
 pub const ALL: &[&str] = &[
     META,
@@ -83,4 +89,5 @@ pub const ALL: &[&str] = &[
     FOREIGN_MEMBERS,
     FLAG_VERSIONS,
     PEERS,
+    QUARANTINE,
 ];

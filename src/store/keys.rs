@@ -71,6 +71,32 @@ fn four(bytes: &[u8]) -> [u8; 4] {
     out
 }
 
+/// A quarantined flag's row: its member first, so one member's rows are one range.
+pub fn quarantine_key(key: &FlagKey) -> [u8; FLAG_KEY_LEN] {
+    let mut out = [0u8; FLAG_KEY_LEN];
+    out[..4].copy_from_slice(&key.member.to_be_bytes());
+    out[4..4 + DIGEST_LEN].copy_from_slice(&key.digest);
+    out[4 + DIGEST_LEN] = key.kind as u8;
+    out[5 + DIGEST_LEN] = key.category as u8;
+    out
+}
+
+pub fn decode_quarantine_key(bytes: &[u8]) -> Result<FlagKey, KeyError> {
+    if bytes.len() != FLAG_KEY_LEN {
+        return Err(KeyError::Length {
+            what: "quarantine",
+            got: bytes.len(),
+            expected: FLAG_KEY_LEN,
+        });
+    }
+    // The same fields as a flag key, member moved first.
+    let mut flag = [0u8; FLAG_KEY_LEN];
+    flag[..DIGEST_LEN].copy_from_slice(&bytes[4..4 + DIGEST_LEN]);
+    flag[DIGEST_LEN..DIGEST_LEN + 4].copy_from_slice(&bytes[..4]);
+    flag[DIGEST_LEN + 4..].copy_from_slice(&bytes[4 + DIGEST_LEN..]);
+    decode_flag_key(&flag)
+}
+
 pub fn flag_key(key: &FlagKey) -> [u8; FLAG_KEY_LEN] {
     let mut out = [0u8; FLAG_KEY_LEN];
     out[..DIGEST_LEN].copy_from_slice(&key.digest);

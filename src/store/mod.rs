@@ -261,6 +261,66 @@ impl Store {
         Ok(self.db.get_cf(self.cf(cf::PEERS), name.as_bytes())?)
     }
 
+    /// Up to `limit` quarantined flags of `member` (every member's when `None`), in key order.
+    pub fn quarantined(
+        &self,
+        member: Option<PrincipalId>,
+        limit: usize,
+    ) -> Result<Vec<(FlagKey, ChangeRecord)>, StoreError> {
+        let prefix = member.map(u32::to_be_bytes);
+        let mode = match &prefix {
+            Some(prefix) => IteratorMode::From(prefix, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut found = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::QUARANTINE), mode) {
+            let (key, value) = item?;
+            if prefix.is_some_and(|prefix| !key.starts_with(&prefix)) || found.len() >= limit {
+                break;
+            }
+            found.push((keys::decode_quarantine_key(&key)?, codec::decode_change(&value)?));
+        }
+        Ok(found)
+    }
+
+    /// `member`'s quarantined flags on `digest`.
+    pub fn quarantined_of_digest(
+        &self,
+        member: PrincipalId,
+        digest: &Digest,
+    ) -> Result<Vec<(FlagKey, ChangeRecord)>, StoreError> {
+        let prefix = [&member.to_be_bytes()[..], &digest[..]].concat();
+        let mut found = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            found.push((keys::decode_quarantine_key(&key)?, codec::decode_change(&value)?));
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` quarantined flags of members numbered `from` and above, in key order.
+    pub fn quarantined_from(
+        &self,
+        from: PrincipalId,
+        limit: usize,
+    ) -> Result<Vec<(FlagKey, ChangeRecord)>, StoreError> {
+        let start = from.to_be_bytes();
+        self.db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::From(&start, Direction::Forward))
+            .take(limit)
+            .map(|item| -> Result<_, StoreError> {
+                let (key, value) = item?;
+                Ok((keys::decode_quarantine_key(&key)?, codec::decode_change(&value)?))
+            })
+            .collect()
+    }
+
     /// Every principal's limit overrides (`meta` rows `limits/<name>`), as stored (JSON).
     pub fn load_limits(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.db
@@ -858,6 +918,19 @@ impl Batch<'_> {
             keys::flag_key(key),
             keys::sequence_key(origin_sequence),
         );
+    }
+
+    pub fn put_quarantined(&mut self, key: &FlagKey, record: &ChangeRecord) {
+        self.inner.put_cf(
+            self.store.cf(cf::QUARANTINE),
+            keys::quarantine_key(key),
+            codec::encode_change(record),
+        );
+    }
+
+    pub fn delete_quarantined(&mut self, key: &FlagKey) {
+        self.inner
+            .delete_cf(self.store.cf(cf::QUARANTINE), keys::quarantine_key(key));
     }
 
     pub fn put_limits(&mut self, name: &str, encoded: &[u8]) {

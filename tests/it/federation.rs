@@ -569,3 +569,124 @@ async fn the_metrics_endpoint_shows_a_peer_caught_up_with_what_it_applied() {
     // A is not a peer of anyone: it has no peer series.
     assert!(!a.scrape().await.0.contains("flagshare_peer_state{"));
 }
+
+#[tokio::test]
+async fn a_flood_is_held_back_from_others_and_peers_until_released_and_a_rejected_one_never_matches() {
+    let a = TestServer::start_named_configured("op-a", |config| config.quarantine_new_flags_per_hour = 5).await;
+    let b = TestServer::start_named("op-b").await;
+    link(&b, &a, "b", "a").await;
+    let mut flooder = a.member("flooder").await;
+    let mut checker = a.member("checker").await;
+    let mut remote = b.member("remote").await;
+    let digests: Vec<_> = (0..10)
+        .map(|i| email_digest(&format!("flood{i}@example.com")))
+        .collect();
+    let submit = |range: std::ops::Range<usize>| {
+        submit_request(
+            digests[range]
+                .iter()
+                .map(|d| flag(*d, pb::Category::Grooming, 80))
+                .collect(),
+        )
+    };
+    let first = flooder.submit(submit(0..3)).await.unwrap().into_inner();
+    assert_eq!((first.n_created, first.n_quarantined), (3, 0));
+    let second = flooder.submit(submit(3..8)).await.unwrap().into_inner();
+    assert_eq!((second.n_created, second.n_quarantined), (2, 3));
+    // An update of a live flag is never held back.
+    let update = flooder.submit(submit(0..1)).await.unwrap().into_inner();
+    assert_eq!((update.n_updated, update.n_quarantined), (1, 0));
+
+    let matched = |matches: Vec<pb::Match>| matches.iter().map(|m| m.index).collect::<Vec<_>>();
+    // A batch is committed in key order: which two of the second batch went live is the
+    // digests' order. The first batch's three (matched before the flood) stay.
+    let live = matched(query(&mut checker, &digests[..8]).await);
+    assert_eq!(live.len(), 5, "{live:?}");
+    assert!(live.starts_with(&[0, 1, 2]), "{live:?}");
+    caught_up(&b, "a", &a).await;
+    assert_eq!(matched(query(&mut remote, &digests[..8]).await), live);
+    let mut admin = a.admin_client().await;
+    let listed = admin
+        .list_quarantine(pb::ListQuarantineRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].member.as_str(), listed[0].n_flags), ("flooder", 3));
+    assert_eq!(
+        a.scrape()
+            .await
+            .counter("flagshare_flags_quarantined_total", r#"member="flooder""#),
+        3.0
+    );
+
+    // Released: they match and federate from now, in one audited commit.
+    let released = admin
+        .release_quarantine(pb::QuarantineActionRequest {
+            member: "flooder".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((released.n_done, released.n_remaining), (3, 0));
+    assert_eq!(
+        matched(query(&mut checker, &digests[..8]).await),
+        (0..8).collect::<Vec<_>>()
+    );
+    caught_up(&b, "a", &a).await;
+    assert_eq!(
+        matched(query(&mut remote, &digests[..8]).await),
+        (0..8).collect::<Vec<_>>()
+    );
+
+    // The window is still full: the next new flags are held, and rejected they never match.
+    let third = flooder.submit(submit(8..10)).await.unwrap().into_inner();
+    assert_eq!((third.n_created, third.n_quarantined), (0, 2));
+    // The member's own retraction reaches a held flag: it can never be released.
+    let retracted = flooder
+        .retract(pb::RetractRequest {
+            flags: vec![pb::FlagSelector {
+                digest: digests[9].to_vec(),
+                kind: 0,
+                category: 0,
+            }],
+            reason: pb::RetractReason::FalsePositive as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((retracted.n_retracted, retracted.unmatched_indexes.len()), (1, 0));
+    let rejected = admin
+        .reject_quarantine(pb::QuarantineActionRequest {
+            member: "flooder".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((rejected.n_done, rejected.n_remaining), (1, 0));
+    assert!(query(&mut checker, &digests[8..]).await.is_empty());
+    caught_up(&b, "a", &a).await;
+    assert!(query(&mut remote, &digests[8..]).await.is_empty());
+    assert!(
+        admin
+            .list_quarantine(pb::ListQuarantineRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+            .is_empty()
+    );
+    for op in ["release_quarantine", "reject_quarantine"] {
+        let entries = admin
+            .list_audit(pb::ListAuditRequest {
+                op: op.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(entries.len(), 1, "{op}");
+    }
+}

@@ -286,6 +286,17 @@ async fn hundreds_of_unread_streams_cost_no_threads_and_shutdown_still_ends_the_
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     ok(flagshare(&["init", "--data", path(&data)]));
+    // One member loads 200,000 flags: above the flood quarantine's hourly default.
+    let settings = data.join("flagshare.toml");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    std::fs::write(
+        &settings,
+        text.replace(
+            "quarantine_new_flags_per_hour = 100000",
+            "quarantine_new_flags_per_hour = 0",
+        ),
+    )
+    .unwrap();
     let server = ServeProcess::start(&data);
     let admin_bundle = Bundle::load(&data.join("clients").join("admin")).unwrap();
     let admin_channel = admin_bundle.connect(Some(&server.endpoint())).await.unwrap();

@@ -975,3 +975,37 @@ fn log_format_json_writes_one_json_object_per_log_line() {
     );
     assert!(entry["timestamp"].is_string());
 }
+
+#[test]
+fn an_operator_lists_and_releases_a_members_quarantined_flags() {
+    let site = Site::new();
+    site.set_config(
+        "quarantine_new_flags_per_hour = 100000",
+        "quarantine_new_flags_per_hour = 1",
+    );
+    let server = ServeProcess::start(&site.data);
+    let alpha = site.add(&server, "alpha");
+    let beta = site.add(&server, "beta");
+    site.submit(&server, &alpha, "grooming", &[], "first@example.com");
+    let held = ok(site.member(
+        &server,
+        &alpha,
+        "submit",
+        &["--kind", "email", "--category", "grooming", "second@example.com"],
+    ));
+    assert!(held.contains("1 new flag(s) held in quarantine"), "{held}");
+    assert_eq!(site.query(&server, &beta, &["second@example.com"]).len(), 0);
+    let listed = site.admin_json(&server, &["quarantine", "list"]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0]["member"].as_str(), listed[0]["flags"].as_u64()),
+        (Some("alpha"), Some(1))
+    );
+    let released = ok(admin(&site.data, &server, &["quarantine", "release", "alpha"]));
+    assert!(
+        released.contains("1 quarantined flag(s) of alpha released; 0 still held"),
+        "{released}"
+    );
+    assert_eq!(site.query(&server, &beta, &["second@example.com"]).len(), 1);
+    assert!(site.admin_json(&server, &["quarantine", "list"]).is_empty());
+}

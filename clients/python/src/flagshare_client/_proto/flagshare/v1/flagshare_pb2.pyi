@@ -121,14 +121,16 @@ class SubmitRequest(_message.Message):
     def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., key_id: _Optional[int] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("n_created", "n_updated", "sequence")
+    __slots__ = ("n_created", "n_updated", "sequence", "n_quarantined")
     N_CREATED_FIELD_NUMBER: _ClassVar[int]
     N_UPDATED_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    N_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     n_created: int
     n_updated: int
     sequence: int
-    def __init__(self, n_created: _Optional[int] = ..., n_updated: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+    n_quarantined: int
+    def __init__(self, n_created: _Optional[int] = ..., n_updated: _Optional[int] = ..., sequence: _Optional[int] = ..., n_quarantined: _Optional[int] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
     __slots__ = ("digests",)
@@ -536,6 +538,42 @@ class BackupResponse(_message.Message):
     DIR_FIELD_NUMBER: _ClassVar[int]
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
+
+class ListQuarantineRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QuarantinedMember(_message.Message):
+    __slots__ = ("member", "n_flags", "oldest", "newest")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    N_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    n_flags: int
+    oldest: _timestamp_pb2.Timestamp
+    newest: _timestamp_pb2.Timestamp
+    def __init__(self, member: _Optional[str] = ..., n_flags: _Optional[int] = ..., oldest: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListQuarantineResponse(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[QuarantinedMember]
+    def __init__(self, members: _Optional[_Iterable[_Union[QuarantinedMember, _Mapping]]] = ...) -> None: ...
+
+class QuarantineActionRequest(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    def __init__(self, member: _Optional[str] = ...) -> None: ...
+
+class QuarantineActionResponse(_message.Message):
+    __slots__ = ("n_done", "n_remaining")
+    N_DONE_FIELD_NUMBER: _ClassVar[int]
+    N_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    n_done: int
+    n_remaining: int
+    def __init__(self, n_done: _Optional[int] = ..., n_remaining: _Optional[int] = ...) -> None: ...
 
 class RenewServerCertificateRequest(_message.Message):
     __slots__ = ()

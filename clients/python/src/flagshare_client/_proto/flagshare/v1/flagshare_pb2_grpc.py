@@ -452,6 +452,21 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateResponse.FromString,
                 _registered_method=True)
+        self.ListQuarantine = channel.unary_unary(
+                '/flagshare.v1.Admin/ListQuarantine',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.ListQuarantineRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ListQuarantineResponse.FromString,
+                _registered_method=True)
+        self.ReleaseQuarantine = channel.unary_unary(
+                '/flagshare.v1.Admin/ReleaseQuarantine',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.FromString,
+                _registered_method=True)
+        self.RejectQuarantine = channel.unary_unary(
+                '/flagshare.v1.Admin/RejectQuarantine',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -554,6 +569,27 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuarantine(self, request, context):
+        """The flood quarantine: members whose new flags were held back, and what to do with them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseQuarantine(self, request, context):
+        """Releases (they go live and federate now) or rejects (deletes) up to 10,000 of a
+        member's quarantined flags in one audited commit; call again while some remain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectQuarantine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -631,6 +667,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RenewServerCertificate,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateResponse.SerializeToString,
+            ),
+            'ListQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantine,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ListQuarantineRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ListQuarantineResponse.SerializeToString,
+            ),
+            'ReleaseQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseQuarantine,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.SerializeToString,
+            ),
+            'RejectQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectQuarantine,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1039,6 +1090,87 @@ class Admin:
             '/flagshare.v1.Admin/RenewServerCertificate',
             flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.RenewServerCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/ListQuarantine',
+            flagshare_dot_v1_dot_flagshare__pb2.ListQuarantineRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ListQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/ReleaseQuarantine',
+            flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/RejectQuarantine',
+            flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

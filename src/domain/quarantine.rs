@@ -1,0 +1,179 @@
+//! The flood quarantine: once a member has committed `quarantine_new_flags_per_hour` new
+//! flags in an hour, its further new flags are stored here instead of going live. They
+//! match for no one else and reach no peer until an admin releases them (they go live
+//! then, and federate, as if submitted at that moment) or rejects them (they are deleted,
+//! never having matched). Matches made before are never touched: only flags beyond the
+//! threshold are held. Updates of a member's live flags are never held.
+
+use std::collections::HashSet;
+
+use super::audit::AuditEvent;
+use super::principals::Caller;
+use super::state::{State, stage_upsert};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::model::{AuditOp, Change, PrincipalId, SummaryEntry};
+use crate::store::Store;
+use crate::util::now_ms;
+
+const WINDOW_MS: i64 = 60 * 60 * 1000;
+/// Quarantined flags released or rejected per commit.
+pub const QUARANTINE_CHUNK: usize = 10_000;
+
+/// One member's quarantined flags, for `admin quarantine list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineSummary {
+    pub member: String,
+    pub n_flags: u64,
+    pub oldest_ms: i64,
+    pub newest_ms: i64,
+}
+
+pub(super) fn members_with_rows(store: &Store) -> Result<HashSet<PrincipalId>> {
+    // One row per member is enough to know: seek to each next member.
+    let mut members = HashSet::new();
+    let mut next = Some(0u32);
+    while let Some(from) = next {
+        let rows = store.quarantined_from(from, 1)?;
+        next = match rows.first() {
+            Some((key, _)) => {
+                members.insert(key.member);
+                key.member.checked_add(1)
+            }
+            None => None,
+        };
+    }
+    Ok(members)
+}
+
+impl State {
+    /// How many more new flags `member` may commit in this window; `None`: no quarantine.
+    pub(super) fn quarantine_room(&self, member: PrincipalId, now: i64) -> Option<u64> {
+        let threshold = self.policy.quarantine_new_flags_per_hour;
+        if threshold == 0 {
+            return None;
+        }
+        let windows = self.new_flags_window.lock();
+        let used = match windows.get(&member) {
+            Some((start, count)) if now - start < WINDOW_MS => *count,
+            _ => 0,
+        };
+        Some(threshold.saturating_sub(used))
+    }
+
+    pub(super) fn count_new_flags(&self, member: PrincipalId, n_created: u64, now: i64) {
+        if self.policy.quarantine_new_flags_per_hour == 0 || n_created == 0 {
+            return;
+        }
+        let mut windows = self.new_flags_window.lock();
+        let window = windows.entry(member).or_insert((now, 0));
+        if now - window.0 >= WINDOW_MS {
+            *window = (now, 0);
+        }
+        window.1 += n_created;
+    }
+
+    pub(super) fn has_quarantined(&self, member: PrincipalId) -> bool {
+        self.quarantined_members.read().contains(&member)
+    }
+
+    pub(super) fn quarantine_list(&self) -> Result<Vec<QuarantineSummary>> {
+        let mut by_member: std::collections::BTreeMap<PrincipalId, QuarantineSummary> = Default::default();
+        for (key, row) in self.store.quarantined(None, usize::MAX)? {
+            let summary = by_member.entry(key.member).or_insert_with(|| QuarantineSummary {
+                member: self.registry.name_of(key.member),
+                n_flags: 0,
+                oldest_ms: i64::MAX,
+                newest_ms: i64::MIN,
+            });
+            summary.n_flags += 1;
+            summary.oldest_ms = summary.oldest_ms.min(row.at_ms);
+            summary.newest_ms = summary.newest_ms.max(row.at_ms);
+        }
+        Ok(by_member.into_values().collect())
+    }
+
+    fn quarantined_member(&self, name: &str) -> Result<PrincipalId> {
+        self.registry
+            .by_name(name)
+            .map(|record| record.id)
+            .ok_or_else(|| Error::NotFound(format!("member: no principal named '{name}'")))
+    }
+
+    /// Releases up to `QUARANTINE_CHUNK` of `member`'s quarantined flags in one audited
+    /// commit: they go live (and federate) as of now. Returns (released, still held).
+    pub(super) fn quarantine_release(&self, admin: &Caller, name: &str) -> Result<(u32, u64)> {
+        let member = self.quarantined_member(name)?;
+        let now = now_ms();
+        let mut last_sequence = self.writer();
+        let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
+        let mut digests: Vec<Digest> = rows.iter().map(|(key, _)| key.digest).collect();
+        digests.sort_unstable();
+        digests.dedup();
+        let mut summaries: Vec<Vec<SummaryEntry>> = self
+            .store
+            .get_summaries(&digests)?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        let mut batch = self.store.batch();
+        let mut sequence = *last_sequence;
+        let mut released = 0u32;
+        for (key, row) in &rows {
+            batch.delete_quarantined(key);
+            let Change::Upsert(record) = &row.change else {
+                continue;
+            };
+            let Ok(d) = digests.binary_search(&key.digest) else {
+                continue;
+            };
+            // Went live meanwhile (resubmitted below the threshold): the live one is newer.
+            if summaries[d].iter().any(|entry| entry.same_flag(key)) {
+                continue;
+            }
+            self.check_room(&summaries[d], key).map_err(Error::ResourceExhausted)?;
+            let mut record = record.clone();
+            // Seen by everyone from now: it starts matching now.
+            record.first_seen_ms = record.first_seen_ms.min(now);
+            stage_upsert(&mut batch, &mut sequence, &mut summaries[d], key, &record, None, now);
+            released += 1;
+        }
+        for (digest, entries) in digests.iter().zip(&summaries) {
+            batch.put_summary(digest, entries)?;
+        }
+        let event = AuditEvent::new(admin.into(), AuditOp::ReleaseQuarantine)
+            .counts(rows.len() as u64, u64::from(released))
+            .detail(format!("{name}: {released} quarantined flags released"));
+        self.commit_audited(batch, event, now)?;
+        *last_sequence = sequence;
+        drop(last_sequence);
+        Ok((released, self.remaining(member)?))
+    }
+
+    /// Deletes up to `QUARANTINE_CHUNK` of `member`'s quarantined flags in one audited
+    /// commit; they never matched. Returns (rejected, still held).
+    pub(super) fn quarantine_reject(&self, admin: &Caller, name: &str) -> Result<(u32, u64)> {
+        let member = self.quarantined_member(name)?;
+        let _writer = self.writer();
+        let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
+        let mut batch = self.store.batch();
+        for (key, _) in &rows {
+            batch.delete_quarantined(key);
+        }
+        let digests: Vec<Digest> = rows.iter().take(100).map(|(key, _)| key.digest).collect();
+        let event = AuditEvent::new(admin.into(), AuditOp::RejectQuarantine)
+            .counts(rows.len() as u64, rows.len() as u64)
+            .detail(format!("{name}: {} quarantined flags rejected", rows.len()))
+            .digests(digests);
+        self.commit_audited(batch, event, now_ms())?;
+        Ok((rows.len() as u32, self.remaining(member)?))
+    }
+
+    fn remaining(&self, member: PrincipalId) -> Result<u64> {
+        let left = self.store.quarantined(Some(member), usize::MAX)?.len() as u64;
+        if left == 0 {
+            self.quarantined_members.write().remove(&member);
+        }
+        Ok(left)
+    }
+}
