@@ -272,3 +272,31 @@ async fn connections_beyond_max_connections_are_closed_at_accept() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_unary_call_whose_request_never_arrives_is_ended_by_the_server_deadline() {
+    let server = TestServer::start_configured(|config| config.request_timeout_secs = 1).await;
+    let bundle = server.enroll("slow", flagshare::model::Role::Member).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel(&bundle).await);
+    grpc.ready().await.unwrap();
+    // The request message never comes: the handler would wait for it for ever.
+    let never = tokio_stream::pending::<pb::QueryRequest>();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        grpc.client_streaming::<_, pb::QueryRequest, pb::QueryResponse, _>(
+            tonic::Request::new(never),
+            http::uri::PathAndQuery::from_static("/flagshare.v1.Flags/Query"),
+            tonic_prost::ProstCodec::default(),
+        ),
+    )
+    .await
+    .expect("the server ends the call itself");
+    let status = answer.unwrap_err();
+    assert!(
+        matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+        "{status:?}"
+    );
+    // And goes on answering.
+    let mut client = pb::flags_client::FlagsClient::new(server.channel(&bundle).await);
+    client.query(query_request(&[[1; 32]])).await.unwrap();
+}
