@@ -58,7 +58,7 @@ def main() -> int:
         print(f"{len(problems)} line(s) cannot be sent; nothing was sent (fix them or pass --skip-invalid)", file=sys.stderr)
         return 1
 
-    created = updated = 0
+    created = updated = quarantined = 0
     start = time.monotonic()
     with Client.from_bundle(args.bundle, endpoint=args.endpoint) as client:
         for offset in range(0, len(flags), 10_000):
@@ -70,11 +70,14 @@ def main() -> int:
                 return 1
             created += result.n_created
             updated += result.n_updated
+            quarantined += result.n_quarantined
             done = offset + len(batch)
             rate = done / max(time.monotonic() - start, 1e-9)
             print(f"\r{done:,}/{len(flags):,} flags sent ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     print(f"{created} created, {updated} updated, {len(problems)} line(s) skipped")
+    if quarantined:
+        print(f"{quarantined} new flag(s) held in the operator's flood quarantine until it releases them")
     return 1 if problems else 0
 
 

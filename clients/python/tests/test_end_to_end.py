@@ -70,7 +70,7 @@ def test_submit_then_query_from_another_member(platform_a, platform_b, digester)
         [Flag(digest=digest, kind=Kind.EMAIL, category=Category.GROOMING, confidence=90, reference="case-17")],
         key_id=digester.key_id,
     )
-    assert (result.n_created, result.n_updated) == (1, 0)
+    assert (result.n_created, result.n_updated, result.n_quarantined) == (1, 0, 0)
     assert result.sequence > 0
     again = platform_a.submit([Flag(digest, "email", "grooming", confidence=95)], key_id=digester.key_id)
     assert (again.n_created, again.n_updated) == (0, 1)

@@ -259,6 +259,9 @@ class SubmitResult:
     n_updated: int
     #: Change-log sequence of the last change written.
     sequence: int
+    #: New flags held back by the operator's flood quarantine: stored, but matching for no
+    #: other member until the operator releases them.
+    n_quarantined: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,7 +434,7 @@ class Client:
         if not isinstance(key_id, int) or not 0 <= key_id <= 0xFFFFFFFF:
             raise ValueError(f"submit: key_id {key_id!r} is not an unsigned 32-bit number")
         messages = [flag._to_pb(f"flag {i}") for i, flag in enumerate(flags)]
-        created = updated = sequence = 0
+        created = updated = quarantined = sequence = 0
         for start, chunk in _chunks(messages):
             try:
                 response = self._stub.Submit(pb.SubmitRequest(flags=chunk, key_id=key_id), timeout=self.timeout)
@@ -439,8 +442,9 @@ class Client:
                 raise _error(err, n_done=start) from None
             created += response.n_created
             updated += response.n_updated
+            quarantined += response.n_quarantined
             sequence = response.sequence
-        return SubmitResult(n_created=created, n_updated=updated, sequence=sequence)
+        return SubmitResult(n_created=created, n_updated=updated, sequence=sequence, n_quarantined=quarantined)
 
     def query(self, digests: Sequence[bytes]) -> list[Match]:
         """The matches among `digests` (misses are left out), in input order."""
