@@ -78,8 +78,9 @@ impl State {
     }
 
     pub(super) fn quarantine_list(&self) -> Result<Vec<QuarantineSummary>> {
+        // One summary per member, whatever the number of rows (members are few).
         let mut by_member: std::collections::BTreeMap<PrincipalId, QuarantineSummary> = Default::default();
-        for (key, row) in self.store.quarantined(None, usize::MAX)? {
+        self.store.for_each_quarantined(None, |key, at_ms| {
             let summary = by_member.entry(key.member).or_insert_with(|| QuarantineSummary {
                 member: self.registry.name_of(key.member),
                 n_flags: 0,
@@ -87,9 +88,9 @@ impl State {
                 newest_ms: i64::MIN,
             });
             summary.n_flags += 1;
-            summary.oldest_ms = summary.oldest_ms.min(row.at_ms);
-            summary.newest_ms = summary.newest_ms.max(row.at_ms);
-        }
+            summary.oldest_ms = summary.oldest_ms.min(at_ms);
+            summary.newest_ms = summary.newest_ms.max(at_ms);
+        })?;
         Ok(by_member.into_values().collect())
     }
 
@@ -154,7 +155,7 @@ impl State {
     /// commit; they never matched. Returns (rejected, still held).
     pub(super) fn quarantine_reject(&self, admin: &Caller, name: &str) -> Result<(u32, u64)> {
         let member = self.quarantined_member(name)?;
-        let _writer = self.writer();
+        let writer = self.writer();
         let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
         let mut batch = self.store.batch();
         for (key, _) in &rows {
@@ -166,11 +167,14 @@ impl State {
             .detail(format!("{name}: {} quarantined flags rejected", rows.len()))
             .digests(digests);
         self.commit_audited(batch, event, now_ms())?;
+        // Counted after the writer is released: a flood may leave millions to count.
+        drop(writer);
         Ok((rows.len() as u32, self.remaining(member)?))
     }
 
     fn remaining(&self, member: PrincipalId) -> Result<u64> {
-        let left = self.store.quarantined(Some(member), usize::MAX)?.len() as u64;
+        let mut left = 0u64;
+        self.store.for_each_quarantined(Some(member), |_, _| left += 1)?;
         if left == 0 {
             self.quarantined_members.write().remove(&member);
         }

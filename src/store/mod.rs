@@ -283,6 +283,28 @@ impl Store {
         Ok(found)
     }
 
+    /// Calls `visit` with each quarantined flag's key and time of submission, in key order,
+    /// without holding them all: a flood can hold millions.
+    pub fn for_each_quarantined(
+        &self,
+        member: Option<PrincipalId>,
+        mut visit: impl FnMut(FlagKey, i64),
+    ) -> Result<(), StoreError> {
+        let prefix = member.map(u32::to_be_bytes);
+        let mode = match &prefix {
+            Some(prefix) => IteratorMode::From(prefix, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        for item in self.db.iterator_cf(self.cf(cf::QUARANTINE), mode) {
+            let (key, value) = item?;
+            if prefix.is_some_and(|prefix| !key.starts_with(&prefix)) {
+                break;
+            }
+            visit(keys::decode_quarantine_key(&key)?, codec::decode_change(&value)?.at_ms);
+        }
+        Ok(())
+    }
+
     /// `member`'s quarantined flags on `digest`.
     pub fn quarantined_of_digest(
         &self,
