@@ -21,9 +21,9 @@ use tonic::transport::server::TcpIncoming;
 use super::idle::IdleTimeout;
 use crate::metrics::Metrics;
 
-/// Handshakes in progress at once; more wait at accept (each is bounded in time by the
-/// idle timeout of its connection).
-const MAX_HANDSHAKES: usize = 256;
+/// A TLS handshake not finished by then is dropped. Handshakes run side by side (each
+/// holds one of `max_connections`), so slow ones cannot hold up the others.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The certificate the server presents, replaceable while it runs.
 pub struct ServerCertificate {
@@ -99,7 +99,6 @@ pub fn accept(
     metrics: Arc<Metrics>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<TlsStream<IdleTimeout<TcpStream>>>> {
     let (ready, handshaken) = mpsc::channel(64);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         let mut incoming = std::pin::pin!(incoming);
@@ -116,9 +115,6 @@ pub fn accept(
                 tracing::warn!(peer = ?stream.peer_addr().ok(), "max_connections reached; closing a new connection");
                 continue;
             };
-            let Ok(handshake) = handshakes.clone().acquire_owned().await else {
-                return;
-            };
             let stream = IdleTimeout::new(stream, idle_limit).holding(slot);
             if ready.is_closed() {
                 return;
@@ -126,12 +122,12 @@ pub fn accept(
             let acceptor = acceptor.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
-                let _handshake = handshake;
-                match acceptor.accept(stream).await {
-                    Ok(tls) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
                         let _ = ready.send(Ok(tls)).await;
                     }
-                    Err(err) => tracing::debug!(%err, "TLS handshake failed"),
+                    Ok(Err(err)) => tracing::debug!(%err, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
             });
         }

@@ -300,3 +300,26 @@ async fn a_unary_call_whose_request_never_arrives_is_ended_by_the_server_deadlin
     let mut client = pb::flags_client::FlagsClient::new(server.channel(&bundle).await);
     client.query(query_request(&[[1; 32]])).await.unwrap();
 }
+
+#[tokio::test]
+async fn hundreds_of_silent_connections_do_not_hold_up_a_real_client() {
+    let server = TestServer::start().await;
+    let bundle = server.enroll("real", flagshare::model::Role::Member).await;
+    // 300 connections that never start their TLS handshake.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let channel = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        bundle.connect(Some(&server.endpoint())),
+    )
+    .await
+    .expect("a real client connects while silent ones wait out their handshake timeout")
+    .unwrap();
+    pb::flags_client::FlagsClient::new(channel)
+        .query(query_request(&[[3; 32]]))
+        .await
+        .unwrap();
+    drop(silent);
+}
