@@ -157,12 +157,7 @@ impl Pki {
         operator: &str,
         host_names: &[String],
     ) -> Result<(String, String), PkiError> {
-        let ca_key_path = self.dir.join("ca.key");
-        if !ca_key_path.exists() {
-            return Err(PkiError::CaKeyOffline(self.dir.clone()));
-        }
-        let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &ca_key)?;
+        let issuer = self.ca_issuer()?;
         let server_key = KeyPair::generate()?;
         let server_cert = server_params(operator, host_names)?.signed_by(&server_key, &issuer)?;
         let (cert_pem, key_pem) = (server_cert.pem(), server_key.serialize_pem());
@@ -175,6 +170,17 @@ impl Pki {
         write_file(&self.dir.join(RENEWAL_MARKER), "", false)?;
         finish_renewal(&self.dir)?;
         Ok((cert_pem, key_pem))
+    }
+
+    /// The CA as issuer, its key read afresh: a key taken offline after start is refused,
+    /// and one put back works.
+    fn ca_issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let ca_key_path = self.dir.join("ca.key");
+        if !ca_key_path.exists() {
+            return Err(PkiError::CaKeyOffline(self.dir.clone()));
+        }
+        let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)?;
+        Ok(Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)?)
     }
 
     pub fn dir(data_dir: &Path) -> PathBuf {
@@ -241,14 +247,7 @@ impl Pki {
         role: Role,
         public_key_der: &[u8],
     ) -> Result<(String, IssuedCertificate), PkiError> {
-        // Read afresh: a key taken offline after start is refused, and one put back works.
-        let ca_key_path = self.dir.join("ca.key");
-        if !ca_key_path.exists() {
-            return Err(PkiError::CaKeyOffline(self.dir.clone()));
-        }
-        let ca_key_pem = read(&ca_key_path)?;
-        let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &ca_key)?;
+        let issuer = self.ca_issuer()?;
         let public_key = SubjectPublicKeyInfo::from_der(public_key_der)?;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, name);

@@ -11,10 +11,9 @@ use crate::pb;
 use crate::pki::Pki;
 
 use super::convert;
-use super::federation::{PeerProgress, Peers};
+use super::federation::Peers;
 use super::identity::authorize;
 use crate::wire;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub struct AdminService {
     pub domain: Domain,
@@ -30,23 +29,17 @@ pub struct AdminService {
 
 impl AdminService {
     fn peer_status(&self, record: &crate::domain::PeerRecord) -> pb::PeerStatus {
-        let progress = self.peers.progress(&record.name);
-        let load = |counter: fn(&PeerProgress) -> &AtomicU64| {
-            progress
-                .as_ref()
-                .map_or(0, |progress| counter(progress).load(Ordering::Relaxed))
-        };
-        let head = load(|p| &p.head);
+        let live = self.peers.live(record);
         pb::PeerStatus {
             config: Some(convert::peer_config_to_pb(record)),
-            state: progress.as_ref().map_or_else(|| "stopped".to_owned(), |p| p.state()),
+            state: live.state,
             cursor: record.cursor,
-            lag: head.saturating_sub(record.cursor),
+            lag: live.lag,
             last_sync: (record.last_sync_ms > 0).then(|| crate::wire::timestamp_from_ms(record.last_sync_ms)),
-            n_received: load(|p| &p.received),
-            n_applied: load(|p| &p.applied),
+            n_received: live.received,
+            n_applied: live.applied,
             n_rejected: record.n_rejected,
-            last_error: progress.as_ref().map(|p| p.last_error()).unwrap_or_default(),
+            last_error: live.last_error,
             last_rejection: record.last_rejection.clone(),
             pause_reason: record.pause_reason.clone(),
             operator_id: record.operator_id.clone(),
@@ -55,6 +48,22 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// Releases (or rejects) a chunk of a member's quarantined flags.
+    async fn quarantine_action(
+        &self,
+        request: Request<pb::QuarantineActionRequest>,
+        release: bool,
+    ) -> Result<Response<pb::QuarantineActionResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let member = request.into_inner().member;
+        let (n_done, n_remaining) = if release {
+            self.domain.quarantine_release(admin, member).await?
+        } else {
+            self.domain.quarantine_reject(admin, member).await?
+        };
+        Ok(Response::new(pb::QuarantineActionResponse { n_done, n_remaining }))
+    }
+
     fn limits_response(
         &self,
         name: String,
@@ -301,14 +310,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::PrincipalLimitsResponse>, Status> {
         authorize(&self.domain, &request, &[Role::Admin])?;
         let name = request.into_inner().name;
-        let overrides = self
-            .domain
-            .all_limit_overrides()
-            .await?
-            .into_iter()
-            .find(|(named, _)| *named == name)
-            .map(|(_, overrides)| overrides)
-            .unwrap_or_default();
+        let overrides = self.limits.overrides_of(&name);
         Ok(Response::new(self.limits_response(name, overrides)?))
     }
 
@@ -375,24 +377,14 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::QuarantineActionRequest>,
     ) -> Result<Response<pb::QuarantineActionResponse>, Status> {
-        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let (n_done, n_remaining) = self
-            .domain
-            .quarantine_release(admin, request.into_inner().member)
-            .await?;
-        Ok(Response::new(pb::QuarantineActionResponse { n_done, n_remaining }))
+        self.quarantine_action(request, true).await
     }
 
     async fn reject_quarantine(
         &self,
         request: Request<pb::QuarantineActionRequest>,
     ) -> Result<Response<pb::QuarantineActionResponse>, Status> {
-        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let (n_done, n_remaining) = self
-            .domain
-            .quarantine_reject(admin, request.into_inner().member)
-            .await?;
-        Ok(Response::new(pb::QuarantineActionResponse { n_done, n_remaining }))
+        self.quarantine_action(request, false).await
     }
 
     async fn compact(&self, request: Request<pb::CompactRequest>) -> Result<Response<pb::CompactResponse>, Status> {

@@ -236,6 +236,35 @@ impl Peers {
     pub fn progress(&self, name: &str) -> Option<Arc<PeerProgress>> {
         self.tasks.lock().get(name).map(|(_, progress)| progress.clone())
     }
+
+    /// What `record`'s sync task reports now: for `admin peer list` and the metrics.
+    pub fn live(&self, record: &crate::domain::PeerRecord) -> PeerLive {
+        let Some(progress) = self.progress(&record.name) else {
+            return PeerLive {
+                state: "stopped".to_owned(),
+                ..PeerLive::default()
+            };
+        };
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        PeerLive {
+            state: progress.state(),
+            lag: load(&progress.head).saturating_sub(record.cursor),
+            received: load(&progress.received),
+            applied: load(&progress.applied),
+            last_error: progress.last_error(),
+        }
+    }
+}
+
+/// A peer's sync task, read once.
+#[derive(Debug, Default)]
+pub struct PeerLive {
+    pub state: String,
+    /// Events of the peer's change log not applied here, as of its last batch.
+    pub lag: u64,
+    pub received: u64,
+    pub applied: u64,
+    pub last_error: String,
 }
 
 async fn sync_loop(

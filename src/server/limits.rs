@@ -109,6 +109,11 @@ impl Limits {
         limits
     }
 
+    /// What is set for `name` over its role's defaults (kept in memory since start).
+    pub fn overrides_of(&self, name: &str) -> LimitOverrides {
+        self.overrides.read().get(name).copied().unwrap_or_default()
+    }
+
     /// After an admin changed a principal's overrides: they apply from the next call.
     pub fn set_overrides(&self, name: &str, overrides: LimitOverrides) {
         let mut all = self.overrides.write();

@@ -344,23 +344,17 @@ async fn scrape(
     let readings = records
         .iter()
         .map(|record| {
-            let progress = peers.progress(&record.name);
-            let load = |counter: fn(&federation::PeerProgress) -> &std::sync::atomic::AtomicU64| {
-                progress.as_ref().map_or(0, |progress| {
-                    counter(progress).load(std::sync::atomic::Ordering::Relaxed)
-                })
-            };
-            let lag_events = load(|p| &p.head).saturating_sub(record.cursor);
+            let live = peers.live(record);
             PeerReading {
                 name: record.name.clone(),
-                state: progress.as_ref().map_or_else(|| "stopped".to_owned(), |p| p.state()),
-                lag_events,
-                lag_seconds: if lag_events > 0 && record.last_sync_ms > 0 {
+                lag_seconds: if live.lag > 0 && record.last_sync_ms > 0 {
                     (now_ms - record.last_sync_ms).max(0) / 1000
                 } else {
                     0
                 },
-                applied: load(|p| &p.applied),
+                state: live.state,
+                lag_events: live.lag,
+                applied: live.applied,
                 rejected: record.n_rejected,
             }
         })

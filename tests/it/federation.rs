@@ -12,7 +12,7 @@ use flagshare::pb::flags_client::FlagsClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::support::{TestServer, email_digest, eventually, flag, peer_status, query, submit_request};
+use crate::support::{TestServer, audit_count, email_digest, eventually, flag, peer_status, query, submit_request};
 
 /// `puller` pulls from `source`, which issues it a `peer` principal named `name_on_source`;
 /// on `puller` the peer is called `peer_name`.
@@ -678,15 +678,6 @@ async fn a_flood_is_held_back_from_others_and_peers_until_released_and_a_rejecte
             .is_empty()
     );
     for op in ["release_quarantine", "reject_quarantine"] {
-        let entries = admin
-            .list_audit(pb::ListAuditRequest {
-                op: op.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .entries;
-        assert_eq!(entries.len(), 1, "{op}");
+        assert_eq!(audit_count(&mut admin, op).await, 1, "{op}");
     }
 }

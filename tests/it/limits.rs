@@ -5,7 +5,7 @@ use flagshare::pb;
 use flagshare::pb::admin_client::AdminClient;
 use tonic::transport::Channel;
 
-use crate::support::{TestServer, email_digest, eventually, flag, query, query_request, submit_request};
+use crate::support::{TestServer, audit_count, email_digest, eventually, flag, query, query_request, submit_request};
 
 fn digests(n: usize, seed: u8) -> Vec<flagshare::digest::Digest> {
     (0..n)
@@ -27,19 +27,6 @@ async fn set_limits(admin: &mut AdminClient<Channel>, name: &str, limits: pb::Li
         .await
         .unwrap()
         .into_inner()
-}
-
-async fn audit_count(admin: &mut AdminClient<Channel>, op: &str) -> usize {
-    admin
-        .list_audit(pb::ListAuditRequest {
-            op: op.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries
-        .len()
 }
 
 #[tokio::test]

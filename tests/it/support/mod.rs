@@ -211,6 +211,20 @@ where
     }
 }
 
+/// How many audit entries of `op` the server holds.
+pub async fn audit_count(admin: &mut AdminClient<Channel>, op: &str) -> usize {
+    admin
+        .list_audit(pb::ListAuditRequest {
+            op: op.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .len()
+}
+
 /// `server`'s view of its federation peer `name`.
 pub async fn peer_status(server: &TestServer, name: &str) -> pb::PeerStatus {
     server
