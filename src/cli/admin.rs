@@ -323,6 +323,10 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 .map_err(status_error)?
                 .into_inner();
             println!("compacted: {} bytes on disk", response.disk_bytes);
+            println!(
+                "removed digests have left the data files and logs; RocksDB's MANIFEST forgets \
+                 the keys of replaced files when the server next starts"
+            );
             Ok(())
         }
         AdminCommand::Peer(PeerCommand::Add(peer)) => add_peer(&mut client, peer).await,
