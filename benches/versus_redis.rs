@@ -14,145 +14,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flagshare::pb;
-use flagshare::pb::flags_client::FlagsClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
-use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
-use common::{LOAD_BATCH, digest_of, median, percentile};
+use common::{IN_FLIGHT, Killed, LOAD_BATCH, QUERY_BATCH, digest_of, median, percentile, rss_mib};
 
-const QUERY_BATCH: usize = 1_000;
 /// Batches per measured round, split over the connections.
 const BATCHES_PER_ROUND: usize = 400;
 const ROUNDS: usize = 3;
-/// Unary calls (or Redis commands) in flight per connection.
-const IN_FLIGHT: usize = 8;
 const LATENCY_CALLS: usize = 2_000;
 
 /// Batches to ask both servers for: `hit_percent` of the digests were loaded.
 fn batches(n_loaded: u64, hit_percent: u64, seed: u64) -> Vec<Vec<[u8; 32]>> {
     common::query_digests(n_loaded, hit_percent, BATCHES_PER_ROUND, QUERY_BATCH, seed).0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-// ---- flagshare ----
-
-/// Extra `serve` arguments: the metrics endpoint on, at a free port, unless
-/// `FLAGSHARE_BENCH_SERVE_ARGS` says otherwise (empty for a build without metrics).
-fn serve_args() -> Vec<String> {
-    match std::env::var("FLAGSHARE_BENCH_SERVE_ARGS") {
-        Ok(args) => args.split_whitespace().map(str::to_owned).collect(),
-        Err(_) => vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()],
-    }
-}
-
-fn start_flagshare(data: &Path) -> anyhow::Result<(Killed, String)> {
-    let bin = std::env::var("FLAGSHARE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flagshare").to_owned());
-    let init = Command::new(&bin).args(["init", "--data"]).arg(data).output()?;
-    anyhow::ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
-    // One member bulk-loads N flags: the flood quarantine would hold most of them back.
-    let settings = data.join("flagshare.toml");
-    let text = std::fs::read_to_string(&settings)?;
-    std::fs::write(
-        &settings,
-        text.replace(
-            "quarantine_new_flags_per_hour = 100000",
-            "quarantine_new_flags_per_hour = 0",
-        ),
-    )?;
-    let mut child = Command::new(&bin)
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(serve_args())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let address = loop {
-        let line = lines.next().ok_or_else(|| anyhow::anyhow!("the server exited"))??;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok((Killed(child), format!("https://{address}")))
-}
-
-async fn flagshare_unary(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 32]>]) -> (f64, usize) {
-    let started = Instant::now();
-    let packed = common::packed(batches);
-    let matched = common::unary_queries(clients, packed, clients.len() * IN_FLIGHT).await;
-    (
-        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
-        matched,
-    )
-}
-
-async fn flagshare_stream(clients: &[FlagsClient<Channel>], batches: &[Vec<[u8; 32]>]) -> (f64, usize) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (lane, client) in clients.iter().enumerate() {
-        let mut client = client.clone();
-        let mine: Vec<pb::QueryBatch> = batches
-            .iter()
-            .enumerate()
-            .skip(lane)
-            .step_by(clients.len())
-            .map(|(id, batch)| pb::QueryBatch {
-                batch_id: id as u64,
-                digests: batch.concat().into(),
-            })
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            let mut answers = client
-                .query_stream(tokio_stream::iter(mine))
-                .await
-                .unwrap()
-                .into_inner();
-            let mut matched = 0;
-            while let Some(answer) = answers.next().await {
-                let answer = answer.unwrap();
-                assert_eq!(answer.error_code, 0, "{}", answer.error_message);
-                matched += answer.matches.len();
-            }
-            matched
-        }));
-    }
-    let mut matched = 0;
-    for task in tasks {
-        matched += task.await.unwrap();
-    }
-    (
-        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
-        matched,
-    )
 }
 
 // ---- Redis, spoken directly (RESP), pipelined ----
@@ -265,7 +142,11 @@ async fn main() -> anyhow::Result<()> {
     // flagshare
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let (server, endpoint) = start_flagshare(&data)?;
+    let (server, endpoint) = common::start_flagshare(
+        &common::flagshare_bin(),
+        &data,
+        &common::serve_args("FLAGSHARE_BENCH_SERVE_ARGS"),
+    )?;
     let mut admin = common::admin_client(&data, &endpoint).await?;
     let loader = common::member(&mut admin, "loader", &endpoint).await?;
     let flagshare_load = common::load(&loader, n, 2).await?;
@@ -297,10 +178,10 @@ async fn main() -> anyhow::Result<()> {
             let (mut unary, mut stream) = (Vec::new(), Vec::new());
             for round in 0..ROUNDS {
                 let work = batches(n, hit_percent, (round + 1) as u64);
-                let (rate, matched) = flagshare_unary(clients, &work).await;
+                let (rate, matched) = common::unary_rate(clients, &work).await;
                 assert!(hit_percent > 0 || matched == 0);
                 unary.push(rate);
-                let (rate, matched_stream) = flagshare_stream(clients, &work).await;
+                let (rate, matched_stream) = common::stream_rate(clients, &work).await;
                 assert_eq!(matched, matched_stream, "unary and streamed queries agree");
                 stream.push(rate);
             }

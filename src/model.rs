@@ -163,6 +163,7 @@ byte_enum!(
         RenewServerCertificate = 26 => "renew_server_certificate",
         ReleaseQuarantine = 27 => "release_quarantine",
         RejectQuarantine = 28 => "reject_quarantine",
+        ListHeld = 29 => "list_held",
     }
 );
 

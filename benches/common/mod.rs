@@ -3,6 +3,9 @@
 //! `Query` lanes, and single-digest latency. Each benchmark uses part of it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flagshare::client::{Bundle, enroll};
@@ -11,6 +14,7 @@ use flagshare::model::Role;
 use flagshare::pb;
 use flagshare::pb::admin_client::AdminClient;
 use flagshare::pb::flags_client::FlagsClient;
+use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
 /// Flags per `Submit` when loading.
@@ -181,6 +185,133 @@ pub async fn single_digest_latencies(
     }
     latencies.sort();
     Ok(latencies)
+}
+
+// ---- a flagshare server process, and lookups against it ----
+
+/// Query batch size of the lookup rows.
+pub const QUERY_BATCH: usize = 1_000;
+/// Unary calls in flight per connection.
+pub const IN_FLIGHT: usize = 8;
+
+/// Resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A child process, killed when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// This build's `flagshare` binary, or `FLAGSHARE_BENCH_BIN`.
+pub fn flagshare_bin() -> String {
+    std::env::var("FLAGSHARE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flagshare").to_owned())
+}
+
+/// Extra `serve` arguments from `variable`: the metrics endpoint on, at a free port, unless
+/// the variable says otherwise (empty for a build from before the metrics endpoint).
+pub fn serve_args(variable: &str) -> Vec<String> {
+    match std::env::var(variable) {
+        Ok(args) => args.split_whitespace().map(str::to_owned).collect(),
+        Err(_) => vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()],
+    }
+}
+
+/// `bin init` and `bin serve` on a fresh data folder at a free port, with the flood
+/// quarantine off (one member bulk-loads N flags); the process and its endpoint.
+pub fn start_flagshare(bin: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<(Killed, String)> {
+    let init = Command::new(bin).args(["init", "--data"]).arg(data).output()?;
+    anyhow::ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
+    let settings = data.join("flagshare.toml");
+    let text = std::fs::read_to_string(&settings)?;
+    std::fs::write(
+        &settings,
+        text.replace(
+            "quarantine_new_flags_per_hour = 100000",
+            "quarantine_new_flags_per_hour = 0",
+        ),
+    )?;
+    let mut child = Command::new(bin)
+        .args(["serve", "--data"])
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut lines = BufReader::new(stderr).lines();
+    let address = loop {
+        let line = lines.next().ok_or_else(|| anyhow::anyhow!("the server exited"))??;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((Killed(child), format!("https://{address}")))
+}
+
+/// `batches` as unary `Query` calls, `IN_FLIGHT` per connection: (digests/s, matches).
+pub async fn unary_rate(clients: &[FlagsClient<Channel>], batches: &[Vec<Digest>]) -> (f64, usize) {
+    let started = Instant::now();
+    let matched = unary_queries(clients, packed(batches), clients.len() * IN_FLIGHT).await;
+    (
+        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
+        matched,
+    )
+}
+
+/// `batches` over one `QueryStream` per connection: (digests/s, matches).
+pub async fn stream_rate(clients: &[FlagsClient<Channel>], batches: &[Vec<Digest>]) -> (f64, usize) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (lane, client) in clients.iter().enumerate() {
+        let mut client = client.clone();
+        let mine: Vec<pb::QueryBatch> = batches
+            .iter()
+            .enumerate()
+            .skip(lane)
+            .step_by(clients.len())
+            .map(|(id, batch)| pb::QueryBatch {
+                batch_id: id as u64,
+                digests: batch.concat().into(),
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = client
+                .query_stream(tokio_stream::iter(mine))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut matched = 0;
+            while let Some(answer) = answers.next().await {
+                let answer = answer.unwrap();
+                assert_eq!(answer.error_code, 0, "{}", answer.error_message);
+                matched += answer.matches.len();
+            }
+            matched
+        }));
+    }
+    let mut matched = 0;
+    for task in tasks {
+        matched += task.await.unwrap();
+    }
+    (
+        (batches.len() * QUERY_BATCH) as f64 / started.elapsed().as_secs_f64(),
+        matched,
+    )
 }
 
 /// The server's allocator (see `src/main.rs`), so in-process numbers match the binary's.

@@ -113,8 +113,10 @@ struct LimitsArgs {
 
 #[derive(Subcommand)]
 enum QuarantineCommand {
-    /// Members with quarantined flags: how many, since when.
+    /// Members with quarantined flags: how many, since when; with a member's name, its
+    /// held flags one by one.
     List {
+        member: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -270,9 +272,32 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
-        AdminCommand::Quarantine(QuarantineCommand::List { json }) => {
+        AdminCommand::Quarantine(QuarantineCommand::List {
+            member: Some(member),
+            json,
+        }) => {
+            let mut page_after = Vec::new();
+            let mut first_page = true;
+            loop {
+                let page = client
+                    .list_quarantine(pb::ListQuarantineRequest {
+                        member: member.clone(),
+                        page_after,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                super::member::print_held_flags(&page.flags, *json, first_page);
+                first_page = false;
+                if page.next_page_after.is_empty() {
+                    return Ok(());
+                }
+                page_after = page.next_page_after;
+            }
+        }
+        AdminCommand::Quarantine(QuarantineCommand::List { member: None, json }) => {
             let members = client
-                .list_quarantine(pb::ListQuarantineRequest {})
+                .list_quarantine(pb::ListQuarantineRequest::default())
                 .await
                 .map_err(status_error)?
                 .into_inner()

@@ -12,7 +12,7 @@ use crate::digest::{ConsortiumKey, Digest, Hasher, Kind, NormalizeOptions};
 use crate::model::{Category, RetractReason};
 use crate::pb;
 use crate::wire::{
-    category_of, category_to_pb, distribution_to_pb, kind_to_pb, retract_reason_to_pb, timestamp_from_ms,
+    category_of, category_to_pb, distribution_to_pb, kind_of, kind_to_pb, retract_reason_to_pb, timestamp_from_ms,
 };
 
 use super::connect::{ConnectArgs, status_error};
@@ -160,6 +160,68 @@ pub async fn dispute(args: &DisputeArgs) -> anyhow::Result<()> {
         hex::encode(digest)
     );
     Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct HeldArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Lists the caller's flags held by the flood quarantine, every page.
+pub async fn held(args: &HeldArgs) -> anyhow::Result<()> {
+    let mut client = args.connect.flags_client().await?;
+    let mut page_after = Vec::new();
+    let mut n_held = 0;
+    loop {
+        let page = client
+            .list_held(pb::ListHeldRequest { page_after })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        n_held += page.flags.len();
+        print_held_flags(&page.flags, args.json, n_held == page.flags.len());
+        if page.next_page_after.is_empty() {
+            break;
+        }
+        page_after = page.next_page_after;
+    }
+    if !args.json {
+        println!("{n_held} flag(s) held: they match for no one until the operator releases them");
+    }
+    Ok(())
+}
+
+/// Prints held flags as a table (with its header when `first_page`) or JSON lines.
+pub(super) fn print_held_flags(flags: &[pb::HeldFlag], json: bool, first_page: bool) {
+    if first_page && !json {
+        println!(
+            "{:<64} {:<9} {:<20} {:>4} {:<20} EXPIRES",
+            "DIGEST", "KIND", "CATEGORY", "CONF", "HELD SINCE"
+        );
+    }
+    for flag in flags {
+        let kind = kind_of(flag.kind).map_or("unknown", Kind::as_str);
+        let category = category_of(flag.category).map_or("unknown", Category::as_str);
+        let held_since = flag.held_since.as_ref().map(super::timestamp_text).unwrap_or_default();
+        let expires = flag.expires_at.as_ref().map(super::timestamp_text).unwrap_or_default();
+        if json {
+            let line = serde_json::json!({
+                "digest": hex::encode(&flag.digest), "kind": kind, "category": category,
+                "confidence": flag.confidence, "held_since": held_since, "expires_at": expires,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<64} {kind:<9} {category:<20} {:>4} {held_since:<20} {expires}",
+                hex::encode(&flag.digest),
+                flag.confidence
+            );
+        }
+    }
 }
 
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {

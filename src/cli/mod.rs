@@ -49,6 +49,8 @@ enum Command {
     Mirror(mirror::MirrorArgs),
     /// Dispute another member's flags on an identifier (it is counted in matches).
     Dispute(member::DisputeArgs),
+    /// List the caller's flags held back by the flood quarantine (they match for no one yet).
+    Held(member::HeldArgs),
     /// Operator commands against a running server (admin role).
     Admin(admin::AdminArgs),
     /// Replace the database with a backup made by `admin backup` (the server must be stopped).
@@ -126,6 +128,7 @@ pub fn main() -> ExitCode {
             Command::Retract(args) => member::retract(&args).await,
             Command::Mirror(args) => mirror::run(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Dispute(args) => member::dispute(&args).await.map(|()| ExitCode::SUCCESS),
+            Command::Held(args) => member::held(&args).await.map(|()| ExitCode::SUCCESS),
             Command::Admin(args) => admin::run(&args).await.map(|()| ExitCode::SUCCESS),
             Command::OfflineRestore(args) => offline::restore(&args).map(|()| ExitCode::SUCCESS),
         }

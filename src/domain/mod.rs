@@ -43,7 +43,7 @@ pub use lookup::MAX_RANGE_MATCHES;
 pub use maintenance::{Retention, Stats, Sweep};
 pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
-pub use quarantine::{QUARANTINE_CHUNK, QuarantineSummary};
+pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
 pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
 
 use state::{State, blocking, stream_chunk};
@@ -437,6 +437,25 @@ impl Domain {
     pub async fn quarantine_list(&self) -> Result<Vec<QuarantineSummary>> {
         let state = self.state.clone();
         blocking(move || state.quarantine_list()).await
+    }
+
+    /// A page of held flags: the caller's own, or (for an admin) those of the member named
+    /// `member`; and where the next page starts (empty after the last).
+    pub async fn held_flags(
+        &self,
+        caller: Caller,
+        member: Option<String>,
+        page_after: Vec<u8>,
+    ) -> Result<(Vec<HeldFlag>, Vec<u8>)> {
+        let state = self.state.clone();
+        blocking(move || {
+            let member = match member {
+                Some(name) => state.quarantined_member(&name)?,
+                None => caller.id,
+            };
+            state.held_flags(&caller, member, &page_after, now_ms())
+        })
+        .await
     }
 
     /// Releases a chunk of a member's quarantined flags: (released, still held).

@@ -12,13 +12,26 @@ use super::principals::Caller;
 use super::state::{State, stage_upsert};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Change, PrincipalId, SummaryEntry};
+use crate::model::{AuditOp, Change, FlagKey, PrincipalId, SummaryEntry};
 use crate::store::Store;
+use crate::store::keys::{HELD_PAGE_KEY_LEN, held_page_key};
 use crate::util::now_ms;
 
 const WINDOW_MS: i64 = 60 * 60 * 1000;
 /// Quarantined flags released or rejected per commit.
 pub const QUARANTINE_CHUNK: usize = 10_000;
+
+/// Held flags per page of a listing.
+pub const HELD_PAGE: usize = 1_000;
+
+/// A flag held back by the quarantine, as it would go live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldFlag {
+    pub key: FlagKey,
+    pub confidence: u8,
+    pub held_since_ms: i64,
+    pub expires_at_ms: i64,
+}
 
 /// One member's quarantined flags, for `admin quarantine list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +107,51 @@ impl State {
         Ok(by_member.into_values().collect())
     }
 
-    fn quarantined_member(&self, name: &str) -> Result<PrincipalId> {
+    /// A page of `member`'s held flags after `page_after` (empty, or the previous page's
+    /// `next_page_after`), and where the next page starts (empty after the last); audited
+    /// as a read of `reader`.
+    pub(super) fn held_flags(
+        &self,
+        reader: &Caller,
+        member: PrincipalId,
+        page_after: &[u8],
+        now: i64,
+    ) -> Result<(Vec<HeldFlag>, Vec<u8>)> {
+        let after: Option<[u8; HELD_PAGE_KEY_LEN]> = match page_after.len() {
+            0 => None,
+            HELD_PAGE_KEY_LEN => page_after.try_into().ok(),
+            n => {
+                return Err(Error::invalid(format!(
+                    "page_after: {n} bytes, expected 0 or {HELD_PAGE_KEY_LEN} (a previous page's next_page_after)"
+                )));
+            }
+        };
+        let rows = self.store.quarantined_page(member, after.as_ref(), HELD_PAGE)?;
+        let next = match rows.last() {
+            Some((key, _)) if rows.len() == HELD_PAGE => held_page_key(key).to_vec(),
+            _ => Vec::new(),
+        };
+        let flags: Vec<HeldFlag> = rows
+            .into_iter()
+            .filter_map(|(key, change)| match change.change {
+                Change::Upsert(record) => Some(HeldFlag {
+                    key,
+                    confidence: record.confidence,
+                    held_since_ms: change.at_ms,
+                    expires_at_ms: record.expires_at_ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        let event = AuditEvent::new(reader.into(), AuditOp::ListHeld)
+            .counts(0, flags.len() as u64)
+            .detail(format!("held flags of {}", self.registry.name_of(member)));
+        self.record_read(event, now)?;
+        Ok((flags, next))
+    }
+
+    /// The id of the principal named `name`, for an admin's quarantine commands.
+    pub(super) fn quarantined_member(&self, name: &str) -> Result<PrincipalId> {
         self.registry
             .by_name(name)
             .map(|record| record.id)

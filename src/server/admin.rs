@@ -358,9 +358,26 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListQuarantineRequest>,
     ) -> Result<Response<pb::ListQuarantineResponse>, Status> {
-        authorize(&self.domain, &request, &[Role::Admin])?;
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let request = request.into_inner();
+        if !request.member.is_empty() {
+            let (flags, next_page_after) = self
+                .domain
+                .held_flags(admin, Some(request.member), request.page_after)
+                .await?;
+            return Ok(Response::new(pb::ListQuarantineResponse {
+                members: Vec::new(),
+                flags: flags.into_iter().map(convert::held_flag_to_pb).collect(),
+                next_page_after,
+            }));
+        }
+        if !request.page_after.is_empty() {
+            return Err(Error::invalid("page_after: only with member (a page of one member's held flags)").into());
+        }
         let members = self.domain.quarantine_list().await?;
         Ok(Response::new(pb::ListQuarantineResponse {
+            flags: Vec::new(),
+            next_page_after: Vec::new(),
             members: members
                 .into_iter()
                 .map(|summary| pb::QuarantinedMember {

@@ -7,7 +7,7 @@ use prost_types::Timestamp;
 
 use crate::domain::feed::{FeedItem, FeedOp};
 use crate::domain::{
-    AuditFilter, Event, EventOp, FlagSelector, Match, NewFlag, PeerRecord, PrincipalView, Rejected, RetractOutcome,
+    AuditFilter, Event, EventOp, FlagSelector, HeldFlag, Match, NewFlag, PeerRecord, PrincipalView, Rejected, RetractOutcome,
     Stats, SubmitOutcome, VerifyReport,
 };
 use crate::error::{Error, Result};
@@ -59,6 +59,17 @@ pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
             })
         })
         .collect()
+}
+
+pub fn held_flag_to_pb(held: HeldFlag) -> pb::HeldFlag {
+    pb::HeldFlag {
+        digest: held.key.digest.to_vec(),
+        kind: kind_to_pb(held.key.kind) as i32,
+        category: category_to_pb(held.key.category) as i32,
+        confidence: u32::from(held.confidence),
+        held_since: Some(timestamp_from_ms(held.held_since_ms)),
+        expires_at: Some(timestamp_from_ms(held.expires_at_ms)),
+    }
 }
 
 pub fn match_to_pb(found: Match) -> pb::Match {

@@ -263,6 +263,21 @@ impl pb::flags_server::Flags for FlagsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
+    async fn list_held(&self, request: Request<pb::ListHeldRequest>) -> Result<Response<pb::ListHeldResponse>, Status> {
+        let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        // A page costs as many queried digests as it can hold.
+        self.limits
+            .take(&caller, &[Limit::DigestsQueried], crate::domain::HELD_PAGE as u64)?;
+        let (flags, next_page_after) = self
+            .domain
+            .held_flags(caller, None, request.into_inner().page_after)
+            .await?;
+        Ok(Response::new(pb::ListHeldResponse {
+            flags: flags.into_iter().map(convert::held_flag_to_pb).collect(),
+            next_page_after,
+        }))
+    }
+
     async fn range_query(
         &self,
         request: Request<pb::RangeQueryRequest>,

@@ -71,6 +71,16 @@ fn four(bytes: &[u8]) -> [u8; 4] {
     out
 }
 
+/// Where a page of one member's quarantined flags resumes: digest, kind and category of the
+/// last flag of the page before (the row key without its member).
+pub const HELD_PAGE_KEY_LEN: usize = DIGEST_LEN + 2;
+
+pub fn held_page_key(key: &FlagKey) -> [u8; HELD_PAGE_KEY_LEN] {
+    let mut out = [0u8; HELD_PAGE_KEY_LEN];
+    out.copy_from_slice(&quarantine_key(key)[4..]);
+    out
+}
+
 /// A quarantined flag's row: its member first, so one member's rows are one range.
 pub fn quarantine_key(key: &FlagKey) -> [u8; FLAG_KEY_LEN] {
     let mut out = [0u8; FLAG_KEY_LEN];

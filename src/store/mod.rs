@@ -328,6 +328,35 @@ impl Store {
         Ok(found)
     }
 
+    /// Up to `limit` of `member`'s quarantined flags after `after` (digest, kind and
+    /// category of the last one of the previous page), in key order.
+    pub fn quarantined_page(
+        &self,
+        member: PrincipalId,
+        after: Option<&[u8; keys::HELD_PAGE_KEY_LEN]>,
+        limit: usize,
+    ) -> Result<Vec<(FlagKey, ChangeRecord)>, StoreError> {
+        let prefix = member.to_be_bytes();
+        let mut start = prefix.to_vec();
+        if let Some(after) = after {
+            start.extend_from_slice(after);
+            // The smallest key greater than `after`'s row.
+            start.push(0);
+        }
+        let mut found = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) || found.len() >= limit {
+                break;
+            }
+            found.push((keys::decode_quarantine_key(&key)?, codec::decode_change(&value)?));
+        }
+        Ok(found)
+    }
+
     /// Up to `limit` quarantined flags of members numbered `from` and above, in key order.
     pub fn quarantined_from(
         &self,

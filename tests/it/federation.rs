@@ -607,13 +607,51 @@ async fn a_flood_is_held_back_from_others_and_peers_until_released_and_a_rejecte
     assert_eq!(matched(query(&mut remote, &digests[..8]).await), live);
     let mut admin = a.admin_client().await;
     let listed = admin
-        .list_quarantine(pb::ListQuarantineRequest {})
+        .list_quarantine(pb::ListQuarantineRequest::default())
         .await
         .unwrap()
         .into_inner()
         .members;
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].member.as_str(), listed[0].n_flags), ("flooder", 3));
+    // The member sees which of its flags are held, and so does an admin; no one else.
+    let held = flooder
+        .list_held(pb::ListHeldRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let held_indexes: Vec<u32> = held
+        .flags
+        .iter()
+        .map(|flag| digests.iter().position(|d| d[..] == flag.digest[..]).unwrap() as u32)
+        .collect();
+    assert_eq!(held_indexes.len(), 3);
+    assert!(held_indexes.iter().all(|index| (3..8).contains(index) && !live.contains(index)));
+    assert!(held.next_page_after.is_empty());
+    let by_admin = admin
+        .list_quarantine(pb::ListQuarantineRequest {
+            member: "flooder".to_owned(),
+            page_after: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_admin.flags, held.flags);
+    assert!(
+        checker
+            .list_held(pb::ListHeldRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .flags
+            .is_empty()
+    );
+    let bad = flooder
+        .list_held(pb::ListHeldRequest { page_after: vec![1; 3] })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("page_after: 3 bytes"), "{}", bad.message());
     assert_eq!(
         a.scrape()
             .await
@@ -670,7 +708,7 @@ async fn a_flood_is_held_back_from_others_and_peers_until_released_and_a_rejecte
     assert!(query(&mut remote, &digests[8..]).await.is_empty());
     assert!(
         admin
-            .list_quarantine(pb::ListQuarantineRequest {})
+            .list_quarantine(pb::ListQuarantineRequest::default())
             .await
             .unwrap()
             .into_inner()

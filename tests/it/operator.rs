@@ -1003,6 +1003,21 @@ fn an_operator_lists_and_releases_a_members_quarantined_flags() {
         (listed[0]["member"].as_str(), listed[0]["flags"].as_u64()),
         (Some("alpha"), Some(1))
     );
+    // The member and the operator see which flag is held.
+    let endpoint = server.endpoint();
+    let held = |bundle: &Path| {
+        let args = ["held", "--bundle", path(bundle), "--endpoint", &endpoint, "--json"];
+        json_lines(&ok(flagshare(&args)))
+    };
+    let second = site.digest_hex("second@example.com");
+    let mine = held(&alpha);
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["digest"], second.as_str());
+    assert_eq!((mine[0]["kind"].as_str(), mine[0]["category"].as_str()), (Some("email"), Some("grooming")));
+    assert!(held(&beta).is_empty());
+    assert_eq!(site.admin_json(&server, &["quarantine", "list", "alpha"]), mine);
+    let table = ok(flagshare(&["held", "--bundle", path(&alpha), "--endpoint", &endpoint]));
+    assert!(table.contains(&second) && table.contains("1 flag(s) held"), "{table}");
     let released = ok(admin(&site.data, &server, &["quarantine", "release", "alpha"]));
     assert!(
         released.contains("1 quarantined flag(s) of alpha released; 0 still held"),
@@ -1010,4 +1025,5 @@ fn an_operator_lists_and_releases_a_members_quarantined_flags() {
     );
     assert_eq!(site.query(&server, &beta, &["second@example.com"]).len(), 1);
     assert!(site.admin_json(&server, &["quarantine", "list"]).is_empty());
+    assert!(held(&alpha).is_empty());
 }

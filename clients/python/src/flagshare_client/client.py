@@ -265,6 +265,20 @@ class SubmitResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeldFlag:
+    """One of your flags held back by the operator's flood quarantine: stored, matching for
+    no one and sent to no feed or peer until the operator releases (or rejects) it."""
+
+    digest: bytes
+    kind: Kind | None
+    category: Category | None
+    confidence: int
+    #: When it was submitted and held.
+    held_since: _dt.datetime | None
+    expires_at: _dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
 class RetractResult:
     n_retracted: int
     #: Indexes (into what you passed) of selectors that matched none of your flags.
@@ -520,6 +534,30 @@ class Client:
             matches.extend(_match(m) for m in response.matches)
             if not response.next_page_after:
                 return matches
+            page_after = response.next_page_after
+
+    def held(self) -> list[HeldFlag]:
+        """Your flags held back by the flood quarantine, in digest order (every page)."""
+        held: list[HeldFlag] = []
+        page_after = b""
+        while True:
+            try:
+                response = self._stub.ListHeld(pb.ListHeldRequest(page_after=page_after), timeout=self.timeout)
+            except grpc.RpcError as err:
+                raise _error(err) from None
+            held.extend(
+                HeldFlag(
+                    digest=f.digest,
+                    kind=_KIND_FROM_PB.get(f.kind),
+                    category=_CATEGORY_FROM_PB.get(f.category),
+                    confidence=f.confidence,
+                    held_since=_datetime(f.held_since, f.HasField("held_since")),
+                    expires_at=_datetime(f.expires_at, f.HasField("expires_at")),
+                )
+                for f in response.flags
+            )
+            if not response.next_page_after:
+                return held
             page_after = response.next_page_after
 
     # -- streams -------------------------------------------------------------------------

@@ -200,6 +200,36 @@ class RetractResponse(_message.Message):
     sequence: int
     def __init__(self, n_retracted: _Optional[int] = ..., unmatched_indexes: _Optional[_Iterable[int]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
+class ListHeldRequest(_message.Message):
+    __slots__ = ("page_after",)
+    PAGE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    page_after: bytes
+    def __init__(self, page_after: _Optional[bytes] = ...) -> None: ...
+
+class HeldFlag(_message.Message):
+    __slots__ = ("digest", "kind", "category", "confidence", "held_since", "expires_at")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    HELD_SINCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    kind: IdentifierKind
+    category: Category
+    confidence: int
+    held_since: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, digest: _Optional[bytes] = ..., kind: _Optional[_Union[IdentifierKind, str]] = ..., category: _Optional[_Union[Category, str]] = ..., confidence: _Optional[int] = ..., held_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListHeldResponse(_message.Message):
+    __slots__ = ("flags", "next_page_after")
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[HeldFlag]
+    next_page_after: bytes
+    def __init__(self, flags: _Optional[_Iterable[_Union[HeldFlag, _Mapping]]] = ..., next_page_after: _Optional[bytes] = ...) -> None: ...
+
 class SubscribeRequest(_message.Message):
     __slots__ = ("cursor",)
     CURSOR_FIELD_NUMBER: _ClassVar[int]
@@ -540,8 +570,12 @@ class BackupResponse(_message.Message):
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
 
 class ListQuarantineRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("member", "page_after")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    page_after: bytes
+    def __init__(self, member: _Optional[str] = ..., page_after: _Optional[bytes] = ...) -> None: ...
 
 class QuarantinedMember(_message.Message):
     __slots__ = ("member", "n_flags", "oldest", "newest")
@@ -556,10 +590,14 @@ class QuarantinedMember(_message.Message):
     def __init__(self, member: _Optional[str] = ..., n_flags: _Optional[int] = ..., oldest: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., newest: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListQuarantineResponse(_message.Message):
-    __slots__ = ("members",)
+    __slots__ = ("members", "flags", "next_page_after")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_AFTER_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[QuarantinedMember]
-    def __init__(self, members: _Optional[_Iterable[_Union[QuarantinedMember, _Mapping]]] = ...) -> None: ...
+    flags: _containers.RepeatedCompositeFieldContainer[HeldFlag]
+    next_page_after: bytes
+    def __init__(self, members: _Optional[_Iterable[_Union[QuarantinedMember, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[HeldFlag, _Mapping]]] = ..., next_page_after: _Optional[bytes] = ...) -> None: ...
 
 class QuarantineActionRequest(_message.Message):
     __slots__ = ("member",)

@@ -70,6 +70,11 @@ class FlagsStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.FeedBatch.FromString,
                 _registered_method=True)
+        self.ListHeld = channel.unary_unary(
+                '/flagshare.v1.Flags/ListHeld',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.ListHeldRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ListHeldResponse.FromString,
+                _registered_method=True)
 
 
 class FlagsServicer:
@@ -127,6 +132,14 @@ class FlagsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHeld(self, request, context):
+        """The caller's own flags held back by the flood quarantine (they match for no one and
+        reach no feed or peer until an operator releases them), a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FlagsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_FlagsServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.SubscribeRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.FeedBatch.SerializeToString,
+            ),
+            'ListHeld': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHeld,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ListHeldRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ListHeldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +374,33 @@ class Flags:
             '/flagshare.v1.Flags/Subscribe',
             flagshare_dot_v1_dot_flagshare__pb2.SubscribeRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.FeedBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHeld(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Flags/ListHeld',
+            flagshare_dot_v1_dot_flagshare__pb2.ListHeldRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ListHeldResponse.FromString,
             options,
             channel_credentials,
             insecure,
