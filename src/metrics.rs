@@ -525,6 +525,52 @@ impl http_body::Body for MeasuredBody {
 
 /// Serves `GET /metrics` on `listener` until `stopping` turns true. `scrape` gathers what
 /// is read at scrape time.
+/// Connections the metrics listener holds at once: more are closed at accept. A scraper
+/// needs one; the bound keeps whoever can reach the port from holding sockets and tasks
+/// without end (with HTTP/1.1, one request at a time per connection, it bounds scrapes too).
+pub const MAX_METRICS_CONNECTIONS: usize = 8;
+/// A metrics connection from which nothing arrives for this long is closed.
+pub const METRICS_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The metrics listener with its bounds: `MAX_METRICS_CONNECTIONS` at once, each closed
+/// after `METRICS_IDLE` without a byte from its client.
+struct BoundedListener {
+    inner: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = crate::server::idle::IdleTimeout<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, address) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::debug!(%err, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    return (
+                        crate::server::idle::IdleTimeout::new(stream, METRICS_IDLE).holding(slot),
+                        address,
+                    );
+                }
+                Err(_) => tracing::debug!(%address, "metrics connections at their bound; closing a new one"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
 pub async fn serve<F, Fut>(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -547,6 +593,10 @@ where
         }
     };
     let app = axum::Router::new().route("/metrics", axum::routing::get(handler));
+    let listener = BoundedListener {
+        inner: listener,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS)),
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;

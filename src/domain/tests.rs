@@ -457,7 +457,13 @@ async fn held_flags_are_listed_a_page_at_a_time_to_their_member_and_to_admins() 
     let (flooder, other) = (member(&domain, "flooder").await, member(&domain, "other").await);
     let n = 2 * HELD_PAGE + 7;
     let flags: Vec<NewFlag> = (0..=n as u32)
-        .map(|i| flag(*blake3::hash(&i.to_be_bytes()).as_bytes(), Kind::Email, Category::Grooming))
+        .map(|i| {
+            flag(
+                *blake3::hash(&i.to_be_bytes()).as_bytes(),
+                Kind::Email,
+                Category::Grooming,
+            )
+        })
         .collect();
     let outcome = domain.submit(flooder.clone(), flags.clone(), 1).await.unwrap();
     assert_eq!((outcome.n_created, outcome.n_quarantined), (1, n as u32));
@@ -477,7 +483,10 @@ async fn held_flags_are_listed_a_page_at_a_time_to_their_member_and_to_admins() 
     let mut all = Vec::new();
     let mut after = Vec::new();
     loop {
-        let (page, next) = domain.held_flags(admin(), Some("flooder".to_owned()), after).await.unwrap();
+        let (page, next) = domain
+            .held_flags(admin(), Some("flooder".to_owned()), after)
+            .await
+            .unwrap();
         all.extend(page);
         if next.is_empty() {
             break;
@@ -490,14 +499,20 @@ async fn held_flags_are_listed_a_page_at_a_time_to_their_member_and_to_admins() 
     assert_eq!(listed.len(), n);
     assert!(listed.windows(2).all(|pair| pair[0] < pair[1]));
     assert!(listed.iter().all(|digest| expected.binary_search(digest).is_ok()));
-    assert!(all.iter().all(|held| held.confidence == 70 && held.key.member == flooder.id));
+    assert!(
+        all.iter()
+            .all(|held| held.confidence == 70 && held.key.member == flooder.id)
+    );
 
     // Another member holds none and sees none of the flooder's.
     let (none, next) = domain.held_flags(other, None, Vec::new()).await.unwrap();
     assert!(none.is_empty() && next.is_empty());
     // A cursor that is not one is refused by field.
     let bad = domain.held_flags(flooder, None, vec![0; 5]).await;
-    assert!(matches!(&bad, Err(Error::InvalidArgument(message)) if message.starts_with("page_after: 5 bytes")), "{bad:?}");
+    assert!(
+        matches!(&bad, Err(Error::InvalidArgument(message)) if message.starts_with("page_after: 5 bytes")),
+        "{bad:?}"
+    );
     let unknown = domain.held_flags(admin(), Some("nobody".to_owned()), Vec::new()).await;
     assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
 }

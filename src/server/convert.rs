@@ -7,8 +7,8 @@ use prost_types::Timestamp;
 
 use crate::domain::feed::{FeedItem, FeedOp};
 use crate::domain::{
-    AuditFilter, Event, EventOp, FlagSelector, HeldFlag, Match, NewFlag, PeerRecord, PrincipalView, Rejected, RetractOutcome,
-    Stats, SubmitOutcome, VerifyReport,
+    AuditFilter, Event, EventOp, FlagSelector, HeldFlag, Match, NewFlag, PeerRecord, PrincipalView, Rejected,
+    RetractOutcome, Stats, SubmitOutcome, VerifyReport,
 };
 use crate::error::{Error, Result};
 use crate::model::{AuditEntry, AuditOp, PrincipalRecord, PrincipalStats};

@@ -6,7 +6,7 @@ pub mod convert;
 mod federation;
 mod flags;
 mod identity;
-mod idle;
+pub(crate) mod idle;
 pub mod limits;
 pub mod streams;
 mod tls;

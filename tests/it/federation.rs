@@ -626,7 +626,11 @@ async fn a_flood_is_held_back_from_others_and_peers_until_released_and_a_rejecte
         .map(|flag| digests.iter().position(|d| d[..] == flag.digest[..]).unwrap() as u32)
         .collect();
     assert_eq!(held_indexes.len(), 3);
-    assert!(held_indexes.iter().all(|index| (3..8).contains(index) && !live.contains(index)));
+    assert!(
+        held_indexes
+            .iter()
+            .all(|index| (3..8).contains(index) && !live.contains(index))
+    );
     assert!(held.next_page_after.is_empty());
     let by_admin = admin
         .list_quarantine(pb::ListQuarantineRequest {

@@ -1,6 +1,8 @@
 //! The Prometheus endpoint, scraped during real traffic: counters move by exactly what the
 //! calls did.
 
+use std::time::Duration;
+
 use flagshare::pb;
 
 use crate::support::{TestServer, email_digest, flag, query_request, submit_request};
@@ -100,4 +102,39 @@ async fn a_query_of_ten_digests_with_two_hits_moves_the_counters_by_exactly_that
             .unwrap();
         assert!(expiry > now + 365.0 * 86_400.0, "{certificate} expires at {expiry}");
     }
+}
+
+#[tokio::test]
+async fn the_metrics_listener_holds_a_bounded_number_of_connections_and_closes_silent_ones() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start().await;
+    let bound = flagshare::metrics::MAX_METRICS_CONNECTIONS;
+    let mut silent = Vec::new();
+    for _ in 0..bound {
+        silent.push(tokio::net::TcpStream::connect(server.metrics_addr).await.unwrap());
+    }
+    // Accepted in order: once the bound is held, a new connection is closed unanswered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = tokio::net::TcpStream::connect(server.metrics_addr).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), refused.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without an answer: {read:?} {}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Silent connections are closed by the server after METRICS_IDLE, freeing their places.
+    let idle = flagshare::metrics::METRICS_IDLE;
+    for connection in &mut silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(idle + Duration::from_secs(10), connection.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+    // And a scraper gets its answer again (`scrape` asserts a 200 with the text format).
+    let scraped = server.scrape().await;
+    assert!(scraped.0.contains("flagshare_certificate_expiry_timestamp_seconds{"));
 }

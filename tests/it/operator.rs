@@ -1013,7 +1013,10 @@ fn an_operator_lists_and_releases_a_members_quarantined_flags() {
     let mine = held(&alpha);
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0]["digest"], second.as_str());
-    assert_eq!((mine[0]["kind"].as_str(), mine[0]["category"].as_str()), (Some("email"), Some("grooming")));
+    assert_eq!(
+        (mine[0]["kind"].as_str(), mine[0]["category"].as_str()),
+        (Some("email"), Some("grooming"))
+    );
     assert!(held(&beta).is_empty());
     assert_eq!(site.admin_json(&server, &["quarantine", "list", "alpha"]), mine);
     let table = ok(flagshare(&["held", "--bundle", path(&alpha), "--endpoint", &endpoint]));
