@@ -193,7 +193,9 @@ impl State {
             },
             now_ms(),
         )?;
-        Ok(u32::try_from(n_withdrawn).unwrap_or(u32::MAX))
+        // Its held flags go too: a suspended or removed member's flood is never released.
+        let n_held = self.reject_all_held(admin, member, name)?;
+        Ok(u32::try_from(n_withdrawn + n_held).unwrap_or(u32::MAX))
     }
 
     pub(super) fn rotate_certificate(

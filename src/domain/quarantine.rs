@@ -12,7 +12,7 @@ use super::principals::Caller;
 use super::state::{State, stage_upsert};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Change, FlagKey, PrincipalId, SummaryEntry};
+use crate::model::{AuditOp, Change, FlagKey, PrincipalId, PrincipalStatus, SummaryEntry};
 use crate::store::Store;
 use crate::store::keys::{HELD_PAGE_KEY_LEN, held_page_key};
 use crate::util::now_ms;
@@ -164,6 +164,15 @@ impl State {
         let member = self.quarantined_member(name)?;
         let now = now_ms();
         let mut last_sequence = self.writer();
+        // Checked under the lock: a suspension or removal may be under way.
+        if let Some(record) = self.registry.by_name(name)
+            && record.status != PrincipalStatus::Active
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "member: '{name}' is {}; its held flags can only be rejected",
+                record.status
+            )));
+        }
         let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
         let mut digests: Vec<Digest> = rows.iter().map(|(key, _)| key.digest).collect();
         digests.sort_unstable();
@@ -212,6 +221,23 @@ impl State {
     /// commit; they never matched. Returns (rejected, still held).
     pub(super) fn quarantine_reject(&self, admin: &Caller, name: &str) -> Result<(u32, u64)> {
         let member = self.quarantined_member(name)?;
+        self.reject_chunk(admin, member, name)
+    }
+
+    /// Deletes every held flag of `member`, a chunk per audited commit (a suspension or
+    /// removal that withdraws the member's flags); how many.
+    pub(super) fn reject_all_held(&self, admin: &Caller, member: PrincipalId, name: &str) -> Result<u64> {
+        let mut n_rejected = 0;
+        loop {
+            let (n_done, n_left) = self.reject_chunk(admin, member, name)?;
+            n_rejected += u64::from(n_done);
+            if n_done == 0 || n_left == 0 {
+                return Ok(n_rejected);
+            }
+        }
+    }
+
+    fn reject_chunk(&self, admin: &Caller, member: PrincipalId, name: &str) -> Result<(u32, u64)> {
         let writer = self.writer();
         let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
         let mut batch = self.store.batch();

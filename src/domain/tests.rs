@@ -516,3 +516,49 @@ async fn held_flags_are_listed_a_page_at_a_time_to_their_member_and_to_admins() 
     let unknown = domain.held_flags(admin(), Some("nobody".to_owned()), Vec::new()).await;
     assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
 }
+
+#[tokio::test]
+async fn a_suspended_members_held_flags_are_never_released_and_a_withdrawal_deletes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let policy = Policy {
+        quarantine_new_flags_per_hour: 1,
+        ..Policy::default()
+    };
+    let domain = Domain::open(store, policy).unwrap();
+    let flooder = member(&domain, "flooder").await;
+    let flags: Vec<NewFlag> = (0..5u8)
+        .map(|i| flag([i; 32], Kind::Email, Category::Grooming))
+        .collect();
+    let outcome = domain.submit(flooder.clone(), flags, 1).await.unwrap();
+    assert_eq!((outcome.n_created, outcome.n_quarantined), (1, 4));
+
+    domain
+        .set_principal_status(admin(), "flooder".to_owned(), PrincipalStatus::Suspended, false)
+        .await
+        .unwrap();
+    let refused = domain.quarantine_release(admin(), "flooder".to_owned()).await;
+    assert!(
+        matches!(&refused, Err(Error::FailedPrecondition(message)) if message.contains("suspended")),
+        "{refused:?}"
+    );
+    let held = domain
+        .held_flags(admin(), Some("flooder".to_owned()), Vec::new())
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(held.len(), 4, "a refused release leaves them held");
+
+    let (_, n_withdrawn) = domain
+        .set_principal_status(admin(), "flooder".to_owned(), PrincipalStatus::Removed, true)
+        .await
+        .unwrap();
+    assert_eq!(n_withdrawn, 5, "the live flag and the four held ones");
+    let held = domain
+        .held_flags(admin(), Some("flooder".to_owned()), Vec::new())
+        .await
+        .unwrap()
+        .0;
+    assert!(held.is_empty());
+    assert!(domain.quarantine_list().await.unwrap().is_empty());
+}
