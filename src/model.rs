@@ -164,6 +164,7 @@ byte_enum!(
         ReleaseQuarantine = 27 => "release_quarantine",
         RejectQuarantine = 28 => "reject_quarantine",
         ListHeld = 29 => "list_held",
+        Import = 30 => "import",
     }
 );
 

@@ -387,6 +387,74 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     let (mut n_lines, mut n_sent, mut n_created, mut n_updated) = (0u64, 0u64, 0u64, 0u64);
     let mut n_quarantined = 0u64;
     let mut records = records.peekable();
+    if args.input.file.is_some() {
+        // A file goes over one Import stream: committed in large blocks, each whole or not
+        // at all, its rows reaching the store as sorted files.
+        let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ImportRequest>(4);
+        let mut answers = client
+            .import(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let reader = tokio::spawn(async move {
+            let mut last = pb::ImportProgress::default();
+            loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => last = answer,
+                    Ok(None) => return (last, None),
+                    Err(status) => return (last, Some(status)),
+                }
+            }
+        });
+        while let Some(item) = records.next() {
+            n_lines += 1;
+            let flag = item.and_then(|record| hashing.hash(record)).and_then(|hashed| {
+                flag_from_record(args, &hashed, now_ms).map_err(|reason| Rejected {
+                    line: hashed.record.line,
+                    reason,
+                })
+            });
+            match flag {
+                Ok(flag) => pending.push(flag),
+                Err(line) => rejected.push(line),
+            }
+            if pending.len() == batch_size || (records.peek().is_none() && !pending.is_empty()) {
+                let flags = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
+                let message = pb::ImportRequest {
+                    flags,
+                    key_id: hashing.key_id,
+                };
+                // Refused: the server ended the import; its status says why.
+                if sender.send(message).await.is_err() {
+                    break;
+                }
+            }
+            progress.update(n_lines);
+        }
+        drop(sender);
+        let (last, failed) = reader.await?;
+        progress.finish();
+        if let Some(status) = failed {
+            anyhow::bail!(
+                "{} ({} block(s) of the import were committed: {} new, {} updated; re-running the same file is safe: imported flags are updated, not duplicated)",
+                status_error(status),
+                last.n_blocks,
+                last.n_created,
+                last.n_updated
+            );
+        }
+        anyhow::ensure!(
+            last.done,
+            "the server ended the import without confirming it; re-run the same file"
+        );
+        let n_imported = last.n_created + last.n_updated + last.n_quarantined;
+        println!(
+            "imported {n_imported} flag(s) in {} block(s): {} new, {} updated",
+            last.n_blocks, last.n_created, last.n_updated
+        );
+        print_quarantined(last.n_quarantined);
+        return Ok(report_rejected(&mut rejected));
+    }
     while let Some(item) = records.next() {
         n_lines += 1;
         let flag = item.and_then(|record| hashing.hash(record)).and_then(|hashed| {
@@ -425,12 +493,16 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     progress.finish();
     println!("submitted {n_sent} flag(s): {n_created} new, {n_updated} updated");
+    print_quarantined(n_quarantined);
+    Ok(report_rejected(&mut rejected))
+}
+
+fn print_quarantined(n_quarantined: u64) {
     if n_quarantined > 0 {
         println!(
             "{n_quarantined} new flag(s) held in quarantine: more new flags than the operator's hourly threshold; they match for no one else until the operator releases them"
         );
     }
-    Ok(report_rejected(&mut rejected))
 }
 
 /// A one-line progress display on standard error, only when it is a terminal.

@@ -212,8 +212,7 @@ pub(super) fn outgoing(
     max: usize,
     signed: bool,
 ) -> Result<OutgoingBatch> {
-    let head = state.head()?;
-    let changes = state.store.changes_after(after, max.clamp(1, MAX_PULL_BATCH))?;
+    let (changes, head) = state.changes_to_head(after, max.clamp(1, MAX_PULL_BATCH))?;
     let mut batch = OutgoingBatch {
         events: Vec::with_capacity(changes.len()),
         // Nothing after `after`: everything up to the head is covered (rows up to it may

@@ -99,8 +99,7 @@ pub(super) fn snapshot_chunk(
 /// Up to `FEED_BATCH` changes after `after`, each with its digest's current match; the
 /// sequence covered; the newest sequence.
 pub(super) fn changes(state: &State, caller: &Caller, after: u64) -> Result<(Vec<FeedItem>, u64, u64)> {
-    let head = state.head()?;
-    let changes = state.store.changes_after(after, FEED_BATCH)?;
+    let (changes, head) = state.changes_to_head(after, FEED_BATCH)?;
     // Nothing after `after`: everything up to the head is covered (rows up to it may have
     // been deleted), else up to the last row read.
     let covered = changes.last().map_or(after.max(head), |(sequence, _)| *sequence);

@@ -76,8 +76,15 @@ pub fn check_batch_len(field: &str, len: usize) -> Result<()> {
 
 /// Checks each flag against the rules; the first violation names the item and field.
 pub fn validate_new_flags(flags: &[NewFlag], now_ms: i64) -> Result<()> {
+    validate_new_flags_from(flags, now_ms, 0)
+}
+
+/// As `validate_new_flags`, the items numbered from `first_index` (a message of an import
+/// names its items by their place in the whole import).
+pub fn validate_new_flags_from(flags: &[NewFlag], now_ms: i64, first_index: usize) -> Result<()> {
     check_batch_len("flags", flags.len())?;
     for (index, flag) in flags.iter().enumerate() {
+        let index = first_index + index;
         if flag.confidence > 100 {
             return Err(Error::invalid(format!(
                 "flags[{index}].confidence: {} is above 100",

@@ -45,6 +45,7 @@ pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
 pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
 pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
+pub use submit::IMPORT_BLOCK;
 
 use state::{State, blocking, stream_chunk};
 
@@ -206,6 +207,19 @@ impl Domain {
         flags::validate_new_flags(&new_flags, now)?;
         let state = self.state.clone();
         blocking(move || state.submit(&caller, &new_flags, key_id, now)).await
+    }
+
+    /// Checks one message of an import, its flags named from `first_index` in errors.
+    pub fn check_import_message(&self, flags: &[NewFlag], first_index: usize) -> Result<()> {
+        flags::validate_new_flags_from(flags, now_ms(), first_index)
+    }
+
+    /// Commits one block of an import (at most `IMPORT_BLOCK` flags, each message of it
+    /// checked by `check_import_message`): one audited commit, visible whole or not at all.
+    pub async fn import_block(&self, caller: Caller, new_flags: Vec<NewFlag>, key_id: u32) -> Result<SubmitOutcome> {
+        let now = now_ms();
+        let state = self.state.clone();
+        blocking(move || state.import_block(&caller, &new_flags, key_id, now)).await
     }
 
     pub async fn query(&self, caller: Caller, digests: Vec<Digest>) -> Result<Vec<Match>> {

@@ -67,13 +67,32 @@ pub(crate) struct State {
     pub(super) new_flags_window: parking_lot::Mutex<HashMap<crate::model::PrincipalId, (i64, u64)>>,
     /// Members with quarantined flags (loaded at open, kept current).
     pub(super) quarantined_members: RwLock<HashSet<crate::model::PrincipalId>>,
+    /// While an import block is between its commit and the ingestion of its summaries,
+    /// the sequence before it (else `NO_HOLD`): readers of the change log stop there, so no
+    /// feed or peer sees a change whose summary row is not in place yet.
+    hold: std::sync::atomic::AtomicU64,
     /// Tests set it to make the next audited commit panic under the writer lock.
     #[cfg(test)]
     fault: std::sync::atomic::AtomicBool,
+    /// Tests set it to stop the next import block between its commit and its ingestion,
+    /// as a server killed there would.
+    #[cfg(test)]
+    pub(super) stop_before_ingest: std::sync::atomic::AtomicBool,
 }
+
+const NO_HOLD: u64 = u64::MAX;
 
 impl State {
     pub(super) fn open(store: Store, policy: Policy) -> Result<State> {
+        // An import block committed but not ingested when the server stopped: finish it
+        // before anything reads.
+        if let Some(file) = store.pending_ingest()? {
+            if file.exists() {
+                store.ingest_summaries(&file)?;
+                tracing::info!(file = %file.display(), "ingested the summaries of an interrupted import block");
+            }
+            store.clear_pending_ingest()?;
+        }
         let registry = Registry::new(store.load_principals()?);
         let last_sequence = store.last_sequence()?;
         let ledger = Ledger::load(&store)?;
@@ -94,6 +113,8 @@ impl State {
         Ok(State {
             #[cfg(test)]
             fault: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            stop_before_ingest: std::sync::atomic::AtomicBool::new(false),
             db_identity,
             stream_work: tokio::sync::Semaphore::new(STREAM_WORKERS),
             store,
@@ -106,6 +127,7 @@ impl State {
             disputed,
             new_flags_window: parking_lot::Mutex::new(HashMap::new()),
             quarantined_members: RwLock::new(quarantined_members),
+            hold: std::sync::atomic::AtomicU64::new(NO_HOLD),
         })
     }
 
@@ -120,7 +142,71 @@ impl State {
     /// The newest committed sequence number, without waiting for a writer that holds the lock
     /// longer than a moment: readers of the change log use it as the head.
     pub(super) fn head(&self) -> Result<u64> {
-        Ok(self.store.last_sequence()?)
+        match self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            NO_HOLD => Ok(self.store.last_sequence()?),
+            held => Ok(held),
+        }
+    }
+
+    /// Up to `limit` change-log rows after `after` and no further than the head (read
+    /// first), and the head.
+    pub(super) fn changes_to_head(&self, after: u64, limit: usize) -> Result<(Vec<(u64, ChangeRecord)>, u64)> {
+        let head = self.head()?;
+        let mut changes = self.store.changes_after(after, limit)?;
+        changes.retain(|(sequence, _)| *sequence <= head);
+        Ok((changes, head))
+    }
+
+    /// Commits `batch` with `event` like `commit_audited`, the summary `rows` (sorted by
+    /// digest) going to the store as one file ingested after the commit instead of inside
+    /// it: bulk rows skip the memtable. `before` is the sequence before this commit; until
+    /// the file is in, readers of the change log see no further. A failed ingestion falls
+    /// back to writing the rows as a batch; a server that stops in between ingests the file
+    /// as it opens.
+    pub(super) fn commit_ingesting(
+        &self,
+        mut batch: Batch<'_>,
+        event: AuditEvent,
+        now: i64,
+        rows: &[(Digest, Vec<SummaryEntry>)],
+        before: u64,
+    ) -> Result<()> {
+        let file = self.store.staging_dir().join(format!("summaries-{before}.sst"));
+        let written = self
+            .store
+            .write_summaries_file(&file, rows.iter().map(|(digest, entries)| (digest, entries.as_slice())));
+        if !matches!(written, Ok(true)) {
+            // Nothing to ingest, or the file could not be written: the rows go in the batch.
+            written?;
+            for (digest, entries) in rows {
+                batch.put_summary(digest, entries)?;
+            }
+            self.commit_audited(batch, event, now)?;
+            return Ok(());
+        }
+        batch.put_pending_ingest(&file);
+        self.hold.store(before, std::sync::atomic::Ordering::SeqCst);
+        if let Err(err) = self.commit_audited(batch, event, now) {
+            self.hold.store(NO_HOLD, std::sync::atomic::Ordering::SeqCst);
+            let _ = std::fs::remove_file(&file);
+            return Err(err);
+        }
+        #[cfg(test)]
+        if self.stop_before_ingest.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Internal("stopped before ingestion by a test".to_owned()));
+        }
+        if let Err(err) = self.store.ingest_summaries(&file) {
+            tracing::warn!(%err, "ingesting an import block's summaries failed; writing them as a batch");
+            let mut batch = self.store.batch();
+            for (digest, entries) in rows {
+                batch.put_summary(digest, entries)?;
+            }
+            self.store.commit(batch)?;
+            let _ = std::fs::remove_file(&file);
+        }
+        self.store.clear_pending_ingest()?;
+        self.hold.store(NO_HOLD, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Fails with `OutOfRange` when tombstones a reader at `after` has not seen were

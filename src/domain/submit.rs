@@ -9,6 +9,10 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{AuditOp, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, RetractReason, SummaryEntry};
 
+/// Flags per block of an import: one audited commit, its summary rows ingested as one
+/// file. Bounds the memory an import holds and how long it holds the writer lock.
+pub const IMPORT_BLOCK: usize = 200_000;
+
 impl State {
     pub(super) fn submit(
         &self,
@@ -16,6 +20,35 @@ impl State {
         new_flags: &[NewFlag],
         key_id: u32,
         now: i64,
+    ) -> Result<SubmitOutcome> {
+        self.write_flags(caller, new_flags, key_id, now, false)
+    }
+
+    /// One block of an import (at most `IMPORT_BLOCK` flags): Submit's rules, one audited
+    /// commit, the summary rows ingested as a file.
+    pub(super) fn import_block(
+        &self,
+        caller: &Caller,
+        new_flags: &[NewFlag],
+        key_id: u32,
+        now: i64,
+    ) -> Result<SubmitOutcome> {
+        if new_flags.len() > IMPORT_BLOCK {
+            return Err(Error::invalid(format!(
+                "flags: {} in one block, at most {IMPORT_BLOCK}",
+                new_flags.len()
+            )));
+        }
+        self.write_flags(caller, new_flags, key_id, now, true)
+    }
+
+    fn write_flags(
+        &self,
+        caller: &Caller,
+        new_flags: &[NewFlag],
+        key_id: u32,
+        now: i64,
+        import: bool,
     ) -> Result<SubmitOutcome> {
         let flag_keys: Vec<FlagKey> = new_flags
             .iter()
@@ -132,19 +165,25 @@ impl State {
             stage_upsert(&mut batch, &mut sequence, &mut summaries[d], key, &record, None, now);
             previous = Some((*key, record, false));
         }
-        for (digest, entries) in digests.iter().zip(&summaries) {
-            batch.put_summary(digest, entries)?;
-        }
         // The flags themselves say who flagged what; the entry counts them.
         let detail = if n_quarantined > 0 {
             format!("{n_created} created, {n_updated} updated, {n_quarantined} quarantined")
         } else {
             format!("{n_created} created, {n_updated} updated")
         };
-        let event = AuditEvent::new(caller.into(), AuditOp::Submit)
+        let op = if import { AuditOp::Import } else { AuditOp::Submit };
+        let event = AuditEvent::new(caller.into(), op)
             .counts(new_flags.len() as u64, u64::from(n_created + n_updated))
             .detail(detail);
-        self.commit_audited(batch, event, now)?;
+        if import {
+            let rows: Vec<(Digest, Vec<SummaryEntry>)> = digests.into_iter().zip(summaries).collect();
+            self.commit_ingesting(batch, event, now, &rows, *last_sequence)?;
+        } else {
+            for (digest, entries) in digests.iter().zip(&summaries) {
+                batch.put_summary(digest, entries)?;
+            }
+            self.commit_audited(batch, event, now)?;
+        }
         *last_sequence = sequence;
         self.count_new_flags(caller.id, u64::from(n_created), now);
         if n_quarantined > 0 {

@@ -562,3 +562,100 @@ async fn a_suspended_members_held_flags_are_never_released_and_a_withdrawal_dele
     assert!(held.is_empty());
     assert!(domain.quarantine_list().await.unwrap().is_empty());
 }
+
+fn digest_of(i: u32) -> Digest {
+    *blake3::hash(&i.to_be_bytes()).as_bytes()
+}
+
+#[tokio::test]
+async fn an_import_block_merges_with_what_is_stored_and_reads_as_submitted_flags() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let (alpha, beta) = (member(domain, "alpha").await, member(domain, "beta").await);
+    // Alpha already flagged digest 7; beta's import holds it too, and one flag twice.
+    domain
+        .submit(
+            alpha.clone(),
+            vec![flag(digest_of(7), Kind::Email, Category::Grooming)],
+            1,
+        )
+        .await
+        .unwrap();
+    let mut flags: Vec<NewFlag> = (0..5_000)
+        .map(|i| flag(digest_of(i), Kind::Email, Category::Grooming))
+        .collect();
+    flags.push(flag(digest_of(3), Kind::Email, Category::Grooming));
+    let outcome = domain.import_block(beta.clone(), flags.clone(), 1).await.unwrap();
+    assert_eq!((outcome.n_created, outcome.n_updated), (5_000, 1));
+
+    let digests: Vec<Digest> = (0..5_000).map(digest_of).collect();
+    let matches = domain.query(alpha.clone(), digests.clone()).await.unwrap();
+    assert_eq!(matches.len(), 5_000);
+    let seven = matches.iter().find(|m| m.digest == digest_of(7)).unwrap();
+    assert_eq!(seven.members, ["alpha", "beta"]);
+    // The change log holds one upsert per flag, as if submitted; the audit names the import.
+    let upserts = changes(domain)
+        .iter()
+        .filter(|(_, change)| matches!(change.change, Change::Upsert(_)))
+        .count();
+    assert_eq!(upserts, 5_001);
+    let filter = AuditFilter {
+        principal: None,
+        op: Some(AuditOp::Import),
+        since_ms: None,
+        until_ms: None,
+        digest: None,
+        limit: 100,
+    };
+    let imports = domain.list_audit(admin(), filter).await.unwrap();
+    assert_eq!(imports.len(), 1);
+    assert_eq!((imports[0].n_items, imports[0].n_changed), (5_001, 5_001));
+    assert!(domain.verify_audit(admin()).await.unwrap().broken.is_none());
+
+    // The same import again: updates only, nothing new.
+    let again = domain.import_block(beta, flags, 1).await.unwrap();
+    assert_eq!((again.n_created, again.n_updated), (0, 5_001));
+    assert_eq!(domain.query(alpha, digests).await.unwrap().len(), 5_000);
+    assert!(domain.state.store.pending_ingest().unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags: Vec<NewFlag> = (0..1_000)
+        .map(|i| flag(digest_of(i), Kind::Email, Category::Grooming))
+        .collect();
+    let digests: Vec<Digest> = flags.iter().map(|f| f.digest).collect();
+    let (alpha, beta, head_before);
+    {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let domain = Domain::open(store, Policy::default()).unwrap();
+        alpha = member(&domain, "alpha").await;
+        beta = member(&domain, "beta").await;
+        head_before = domain.state.head().unwrap();
+        domain
+            .state
+            .stop_before_ingest
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let stopped = domain.import_block(alpha.clone(), flags, 1).await;
+        assert!(matches!(stopped, Err(Error::Internal(_))), "{stopped:?}");
+        // Committed, not ingested: no query and no reader of the change log sees it.
+        assert!(domain.query(beta.clone(), digests.clone()).await.unwrap().is_empty());
+        let (items, covered, head) = domain.feed_changes(beta.clone(), 0, 0).await.unwrap();
+        assert_eq!(head, head_before);
+        assert!(items.iter().all(|item| item.sequence <= head_before), "{covered}");
+        assert!(domain.state.store.pending_ingest().unwrap().is_some());
+    }
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let domain = Domain::open(store, Policy::default()).unwrap();
+    assert!(domain.state.store.pending_ingest().unwrap().is_none());
+    assert_eq!(domain.query(beta.clone(), digests).await.unwrap().len(), 1_000);
+    let (items, _, head) = domain.feed_changes(beta, 0, 0).await.unwrap();
+    assert_eq!(head, head_before + 1_000);
+    assert_eq!(items.iter().filter(|item| item.sequence > head_before).count(), 1_000);
+    let staging: Vec<_> = std::fs::read_dir(domain.state.store.staging_dir())
+        .map(|entries| entries.flatten().collect())
+        .unwrap_or_default();
+    assert!(staging.is_empty(), "the file moved into the database");
+    drop(alpha);
+}

@@ -33,11 +33,17 @@ impl Display for ItemField {
 }
 
 pub fn new_flags_from_pb(flags: Vec<pb::Flag>) -> Result<Vec<NewFlag>> {
+    new_flags_from_pb_at(flags, 0)
+}
+
+/// As `new_flags_from_pb`, the items numbered from `first_index` in errors.
+pub fn new_flags_from_pb_at(flags: Vec<pb::Flag>, first_index: usize) -> Result<Vec<NewFlag>> {
     crate::domain::flags::check_batch_len("flags", flags.len())?;
     flags
         .into_iter()
         .enumerate()
         .map(|(index, flag)| {
+            let index = first_index + index;
             let field = |name| ItemField { index, name };
             Ok(NewFlag {
                 digest: digest_from_bytes(field("digest"), &flag.digest)?,

@@ -29,7 +29,17 @@ pub struct FlagsService {
     pub db_identity: [u8; 8],
     pub metrics: Arc<Metrics>,
     pub limits: Arc<Limits>,
+    /// Imports running at once, server-wide (`IMPORT_SLOTS`): each holds up to a block of
+    /// flags in memory.
+    pub imports: Arc<tokio::sync::Semaphore>,
+    /// An import that sends nothing for this long is ended.
+    pub import_idle: std::time::Duration,
 }
+
+/// Imports that may run at once on a server; one more is refused until one ends.
+pub const IMPORT_SLOTS: usize = 2;
+
+type ImportStream = Pin<Box<dyn Stream<Item = Result<pb::ImportProgress, Status>> + Send>>;
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::FeedBatch, Status>> + Send>>;
 
@@ -170,6 +180,32 @@ async fn run_feed(
 impl pb::flags_server::Flags for FlagsService {
     type QueryStreamStream = QueryStreamStream;
     type SubscribeStream = SubscribeStream;
+    type ImportStream = ImportStream;
+
+    async fn import(&self, request: Request<Streaming<pb::ImportRequest>>) -> Result<Response<ImportStream>, Status> {
+        let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        let permit = self.streams.acquire(&caller)?;
+        let slot = self.imports.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "import: {IMPORT_SLOTS} imports are running on this server, the most at once; retry when one ends"
+            ))
+        })?;
+        let (sender, receiver) = mpsc::channel(streams::STREAM_BUFFER);
+        let import = Import {
+            domain: self.domain.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
+            caller,
+            idle: self.import_idle,
+        };
+        tokio::spawn(async move {
+            let _held = (permit, slot);
+            if let Err(status) = import.run(request.into_inner(), &sender).await {
+                let _ = sender.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
@@ -358,5 +394,103 @@ impl pb::flags_server::Flags for FlagsService {
             .dispute(caller, digest, request.member, request.note)
             .await?;
         Ok(Response::new(pb::DisputeResponse { n_flags }))
+    }
+}
+
+/// One member's import: messages are checked as they come and gathered into blocks of
+/// `IMPORT_BLOCK` flags, each committed (and answered with the running totals) when full.
+struct Import {
+    domain: Domain,
+    metrics: Arc<Metrics>,
+    limits: Arc<Limits>,
+    caller: Caller,
+    idle: std::time::Duration,
+}
+
+impl Import {
+    async fn run(
+        &self,
+        mut input: Streaming<pb::ImportRequest>,
+        progress: &mpsc::Sender<Result<pb::ImportProgress, Status>>,
+    ) -> Result<(), Status> {
+        let mut totals = pb::ImportProgress::default();
+        let mut block = Vec::new();
+        let mut key_id = None;
+        let mut n_received = 0usize;
+        loop {
+            let message = match tokio::time::timeout(self.idle, input.message()).await {
+                Ok(message) => message?,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "import: no message for {} s; blocks committed so far stay",
+                        self.idle.as_secs()
+                    )));
+                }
+            };
+            let Some(message) = message else { break };
+            match key_id {
+                None => key_id = Some(message.key_id),
+                Some(first) if first != message.key_id => {
+                    return Err(Status::invalid_argument(format!(
+                        "key_id: {} after {first} in the same import (flags[{n_received}] on); one import, one key epoch",
+                        message.key_id
+                    )));
+                }
+                Some(_) => {}
+            }
+            let flags = convert::new_flags_from_pb_at(message.flags, n_received)?;
+            self.domain.check_import_message(&flags, n_received)?;
+            self.limits.take(
+                &self.caller,
+                &[Limit::FlagsPerSecond, Limit::FlagsPerDay],
+                flags.len() as u64,
+            )?;
+            n_received += flags.len();
+            block.extend(flags);
+            if block.len() >= crate::domain::IMPORT_BLOCK {
+                let rest = block.split_off(crate::domain::IMPORT_BLOCK);
+                let full = std::mem::replace(&mut block, rest);
+                self.commit(full, key_id.unwrap_or_default(), &mut totals).await?;
+                if progress.send(Ok(totals)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !block.is_empty() {
+            self.commit(block, key_id.unwrap_or_default(), &mut totals).await?;
+        }
+        totals.done = true;
+        let _ = progress.send(Ok(totals)).await;
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        flags: Vec<crate::domain::NewFlag>,
+        key_id: u32,
+        totals: &mut pb::ImportProgress,
+    ) -> Result<(), Status> {
+        let member = Metrics::member(&self.caller.name);
+        let outcome = self.domain.import_block(self.caller.clone(), flags, key_id).await?;
+        self.metrics
+            .flags_created
+            .get_or_create(&member)
+            .inc_by(u64::from(outcome.n_created));
+        self.metrics
+            .flags_updated
+            .get_or_create(&member)
+            .inc_by(u64::from(outcome.n_updated));
+        if outcome.n_quarantined > 0 {
+            self.metrics
+                .flags_quarantined
+                .get_or_create(&member)
+                .inc_by(u64::from(outcome.n_quarantined));
+        }
+        totals.n_created += u64::from(outcome.n_created);
+        totals.n_updated += u64::from(outcome.n_updated);
+        totals.n_quarantined += u64::from(outcome.n_quarantined);
+        totals.n_blocks += 1;
+        totals.sequence = outcome.sequence;
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 pub mod convert;
 mod federation;
 mod flags;
+pub use flags::IMPORT_SLOTS;
 mod identity;
 pub(crate) mod idle;
 pub mod limits;
@@ -114,6 +115,8 @@ pub async fn run(
         db_identity,
         metrics: metrics.clone(),
         limits: limits.clone(),
+        imports: Arc::new(tokio::sync::Semaphore::new(flags::IMPORT_SLOTS)),
+        import_idle: Duration::from_secs(config.request_timeout_secs),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());

@@ -16,7 +16,9 @@
 /// every tombstone at or below this sequence has been deleted (`domain::maintenance`), so
 /// a cursor below it cannot be continued; `b"sequence_floor"` → u64 BE: the newest sequence
 /// handed out when the newest change-log row was deleted, so sequences never go back;
-/// `b"limits/" + name` → `[1, JSON]`: that principal's limit overrides (`LimitOverrides`).
+/// `b"limits/" + name` → `[1, JSON]`: that principal's limit overrides (`LimitOverrides`);
+/// `b"pending_ingest"` → UTF-8 path of a summaries file an import block committed with and
+/// has not ingested yet (ingested at the next open if the server stopped first).
 pub const META: &str = "meta";
 
 /// The lookup path: one row per digest that has at least one stored flag, one entry per

@@ -27,6 +27,7 @@ pub const DB_IDENTITY_KEY: &[u8] = b"db_identity";
 pub const ORIGIN_KEY_KEY: &[u8] = b"origin_signing_key";
 pub const CHANGE_HORIZON_KEY: &[u8] = b"change_horizon";
 pub const SEQUENCE_FLOOR_KEY: &[u8] = b"sequence_floor";
+pub const PENDING_INGEST_KEY: &[u8] = b"pending_ingest";
 /// `limits/<principal name>`: that principal's limit overrides (JSON).
 pub const LIMITS_PREFIX: &[u8] = b"limits/";
 pub const DISPUTE_KEY_LEN: usize = DIGEST_LEN + 4 + 4;

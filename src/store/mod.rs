@@ -43,6 +43,8 @@ pub enum StoreError {
     Key(#[from] KeyError),
     #[error("the operating system gave no random bytes: {0}")]
     Random(String),
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Tuning that an operator may change without changing the on-disk format.
@@ -71,6 +73,8 @@ pub struct Store {
     db: DB,
     /// Kept for its statistics object (tickers read by `rocks_reading`).
     db_options: Options,
+    /// The `summaries` family's options: a file written for ingestion must be built alike.
+    summaries_options: Options,
     statistics: bool,
     path: PathBuf,
     write_options: WriteOptions,
@@ -181,6 +185,7 @@ impl Store {
         let store = Store {
             db,
             db_options,
+            summaries_options: family_options(cf::SUMMARIES, &cache),
             statistics: store_options.statistics,
             path: path.to_owned(),
             write_options,
@@ -401,6 +406,70 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where files for ingestion are built: beside the database, on the same file system,
+    /// so that ingesting moves them instead of copying.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.path.with_extension("staging")
+    }
+
+    /// Writes summary rows, in strictly increasing digest order, to a new file at `file`
+    /// for `ingest_summaries` (an empty entry list deletes the row). False when there was
+    /// nothing to write (no file is left then).
+    pub fn write_summaries_file<'a>(
+        &self,
+        file: &Path,
+        rows: impl IntoIterator<Item = (&'a Digest, &'a [SummaryEntry])>,
+    ) -> Result<bool, StoreError> {
+        if let Some(folder) = file.parent() {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)?;
+        }
+        let mut writer = rocksdb::SstFileWriter::create(&self.summaries_options);
+        writer.open(file)?;
+        let mut any = false;
+        for (digest, entries) in rows {
+            if entries.is_empty() {
+                writer.delete(digest)?;
+            } else {
+                writer.put(digest, codec::encode_summary(entries)?)?;
+            }
+            any = true;
+        }
+        if !any {
+            drop(writer);
+            let _ = std::fs::remove_file(file);
+            return Ok(false);
+        }
+        writer.finish()?;
+        Ok(true)
+    }
+
+    /// Makes the rows of `file` (from `write_summaries_file`) the newest version of their
+    /// digests at once; the file is moved into the database.
+    pub fn ingest_summaries(&self, file: &Path) -> Result<(), StoreError> {
+        let mut options = rocksdb::IngestExternalFileOptions::default();
+        options.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(cf::SUMMARIES), &options, vec![file])?;
+        Ok(())
+    }
+
+    /// The summaries file a commit left to ingest, if one did (see `Batch::put_pending_ingest`).
+    pub fn pending_ingest(&self) -> Result<Option<PathBuf>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(cf::META), keys::PENDING_INGEST_KEY)?
+            .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())))
+    }
+
+    /// Forgets the pending ingestion (it is done), durably.
+    pub fn clear_pending_ingest(&self) -> Result<(), StoreError> {
+        let mut batch = self.batch();
+        batch.inner.delete_cf(self.cf(cf::META), keys::PENDING_INGEST_KEY);
+        self.db.write_opt(batch.inner, &self.write_options)?;
+        Ok(())
     }
 
     fn cf(&self, name: &'static str) -> &ColumnFamily {
@@ -869,6 +938,16 @@ impl Batch<'_> {
             self.inner.put_cf(family, digest, codec::encode_summary(entries)?);
         }
         Ok(())
+    }
+
+    /// Names a summaries file that must be ingested for this batch's changes to be whole:
+    /// a server that stops before it is ingests it as it opens.
+    pub fn put_pending_ingest(&mut self, file: &Path) {
+        self.inner.put_cf(
+            self.store.cf(cf::META),
+            keys::PENDING_INGEST_KEY,
+            file.to_string_lossy().as_bytes(),
+        );
     }
 
     /// Records the newest sequence handed out (before the newest row is deleted).

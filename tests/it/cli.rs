@@ -170,7 +170,11 @@ fn the_readme_walkthrough_works_end_to_end() {
         path(&csv),
     ]);
     assert!(!output.status.success());
-    assert!(stdout(&output).contains("submitted 2 flag(s)"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("imported 2 flag(s) in 1 block(s): 2 new, 0 updated"),
+        "{}",
+        stdout(&output)
+    );
     assert!(
         stderr(&output).contains("line 3: invalid email identifier: it has no '@'"),
         "{}",

@@ -327,3 +327,142 @@ async fn health_and_reflection_answer_without_proto_files() {
         );
     }
 }
+
+/// Digest `i` of an import test.
+fn imported(i: u32) -> [u8; 32] {
+    *blake3::hash(&i.to_be_bytes()).as_bytes()
+}
+
+/// Messages of 10,000 flags with digests `from..to`.
+fn import_messages(from: u32, to: u32) -> Vec<pb::ImportRequest> {
+    (from..to)
+        .collect::<Vec<_>>()
+        .chunks(10_000)
+        .map(|chunk| pb::ImportRequest {
+            flags: chunk
+                .iter()
+                .map(|i| flag(imported(*i), pb::Category::Grooming, 60))
+                .collect(),
+            key_id: 1,
+        })
+        .collect()
+}
+
+/// Every answer of an import of `messages`, and how it ended.
+async fn import(
+    client: &mut flagshare::pb::flags_client::FlagsClient<tonic::transport::Channel>,
+    messages: Vec<pb::ImportRequest>,
+) -> (Vec<pb::ImportProgress>, Result<(), tonic::Status>) {
+    let mut answers = match client.import(tokio_stream::iter(messages)).await {
+        Ok(answers) => answers.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut progress = Vec::new();
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => progress.push(answer),
+            Ok(None) => return (progress, Ok(())),
+            Err(status) => return (progress, Err(status)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_import_commits_in_blocks_reports_each_and_reads_as_submitted_flags() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let n = 250_000;
+    let (progress, ended) = import(&mut alpha, import_messages(0, n)).await;
+    ended.unwrap();
+    let blocks: Vec<(u32, u64, bool)> = progress.iter().map(|p| (p.n_blocks, p.n_created, p.done)).collect();
+    assert_eq!(blocks, [(1, 200_000, false), (2, 250_000, true)]);
+    assert_eq!(progress[1].sequence, u64::from(n));
+
+    let sample: Vec<[u8; 32]> = (0..n).step_by(997).map(imported).collect();
+    assert_eq!(query(&mut beta, &sample).await.len(), sample.len());
+    assert!(query(&mut beta, &[imported(n)]).await.is_empty());
+    let mut admin = server.admin_client().await;
+    assert_eq!(crate::support::audit_count(&mut admin, "import").await, 2);
+    let stats = admin
+        .get_stats(pb::GetStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.n_active_flags, u64::from(n));
+
+    // Again: updates, nothing new.
+    let (progress, ended) = import(&mut alpha, import_messages(0, 10_000)).await;
+    ended.unwrap();
+    assert_eq!((progress[0].n_created, progress[0].n_updated), (0, 10_000));
+}
+
+#[tokio::test]
+async fn a_bad_message_ends_an_import_naming_the_flag_and_leaves_the_open_block_unstored() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let mut messages = import_messages(0, 30_000);
+    messages[2].flags[5].kind = 0;
+    let (progress, ended) = import(&mut alpha, messages).await;
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("flags[20005].kind"),
+        "{}",
+        status.message()
+    );
+    assert!(progress.is_empty());
+    let first: Vec<[u8; 32]> = (0..20_000).step_by(100).map(imported).collect();
+    assert!(
+        query(&mut beta, &first).await.is_empty(),
+        "the open block was never committed"
+    );
+
+    let mut messages = import_messages(0, 20_000);
+    messages[1].key_id = 2;
+    let status = import(&mut alpha, messages).await.1.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("key_id: 2 after 1"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn imports_beyond_the_servers_slots_are_refused_until_one_ends() {
+    let server = TestServer::start().await;
+    let mut open = Vec::new();
+    let mut senders = Vec::new();
+    for i in 0..flagshare::server::IMPORT_SLOTS {
+        let mut member = server.member(&format!("importer{i}")).await;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ImportRequest>(1);
+        let answers = member
+            .import(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .unwrap()
+            .into_inner();
+        open.push(answers);
+        senders.push(sender);
+    }
+    let mut late = server.member("late").await;
+    let (_, ended) = import(&mut late, import_messages(0, 10)).await;
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().starts_with("import: 2 imports are running"),
+        "{}",
+        status.message()
+    );
+    // One ends (its input closes): a new import runs.
+    senders.pop();
+    let mut answers = open.pop().unwrap();
+    let last = answers.message().await.unwrap().unwrap();
+    assert!(last.done && last.n_blocks == 0);
+    // The answers end once the import has let go of its slot.
+    assert!(answers.message().await.unwrap().is_none());
+    let (progress, ended) = import(&mut late, import_messages(0, 10)).await;
+    ended.unwrap();
+    assert_eq!(progress.last().map(|p| p.n_created), Some(10));
+}

@@ -489,7 +489,11 @@ fn a_large_file_is_streamed_in_batches_and_bad_lines_are_reported_by_number() {
     assert!(!output.status.success(), "a rejected line makes the exit code non-zero");
     let out = crate::support::process::stdout(&output);
     assert!(
-        out.contains(&format!("submitted {} flag(s)", n_rows - bad_lines.len())),
+        out.contains(&format!(
+            "imported {} flag(s) in 1 block(s): {} new, 0 updated",
+            n_rows - bad_lines.len(),
+            n_rows - bad_lines.len()
+        )),
         "{out}"
     );
     let err = stderr(&output);
@@ -509,8 +513,14 @@ fn a_large_file_is_streamed_in_batches_and_bad_lines_are_reported_by_number() {
     );
     let identifiers: Vec<&str> = found.iter().map(|m| m["identifier"].as_str().unwrap()).collect();
     assert_eq!(identifiers, ["user0@example.com", "user24999@example.com"]);
-    let submits = site.admin_json(&server, &["audit", "list", "--op", "submit"]);
-    assert_eq!(submits.len(), 5, "25,000 lines in batches of 5,000: {submits:?}");
+    // One import of messages of 5,000 flags: one block, one audited commit.
+    let imports = site.admin_json(&server, &["audit", "list", "--op", "import"]);
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    assert_eq!(imports[0]["n_items"], n_rows - bad_lines.len());
+    assert!(
+        site.admin_json(&server, &["audit", "list", "--op", "submit"])
+            .is_empty()
+    );
     assert!(server.stop().success());
 }
 

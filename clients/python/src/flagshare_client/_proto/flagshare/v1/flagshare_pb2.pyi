@@ -132,6 +132,30 @@ class SubmitResponse(_message.Message):
     n_quarantined: int
     def __init__(self, n_created: _Optional[int] = ..., n_updated: _Optional[int] = ..., sequence: _Optional[int] = ..., n_quarantined: _Optional[int] = ...) -> None: ...
 
+class ImportRequest(_message.Message):
+    __slots__ = ("flags", "key_id")
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[Flag]
+    key_id: int
+    def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ..., key_id: _Optional[int] = ...) -> None: ...
+
+class ImportProgress(_message.Message):
+    __slots__ = ("n_created", "n_updated", "n_quarantined", "n_blocks", "sequence", "done")
+    N_CREATED_FIELD_NUMBER: _ClassVar[int]
+    N_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    N_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    N_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    n_created: int
+    n_updated: int
+    n_quarantined: int
+    n_blocks: int
+    sequence: int
+    done: bool
+    def __init__(self, n_created: _Optional[int] = ..., n_updated: _Optional[int] = ..., n_quarantined: _Optional[int] = ..., n_blocks: _Optional[int] = ..., sequence: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
 class QueryRequest(_message.Message):
     __slots__ = ("digests",)
     DIGESTS_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class FlagsStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.Import = channel.stream_stream(
+                '/flagshare.v1.Flags/Import',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.ImportRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ImportProgress.FromString,
+                _registered_method=True)
         self.Query = channel.unary_unary(
                 '/flagshare.v1.Flags/Query',
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.QueryRequest.SerializeToString,
@@ -83,6 +88,19 @@ class FlagsServicer:
 
     def Submit(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request_iterator, context):
+        """A bulk import (a back catalogue, a migration): any number of flags over one stream,
+        with Submit's checks, limits and quarantine. The server commits them in blocks of up to
+        200,000, each one audited commit that is visible whole or not at all (a crash mid-block
+        leaves nothing of it), and answers each committed block with the running totals; the
+        last answer, after the input ends, has `done` set. Blocks committed before an error or
+        a broken stream stay, and sending the same flags again is safe (they count as
+        updates). Built for volume: a block's rows reach the store as one sorted file.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -148,6 +166,11 @@ def add_FlagsServicer_to_server(servicer, server):
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.SubmitRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.SubmitResponse.SerializeToString,
             ),
+            'Import': grpc.stream_stream_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ImportRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ImportProgress.SerializeToString,
+            ),
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QueryRequest.FromString,
@@ -212,6 +235,33 @@ class Flags:
             '/flagshare.v1.Flags/Submit',
             flagshare_dot_v1_dot_flagshare__pb2.SubmitRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/flagshare.v1.Flags/Import',
+            flagshare_dot_v1_dot_flagshare__pb2.ImportRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ImportProgress.FromString,
             options,
             channel_credentials,
             insecure,
