@@ -161,6 +161,35 @@ pub async fn load(client: &FlagsClient<Channel>, n: u64, in_flight: u64) -> anyh
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Imports digests 0..n of space 0 as flags over one `Import` stream, messages of
+/// `LOAD_BATCH`; returns the seconds it took and the import's last answer.
+pub async fn import(client: &FlagsClient<Channel>, n: u64) -> anyhow::Result<(f64, pb::ImportProgress)> {
+    let started = Instant::now();
+    let messages = (0..n).step_by(LOAD_BATCH as usize).map(move |start| pb::ImportRequest {
+        flags: (start..(start + LOAD_BATCH).min(n))
+            .map(|i| pb::Flag {
+                digest: digest_of(0, i).to_vec(),
+                kind: pb::IdentifierKind::Email as i32,
+                category: pb::Category::Grooming as i32,
+                confidence: 80,
+                ..Default::default()
+            })
+            .collect(),
+        key_id: 1,
+    });
+    let mut answers = client
+        .clone()
+        .import(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    let mut last = pb::ImportProgress::default();
+    while let Some(answer) = answers.message().await? {
+        last = answer;
+    }
+    anyhow::ensure!(last.done, "the import ended without its last answer");
+    Ok((started.elapsed().as_secs_f64(), last))
+}
+
 /// `calls` sequential single-digest queries (every tenth one loaded), sorted durations.
 pub async fn single_digest_latencies(
     client: &FlagsClient<Channel>,

@@ -414,6 +414,28 @@ impl Import {
         progress: &mpsc::Sender<Result<pb::ImportProgress, Status>>,
     ) -> Result<(), Status> {
         let mut totals = pb::ImportProgress::default();
+        // One block commits while the next one is received: the two overlap.
+        let mut committing = None;
+        let received = self
+            .receive(&mut input, &mut committing, &mut totals, progress)
+            .await;
+        // Whatever ended the input, the block in flight is settled and reported first.
+        let settled = self.settle(&mut committing, &mut totals, None).await;
+        received?;
+        settled?;
+        totals.done = true;
+        let _ = progress.send(Ok(totals)).await;
+        Ok(())
+    }
+
+    /// Reads the input to its end, committing each full block (and the last partial one).
+    async fn receive(
+        &self,
+        input: &mut Streaming<pb::ImportRequest>,
+        committing: &mut Option<Committing>,
+        totals: &mut pb::ImportProgress,
+        progress: &mpsc::Sender<Result<pb::ImportProgress, Status>>,
+    ) -> Result<(), Status> {
         let mut block = Vec::new();
         let mut key_id = None;
         let mut n_received = 0usize;
@@ -450,28 +472,47 @@ impl Import {
             if block.len() >= crate::domain::IMPORT_BLOCK {
                 let rest = block.split_off(crate::domain::IMPORT_BLOCK);
                 let full = std::mem::replace(&mut block, rest);
-                self.commit(full, key_id.unwrap_or_default(), &mut totals).await?;
-                if progress.send(Ok(totals)).await.is_err() {
-                    return Ok(());
-                }
+                self.settle(committing, totals, Some(progress)).await?;
+                *committing = Some(self.start_commit(full, key_id.unwrap_or_default()));
             }
         }
         if !block.is_empty() {
-            self.commit(block, key_id.unwrap_or_default(), &mut totals).await?;
+            self.settle(committing, totals, Some(progress)).await?;
+            *committing = Some(self.start_commit(block, key_id.unwrap_or_default()));
         }
-        totals.done = true;
-        let _ = progress.send(Ok(totals)).await;
         Ok(())
     }
 
-    async fn commit(
+    fn start_commit(&self, flags: Vec<crate::domain::NewFlag>, key_id: u32) -> Committing {
+        let (domain, caller) = (self.domain.clone(), self.caller.clone());
+        tokio::spawn(async move { domain.import_block(caller, flags, key_id).await })
+    }
+
+    /// Waits for the block in flight, if any, and reports it to `progress` (none for the
+    /// last one: the final answer reports it with `done`).
+    async fn settle(
         &self,
-        flags: Vec<crate::domain::NewFlag>,
-        key_id: u32,
+        committing: &mut Option<Committing>,
         totals: &mut pb::ImportProgress,
+        progress: Option<&mpsc::Sender<Result<pb::ImportProgress, Status>>>,
     ) -> Result<(), Status> {
+        let Some(task) = committing.take() else {
+            return Ok(());
+        };
+        let outcome = task
+            .await
+            .map_err(|err| Status::internal(format!("import: a block's commit failed: {err}")))??;
+        self.count(outcome, totals);
+        // A reader that went away still gets its blocks committed; it learns of them by
+        // importing again (they count as updates).
+        if let Some(progress) = progress {
+            let _ = progress.send(Ok(*totals)).await;
+        }
+        Ok(())
+    }
+
+    fn count(&self, outcome: crate::domain::SubmitOutcome, totals: &mut pb::ImportProgress) {
         let member = Metrics::member(&self.caller.name);
-        let outcome = self.domain.import_block(self.caller.clone(), flags, key_id).await?;
         self.metrics
             .flags_created
             .get_or_create(&member)
@@ -491,6 +532,7 @@ impl Import {
         totals.n_quarantined += u64::from(outcome.n_quarantined);
         totals.n_blocks += 1;
         totals.sequence = outcome.sequence;
-        Ok(())
     }
 }
+
+type Committing = tokio::task::JoinHandle<crate::error::Result<crate::domain::SubmitOutcome>>;
