@@ -153,12 +153,17 @@ async fn main() -> anyhow::Result<()> {
         let mut admin = common::admin_client(&data, &endpoint).await?;
         let loader = common::member(&mut admin, "loader", &endpoint).await?;
         let seconds = common::load(&loader, n, 2).await?;
-        eprintln!("bench: flagshare Submit-loaded {n} flags in {seconds:.1} s ({:.0}/s)", n as f64 / seconds);
+        eprintln!(
+            "bench: flagshare Submit-loaded {n} flags in {seconds:.1} s ({:.0}/s)",
+            n as f64 / seconds
+        );
         seconds
     };
     if std::env::var_os("FLAGSHARE_BENCH_LOAD_ONLY").is_some() {
         return Ok(());
     }
+
+    let during = lookups_during_import(&bin, &dir.path().join("during"), &serve_args, n).await?;
 
     // flagshare, loaded through Import; the lookups run against this one.
     let data = dir.path().join("data");
@@ -174,9 +179,16 @@ async fn main() -> anyhow::Result<()> {
     );
     // The import's own checks: every flag counted once, the server agrees, the audit
     // chain verifies (the lookups below check that every loaded digest is found).
-    assert_eq!((imported.n_created, imported.n_updated), (n, 0), "every imported flag is new");
+    assert_eq!(
+        (imported.n_created, imported.n_updated),
+        (n, 0),
+        "every imported flag is new"
+    );
     assert_eq!(imported.sequence, n, "one change-log upsert per flag");
-    let stats = admin.get_stats(flagshare::pb::GetStatsRequest::default()).await?.into_inner();
+    let stats = admin
+        .get_stats(flagshare::pb::GetStatsRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(stats.n_active_flags, n, "the server holds every imported flag");
     let verified = admin
         .verify_audit(flagshare::pb::VerifyAuditRequest::default())
@@ -334,6 +346,25 @@ async fn main() -> anyhow::Result<()> {
         p99.as_secs_f64() * 1e6
     );
     println!(
+        "| while another member imports N (its import took {:.1} s): single-digest Query p50 / p99 ({} sequential calls) | {:.0} / {:.0} µs | | |",
+        during.import_seconds,
+        during.latencies.len(),
+        percentile(&during.latencies, 0.50).as_secs_f64() * 1e6,
+        percentile(&during.latencies, 0.99).as_secs_f64() * 1e6
+    );
+    println!(
+        "| while another member imports N: QueryStream lookups/s (0% hits, 1 connection), during / idle after it (compactions done) | {:.0} / {:.0} ({:.2}) | | |",
+        during.stream_during,
+        during.stream_idle,
+        during.stream_during / during.stream_idle
+    );
+    println!(
+        "| while another member imports N: RocksDB write stalls (rocksdb_statistics on for this server) | {} | | |",
+        during
+            .stall_micros
+            .map_or("not reported".to_owned(), |micros| format!("{:.0} ms", micros / 1000.0))
+    );
+    println!(
         "| server resident memory after load (flagshare also after the lookups) | {flagshare_rss:.0} MiB ({flagshare_rss_after:.0} MiB) | {redis_rss:.0} MiB | {:.2} |",
         flagshare_rss / redis_rss
     );
@@ -343,4 +374,118 @@ async fn main() -> anyhow::Result<()> {
         BATCHES_PER_ROUND * QUERY_BATCH
     );
     Ok(())
+}
+
+/// What lookups meet while a member bulk-imports.
+struct DuringImport {
+    import_seconds: f64,
+    /// Sorted.
+    latencies: Vec<Duration>,
+    stream_during: f64,
+    stream_idle: f64,
+    stall_micros: Option<f64>,
+}
+
+/// A server of its own (RocksDB statistics on, for the stall count): one member imports N
+/// flags while another runs single-digest `Query` calls one after another and, beside
+/// them, `QueryStream` rounds of misses; then the same rounds once the import is done.
+async fn lookups_during_import(
+    bin: &str,
+    data: &std::path::Path,
+    serve_args: &[String],
+    n: u64,
+) -> anyhow::Result<DuringImport> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_server, endpoint, metrics) = common::start_flagshare_with(
+        bin,
+        data,
+        serve_args,
+        &[("rocksdb_statistics = false", "rocksdb_statistics = true")],
+    )?;
+    let mut admin = common::admin_client(data, &endpoint).await?;
+    let loader = common::member(&mut admin, "loader", &endpoint).await?;
+    let reader = common::member(&mut admin, "reader", &endpoint).await?;
+    let streamer = common::member(&mut admin, "streamer", &endpoint).await?;
+    let importing = Arc::new(AtomicBool::new(true));
+    // Bounded by the import, and by count and time besides.
+    let deadline = Instant::now() + Duration::from_secs(1_800);
+    let latency = {
+        let (importing, mut reader) = (importing.clone(), reader.clone());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while importing.load(Ordering::SeqCst) && latencies.len() < 1_000_000 && Instant::now() < deadline {
+                let digest = common::digest_of(if i.is_multiple_of(10) { 0 } else { 2 }, i);
+                let started = Instant::now();
+                reader
+                    .query(flagshare::pb::QueryRequest {
+                        digests: digest.to_vec().into(),
+                    })
+                    .await
+                    .unwrap();
+                latencies.push(started.elapsed());
+                i += 1;
+            }
+            latencies.sort();
+            latencies
+        })
+    };
+    let round = move |seed: u64| common::query_digests(n, 0, 100, QUERY_BATCH, seed).0;
+    let streaming = {
+        let importing = importing.clone();
+        let streamer = [streamer.clone()];
+        tokio::spawn(async move {
+            let mut rates = Vec::new();
+            let mut seed = 1;
+            while importing.load(Ordering::SeqCst) && rates.len() < 100_000 && Instant::now() < deadline {
+                rates.push(common::stream_rate(&streamer, &round(seed)).await.0);
+                seed += 1;
+            }
+            rates
+        })
+    };
+    let imported = common::import(&loader, n).await;
+    importing.store(false, Ordering::SeqCst);
+    let (import_seconds, last) = imported?;
+    assert_eq!(last.n_created, n, "every imported flag is new");
+    let latencies = latency.await?;
+    let during = streaming.await?;
+    anyhow::ensure!(
+        !latencies.is_empty() && !during.is_empty(),
+        "no lookups ran during the import"
+    );
+    // Idle: once RocksDB has compacted what the import left (bounded to a minute).
+    if let Some(address) = &metrics {
+        let settled = Instant::now() + Duration::from_secs(60);
+        while common::scrape_value(address, "flagshare_rocksdb_pending_compaction_bytes")?.unwrap_or(0.0) > 0.0
+            && Instant::now() < settled
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut idle = Vec::new();
+    for seed in 0..5 {
+        idle.push(
+            common::stream_rate(std::slice::from_ref(&streamer), &round(1_000 + seed))
+                .await
+                .0,
+        );
+    }
+    let stall_micros = match metrics {
+        Some(address) => common::scrape_value(&address, "flagshare_rocksdb_stall_microseconds_total")?,
+        None => None,
+    };
+    eprintln!(
+        "bench: during an import of {n}: {} single-digest queries, {} QueryStream rounds",
+        latencies.len(),
+        during.len()
+    );
+    Ok(DuringImport {
+        import_seconds,
+        latencies,
+        stream_during: median(during),
+        stream_idle: median(idle),
+        stall_micros,
+    })
 }

@@ -355,6 +355,8 @@ pub struct LimitOverrides {
     pub flags_submitted_per_second: Option<u64>,
     pub flags_submitted_per_day: Option<u64>,
     pub streams: Option<u32>,
+    /// The flood quarantine's hourly threshold for this principal; 0 exempts it.
+    pub quarantine_new_flags_per_hour: Option<u64>,
 }
 
 impl LimitOverrides {
@@ -369,6 +371,9 @@ impl LimitOverrides {
             flags_submitted_per_second: other.flags_submitted_per_second.or(self.flags_submitted_per_second),
             flags_submitted_per_day: other.flags_submitted_per_day.or(self.flags_submitted_per_day),
             streams: other.streams.or(self.streams),
+            quarantine_new_flags_per_hour: other
+                .quarantine_new_flags_per_hour
+                .or(self.quarantine_new_flags_per_hour),
         }
     }
 }

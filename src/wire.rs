@@ -276,6 +276,7 @@ pub fn limit_overrides_to_pb(limits: &crate::model::LimitOverrides) -> pb::Limit
         flags_submitted_per_second: limits.flags_submitted_per_second,
         flags_submitted_per_day: limits.flags_submitted_per_day,
         streams: limits.streams,
+        quarantine_new_flags_per_hour: limits.quarantine_new_flags_per_hour,
     }
 }
 
@@ -285,6 +286,7 @@ pub fn limit_overrides_from_pb(limits: pb::Limits) -> crate::model::LimitOverrid
         flags_submitted_per_second: limits.flags_submitted_per_second,
         flags_submitted_per_day: limits.flags_submitted_per_day,
         streams: limits.streams,
+        quarantine_new_flags_per_hour: limits.quarantine_new_flags_per_hour,
     }
 }
 

@@ -177,11 +177,7 @@ pub async fn import(client: &FlagsClient<Channel>, n: u64) -> anyhow::Result<(f6
             .collect(),
         key_id: 1,
     });
-    let mut answers = client
-        .clone()
-        .import(tokio_stream::iter(messages))
-        .await?
-        .into_inner();
+    let mut answers = client.clone().import(tokio_stream::iter(messages)).await?.into_inner();
     let mut last = pb::ImportProgress::default();
     while let Some(answer) = answers.message().await? {
         last = answer;
@@ -260,17 +256,29 @@ pub fn serve_args(variable: &str) -> Vec<String> {
 /// `bin init` and `bin serve` on a fresh data folder at a free port, with the flood
 /// quarantine off (one member bulk-loads N flags); the process and its endpoint.
 pub fn start_flagshare(bin: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<(Killed, String)> {
+    start_flagshare_with(bin, data, extra_args, &[]).map(|(server, endpoint, _)| (server, endpoint))
+}
+
+/// As `start_flagshare`, with `settings` (text, replacement) applied to flagshare.toml
+/// after `init`; also the metrics address when the server printed one.
+pub fn start_flagshare_with(
+    bin: &str,
+    data: &Path,
+    extra_args: &[String],
+    settings: &[(&str, &str)],
+) -> anyhow::Result<(Killed, String, Option<String>)> {
     let init = Command::new(bin).args(["init", "--data"]).arg(data).output()?;
     anyhow::ensure!(init.status.success(), "init: {}", String::from_utf8_lossy(&init.stderr));
-    let settings = data.join("flagshare.toml");
-    let text = std::fs::read_to_string(&settings)?;
-    std::fs::write(
-        &settings,
-        text.replace(
-            "quarantine_new_flags_per_hour = 100000",
-            "quarantine_new_flags_per_hour = 0",
-        ),
-    )?;
+    let file = data.join("flagshare.toml");
+    let mut text = std::fs::read_to_string(&file)?.replace(
+        "quarantine_new_flags_per_hour = 100000",
+        "quarantine_new_flags_per_hour = 0",
+    );
+    for (from, to) in settings {
+        anyhow::ensure!(text.contains(from), "flagshare.toml has no '{from}'");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&file, text)?;
     let mut child = Command::new(bin)
         .args(["serve", "--data"])
         .arg(data)
@@ -287,9 +295,34 @@ pub fn start_flagshare(bin: &str, data: &Path, extra_args: &[String]) -> anyhow:
             break rest.split_whitespace().next().unwrap_or_default().to_owned();
         }
     };
+    // The metrics address follows, when the endpoint is on.
+    let metrics = if extra_args.iter().any(|arg| arg == "--metrics-listen") {
+        loop {
+            let line = lines.next().ok_or_else(|| anyhow::anyhow!("the server exited"))??;
+            if let Some(rest) = line.split("metrics on http://").nth(1) {
+                break rest.split('/').next().map(str::to_owned);
+            }
+        }
+    } else {
+        None
+    };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok((Killed(child), format!("https://{address}")))
+    Ok((Killed(child), format!("https://{address}"), metrics))
+}
+
+/// The value of the first sample of `metric` in a scrape of `address` (plain HTTP).
+pub fn scrape_value(address: &str, metric: &str) -> anyhow::Result<Option<f64>> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.split([' ', '{']).next() == Some(metric))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok()))
 }
 
 /// `batches` as unary `Query` calls, `IN_FLIGHT` per connection: (digests/s, matches).

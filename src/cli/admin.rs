@@ -104,6 +104,10 @@ struct LimitsArgs {
     /// Streams it may hold open at once.
     #[arg(long)]
     streams: Option<u32>,
+    /// New flags per hour before the flood quarantine holds the rest; 0 exempts it (an
+    /// operator's own migration, say). Audited like every limit.
+    #[arg(long)]
+    quarantine_new_flags_per_hour: Option<u64>,
     /// Drop its overrides first (back to the role's defaults).
     #[arg(long)]
     clear: bool,
@@ -785,6 +789,7 @@ async fn member_limits(client: &mut AdminClient<Channel>, args: &LimitsArgs) -> 
         flags_submitted_per_second: args.flags_submitted_per_second,
         flags_submitted_per_day: args.flags_submitted_per_day,
         streams: args.streams,
+        quarantine_new_flags_per_hour: args.quarantine_new_flags_per_hour,
     };
     let setting = args.clear || changes != pb::Limits::default();
     let response = if setting {
@@ -826,6 +831,11 @@ async fn member_limits(client: &mut AdminClient<Channel>, args: &LimitsArgs) -> 
             "streams",
             effective.streams.map(u64::from),
             overrides.streams.map(u64::from),
+        ),
+        (
+            "quarantine_new_flags_per_hour",
+            effective.quarantine_new_flags_per_hour,
+            overrides.quarantine_new_flags_per_hour,
         ),
     ];
     if args.json {

@@ -95,6 +95,9 @@ impl State {
             .counts(1, 0)
             .detail(format!("{name}: {}", describe_limits(&updated)));
         self.commit_audited(batch, event, now_ms())?;
+        if let Some(record) = self.registry.by_name(name) {
+            self.set_quarantine_override(record.id, updated.quarantine_new_flags_per_hour);
+        }
         Ok(updated)
     }
 
@@ -288,6 +291,7 @@ pub fn describe_limits(limits: &LimitOverrides) -> String {
         ("flags_submitted_per_second", limits.flags_submitted_per_second),
         ("flags_submitted_per_day", limits.flags_submitted_per_day),
         ("streams", limits.streams.map(u64::from)),
+        ("quarantine_new_flags_per_hour", limits.quarantine_new_flags_per_hour),
     ]
     .into_iter()
     .filter_map(|(name, value)| value.map(|value| format!("{name}={value}")))

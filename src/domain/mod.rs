@@ -142,9 +142,20 @@ pub struct Domain {
 
 impl Domain {
     pub fn open(store: Store, policy: Policy) -> Result<Domain> {
-        Ok(Domain {
-            state: Arc::new(State::open(store, policy)?),
-        })
+        let state = State::open(store, policy)?;
+        for (name, limits) in state.all_limit_overrides()? {
+            if let Some(record) = state.registry.by_name(&name) {
+                state.set_quarantine_override(record.id, limits.quarantine_new_flags_per_hour);
+            }
+        }
+        Ok(Domain { state: Arc::new(state) })
+    }
+
+    /// The flood quarantine's hourly threshold for the principal named `name` (0: its new
+    /// flags are never held), if it exists.
+    pub fn quarantine_threshold_of(&self, name: &str) -> Option<u64> {
+        let record = self.state.registry.by_name(name)?;
+        Some(self.state.quarantine_threshold(record.id))
     }
 
     /// Whether this handle is the last one: then dropping it closes the store.

@@ -62,7 +62,7 @@ pub(super) fn members_with_rows(store: &Store) -> Result<HashSet<PrincipalId>> {
 impl State {
     /// How many more new flags `member` may commit in this window; `None`: no quarantine.
     pub(super) fn quarantine_room(&self, member: PrincipalId, now: i64) -> Option<u64> {
-        let threshold = self.policy.quarantine_new_flags_per_hour;
+        let threshold = self.quarantine_threshold(member);
         if threshold == 0 {
             return None;
         }
@@ -74,8 +74,26 @@ impl State {
         Some(threshold.saturating_sub(used))
     }
 
+    /// New flags per hour `member` may commit before the rest are held (0: never held):
+    /// its own setting (`admin member limits`) or the server's.
+    pub(super) fn quarantine_threshold(&self, member: PrincipalId) -> u64 {
+        self.quarantine_overrides
+            .read()
+            .get(&member)
+            .copied()
+            .unwrap_or(self.policy.quarantine_new_flags_per_hour)
+    }
+
+    pub(super) fn set_quarantine_override(&self, member: PrincipalId, threshold: Option<u64>) {
+        let mut overrides = self.quarantine_overrides.write();
+        match threshold {
+            Some(threshold) => overrides.insert(member, threshold),
+            None => overrides.remove(&member),
+        };
+    }
+
     pub(super) fn count_new_flags(&self, member: PrincipalId, n_created: u64, now: i64) {
-        if self.policy.quarantine_new_flags_per_hour == 0 || n_created == 0 {
+        if self.quarantine_threshold(member) == 0 || n_created == 0 {
             return;
         }
         let mut windows = self.new_flags_window.lock();

@@ -21,7 +21,7 @@ use super::principals::{Caller, Registry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{Change, ChangeRecord, FlagKey, FlagRecord, OriginSignature, PrincipalId, SummaryEntry, is_foreign};
-use crate::store::{Batch, Durability, Store};
+use crate::store::{Batch, Durability, PendingImport, Store};
 use crate::util::now_ms;
 
 /// Most flags one digest may hold from one origin (this operator's members together, or
@@ -65,6 +65,8 @@ pub(crate) struct State {
     /// New flags each member committed in the current quarantine window: (window start
     /// ms, count). In memory: a restart opens a new window.
     pub(super) new_flags_window: parking_lot::Mutex<HashMap<crate::model::PrincipalId, (i64, u64)>>,
+    /// Principals whose flood-quarantine threshold an admin set (`admin member limits`).
+    pub(super) quarantine_overrides: RwLock<HashMap<crate::model::PrincipalId, u64>>,
     /// Members with quarantined flags (loaded at open, kept current).
     pub(super) quarantined_members: RwLock<HashSet<crate::model::PrincipalId>>,
     /// While an import block is between its commit and the ingestion of its summaries,
@@ -74,22 +76,35 @@ pub(crate) struct State {
     /// Tests set it to make the next audited commit panic under the writer lock.
     #[cfg(test)]
     fault: std::sync::atomic::AtomicBool,
-    /// Tests set it to stop the next import block between its commit and its ingestion,
-    /// as a server killed there would.
+    /// Tests set it to stop the next import block as a server killed there would: 1 after
+    /// its change-log rows, before its commit; 2 after its commit, before its ingestion.
     #[cfg(test)]
-    pub(super) stop_before_ingest: std::sync::atomic::AtomicBool,
+    pub(super) stop_import: std::sync::atomic::AtomicU8,
 }
 
 const NO_HOLD: u64 = u64::MAX;
 
 impl State {
     pub(super) fn open(store: Store, policy: Policy) -> Result<State> {
-        // An import block committed but not ingested when the server stopped: finish it
-        // before anything reads.
-        if let Some(file) = store.pending_ingest()? {
-            if file.exists() {
-                store.ingest_summaries(&file)?;
-                tracing::info!(file = %file.display(), "ingested the summaries of an interrupted import block");
+        // An import block a stopped server left unfinished: undone if it never committed,
+        // else finished, before anything reads.
+        if let Some(pending) = store.pending_import()? {
+            if pending.committed {
+                if pending.file.exists() {
+                    store.ingest_summaries(&pending.file)?;
+                }
+                tracing::info!(
+                    last = pending.last,
+                    "finished an import block interrupted after its commit"
+                );
+            } else {
+                store.delete_changes(pending.first, pending.last)?;
+                let _ = std::fs::remove_file(&pending.file);
+                tracing::info!(
+                    first = pending.first,
+                    last = pending.last,
+                    "undid an import block interrupted before its commit"
+                );
             }
             store.clear_pending_ingest()?;
         }
@@ -114,7 +129,7 @@ impl State {
             #[cfg(test)]
             fault: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
-            stop_before_ingest: std::sync::atomic::AtomicBool::new(false),
+            stop_import: std::sync::atomic::AtomicU8::new(0),
             db_identity,
             stream_work: tokio::sync::Semaphore::new(STREAM_WORKERS),
             store,
@@ -127,6 +142,7 @@ impl State {
             disputed,
             new_flags_window: parking_lot::Mutex::new(HashMap::new()),
             quarantined_members: RwLock::new(quarantined_members),
+            quarantine_overrides: RwLock::new(HashMap::new()),
             hold: std::sync::atomic::AtomicU64::new(NO_HOLD),
         })
     }
@@ -157,12 +173,14 @@ impl State {
         Ok((changes, head))
     }
 
-    /// Commits `batch` with `event` like `commit_audited`, the summary `rows` (sorted by
-    /// digest) going to the store as one file ingested after the commit instead of inside
-    /// it: bulk rows skip the memtable. `before` is the sequence before this commit; until
-    /// the file is in, readers of the change log see no further. A failed ingestion falls
-    /// back to writing the rows as a batch; a server that stops in between ingests the file
-    /// as it opens.
+    /// Commits an import block: `batch` (built with `Batch::defer_changes`) with `event`
+    /// like `commit_audited`, except that the bulk stays out of the audited commit. The
+    /// change-log rows are written first, in chunks, behind the hold (readers of the change
+    /// log stop at `before`, the sequence before the block); then the audited commit, small,
+    /// so other writers (queries' audit entries) never wait behind the block; then the
+    /// summary `rows` (sorted by digest) go in as one ingested file. `meta`'s pending-import
+    /// row says how far it got: a server that stops midway undoes an uncommitted block or
+    /// finishes a committed one as it opens.
     pub(super) fn commit_ingesting(
         &self,
         mut batch: Batch<'_>,
@@ -170,29 +188,62 @@ impl State {
         now: i64,
         rows: &[(Digest, Vec<SummaryEntry>)],
         before: u64,
+        last: u64,
     ) -> Result<()> {
+        let changes = batch.take_deferred_changes();
         let file = self.store.staging_dir().join(format!("summaries-{before}.sst"));
+        let mut pending = PendingImport {
+            first: before + 1,
+            last,
+            committed: false,
+            file: file.clone(),
+        };
         let written = self
             .store
             .write_summaries_file(&file, rows.iter().map(|(digest, entries)| (digest, entries.as_slice())));
         if !matches!(written, Ok(true)) {
-            // Nothing to ingest, or the file could not be written: the rows go in the batch.
+            // Nothing to ingest, or the file could not be written: one ordinary commit.
             written?;
+            for (sequence, row) in &changes {
+                batch.put_change_row(*sequence, row);
+            }
             for (digest, entries) in rows {
                 batch.put_summary(digest, entries)?;
             }
             self.commit_audited(batch, event, now)?;
             return Ok(());
         }
-        batch.put_pending_ingest(&file);
         self.hold.store(before, std::sync::atomic::Ordering::SeqCst);
-        if let Err(err) = self.commit_audited(batch, event, now) {
-            self.hold.store(NO_HOLD, std::sync::atomic::Ordering::SeqCst);
-            let _ = std::fs::remove_file(&file);
+        let staged = (|| -> Result<()> {
+            let mut marker = self.store.batch();
+            marker.put_pending_import(&pending);
+            self.store.commit(marker)?;
+            self.store.write_changes(&changes)?;
+            #[cfg(test)]
+            if self.stop_import.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+                return Err(Error::Internal("stopped before the commit by a test".to_owned()));
+            }
+            pending.committed = true;
+            batch.put_pending_import(&pending);
+            self.commit_audited(batch, event, now)?;
+            Ok(())
+        })();
+        if let Err(err) = staged {
+            #[cfg(test)]
+            if self.stop_import.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+                // As if killed: whatever was written stays for the next open to undo.
+                return Err(err);
+            }
+            // Not committed: take back what was written (or leave it to the next open).
+            if self.store.delete_changes(pending.first, pending.last).is_ok() {
+                let _ = self.store.clear_pending_ingest();
+                let _ = std::fs::remove_file(&file);
+                self.hold.store(NO_HOLD, std::sync::atomic::Ordering::SeqCst);
+            }
             return Err(err);
         }
         #[cfg(test)]
-        if self.stop_before_ingest.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if self.stop_import.load(std::sync::atomic::Ordering::SeqCst) == 2 {
             return Err(Error::Internal("stopped before ingestion by a test".to_owned()));
         }
         if let Err(err) = self.store.ingest_summaries(&file) {

@@ -80,6 +80,9 @@ impl State {
             .peekable();
 
         let mut batch = self.store.batch();
+        if import {
+            batch.defer_changes();
+        }
         let mut sequence = *last_sequence;
         let (mut n_created, mut n_updated, mut n_quarantined) = (0, 0, 0);
         // New flags this member may still commit in this window; the rest are quarantined.
@@ -177,7 +180,7 @@ impl State {
             .detail(detail);
         if import {
             let rows: Vec<(Digest, Vec<SummaryEntry>)> = digests.into_iter().zip(summaries).collect();
-            self.commit_ingesting(batch, event, now, &rows, *last_sequence)?;
+            self.commit_ingesting(batch, event, now, &rows, *last_sequence, sequence)?;
         } else {
             for (digest, entries) in digests.iter().zip(&summaries) {
                 batch.put_summary(digest, entries)?;

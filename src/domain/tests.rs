@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::digest::Kind;
-use crate::model::{Change, FOREIGN_MEMBER_BASE};
+use crate::model::{Change, FOREIGN_MEMBER_BASE, LimitOverrides};
 use crate::store::StoreOptions;
 
 struct Fixture {
@@ -616,7 +616,7 @@ async fn an_import_block_merges_with_what_is_stored_and_reads_as_submitted_flags
     let again = domain.import_block(beta, flags, 1).await.unwrap();
     assert_eq!((again.n_created, again.n_updated), (0, 5_001));
     assert_eq!(domain.query(alpha, digests).await.unwrap().len(), 5_000);
-    assert!(domain.state.store.pending_ingest().unwrap().is_none());
+    assert!(domain.state.store.pending_import().unwrap().is_none());
 }
 
 #[tokio::test]
@@ -633,10 +633,7 @@ async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_af
         alpha = member(&domain, "alpha").await;
         beta = member(&domain, "beta").await;
         head_before = domain.state.head().unwrap();
-        domain
-            .state
-            .stop_before_ingest
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        domain.state.stop_import.store(2, std::sync::atomic::Ordering::SeqCst);
         let stopped = domain.import_block(alpha.clone(), flags, 1).await;
         assert!(matches!(stopped, Err(Error::Internal(_))), "{stopped:?}");
         // Committed, not ingested: no query and no reader of the change log sees it.
@@ -644,11 +641,11 @@ async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_af
         let (items, covered, head) = domain.feed_changes(beta.clone(), 0, 0).await.unwrap();
         assert_eq!(head, head_before);
         assert!(items.iter().all(|item| item.sequence <= head_before), "{covered}");
-        assert!(domain.state.store.pending_ingest().unwrap().is_some());
+        assert!(domain.state.store.pending_import().unwrap().is_some());
     }
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let domain = Domain::open(store, Policy::default()).unwrap();
-    assert!(domain.state.store.pending_ingest().unwrap().is_none());
+    assert!(domain.state.store.pending_import().unwrap().is_none());
     assert_eq!(domain.query(beta.clone(), digests).await.unwrap().len(), 1_000);
     let (items, _, head) = domain.feed_changes(beta, 0, 0).await.unwrap();
     assert_eq!(head, head_before + 1_000);
@@ -658,4 +655,98 @@ async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_af
         .unwrap_or_default();
     assert!(staging.is_empty(), "the file moved into the database");
     drop(alpha);
+}
+
+#[tokio::test]
+async fn an_import_block_stopped_before_its_commit_is_undone_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags: Vec<NewFlag> = (0..1_000)
+        .map(|i| flag(digest_of(i), Kind::Email, Category::Grooming))
+        .collect();
+    let digests: Vec<Digest> = flags.iter().map(|f| f.digest).collect();
+    let (alpha, beta, head_before);
+    {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let domain = Domain::open(store, Policy::default()).unwrap();
+        alpha = member(&domain, "alpha").await;
+        beta = member(&domain, "beta").await;
+        head_before = domain.state.head().unwrap();
+        domain.state.stop_import.store(1, std::sync::atomic::Ordering::SeqCst);
+        let stopped = domain.import_block(alpha.clone(), flags.clone(), 1).await;
+        assert!(matches!(stopped, Err(Error::Internal(_))), "{stopped:?}");
+        // Its change-log rows are written, behind the hold: no reader sees them.
+        assert_eq!(domain.store().changes_after(head_before, 10_000).unwrap().len(), 1_000);
+        let (items, _, head) = domain.feed_changes(beta.clone(), head_before, 0).await.unwrap();
+        assert!(items.is_empty());
+        assert_eq!(head, head_before);
+    }
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let domain = Domain::open(store, Policy::default()).unwrap();
+    // Undone: no row, no flag, no audit entry; the same import then goes through whole.
+    assert!(domain.store().changes_after(head_before, 10_000).unwrap().is_empty());
+    assert_eq!(domain.state.head().unwrap(), head_before);
+    assert!(domain.query(beta.clone(), digests.clone()).await.unwrap().is_empty());
+    assert!(domain.state.store.pending_import().unwrap().is_none());
+    let outcome = domain.import_block(alpha, flags, 1).await.unwrap();
+    assert_eq!(outcome.n_created, 1_000);
+    assert_eq!(domain.query(beta, digests).await.unwrap().len(), 1_000);
+    assert!(domain.verify_audit(admin()).await.unwrap().broken.is_none());
+}
+
+#[tokio::test]
+async fn an_admin_exempts_one_member_from_the_quarantine_audited_and_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy {
+        quarantine_new_flags_per_hour: 1,
+        ..Policy::default()
+    };
+    let flags = |from: u32| -> Vec<NewFlag> {
+        (from..from + 5)
+            .map(|i| flag(digest_of(i), Kind::Email, Category::Grooming))
+            .collect()
+    };
+    {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let domain = Domain::open(store, policy.clone()).unwrap();
+        let migrator = member(&domain, "migrator").await;
+        let other = member(&domain, "other").await;
+        let exempt = LimitOverrides {
+            quarantine_new_flags_per_hour: Some(0),
+            ..LimitOverrides::default()
+        };
+        domain
+            .set_limits(admin(), "migrator".to_owned(), exempt, false)
+            .await
+            .unwrap();
+        assert_eq!(domain.quarantine_threshold_of("migrator"), Some(0));
+        assert_eq!(domain.quarantine_threshold_of("other"), Some(1));
+        let outcome = domain.import_block(migrator, flags(0), 1).await.unwrap();
+        assert_eq!((outcome.n_created, outcome.n_quarantined), (5, 0));
+        let outcome = domain.submit(other, flags(100), 1).await.unwrap();
+        assert_eq!((outcome.n_created, outcome.n_quarantined), (1, 4));
+        let filter = AuditFilter {
+            principal: None,
+            op: Some(AuditOp::SetLimits),
+            since_ms: None,
+            until_ms: None,
+            digest: None,
+            limit: 10,
+        };
+        let audited = domain.list_audit(admin(), filter).await.unwrap();
+        assert!(
+            audited[0].detail.contains("migrator: quarantine_new_flags_per_hour=0"),
+            "{audited:?}"
+        );
+    }
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let domain = Domain::open(store, policy).unwrap();
+    assert_eq!(domain.quarantine_threshold_of("migrator"), Some(0));
+    let migrator = Caller {
+        id: domain.state.registry.by_name("migrator").unwrap().id,
+        name: "migrator".to_owned(),
+        role: Role::Member,
+        cert_sha256: *blake3::hash(b"migrator").as_bytes(),
+    };
+    let outcome = domain.submit(migrator, flags(200), 1).await.unwrap();
+    assert_eq!(outcome.n_quarantined, 0);
 }

@@ -74,6 +74,7 @@ impl AdminService {
             .principal_role(&name)
             .ok_or_else(|| Status::from(Error::NotFound(format!("name: no principal named '{name}'"))))?;
         let effective = self.limits.effective(&name, role);
+        let quarantine = self.domain.quarantine_threshold_of(&name);
         Ok(pb::PrincipalLimitsResponse {
             name,
             overrides: Some(crate::wire::limit_overrides_to_pb(&overrides)),
@@ -82,6 +83,7 @@ impl AdminService {
                 flags_submitted_per_second: Some(effective.flags_submitted_per_second),
                 flags_submitted_per_day: Some(effective.flags_submitted_per_day),
                 streams: Some(effective.streams),
+                quarantine_new_flags_per_hour: quarantine,
             }),
         })
     }

@@ -416,9 +416,7 @@ impl Import {
         let mut totals = pb::ImportProgress::default();
         // One block commits while the next one is received: the two overlap.
         let mut committing = None;
-        let received = self
-            .receive(&mut input, &mut committing, &mut totals, progress)
-            .await;
+        let received = self.receive(&mut input, &mut committing, &mut totals, progress).await;
         // Whatever ended the input, the block in flight is settled and reported first.
         let settled = self.settle(&mut committing, &mut totals, None).await;
         received?;

@@ -82,6 +82,51 @@ pub struct Store {
     sync_writes: bool,
 }
 
+/// Change-log rows per write of `Store::write_changes`.
+const CHANGE_CHUNK: usize = 10_000;
+
+/// Where an import block stands, kept in `meta` until it is whole: its change-log rows
+/// `first..=last` are being written (`committed` false: a server that stops now deletes
+/// them as it opens), or the block is committed and `file` awaits ingestion (a server
+/// that stops now ingests it as it opens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingImport {
+    pub first: u64,
+    pub last: u64,
+    pub committed: bool,
+    pub file: PathBuf,
+}
+
+impl PendingImport {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![1, u8::from(self.committed)];
+        out.extend_from_slice(&self.first.to_be_bytes());
+        out.extend_from_slice(&self.last.to_be_bytes());
+        out.extend_from_slice(self.file.to_string_lossy().as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<PendingImport, StoreError> {
+        match bytes {
+            [1, committed, rest @ ..] if rest.len() >= 16 && *committed <= 1 => {
+                let (first, rest) = rest.split_at(8);
+                let (last, file) = rest.split_at(8);
+                Ok(PendingImport {
+                    first: u64::from_be_bytes(first.try_into().unwrap_or_default()),
+                    last: u64::from_be_bytes(last.try_into().unwrap_or_default()),
+                    committed: *committed == 1,
+                    file: PathBuf::from(String::from_utf8_lossy(file).into_owned()),
+                })
+            }
+            _ => Err(DecodeError {
+                what: "pending import",
+                reason: format!("{} bytes of an unknown layout", bytes.len()),
+            }
+            .into()),
+        }
+    }
+}
+
 /// RocksDB's figures for the metrics endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct RocksReading {
@@ -456,12 +501,12 @@ impl Store {
         Ok(())
     }
 
-    /// The summaries file a commit left to ingest, if one did (see `Batch::put_pending_ingest`).
-    pub fn pending_ingest(&self) -> Result<Option<PathBuf>, StoreError> {
-        Ok(self
-            .db
-            .get_cf(self.cf(cf::META), keys::PENDING_INGEST_KEY)?
-            .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())))
+    /// The import block a stopped server left unfinished, if one.
+    pub fn pending_import(&self) -> Result<Option<PendingImport>, StoreError> {
+        match self.db.get_cf(self.cf(cf::META), keys::PENDING_INGEST_KEY)? {
+            Some(bytes) => Ok(Some(PendingImport::decode(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Forgets the pending ingestion (it is done), durably.
@@ -841,7 +886,35 @@ impl Store {
         Batch {
             store: self,
             inner: WriteBatch::default(),
+            deferred_changes: None,
         }
+    }
+
+    /// Writes change-log rows (from `Batch::take_deferred_changes`) in batches of
+    /// `CHANGE_CHUNK`, without waiting for the disk: a large import block then never holds
+    /// other writers behind one long write. Readers must not look past the block until its
+    /// commit (`State::hold`).
+    pub fn write_changes(&self, rows: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(CHANGE_CHUNK) {
+            let mut batch = WriteBatch::default();
+            for (sequence, row) in chunk {
+                batch.put_cf(self.cf(cf::CHANGES), keys::sequence_key(*sequence), row);
+            }
+            self.db.write(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the change-log rows `first..=last` (an import block that never committed).
+    pub fn delete_changes(&self, first: u64, last: u64) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(cf::CHANGES),
+            keys::sequence_key(first),
+            keys::sequence_key(last.saturating_add(1)),
+        );
+        self.db.write_opt(batch, &self.write_options)?;
+        Ok(())
     }
 
     /// Writes the whole batch atomically; with `sync_writes` it returns only once the WAL
@@ -926,6 +999,8 @@ impl AuditView<'_> {
 pub struct Batch<'a> {
     store: &'a Store,
     inner: WriteBatch,
+    /// With `defer_changes`: the change-log rows, kept out of the batch (sequence, row).
+    deferred_changes: Option<Vec<(u64, Vec<u8>)>>,
 }
 
 impl Batch<'_> {
@@ -940,14 +1015,10 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Names a summaries file that must be ingested for this batch's changes to be whole:
-    /// a server that stops before it is ingests it as it opens.
-    pub fn put_pending_ingest(&mut self, file: &Path) {
-        self.inner.put_cf(
-            self.store.cf(cf::META),
-            keys::PENDING_INGEST_KEY,
-            file.to_string_lossy().as_bytes(),
-        );
+    /// Records where an import block stands (see `PendingImport`).
+    pub fn put_pending_import(&mut self, pending: &PendingImport) {
+        self.inner
+            .put_cf(self.store.cf(cf::META), keys::PENDING_INGEST_KEY, pending.encode());
     }
 
     /// Records the newest sequence handed out (before the newest row is deleted).
@@ -990,11 +1061,29 @@ impl Batch<'_> {
     }
 
     pub fn put_change(&mut self, sequence: u64, record: &ChangeRecord) {
-        self.inner.put_cf(
-            self.store.cf(cf::CHANGES),
-            keys::sequence_key(sequence),
-            codec::encode_change(record),
-        );
+        match &mut self.deferred_changes {
+            Some(rows) => rows.push((sequence, codec::encode_change(record))),
+            None => self.inner.put_cf(
+                self.store.cf(cf::CHANGES),
+                keys::sequence_key(sequence),
+                codec::encode_change(record),
+            ),
+        }
+    }
+
+    /// A change-log row as `put_change` encodes it.
+    pub fn put_change_row(&mut self, sequence: u64, row: &[u8]) {
+        self.inner
+            .put_cf(self.store.cf(cf::CHANGES), keys::sequence_key(sequence), row);
+    }
+
+    /// From now on change-log rows are kept aside for `Store::write_changes`.
+    pub fn defer_changes(&mut self) {
+        self.deferred_changes.get_or_insert_with(Vec::new);
+    }
+
+    pub fn take_deferred_changes(&mut self) -> Vec<(u64, Vec<u8>)> {
+        self.deferred_changes.take().unwrap_or_default()
     }
 
     pub fn put_principal_stats(&mut self, id: PrincipalId, stats: &PrincipalStats) {
