@@ -410,47 +410,39 @@ async fn lookups_during_import(
     let importing = Arc::new(AtomicBool::new(true));
     // Bounded by the import, and by count and time besides.
     let deadline = Instant::now() + Duration::from_secs(1_800);
-    let latency = {
-        let (importing, mut reader) = (importing.clone(), reader.clone());
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = 0u64;
-            while importing.load(Ordering::SeqCst) && latencies.len() < 1_000_000 && Instant::now() < deadline {
-                let digest = common::digest_of(if i.is_multiple_of(10) { 0 } else { 2 }, i);
-                let started = Instant::now();
-                reader
-                    .query(flagshare::pb::QueryRequest {
-                        digests: digest.to_vec().into(),
-                    })
-                    .await
-                    .unwrap();
-                latencies.push(started.elapsed());
-                i += 1;
-            }
-            latencies.sort();
-            latencies
-        })
-    };
+    // One reader alternates: 200 single-digest calls one after another, then a QueryStream
+    // round, so neither measurement competes with the other in this client.
     let round = move |seed: u64| common::query_digests(n, 0, 100, QUERY_BATCH, seed).0;
-    let streaming = {
-        let importing = importing.clone();
+    let probing = {
+        let (importing, mut reader) = (importing.clone(), reader.clone());
         let streamer = [streamer.clone()];
         tokio::spawn(async move {
-            let mut rates = Vec::new();
-            let mut seed = 1;
-            while importing.load(Ordering::SeqCst) && rates.len() < 100_000 && Instant::now() < deadline {
-                rates.push(common::stream_rate(&streamer, &round(seed)).await.0);
-                seed += 1;
+            let (mut latencies, mut rates) = (Vec::new(), Vec::new());
+            let mut i = 0u64;
+            while importing.load(Ordering::SeqCst) && latencies.len() < 1_000_000 && Instant::now() < deadline {
+                for _ in 0..200 {
+                    let digest = common::digest_of(if i.is_multiple_of(10) { 0 } else { 2 }, i);
+                    let started = Instant::now();
+                    reader
+                        .query(flagshare::pb::QueryRequest {
+                            digests: digest.to_vec().into(),
+                        })
+                        .await
+                        .unwrap();
+                    latencies.push(started.elapsed());
+                    i += 1;
+                }
+                rates.push(common::stream_rate(&streamer, &round(i)).await.0);
             }
-            rates
+            latencies.sort();
+            (latencies, rates)
         })
     };
     let imported = common::import(&loader, n).await;
     importing.store(false, Ordering::SeqCst);
     let (import_seconds, last) = imported?;
     assert_eq!(last.n_created, n, "every imported flag is new");
-    let latencies = latency.await?;
-    let during = streaming.await?;
+    let (latencies, during) = probing.await?;
     anyhow::ensure!(
         !latencies.is_empty() && !during.is_empty(),
         "no lookups ran during the import"
