@@ -5,6 +5,7 @@
 //! loaded with the same N flags (default 2,000,000; `FLAGSHARE_BENCH_N`); then every lookup
 //! row alternates rounds between them (base, candidate, base, ...), so a drift of the
 //! machine's speed falls on both alike. Prints each row's medians and candidate / base.
+//! `FLAGSHARE_AB_HITS=0` or `10` runs only the rows with that share of hits.
 //!
 //!   FLAGSHARE_AB_BASE=/path/to/old/flagshare CARGO_PROFILE_DEV_OPT_LEVEL=3 \
 //!     scripts/cargo bench --profile dev --bench ab
@@ -69,7 +70,9 @@ async fn main() -> anyhow::Result<()> {
         load_seconds[1],
         load_seconds[0] / load_seconds[1]
     );
-    for hit_percent in [0u64, 10] {
+    // `FLAGSHARE_AB_HITS=10` runs only the rows with that share of hits (for a profile).
+    let only_hits: Option<u64> = std::env::var("FLAGSHARE_AB_HITS").ok().and_then(|v| v.parse().ok());
+    for hit_percent in [0u64, 10].into_iter().filter(|h| only_hits.is_none_or(|only| only == *h)) {
         for n_connections in [1usize, 4] {
             for streamed in [false, true] {
                 let mut rates = [Vec::new(), Vec::new()];
