@@ -50,3 +50,39 @@ def test_flags_past_the_threshold_are_held_listed_to_their_member_and_released(t
             assert [m.digest for m in b.query(held_digests)] == held_digests
     finally:
         server.stop()
+
+
+def test_an_import_commits_its_flags_reports_blocks_and_a_bad_flag_cancels_it(tmp_path):
+    data = tmp_path / "data"
+    server = Server(data)
+    try:
+        for member in ("platform-a", "platform-b"):
+            server.admin("member", "add", member, "--out", str(tmp_path / member))
+        with Client.from_bundle(tmp_path / "platform-a", endpoint=server.endpoint) as a, Client.from_bundle(
+            tmp_path / "platform-b", endpoint=server.endpoint
+        ) as b:
+            digests = [os.urandom(32) for _ in range(25_000)]
+            # Generated as it goes: the whole import is never held in memory.
+            result = a.import_flags((Flag(d, "email", "grooming", confidence=60) for d in digests), key_id=1)
+            assert (result.n_created, result.n_updated, result.n_blocks) == (25_000, 0, 1)
+            assert len(b.query(digests[::250])) == 100
+
+            again = a.import_flags((Flag(d, "email", "grooming", confidence=61) for d in digests[:100]), key_id=1)
+            assert (again.n_created, again.n_updated) == (0, 100)
+
+            fresh = [os.urandom(32) for _ in range(15_000)]
+
+            def flags_with_a_bad_one():
+                for i, d in enumerate(fresh):
+                    yield Flag(d if i != 12_000 else b"short", "email", "grooming")
+
+            try:
+                a.import_flags(flags_with_a_bad_one(), key_id=1)
+            except ValueError as err:
+                assert "flag 12000" in str(err)
+            else:
+                raise AssertionError("a bad flag must stop the import")
+            # The open block was never committed: nothing of it matches.
+            assert b.query(fresh[:10_000:100]) == []
+    finally:
+        server.stop()

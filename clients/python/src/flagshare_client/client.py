@@ -16,7 +16,7 @@ import pathlib
 import threading
 import time
 import tomllib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -279,6 +279,18 @@ class HeldFlag:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImportResult:
+    n_created: int
+    n_updated: int
+    #: New flags held back by the operator's flood quarantine.
+    n_quarantined: int
+    #: Blocks the server committed, each whole (at most 200,000 flags each).
+    n_blocks: int
+    #: Change-log sequence of the last change written.
+    sequence: int
+
+
+@dataclasses.dataclass(frozen=True)
 class RetractResult:
     n_retracted: int
     #: Indexes (into what you passed) of selectors that matched none of your flags.
@@ -459,6 +471,62 @@ class Client:
             quarantined += response.n_quarantined
             sequence = response.sequence
         return SubmitResult(n_created=created, n_updated=updated, sequence=sequence, n_quarantined=quarantined)
+
+    def import_flags(
+        self,
+        flags: Iterable[Flag],
+        key_id: int,
+        on_progress: Callable[[ImportResult], None] | None = None,
+    ) -> ImportResult:
+        """A bulk import (a back catalogue): any number of flags over one stream, read from
+        `flags` as it goes, so memory stays bounded. The server commits blocks of up to
+        200,000, each whole or not at all, and reports each to `on_progress`. A bad flag
+        raises ValueError and cancels the import (blocks committed before stay, the open one
+        is not committed); a server
+        refusal raises FlagshareError whose `n_done` counts the flags of committed blocks.
+        Importing the same flags again is safe: they count as updates."""
+        if not isinstance(key_id, int) or not 0 <= key_id <= 0xFFFFFFFF:
+            raise ValueError(f"import_flags: key_id {key_id!r} is not an unsigned 32-bit number")
+        failure: list[BaseException] = []
+
+        def messages() -> Iterator[pb.ImportRequest]:
+            batch: list = []
+            try:
+                for i, flag in enumerate(flags):
+                    batch.append(flag._to_pb(f"flag {i}"))
+                    if len(batch) == MAX_BATCH:
+                        yield pb.ImportRequest(flags=batch, key_id=key_id)
+                        batch = []
+                if batch:
+                    yield pb.ImportRequest(flags=batch, key_id=key_id)
+            except Exception as err:
+                # Raised into gRPC, it cancels the call: the server commits no open block.
+                failure.append(err)
+                raise
+
+        last = ImportResult(0, 0, 0, 0, 0)
+        done = False
+        try:
+            for answer in self._stub.Import(messages()):
+                last = ImportResult(
+                    n_created=answer.n_created,
+                    n_updated=answer.n_updated,
+                    n_quarantined=answer.n_quarantined,
+                    n_blocks=answer.n_blocks,
+                    sequence=answer.sequence,
+                )
+                done = answer.done
+                if on_progress is not None and not done:
+                    on_progress(last)
+        except grpc.RpcError as err:
+            if failure:
+                raise failure[0] from None
+            raise _error(err, n_done=last.n_created + last.n_updated + last.n_quarantined) from None
+        if failure:
+            raise failure[0]
+        if not done:
+            raise FlagshareError(grpc.StatusCode.UNAVAILABLE, "the import ended without the server confirming it; import again")
+        return last
 
     def query(self, digests: Sequence[bytes]) -> list[Match]:
         """The matches among `digests` (misses are left out), in input order."""

@@ -652,16 +652,18 @@ class RenewServerCertificateResponse(_message.Message):
     def __init__(self, certificate_pem: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("digests_queried_per_second", "flags_submitted_per_second", "flags_submitted_per_day", "streams")
+    __slots__ = ("digests_queried_per_second", "flags_submitted_per_second", "flags_submitted_per_day", "streams", "quarantine_new_flags_per_hour")
     DIGESTS_QUERIED_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     FLAGS_SUBMITTED_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     FLAGS_SUBMITTED_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_NEW_FLAGS_PER_HOUR_FIELD_NUMBER: _ClassVar[int]
     digests_queried_per_second: int
     flags_submitted_per_second: int
     flags_submitted_per_day: int
     streams: int
-    def __init__(self, digests_queried_per_second: _Optional[int] = ..., flags_submitted_per_second: _Optional[int] = ..., flags_submitted_per_day: _Optional[int] = ..., streams: _Optional[int] = ...) -> None: ...
+    quarantine_new_flags_per_hour: int
+    def __init__(self, digests_queried_per_second: _Optional[int] = ..., flags_submitted_per_second: _Optional[int] = ..., flags_submitted_per_day: _Optional[int] = ..., streams: _Optional[int] = ..., quarantine_new_flags_per_hour: _Optional[int] = ...) -> None: ...
 
 class SetPrincipalLimitsRequest(_message.Message):
     __slots__ = ("name", "limits", "clear")
