@@ -72,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
     );
     // `FLAGSHARE_AB_HITS=10` runs only the rows with that share of hits (for a profile).
     let only_hits: Option<u64> = std::env::var("FLAGSHARE_AB_HITS").ok().and_then(|v| v.parse().ok());
-    for hit_percent in [0u64, 10].into_iter().filter(|h| only_hits.is_none_or(|only| only == *h)) {
+    for hit_percent in [0u64, 10]
+        .into_iter()
+        .filter(|h| only_hits.is_none_or(|only| only == *h))
+    {
         for n_connections in [1usize, 4] {
             for streamed in [false, true] {
                 let mut rates = [Vec::new(), Vec::new()];
