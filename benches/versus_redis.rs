@@ -229,6 +229,11 @@ async fn main() -> anyhow::Result<()> {
     let latencies = common::single_digest_latencies(&connections[0], n, LATENCY_CALLS).await?;
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     let flagshare_rss_after = rss_mib(server.0.id());
+    let disk_bytes = admin
+        .get_stats(flagshare::pb::GetStatsRequest::default())
+        .await?
+        .into_inner()
+        .disk_bytes;
     drop(connections);
     drop(server);
 
@@ -367,6 +372,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| server resident memory after load (flagshare also after the lookups) | {flagshare_rss:.0} MiB ({flagshare_rss_after:.0} MiB) | {redis_rss:.0} MiB | {:.2} |",
         flagshare_rss / redis_rss
+    );
+    println!(
+        "| flagshare's data on disk after the lookups (RocksDB's files) | {:.0} MiB, {:.0} bytes per flag | | |",
+        disk_bytes as f64 / (1 << 20) as f64,
+        disk_bytes as f64 / n as f64
     );
     println!();
     println!(
