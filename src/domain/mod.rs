@@ -605,6 +605,9 @@ impl Domain {
             }
             // Recorded first, so the copy holds the entry that describes it.
             state.record(AuditEvent::new((&admin).into(), AuditOp::Backup).detail(dir.display().to_string()))?;
+            // Under the writer lock: the copy never falls inside an import block (between
+            // its commit and the ingestion of its summaries file, which the copy would lack).
+            let _writer = state.writer();
             state.store.checkpoint(&dir).map_err(|err| {
                 tracing::warn!(dir = %dir.display(), %err, "backup failed");
                 Error::Internal(format!(
