@@ -379,14 +379,17 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let mut client = args.connect.flags_client().await?;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-    let batch_size = args.input.batch_size as usize;
-    let mut progress = Progress::new(total);
-    let mut rejected = Vec::new();
-    let mut pending = Vec::with_capacity(batch_size);
-    let (mut n_lines, mut n_sent, mut n_created, mut n_updated) = (0u64, 0u64, 0u64, 0u64);
-    let mut n_quarantined = 0u64;
-    let mut records = records.peekable();
+    let mut input = Batches {
+        records,
+        hashing,
+        args,
+        now_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64,
+        batch_size: args.input.batch_size as usize,
+        progress: Progress::new(total),
+        rejected: Vec::new(),
+        n_lines: 0,
+    };
+    let key_id = input.hashing.key_id;
     if args.input.file.is_some() {
         // A file goes over one Import stream: committed in large blocks, each whole or not
         // at all, its rows reaching the store as sorted files.
@@ -406,34 +409,15 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
-        while let Some(item) = records.next() {
-            n_lines += 1;
-            let flag = item.and_then(|record| hashing.hash(record)).and_then(|hashed| {
-                flag_from_record(args, &hashed, now_ms).map_err(|reason| Rejected {
-                    line: hashed.record.line,
-                    reason,
-                })
-            });
-            match flag {
-                Ok(flag) => pending.push(flag),
-                Err(line) => rejected.push(line),
+        while let Some(flags) = input.next_batch() {
+            // Refused: the server ended the import; its status says why.
+            if sender.send(pb::ImportRequest { flags, key_id }).await.is_err() {
+                break;
             }
-            if pending.len() == batch_size || (records.peek().is_none() && !pending.is_empty()) {
-                let flags = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
-                let message = pb::ImportRequest {
-                    flags,
-                    key_id: hashing.key_id,
-                };
-                // Refused: the server ended the import; its status says why.
-                if sender.send(message).await.is_err() {
-                    break;
-                }
-            }
-            progress.update(n_lines);
         }
         drop(sender);
         let (last, failed) = reader.await?;
-        progress.finish();
+        input.progress.finish();
         if let Some(status) = failed {
             anyhow::bail!(
                 "{} ({} block(s) of the import were committed: {} new, {} updated; re-running the same file is safe: imported flags are updated, not duplicated)",
@@ -453,48 +437,67 @@ pub async fn submit(args: &SubmitArgs) -> anyhow::Result<ExitCode> {
             last.n_blocks, last.n_created, last.n_updated
         );
         print_quarantined(last.n_quarantined);
-        return Ok(report_rejected(&mut rejected));
+        return Ok(report_rejected(&mut input.rejected));
     }
-    while let Some(item) = records.next() {
-        n_lines += 1;
-        let flag = item.and_then(|record| hashing.hash(record)).and_then(|hashed| {
-            flag_from_record(args, &hashed, now_ms).map_err(|reason| Rejected {
-                line: hashed.record.line,
-                reason,
-            })
-        });
-        match flag {
-            Ok(flag) => pending.push(flag),
-            Err(line) => rejected.push(line),
-        }
-        if pending.len() == batch_size || (records.peek().is_none() && !pending.is_empty()) {
-            let flags = std::mem::replace(&mut pending, Vec::with_capacity(batch_size));
-            let n = flags.len() as u64;
-            let response = client
-                .submit(pb::SubmitRequest {
-                    flags,
-                    key_id: hashing.key_id,
-                })
-                .await
-                .map_err(|status| {
-                    progress.finish();
-                    anyhow::anyhow!(
-                        "{} (after {n_sent} flag(s) were accepted; re-running the same file is safe: resubmitted flags are updated, not duplicated)",
-                        status_error(status)
-                    )
-                })?
-                .into_inner();
-            n_sent += n;
-            n_created += u64::from(response.n_created);
-            n_updated += u64::from(response.n_updated);
-            n_quarantined += u64::from(response.n_quarantined);
-        }
-        progress.update(n_lines);
+    let (mut n_sent, mut n_created, mut n_updated, mut n_quarantined) = (0u64, 0u64, 0u64, 0u64);
+    while let Some(flags) = input.next_batch() {
+        let n = flags.len() as u64;
+        let response = client
+            .submit(pb::SubmitRequest { flags, key_id })
+            .await
+            .map_err(|status| {
+                input.progress.finish();
+                anyhow::anyhow!(
+                    "{} (after {n_sent} flag(s) were accepted; re-running the same file is safe: resubmitted flags are updated, not duplicated)",
+                    status_error(status)
+                )
+            })?
+            .into_inner();
+        n_sent += n;
+        n_created += u64::from(response.n_created);
+        n_updated += u64::from(response.n_updated);
+        n_quarantined += u64::from(response.n_quarantined);
     }
-    progress.finish();
+    input.progress.finish();
     println!("submitted {n_sent} flag(s): {n_created} new, {n_updated} updated");
     print_quarantined(n_quarantined);
-    Ok(report_rejected(&mut rejected))
+    Ok(report_rejected(&mut input.rejected))
+}
+
+/// The input of `submit`, read, hashed and checked a batch at a time; lines that fail are
+/// kept aside with their line numbers.
+struct Batches<'a> {
+    records: Box<dyn Iterator<Item = input::Item>>,
+    hashing: Hashing,
+    args: &'a SubmitArgs,
+    now_ms: i64,
+    batch_size: usize,
+    progress: Progress,
+    rejected: Vec<Rejected>,
+    n_lines: u64,
+}
+
+impl Batches<'_> {
+    /// The next batch of up to `batch_size` flags; `None` once the input is done.
+    fn next_batch(&mut self) -> Option<Vec<pb::Flag>> {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        while batch.len() < self.batch_size {
+            let Some(item) = self.records.next() else { break };
+            self.n_lines += 1;
+            let flag = item.and_then(|record| self.hashing.hash(record)).and_then(|hashed| {
+                flag_from_record(self.args, &hashed, self.now_ms).map_err(|reason| Rejected {
+                    line: hashed.record.line,
+                    reason,
+                })
+            });
+            match flag {
+                Ok(flag) => batch.push(flag),
+                Err(line) => self.rejected.push(line),
+            }
+            self.progress.update(self.n_lines);
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
 }
 
 fn print_quarantined(n_quarantined: u64) {

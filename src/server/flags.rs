@@ -341,20 +341,7 @@ impl pb::flags_server::Flags for FlagsService {
         )?;
         let member = Metrics::member(&caller.name);
         let outcome = self.domain.submit(caller, flags, request.key_id).await?;
-        self.metrics
-            .flags_created
-            .get_or_create(&member)
-            .inc_by(u64::from(outcome.n_created));
-        self.metrics
-            .flags_updated
-            .get_or_create(&member)
-            .inc_by(u64::from(outcome.n_updated));
-        if outcome.n_quarantined > 0 {
-            self.metrics
-                .flags_quarantined
-                .get_or_create(&member)
-                .inc_by(u64::from(outcome.n_quarantined));
-        }
+        count_flags(&self.metrics, &member, &outcome);
         Ok(Response::new(convert::submit_outcome_to_pb(outcome)))
     }
 
@@ -510,26 +497,30 @@ impl Import {
     }
 
     fn count(&self, outcome: crate::domain::SubmitOutcome, totals: &mut pb::ImportProgress) {
-        let member = Metrics::member(&self.caller.name);
-        self.metrics
-            .flags_created
-            .get_or_create(&member)
-            .inc_by(u64::from(outcome.n_created));
-        self.metrics
-            .flags_updated
-            .get_or_create(&member)
-            .inc_by(u64::from(outcome.n_updated));
-        if outcome.n_quarantined > 0 {
-            self.metrics
-                .flags_quarantined
-                .get_or_create(&member)
-                .inc_by(u64::from(outcome.n_quarantined));
-        }
+        count_flags(&self.metrics, &Metrics::member(&self.caller.name), &outcome);
         totals.n_created += u64::from(outcome.n_created);
         totals.n_updated += u64::from(outcome.n_updated);
         totals.n_quarantined += u64::from(outcome.n_quarantined);
         totals.n_blocks += 1;
         totals.sequence = outcome.sequence;
+    }
+}
+
+/// A Submit's or an import block's flags, in the member's counters.
+fn count_flags(metrics: &Metrics, member: &crate::metrics::MemberLabels, outcome: &crate::domain::SubmitOutcome) {
+    metrics
+        .flags_created
+        .get_or_create(member)
+        .inc_by(u64::from(outcome.n_created));
+    metrics
+        .flags_updated
+        .get_or_create(member)
+        .inc_by(u64::from(outcome.n_updated));
+    if outcome.n_quarantined > 0 {
+        metrics
+            .flags_quarantined
+            .get_or_create(member)
+            .inc_by(u64::from(outcome.n_quarantined));
     }
 }
 
