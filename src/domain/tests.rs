@@ -722,8 +722,11 @@ async fn an_admin_exempts_one_member_from_the_quarantine_audited_and_kept_across
         assert_eq!(domain.quarantine_threshold_of("other"), Some(1));
         let outcome = domain.import_block(migrator, flags(0), 1).await.unwrap();
         assert_eq!((outcome.n_created, outcome.n_quarantined), (5, 0));
-        let outcome = domain.submit(other, flags(100), 1).await.unwrap();
+        let outcome = domain.submit(other.clone(), flags(100), 1).await.unwrap();
         assert_eq!((outcome.n_created, outcome.n_quarantined), (1, 4));
+        // An import meets the quarantine as Submit does.
+        let outcome = domain.import_block(other, flags(300), 1).await.unwrap();
+        assert_eq!((outcome.n_created, outcome.n_quarantined), (0, 5));
         let filter = AuditFilter {
             principal: None,
             op: Some(AuditOp::SetLimits),
