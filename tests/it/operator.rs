@@ -901,6 +901,15 @@ fn an_operator_sets_a_members_limits_and_the_member_meets_them() {
     let shown = &site.admin_json(&server, &["member", "limits", "alpha"])[0];
     assert_eq!(shown["flags_submitted_per_day"]["value"], 1000);
     assert_eq!(shown["flags_submitted_per_day"]["overridden"], false);
+    assert_eq!(shown["quarantine_new_flags_per_hour"]["value"], 100_000);
+    ok(admin(
+        &site.data,
+        &server,
+        &["member", "limits", "alpha", "--quarantine-new-flags-per-hour", "0"],
+    ));
+    let exempt = &site.admin_json(&server, &["member", "limits", "alpha"])[0];
+    assert_eq!(exempt["quarantine_new_flags_per_hour"]["value"], 0);
+    assert_eq!(exempt["quarantine_new_flags_per_hour"]["overridden"], true);
     let set = ok(admin(
         &site.data,
         &server,
@@ -924,12 +933,15 @@ fn an_operator_sets_a_members_limits_and_the_member_meets_them() {
         stderr(&refused)
     );
     let audit = site.admin_json(&server, &["audit", "list", "--op", "set_limits"]);
-    assert_eq!(audit.len(), 1);
+    let details: Vec<&str> = audit.iter().map(|entry| entry["detail"].as_str().unwrap()).collect();
+    assert_eq!(details.len(), 2, "{details:?}");
     assert!(
-        audit[0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("alpha: flags_submitted_per_day=1")
+        details.contains(&"alpha: quarantine_new_flags_per_hour=0"),
+        "{details:?}"
+    );
+    assert!(
+        details.contains(&"alpha: flags_submitted_per_day=1, quarantine_new_flags_per_hour=0"),
+        "{details:?}"
     );
 }
 
