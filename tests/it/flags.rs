@@ -466,3 +466,43 @@ async fn imports_beyond_the_servers_slots_are_refused_until_one_ends() {
     ended.unwrap();
     assert_eq!(progress.last().map(|p| p.n_created), Some(10));
 }
+
+#[tokio::test]
+async fn an_import_that_sends_nothing_is_ended_and_gives_its_slot_back() {
+    let server = TestServer::start_configured(|config| config.request_timeout_secs = 1).await;
+    let mut stalled = server.member("stalled").await;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ImportRequest>(1);
+    let started = std::time::Instant::now();
+    let mut answers = stalled
+        .import(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), answers.message())
+        .await
+        .expect("the server ends a silent import")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        status.message().starts_with("import: no message for 1 s"),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    drop(sender);
+    // Its slot is free again: with all other slots held, one more import still runs.
+    let mut held = Vec::new();
+    for i in 1..flagshare::server::IMPORT_SLOTS {
+        let mut member = server.member(&format!("holder{i}")).await;
+        let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ImportRequest>(1);
+        let answers = member
+            .import(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .unwrap();
+        held.push((sender, answers));
+    }
+    let mut next = server.member("next").await;
+    let (progress, ended) = import(&mut next, import_messages(0, 10)).await;
+    ended.unwrap();
+    assert_eq!(progress.last().map(|p| (p.done, p.n_created)), Some((true, 10)));
+}
