@@ -506,3 +506,29 @@ async fn an_import_that_sends_nothing_is_ended_and_gives_its_slot_back() {
     ended.unwrap();
     assert_eq!(progress.last().map(|p| (p.done, p.n_created)), Some((true, 10)));
 }
+
+#[tokio::test]
+async fn an_import_meets_the_members_daily_limit_and_commits_nothing_past_it() {
+    let server = TestServer::start_configured(|config| {
+        let limits = flagshare::config::RoleLimits {
+            flags_submitted_per_day: 15_000,
+            ..Default::default()
+        };
+        config.limits.insert("member".to_owned(), limits);
+    })
+    .await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let (progress, ended) = import(&mut alpha, import_messages(0, 30_000)).await;
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("flags_submitted_per_day"),
+        "{}",
+        status.message()
+    );
+    assert!(progress.is_empty());
+    // The open block (the 10,000 flags taken before the limit) was never committed.
+    let first: Vec<[u8; 32]> = (0..10_000).step_by(100).map(imported).collect();
+    assert!(query(&mut beta, &first).await.is_empty());
+}
