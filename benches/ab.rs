@@ -44,19 +44,7 @@ async fn main() -> anyhow::Result<()> {
         let seconds = load(&loader, n, 2).await?;
         eprintln!("ab: {name} loaded {n} flags in {seconds:.1} s");
         load_seconds.push(seconds);
-        let reader = flagshare::client::enroll(
-            &mut admin,
-            "reader",
-            flagshare::model::Role::Member,
-            &endpoint,
-            "localhost",
-        )
-        .await?;
-        let mut mine = Vec::new();
-        for _ in 0..4 {
-            mine.push(common::connect(&reader, &endpoint).await?);
-        }
-        connections.push(mine);
+        connections.push(common::member_connections(&mut admin, "reader", &endpoint, 4).await?);
         servers.push(server);
     }
 

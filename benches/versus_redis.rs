@@ -196,18 +196,7 @@ async fn main() -> anyhow::Result<()> {
         .into_inner();
     assert!(verified.ok, "the audit chain verifies after the import");
 
-    let reader = flagshare::client::enroll(
-        &mut admin,
-        "reader",
-        flagshare::model::Role::Member,
-        &endpoint,
-        "localhost",
-    )
-    .await?;
-    let mut connections = Vec::new();
-    for _ in 0..4 {
-        connections.push(common::connect(&reader, &endpoint).await?);
-    }
+    let connections = common::member_connections(&mut admin, "reader", &endpoint, 4).await?;
     let mut flagshare_rates = std::collections::HashMap::new();
     for hit_percent in [0u64, 10] {
         for n_connections in [1usize, 4] {

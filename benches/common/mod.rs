@@ -124,6 +124,21 @@ pub async fn member(
     connect(&bundle, endpoint).await
 }
 
+/// A new member principal `name` and `n` connections for it, for lookups spread over them.
+pub async fn member_connections(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    endpoint: &str,
+    n: usize,
+) -> anyhow::Result<Vec<FlagsClient<Channel>>> {
+    let bundle = enroll(admin, name, Role::Member, endpoint, "localhost").await?;
+    let mut connections = Vec::with_capacity(n);
+    for _ in 0..n {
+        connections.push(connect(&bundle, endpoint).await?);
+    }
+    Ok(connections)
+}
+
 /// A new connection with `bundle`.
 pub async fn connect(bundle: &Bundle, endpoint: &str) -> anyhow::Result<FlagsClient<Channel>> {
     Ok(FlagsClient::new(bundle.connect(Some(endpoint)).await?).max_decoding_message_size(64 << 20))

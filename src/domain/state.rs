@@ -168,9 +168,7 @@ impl State {
     /// first), and the head.
     pub(super) fn changes_to_head(&self, after: u64, limit: usize) -> Result<(Vec<(u64, ChangeRecord)>, u64)> {
         let head = self.head()?;
-        let mut changes = self.store.changes_after(after, limit)?;
-        changes.retain(|(sequence, _)| *sequence <= head);
-        Ok((changes, head))
+        Ok((self.store.changes_between(after, head, limit)?, head))
     }
 
     /// Commits an import block: `batch` (built with `Batch::defer_changes`) with `event`
@@ -201,14 +199,10 @@ impl State {
         let written = self
             .store
             .write_summaries_file(&file, rows.iter().map(|(digest, entries)| (digest, entries.as_slice())));
-        if !matches!(written, Ok(true)) {
-            // Nothing to ingest, or the file could not be written: one ordinary commit.
-            written?;
+        if !written? {
+            // No summary row to write (every flag was held back): one ordinary commit.
             for (sequence, row) in &changes {
                 batch.put_change_row(*sequence, row);
-            }
-            for (digest, entries) in rows {
-                batch.put_summary(digest, entries)?;
             }
             self.commit_audited(batch, event, now)?;
             return Ok(());

@@ -11,11 +11,23 @@ struct Fixture {
 }
 
 fn open() -> Fixture {
+    open_with(Policy::default())
+}
+
+fn open_with(policy: Policy) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     Fixture {
-        domain: Domain::open(store, Policy::default()).unwrap(),
+        domain: Domain::open(store, policy).unwrap(),
         _dir: dir,
+    }
+}
+
+/// A flood quarantine that holds every new flag past the first of the hour.
+fn quarantine_after_one() -> Policy {
+    Policy {
+        quarantine_new_flags_per_hour: 1,
+        ..Policy::default()
     }
 }
 
@@ -447,14 +459,9 @@ async fn a_foreign_member_no_flag_or_tombstone_names_is_forgotten() {
 
 #[tokio::test]
 async fn held_flags_are_listed_a_page_at_a_time_to_their_member_and_to_admins() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-    let policy = Policy {
-        quarantine_new_flags_per_hour: 1,
-        ..Policy::default()
-    };
-    let domain = Domain::open(store, policy).unwrap();
-    let (flooder, other) = (member(&domain, "flooder").await, member(&domain, "other").await);
+    let fixture = open_with(quarantine_after_one());
+    let domain = &fixture.domain;
+    let (flooder, other) = (member(domain, "flooder").await, member(domain, "other").await);
     let n = 2 * HELD_PAGE + 7;
     let flags: Vec<NewFlag> = (0..=n as u32)
         .map(|i| {
@@ -519,14 +526,9 @@ async fn held_flags_are_listed_a_page_at_a_time_to_their_member_and_to_admins() 
 
 #[tokio::test]
 async fn a_suspended_members_held_flags_are_never_released_and_a_withdrawal_deletes_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-    let policy = Policy {
-        quarantine_new_flags_per_hour: 1,
-        ..Policy::default()
-    };
-    let domain = Domain::open(store, policy).unwrap();
-    let flooder = member(&domain, "flooder").await;
+    let fixture = open_with(quarantine_after_one());
+    let domain = &fixture.domain;
+    let flooder = member(domain, "flooder").await;
     let flags: Vec<NewFlag> = (0..5u8)
         .map(|i| flag([i; 32], Kind::Email, Category::Grooming))
         .collect();

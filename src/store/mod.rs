@@ -596,9 +596,28 @@ impl Store {
 
     /// Up to `limit` change-log entries with a sequence number above `after`, in order.
     pub fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, ChangeRecord)>, StoreError> {
+        self.changes_between(after, u64::MAX, limit)
+    }
+
+    /// Up to `limit` change-log entries with a sequence number above `after` and at most
+    /// `until`, in order; nothing past `until` is read.
+    pub fn changes_between(
+        &self,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ChangeRecord)>, StoreError> {
         let start = keys::sequence_key(after.saturating_add(1));
+        let mut options = ReadOptions::default();
+        if let Some(bound) = until.checked_add(1) {
+            options.set_iterate_upper_bound(keys::sequence_key(bound).to_vec());
+        }
         self.db
-            .iterator_cf(self.cf(cf::CHANGES), IteratorMode::From(&start, Direction::Forward))
+            .iterator_cf_opt(
+                self.cf(cf::CHANGES),
+                options,
+                IteratorMode::From(&start, Direction::Forward),
+            )
             .take(limit)
             .map(|item| -> Result<_, StoreError> {
                 let (key, value) = item?;
