@@ -11,8 +11,9 @@
 //!
 //! For comparing builds of flagshare itself: `FLAGSHARE_BENCH_BIN` runs another
 //! `flagshare` binary (with `FLAGSHARE_BENCH_SERVE_ARGS` as its extra `serve` arguments,
-//! empty for a build from before the metrics endpoint), and `FLAGSHARE_BENCH_LOAD_ONLY=1`
-//! stops after the `Submit` load.
+//! empty for a build from before the metrics endpoint), and `FLAGSHARE_BENCH_ONLY=submit`,
+//! `during` or `import` runs only that part (the `Submit` load, the lookups during an
+//! import, the checked `Import` load), for profiling or comparing one path.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
@@ -146,8 +147,12 @@ async fn main() -> anyhow::Result<()> {
     let bin = common::flagshare_bin();
     let dir = tempfile::tempdir()?;
 
+    let only = std::env::var("FLAGSHARE_BENCH_ONLY").ok();
+    let runs = |part: &str| only.as_deref().is_none_or(|only| only == part);
     // flagshare, loaded through Submit (10,000 flags per call), on a server of its own.
-    let submit_load = {
+    let submit_load = if !runs("submit") {
+        0.0
+    } else {
         let data = dir.path().join("submit");
         let (_server, endpoint) = common::start_flagshare(&bin, &data, &serve_args)?;
         let mut admin = common::admin_client(&data, &endpoint).await?;
@@ -159,11 +164,25 @@ async fn main() -> anyhow::Result<()> {
         );
         seconds
     };
-    if std::env::var_os("FLAGSHARE_BENCH_LOAD_ONLY").is_some() {
+    let during = if !runs("during") {
+        None
+    } else {
+        let during = lookups_during_import(&bin, &dir.path().join("during"), &serve_args, n).await?;
+        eprintln!(
+            "bench: during an import of {n} ({:.1} s): single-digest p50 / p99 {:.0} / {:.0} µs; QueryStream during / idle {:.0} / {:.0} ({:.2}); write stalls {:?} µs",
+            during.import_seconds,
+            percentile(&during.latencies, 0.50).as_secs_f64() * 1e6,
+            percentile(&during.latencies, 0.99).as_secs_f64() * 1e6,
+            during.stream_during,
+            during.stream_idle,
+            during.stream_during / during.stream_idle,
+            during.stall_micros
+        );
+        Some(during)
+    };
+    if !runs("import") {
         return Ok(());
     }
-
-    let during = lookups_during_import(&bin, &dir.path().join("during"), &serve_args, n).await?;
 
     // flagshare, loaded through Import; the lookups run against this one.
     let data = dir.path().join("data");
@@ -195,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(verified.ok, "the audit chain verifies after the import");
+    let Some(during) = during else { return Ok(()) };
 
     let connections = common::member_connections(&mut admin, "reader", &endpoint, 4).await?;
     let mut flagshare_rates = std::collections::HashMap::new();

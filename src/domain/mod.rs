@@ -230,7 +230,7 @@ impl Domain {
     pub async fn import_block(&self, caller: Caller, new_flags: Vec<NewFlag>, key_id: u32) -> Result<SubmitOutcome> {
         let now = now_ms();
         let state = self.state.clone();
-        blocking(move || state.import_block(&caller, &new_flags, key_id, now)).await
+        state::bulk(move || state.import_block(&caller, &new_flags, key_id, now)).await
     }
 
     pub async fn query(&self, caller: Caller, digests: Vec<Digest>) -> Result<Vec<Match>> {

@@ -108,6 +108,7 @@ impl State {
             }
             store.clear_pending_ingest()?;
         }
+        store.clear_staging()?;
         let registry = Registry::new(store.load_principals()?);
         let last_sequence = store.last_sequence()?;
         let ledger = Ledger::load(&store)?;
@@ -189,18 +190,37 @@ impl State {
         last: u64,
     ) -> Result<()> {
         let changes = batch.take_deferred_changes();
-        let file = self.store.staging_dir().join(format!("summaries-{before}.sst"));
+        let staging = self.store.staging_dir();
+        let file = staging.join(format!("summaries-{before}.sst"));
+        let changes_file = staging.join(format!("changes-{before}.sst"));
         let mut pending = PendingImport {
             first: before + 1,
             last,
             committed: false,
             file: file.clone(),
         };
-        let written = self
-            .store
-            .write_summaries_file(&file, rows.iter().map(|(digest, entries)| (digest, entries.as_slice())));
-        if !written? {
+        // The two files are independent: built side by side.
+        let (written, changes_written) = std::thread::scope(|scope| {
+            let changes_written = scope.spawn(|| self.store.write_changes_file(&changes_file, &changes));
+            let written = self
+                .store
+                .write_summaries_file(&file, rows.iter().map(|(digest, entries)| (digest, entries.as_slice())));
+            let changes_written = changes_written
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("building the change-log file failed").into()));
+            (written, changes_written)
+        });
+        let (written, changes_written) = match (written, changes_written) {
+            (Ok(written), Ok(changes_written)) => (written, changes_written),
+            (Err(err), _) | (_, Err(err)) => {
+                let _ = std::fs::remove_file(&file);
+                let _ = std::fs::remove_file(&changes_file);
+                return Err(err.into());
+            }
+        };
+        if !written {
             // No summary row to write (every flag was held back): one ordinary commit.
+            let _ = std::fs::remove_file(&changes_file);
             for (sequence, row) in &changes {
                 batch.put_change_row(*sequence, row);
             }
@@ -212,7 +232,9 @@ impl State {
             let mut marker = self.store.batch();
             marker.put_pending_import(&pending);
             self.store.commit(marker)?;
-            self.store.write_changes(&changes)?;
+            if changes_written {
+                self.store.ingest_changes(&changes_file)?;
+            }
             #[cfg(test)]
             if self.stop_import.load(std::sync::atomic::Ordering::SeqCst) == 1 {
                 return Err(Error::Internal("stopped before the commit by a test".to_owned()));
@@ -228,10 +250,11 @@ impl State {
                 // As if killed: whatever was written stays for the next open to undo.
                 return Err(err);
             }
-            // Not committed: take back what was written (or leave it to the next open).
+            // Not committed: take back what was ingested (or leave it to the next open).
             if self.store.delete_changes(pending.first, pending.last).is_ok() {
                 let _ = self.store.clear_pending_ingest();
                 let _ = std::fs::remove_file(&file);
+                let _ = std::fs::remove_file(&changes_file);
                 self.hold.store(NO_HOLD, std::sync::atomic::Ordering::SeqCst);
             }
             return Err(err);
@@ -560,3 +583,25 @@ pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T>
         .await
         .map_err(|err| Error::Internal(format!("blocking task failed: {err}")))?
 }
+
+/// Runs bulk work (an import block) on a thread of its own at a lower CPU priority, so
+/// that calls on the other threads (a lookup) are not kept waiting behind it when the CPUs
+/// are busy. A thread of its own, because a thread cannot take its priority back.
+pub(super) async fn bulk<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("flagshare-bulk".to_owned())
+        .spawn(move || {
+            // On Linux a thread id names that thread alone (and the threads it starts inherit
+            // its nice value). Failing to lower it changes nothing but the priority.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BULK_NICE);
+            let _ = done.send(work());
+        })
+        .map_err(|err| Error::Internal(format!("starting a bulk worker failed: {err}")))?;
+    result
+        .await
+        .map_err(|_| Error::Internal("a bulk worker ended without its result".to_owned()))?
+}
+
+/// The nice value of bulk work (0 is normal, 19 the lowest).
+const BULK_NICE: i32 = 10;

@@ -681,10 +681,19 @@ async fn an_import_block_stopped_before_its_commit_is_undone_after_a_restart() {
         let (items, _, head) = domain.feed_changes(beta.clone(), head_before, 0).await.unwrap();
         assert!(items.is_empty());
         assert_eq!(head, head_before);
+        // Its summary rows wait in the staging folder.
+        assert!(
+            std::fs::read_dir(domain.store().staging_dir())
+                .unwrap()
+                .next()
+                .is_some()
+        );
     }
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let domain = Domain::open(store, Policy::default()).unwrap();
-    // Undone: no row, no flag, no audit entry; the same import then goes through whole.
+    // Undone: no row, no flag, no audit entry, no staged file; the same import then goes
+    // through whole.
+    assert!(!domain.store().staging_dir().exists());
     assert!(domain.store().changes_after(head_before, 10_000).unwrap().is_empty());
     assert_eq!(domain.state.head().unwrap(), head_before);
     assert!(domain.query(beta.clone(), digests.clone()).await.unwrap().is_empty());
@@ -754,4 +763,16 @@ async fn an_admin_exempts_one_member_from_the_quarantine_audited_and_kept_across
     };
     let outcome = domain.submit(migrator, flags(200), 1).await.unwrap();
     assert_eq!(outcome.n_quarantined, 0);
+}
+
+#[tokio::test]
+async fn bulk_work_runs_at_a_lower_cpu_priority_and_leaves_other_threads_alone() {
+    let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+    let before = own();
+    let inside = super::state::bulk(move || Ok(own())).await.unwrap();
+    assert!(inside > before, "bulk work at nice {inside}, the caller at {before}");
+    assert_eq!(own(), before, "the caller's thread keeps its priority");
+    // A failure inside is the caller's error, not a lost result.
+    let failed = super::state::bulk(|| -> Result<(), Error> { Err(Error::invalid("x".to_owned())) }).await;
+    assert!(matches!(failed, Err(Error::InvalidArgument(_))), "{failed:?}");
 }

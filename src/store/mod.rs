@@ -73,8 +73,10 @@ pub struct Store {
     db: DB,
     /// Kept for its statistics object (tickers read by `rocks_reading`).
     db_options: Options,
-    /// The `summaries` family's options: a file written for ingestion must be built alike.
+    /// The `summaries` and `changes` families' options: a file written for ingestion into
+    /// a family must be built alike.
     summaries_options: Options,
+    changes_options: Options,
     statistics: bool,
     path: PathBuf,
     write_options: WriteOptions,
@@ -82,13 +84,13 @@ pub struct Store {
     sync_writes: bool,
 }
 
-/// Change-log rows per write of `Store::write_changes`.
-const CHANGE_CHUNK: usize = 10_000;
+/// Digests from which `Store::get_summaries` reads on two threads.
+const PARALLEL_READ: usize = 50_000;
 
 /// Where an import block stands, kept in `meta` until it is whole: its change-log rows
-/// `first..=last` are being written (`committed` false: a server that stops now deletes
-/// them as it opens), or the block is committed and `file` awaits ingestion (a server
-/// that stops now ingests it as it opens).
+/// `first..=last` are being ingested (`committed` false: a server that stops now deletes
+/// them as it opens), or the block is committed and `file` (its summary rows) awaits
+/// ingestion (a server that stops now ingests it as it opens).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingImport {
     pub first: u64,
@@ -155,6 +157,38 @@ pub enum Durability {
     Deferred,
 }
 
+/// Writes `rows` (keys strictly increasing; `None` deletes the key) to a new file at
+/// `file` for ingestion into a family built with `options`. False when there was nothing
+/// to write (no file is left then).
+fn write_sst<K: AsRef<[u8]>>(
+    options: &Options,
+    file: &Path,
+    rows: impl IntoIterator<Item = Result<(K, Option<impl AsRef<[u8]>>), StoreError>>,
+) -> Result<bool, StoreError> {
+    if let Some(folder) = file.parent() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)?;
+    }
+    let mut writer = rocksdb::SstFileWriter::create(options);
+    writer.open(file)?;
+    let mut any = false;
+    for row in rows {
+        let (key, value) = row?;
+        match value {
+            Some(value) => writer.put(key, value)?,
+            None => writer.delete(key)?,
+        }
+        any = true;
+    }
+    if !any {
+        drop(writer);
+        let _ = std::fs::remove_file(file);
+        return Ok(false);
+    }
+    writer.finish()?;
+    Ok(true)
+}
+
 fn family_options(name: &str, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -193,8 +227,6 @@ impl Store {
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
         db_options.set_bytes_per_sync(1 << 20);
-        // Tickers only (cache hits, stalls) for the metrics endpoint: histograms and timers
-        // would cost the lookup path.
         // Tickers (block cache hits, stalls) for the metrics endpoint, when asked for: even
         // without histograms or timers they cost lookups with hits about a tenth.
         if store_options.statistics {
@@ -231,6 +263,7 @@ impl Store {
             db,
             db_options,
             summaries_options: family_options(cf::SUMMARIES, &cache),
+            changes_options: family_options(cf::CHANGES, &cache),
             statistics: store_options.statistics,
             path: path.to_owned(),
             write_options,
@@ -467,38 +500,29 @@ impl Store {
         file: &Path,
         rows: impl IntoIterator<Item = (&'a Digest, &'a [SummaryEntry])>,
     ) -> Result<bool, StoreError> {
-        if let Some(folder) = file.parent() {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)?;
-        }
-        let mut writer = rocksdb::SstFileWriter::create(&self.summaries_options);
-        writer.open(file)?;
-        let mut any = false;
-        for (digest, entries) in rows {
+        let rows = rows.into_iter().map(|(digest, entries)| -> Result<_, StoreError> {
             if entries.is_empty() {
-                writer.delete(digest)?;
+                Ok((*digest, None))
             } else {
-                writer.put(digest, codec::encode_summary(entries)?)?;
+                Ok((*digest, Some(codec::encode_summary(entries)?)))
             }
-            any = true;
-        }
-        if !any {
-            drop(writer);
-            let _ = std::fs::remove_file(file);
-            return Ok(false);
-        }
-        writer.finish()?;
-        Ok(true)
+        });
+        write_sst(&self.summaries_options, file, rows)
     }
 
     /// Makes the rows of `file` (from `write_summaries_file`) the newest version of their
     /// digests at once; the file is moved into the database.
     pub fn ingest_summaries(&self, file: &Path) -> Result<(), StoreError> {
-        let mut options = rocksdb::IngestExternalFileOptions::default();
-        options.set_move_files(true);
-        self.db
-            .ingest_external_file_cf_opts(self.cf(cf::SUMMARIES), &options, vec![file])?;
-        Ok(())
+        self.ingest(cf::SUMMARIES, file)
+    }
+
+    /// Empties the staging folder: files of an import block that ended before their
+    /// ingestion (`State::open` first ingests a committed block's).
+    pub fn clear_staging(&self) -> Result<(), StoreError> {
+        match std::fs::remove_dir_all(self.staging_dir()) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        }
     }
 
     /// The import block a stopped server left unfinished, if one.
@@ -527,8 +551,26 @@ impl Store {
     }
 
     /// Summaries of `digests`, which must be sorted (RocksDB then batches the reads per
-    /// block). One result per digest, in order.
+    /// block). One result per digest, in order. An import block's many digests are read in
+    /// two halves side by side: the read is most of a block's time and holds the writer.
     pub fn get_summaries(&self, sorted_digests: &[Digest]) -> Result<Vec<Option<Vec<SummaryEntry>>>, StoreError> {
+        if sorted_digests.len() < PARALLEL_READ {
+            return self.get_summaries_of(sorted_digests);
+        }
+        let (first, second) = sorted_digests.split_at(sorted_digests.len() / 2);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| self.get_summaries_of(second));
+            let mut found = self.get_summaries_of(first)?;
+            found.extend(
+                second
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("reading summaries failed").into()))?,
+            );
+            Ok(found)
+        })
+    }
+
+    fn get_summaries_of(&self, sorted_digests: &[Digest]) -> Result<Vec<Option<Vec<SummaryEntry>>>, StoreError> {
         let mut read_options = ReadOptions::default();
         read_options.set_verify_checksums(false);
         let values = self
@@ -909,18 +951,31 @@ impl Store {
         }
     }
 
-    /// Writes change-log rows (from `Batch::take_deferred_changes`) in batches of
-    /// `CHANGE_CHUNK`, without waiting for the disk: a large import block then never holds
-    /// other writers behind one long write. Readers must not look past the block until its
-    /// commit (`State::hold`).
-    pub fn write_changes(&self, rows: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(CHANGE_CHUNK) {
-            let mut batch = WriteBatch::default();
-            for (sequence, row) in chunk {
-                batch.put_cf(self.cf(cf::CHANGES), keys::sequence_key(*sequence), row);
-            }
-            self.db.write(batch)?;
-        }
+    /// Writes change-log rows (from `Batch::take_deferred_changes`, in increasing sequence
+    /// order) to a new file at `file` for `ingest_changes`. False when there was nothing to
+    /// write (no file is left then).
+    pub fn write_changes_file(&self, file: &Path, rows: &[(u64, Vec<u8>)]) -> Result<bool, StoreError> {
+        write_sst(
+            &self.changes_options,
+            file,
+            rows.iter()
+                .map(|(sequence, row)| Ok((keys::sequence_key(*sequence), Some(row.as_slice())))),
+        )
+    }
+
+    /// Makes the rows of `file` (from `write_changes_file`) part of the change log at once,
+    /// without the WAL, the memtable or a compaction: their sequences follow every stored
+    /// one, so the file goes to the last level as it is. Readers must not look past the
+    /// block until its commit (`State::hold`).
+    pub fn ingest_changes(&self, file: &Path) -> Result<(), StoreError> {
+        self.ingest(cf::CHANGES, file)
+    }
+
+    fn ingest(&self, family: &'static str, file: &Path) -> Result<(), StoreError> {
+        let mut options = rocksdb::IngestExternalFileOptions::default();
+        options.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(family), &options, vec![file])?;
         Ok(())
     }
 
