@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 
-use common::{IN_FLIGHT, Killed, LOAD_BATCH, QUERY_BATCH, digest_of, median, percentile, rss_mib};
+use common::{IN_FLIGHT, Killed, LOAD_BATCH, QUERY_BATCH, anon_mib, digest_of, median, percentile, rss_mib};
 
 /// Batches per measured round, split over the connections.
 const BATCHES_PER_ROUND: usize = 400;
@@ -238,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
     let latencies = common::single_digest_latencies(&connections[0], n, LATENCY_CALLS).await?;
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     let flagshare_rss_after = rss_mib(server.0.id());
+    let flagshare_anon_after = anon_mib(server.0.id());
     let disk_bytes = admin
         .get_stats(flagshare::pb::GetStatsRequest::default())
         .await?
@@ -379,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
             .map_or("not reported".to_owned(), |micros| format!("{:.0} ms", micros / 1000.0))
     );
     println!(
-        "| server resident memory after load (flagshare also after the lookups) | {flagshare_rss:.0} MiB ({flagshare_rss_after:.0} MiB) | {redis_rss:.0} MiB | {:.2} |",
+        "| server resident memory after load (flagshare also after the lookups; of that, its own heap without mapped data files) | {flagshare_rss:.0} MiB ({flagshare_rss_after:.0} MiB; {flagshare_anon_after:.0} MiB) | {redis_rss:.0} MiB | {:.2} |",
         flagshare_rss / redis_rss
     );
     println!(

@@ -226,6 +226,11 @@ impl Store {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
+        // Blocks read through a mapping instead of pread and a copy: lookups with hits
+        // 4-15% faster and bulk loads 8-11% (N = 10,000,000, benches/ab.rs, two runs).
+        // Mapped pages are the kernel's page cache, counted in the resident set as file
+        // pages (RssFile), not memory the server holds.
+        db_options.set_allow_mmap_reads(true);
         db_options.set_bytes_per_sync(1 << 20);
         // Tickers (block cache hits, stalls) for the metrics endpoint, when asked for: even
         // without histograms or timers they cost lookups with hits about a tenth.
