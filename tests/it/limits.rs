@@ -310,3 +310,35 @@ async fn hundreds_of_silent_connections_do_not_hold_up_a_real_client() {
         .unwrap();
     drop(silent);
 }
+
+#[tokio::test]
+async fn each_page_of_held_flags_costs_a_pages_worth_of_queried_digests() {
+    let server = TestServer::start().await;
+    let mut lister = server.member("lister").await;
+    let mut admin = server.admin_client().await;
+    set_limits(
+        &mut admin,
+        "lister",
+        pb::Limits {
+            digests_queried_per_second: Some(100),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The bucket holds one full query batch (10,000 digests): ten pages of 1,000, even
+    // empty ones, then a refusal naming the limit.
+    for page in 0..10 {
+        let listed = lister.list_held(pb::ListHeldRequest::default()).await;
+        assert!(listed.is_ok(), "page {page}: {listed:?}");
+    }
+    let refused = lister.list_held(pb::ListHeldRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("digests_queried_per_second"),
+        "{}",
+        refused.message()
+    );
+    // The same bucket as queries: a query now waits as well.
+    let query_refused = lister.query(query_request(&digests(1_000, 3))).await.unwrap_err();
+    assert_eq!(query_refused.code(), tonic::Code::ResourceExhausted);
+}
