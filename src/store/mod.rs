@@ -226,14 +226,10 @@ impl Store {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.increase_parallelism(2);
-        // Compactions yield the CPU to calls (nice 19, as import blocks): single-digest p99
-        // while another member imports 10,000,000 went from 6.1-6.7 ms to 4.6-4.9 ms. If
-        // calls keep every CPU busy for long, level-0 files pile up and RocksDB slows
-        // writes (its own back-pressure); flushes keep their priority, so a full memtable
-        // never waits.
-        let mut env = rocksdb::Env::new()?;
-        env.lower_thread_pool_cpu_priority();
-        db_options.set_env(&env);
+        // Compactions keep their priority (import blocks do not, `domain::state::bulk`): at
+        // nice 19 they made single-digest p99 during an import of 10,000,000 4.6-5.4 ms
+        // instead of 6.1-6.7, but lookups right after a load of 30,000,000 ran at half
+        // their rate, level-0 files left uncompacted while lookups kept the CPUs busy.
         // Blocks read through a mapping instead of pread and a copy: lookups with hits
         // 4-15% faster and bulk loads 8-11% (N = 10,000,000, benches/ab.rs, two runs).
         // Mapped pages are the kernel's page cache, counted in the resident set as file
