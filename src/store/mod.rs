@@ -231,7 +231,8 @@ impl Store {
         // instead of 6.1-6.7, but lookups right after a load of 30,000,000 ran at half
         // their rate, level-0 files left uncompacted while lookups kept the CPUs busy.
         // Blocks read through a mapping instead of pread and a copy: lookups with hits
-        // 4-15% faster and bulk loads 8-11% (N = 10,000,000, benches/ab.rs, two runs).
+        // 4-15% faster and bulk loads 8-11% (N = 10,000,000, benches/ab.rs, two runs); at
+        // 1,000,000, where all fits the block cache, lookups 0-9% slower.
         // Mapped pages are the kernel's page cache, counted in the resident set as file
         // pages (RssFile), not memory the server holds.
         db_options.set_allow_mmap_reads(true);
