@@ -621,23 +621,58 @@ async fn an_import_block_merges_with_what_is_stored_and_reads_as_submitted_flags
     assert!(domain.state.store.pending_import().unwrap().is_none());
 }
 
-#[tokio::test]
-async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_after_a_restart() {
+/// An import block of 1,000 new flags by "alpha" (beside member "beta"), stopped by the
+/// test hook at `point` (1: before its commit, 2: before its ingestion), as if killed.
+struct StoppedImport {
+    dir: tempfile::TempDir,
+    domain: Domain,
+    alpha: Caller,
+    beta: Caller,
+    flags: Vec<NewFlag>,
+    digests: Vec<Digest>,
+    head_before: u64,
+}
+
+async fn import_stopped_at(point: u8) -> StoppedImport {
     let dir = tempfile::tempdir().unwrap();
     let flags: Vec<NewFlag> = (0..1_000)
         .map(|i| flag(digest_of(i), Kind::Email, Category::Grooming))
         .collect();
     let digests: Vec<Digest> = flags.iter().map(|f| f.digest).collect();
-    let (alpha, beta, head_before);
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let domain = Domain::open(store, Policy::default()).unwrap();
+    let alpha = member(&domain, "alpha").await;
+    let beta = member(&domain, "beta").await;
+    let head_before = domain.state.head().unwrap();
+    domain
+        .state
+        .stop_import
+        .store(point, std::sync::atomic::Ordering::SeqCst);
+    let stopped = domain.import_block(alpha.clone(), flags.clone(), 1).await;
+    assert!(matches!(stopped, Err(Error::Internal(_))), "{stopped:?}");
+    StoppedImport {
+        dir,
+        domain,
+        alpha,
+        beta,
+        flags,
+        digests,
+        head_before,
+    }
+}
+
+#[tokio::test]
+async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_after_a_restart() {
+    let StoppedImport {
+        dir,
+        domain,
+        alpha,
+        beta,
+        digests,
+        head_before,
+        ..
+    } = import_stopped_at(2).await;
     {
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let domain = Domain::open(store, Policy::default()).unwrap();
-        alpha = member(&domain, "alpha").await;
-        beta = member(&domain, "beta").await;
-        head_before = domain.state.head().unwrap();
-        domain.state.stop_import.store(2, std::sync::atomic::Ordering::SeqCst);
-        let stopped = domain.import_block(alpha.clone(), flags, 1).await;
-        assert!(matches!(stopped, Err(Error::Internal(_))), "{stopped:?}");
         // Committed, not ingested: no query and no reader of the change log sees it.
         assert!(domain.query(beta.clone(), digests.clone()).await.unwrap().is_empty());
         let (items, covered, head) = domain.feed_changes(beta.clone(), 0, 0).await.unwrap();
@@ -645,6 +680,7 @@ async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_af
         assert!(items.iter().all(|item| item.sequence <= head_before), "{covered}");
         assert!(domain.state.store.pending_import().unwrap().is_some());
     }
+    drop(domain);
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let domain = Domain::open(store, Policy::default()).unwrap();
     assert!(domain.state.store.pending_import().unwrap().is_none());
@@ -661,21 +697,16 @@ async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_af
 
 #[tokio::test]
 async fn an_import_block_stopped_before_its_commit_is_undone_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let flags: Vec<NewFlag> = (0..1_000)
-        .map(|i| flag(digest_of(i), Kind::Email, Category::Grooming))
-        .collect();
-    let digests: Vec<Digest> = flags.iter().map(|f| f.digest).collect();
-    let (alpha, beta, head_before);
+    let StoppedImport {
+        dir,
+        domain,
+        alpha,
+        beta,
+        flags,
+        digests,
+        head_before,
+    } = import_stopped_at(1).await;
     {
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let domain = Domain::open(store, Policy::default()).unwrap();
-        alpha = member(&domain, "alpha").await;
-        beta = member(&domain, "beta").await;
-        head_before = domain.state.head().unwrap();
-        domain.state.stop_import.store(1, std::sync::atomic::Ordering::SeqCst);
-        let stopped = domain.import_block(alpha.clone(), flags.clone(), 1).await;
-        assert!(matches!(stopped, Err(Error::Internal(_))), "{stopped:?}");
         // Its change-log rows are written, behind the hold: no reader sees them.
         assert_eq!(domain.store().changes_after(head_before, 10_000).unwrap().len(), 1_000);
         let (items, _, head) = domain.feed_changes(beta.clone(), head_before, 0).await.unwrap();
@@ -689,6 +720,7 @@ async fn an_import_block_stopped_before_its_commit_is_undone_after_a_restart() {
                 .is_some()
         );
     }
+    drop(domain);
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let domain = Domain::open(store, Policy::default()).unwrap();
     // Undone: no row, no flag, no audit entry, no staged file; the same import then goes
