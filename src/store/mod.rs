@@ -203,6 +203,14 @@ fn family_options(name: &str, cache: &Cache) -> Options {
             // Point lookups of random keys, mostly misses: a full (not block-based) bloom
             // filter on the whole key answers a miss without reading a data block.
             table.set_bloom_filter(10.0, false);
+            // No block cache: the files are uncompressed and read through a mapping, so a
+            // data block is searched where the kernel holds it instead of being copied
+            // into the cache first (hits 6-23% faster at 10,000,000, benches/ab.rs). The
+            // family's filters and indexes then stay in memory with their table readers:
+            // about 2 bytes per digest (20 MiB at 10,000,000), bounded by the data.
+            table.disable_cache();
+            table.set_cache_index_and_filter_blocks(false);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(false);
             table.set_whole_key_filtering(true);
             table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
             table.set_index_type(BlockBasedIndexType::BinarySearch);
@@ -261,7 +269,10 @@ impl Store {
             .chain(retired.map(|name| ColumnFamilyDescriptor::new(name, Options::default())))
             .collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|err| {
-            if err.to_string().contains("lock") {
+            // RocksDB names the LOCK file it could not take ("While lock file: .../LOCK:
+            // ...", "lock hold by current process ...: .../LOCK: ..."); "lock" alone would
+            // also match an options error about the "block cache".
+            if err.to_string().contains("/LOCK:") {
                 StoreError::Locked(path.to_owned())
             } else {
                 StoreError::Rocks(err)
