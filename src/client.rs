@@ -21,6 +21,10 @@ pub struct BundleConfig {
     pub role: String,
     /// Where the server listens, e.g. `https://localhost:50051`.
     pub endpoint: String,
+    /// Further endpoints of the same operator (the other nodes of a replicated one), tried
+    /// in order after `endpoint` when it cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     /// The name the server certificate must carry.
     pub server_name: String,
     /// The issuing operator's federation id (16 hex characters). A peer bundle hands it to
@@ -56,6 +60,8 @@ pub enum BundleError {
     Endpoint { endpoint: String, reason: String },
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    #[error("no endpoint answered: {0}")]
+    Unreachable(String),
 }
 
 fn read(path: &Path) -> Result<String, BundleError> {
@@ -101,9 +107,44 @@ impl Bundle {
         Ok(())
     }
 
-    /// Opens a mutual-TLS channel to `endpoint` (or the bundle's own endpoint).
-    pub async fn connect(&self, endpoint: Option<&str>) -> Result<Channel, BundleError> {
-        let endpoint = endpoint.unwrap_or(&self.config.endpoint).to_owned();
+    /// Every endpoint the bundle names, `endpoint` first.
+    pub fn endpoints(&self) -> Vec<String> {
+        std::iter::once(self.config.endpoint.clone())
+            .chain(self.config.endpoints.iter().cloned())
+            .collect()
+    }
+
+    /// Opens a mutual-TLS channel to the first of the endpoints that answers: those of
+    /// `endpoints` (a comma-separated list) when given, else the bundle's own, in order.
+    /// Fails naming each endpoint tried and why.
+    pub async fn connect(&self, endpoints: Option<&str>) -> Result<Channel, BundleError> {
+        let listed = match endpoints {
+            Some(list) => split_endpoints(list),
+            None => self.endpoints(),
+        };
+        let mut refusals = Vec::new();
+        for endpoint in &listed {
+            match self.connect_one(endpoint).await {
+                Ok(channel) => return Ok(channel),
+                // A malformed endpoint is the caller's mistake, not an outage: said at once.
+                Err(err @ BundleError::Endpoint { .. }) => return Err(err),
+                Err(err) => refusals.push(err),
+            }
+        }
+        match refusals.len() {
+            0 => Err(BundleError::Endpoint {
+                endpoint: endpoints.unwrap_or_default().to_owned(),
+                reason: "no endpoint given".to_owned(),
+            }),
+            1 => Err(refusals.remove(0)),
+            _ => Err(BundleError::Unreachable(
+                refusals.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            )),
+        }
+    }
+
+    async fn connect_one(&self, endpoint: &str) -> Result<Channel, BundleError> {
+        let endpoint = endpoint.to_owned();
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
@@ -125,6 +166,15 @@ impl Bundle {
     }
 }
 
+/// The endpoints of a comma-separated list, trimmed, empty items left out.
+pub fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// An error and its sources on one line: tonic's transport errors hide the cause.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -138,7 +188,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Registers a new principal through the `Admin` service and returns its bundle (not yet
-/// written). The key pair is made here, so the private key never travels.
+/// written) for `endpoint` (one, or a comma-separated list of the operator's nodes). The
+/// key pair is made here, so the private key never travels.
 pub async fn enroll(
     admin: &mut crate::pb::admin_client::AdminClient<Channel>,
     name: &str,
@@ -210,12 +261,20 @@ fn issued_bundle(
 ) -> Result<Bundle, EnrollError> {
     let principal = principal.ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
     let role = crate::wire::role_of(principal.role).map_or("unknown", |role| role.as_str());
+    // `endpoint` may list several nodes: the first is the bundle's endpoint, the rest follow.
+    let mut listed = split_endpoints(endpoint);
+    let first_endpoint = if listed.is_empty() {
+        endpoint.to_owned()
+    } else {
+        listed.remove(0)
+    };
     Ok(Bundle {
         dir: PathBuf::new(),
         config: BundleConfig {
             name: principal.name,
             role: role.to_owned(),
-            endpoint: endpoint.to_owned(),
+            endpoint: first_endpoint,
+            endpoints: listed,
             server_name: server_name.to_owned(),
             operator_id: String::new(),
             operator_key: String::new(),

@@ -158,8 +158,9 @@ enum PeerCommand {
 struct PeerArgs {
     /// The peer's name; also the name of the `peer` principal it pulls from us with.
     name: String,
-    /// The peer's server, e.g. https://flagshare.other.example:50051. Omit for a peer that
-    /// only pulls from us.
+    /// The peer's server, e.g. https://flagshare.other.example:50051 (a replicated peer's
+    /// nodes as a comma-separated list, tried in order). Omit for a peer that only pulls
+    /// from us.
     #[arg(long, requires = "bundle")]
     endpoint: Option<String>,
     /// Client bundle the peer's operator issued to us (`member add --role peer` on their
@@ -382,12 +383,13 @@ async fn add_member(
     if args.out.join("client.toml").exists() {
         anyhow::bail!("{} already holds a bundle", args.out.display());
     }
-    let endpoint = endpoint.unwrap_or(&admin_bundle.config.endpoint);
+    // The new bundle names every node the admin's does, unless told otherwise.
+    let endpoint = endpoint.map_or_else(|| admin_bundle.endpoints().join(","), str::to_owned);
     let bundle = enroll(
         client,
         &args.name,
         args.role,
-        endpoint,
+        &endpoint,
         &admin_bundle.config.server_name,
     )
     .await?;
@@ -496,8 +498,8 @@ async fn rotate_cert(
     if out.join("client.toml").exists() {
         anyhow::bail!("{} already holds a bundle", out.display());
     }
-    let endpoint = endpoint.unwrap_or(&admin_bundle.config.endpoint);
-    let bundle = rotate(client, name, endpoint, &admin_bundle.config.server_name).await?;
+    let endpoint = endpoint.map_or_else(|| admin_bundle.endpoints().join(","), str::to_owned);
+    let bundle = rotate(client, name, &endpoint, &admin_bundle.config.server_name).await?;
     bundle.write(out)?;
     println!(
         "new certificate for '{name}' (sha256 {}) written to {}; the old one is refused from now on",

@@ -20,7 +20,8 @@ pub struct ConnectArgs {
     /// Client bundle folder (from `flagshare admin member add`).
     #[arg(long, env = "FLAGSHARE_BUNDLE")]
     pub bundle: Option<PathBuf>,
-    /// Server endpoint (default: the bundle's).
+    /// Server endpoint, or several nodes' as a comma-separated list tried in order
+    /// (default: the bundle's `endpoint`, then its `endpoints`).
     #[arg(long, env = "FLAGSHARE_ENDPOINT")]
     pub endpoint: Option<String>,
 }

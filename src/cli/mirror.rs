@@ -44,13 +44,56 @@ pub async fn run(args: &MirrorArgs) -> anyhow::Result<()> {
                 eprintln!("mirror: {reason}; starting again with a snapshot");
                 clear(&db)?;
             }
+            Followed::Lost(reason) => {
+                // The node went away (restarted, failed): the same one back, or another
+                // of the bundle's endpoints, continues from the stored cursor.
+                eprintln!("mirror: lost the server ({reason}); reconnecting");
+                client = reconnect(&args.connect, args.once).await?;
+            }
         }
+    }
+}
+
+/// Reconnect attempts a `--once` mirror makes before it gives up; a following mirror keeps
+/// trying, RECONNECT_MAX apart at most.
+const ONCE_ATTEMPTS: u32 = 5;
+const RECONNECT_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn reconnect(
+    connect: &ConnectArgs,
+    once: bool,
+) -> anyhow::Result<crate::pb::flags_client::FlagsClient<tonic::transport::Channel>> {
+    let mut wait = RECONNECT_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        tokio::time::sleep(wait).await;
+        attempts += 1;
+        match connect.flags_client().await {
+            Ok(client) => return Ok(client),
+            Err(err) if once && attempts >= ONCE_ATTEMPTS => {
+                return Err(err.context(format!("mirror: no server after {attempts} attempts")));
+            }
+            Err(err) => eprintln!("mirror: {err:#}; trying again in {} s", wait.as_secs_f32()),
+        }
+        wait = (wait * 2).min(RECONNECT_MAX);
     }
 }
 
 enum Followed {
     Done,
     Resnapshot(String),
+    /// The connection or the server went away; the cursor stays for whoever continues.
+    Lost(String),
+}
+
+/// Whether a failed feed call means the node is gone (try again, perhaps elsewhere) rather
+/// than a refusal that another attempt would meet again.
+fn node_lost(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 /// Deletes every row, the cursor included.
@@ -81,14 +124,16 @@ async fn follow(
     let mut stream = match client.subscribe(pb::SubscribeRequest { cursor }).await {
         Ok(response) => response.into_inner(),
         Err(status) if resnapshot(&status) => return Ok(Followed::Resnapshot(status.message().to_owned())),
+        Err(status) if node_lost(&status) => return Ok(Followed::Lost(status.message().to_owned())),
         Err(status) => return Err(status_error(status)),
     };
     let mut n_events = 0u64;
     loop {
         let batch = match stream.message().await {
             Ok(Some(batch)) => batch,
-            Ok(None) => anyhow::bail!("the server closed the feed"),
+            Ok(None) => return Ok(Followed::Lost("the server closed the feed".to_owned())),
             Err(status) if resnapshot(&status) => return Ok(Followed::Resnapshot(status.message().to_owned())),
+            Err(status) if node_lost(&status) => return Ok(Followed::Lost(status.message().to_owned())),
             Err(status) => return Err(status_error(status)),
         };
         let mut write = WriteBatch::default();

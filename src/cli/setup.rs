@@ -81,6 +81,7 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
             name: "admin".to_owned(),
             role: Role::Admin.to_string(),
             endpoint,
+            endpoints: Vec::new(),
             server_name: config.server_name().to_owned(),
             operator_id: hex::encode(domain.federation().operator_id),
             operator_key: hex::encode(domain.operator_key()),

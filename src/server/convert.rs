@@ -342,11 +342,15 @@ pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
             "endpoint, bundle_dir: give both (to pull from the peer) or neither (a peer that only pulls from us)",
         ));
     }
-    if !request.endpoint.is_empty() && !request.endpoint.starts_with("https://") {
-        return Err(Error::invalid(format!(
-            "endpoint: '{}' must start with https://",
-            request.endpoint
-        )));
+    // One endpoint, or a comma-separated list of a replicated peer's nodes.
+    if let Some(bad) = crate::client::split_endpoints(&request.endpoint)
+        .into_iter()
+        .find(|endpoint| !endpoint.starts_with("https://"))
+    {
+        return Err(Error::invalid(format!("endpoint: '{bad}' must start with https://")));
+    }
+    if !request.endpoint.is_empty() && crate::client::split_endpoints(&request.endpoint).is_empty() {
+        return Err(Error::invalid("endpoint: no endpoint in the list"));
     }
     if !request.bundle_dir.is_empty() && !std::path::Path::new(&request.bundle_dir).is_absolute() {
         return Err(Error::invalid(format!(

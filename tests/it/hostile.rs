@@ -79,6 +79,7 @@ async fn start_fake_peer(dir: &std::path::Path, batches: Vec<pb::PullBatch>) -> 
             name: "receiver".to_owned(),
             role: "peer".to_owned(),
             endpoint: format!("https://127.0.0.1:{}", addr.port()),
+            endpoints: Vec::new(),
             server_name: "localhost".to_owned(),
             operator_id: hex::encode(FAKE_ORIGIN),
             operator_key: String::new(),

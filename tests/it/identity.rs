@@ -31,6 +31,7 @@ fn bundle_from_cert(server: &TestServer, cert_pem: String, key_pem: String, ca_p
             name: "unregistered".to_owned(),
             role: "member".to_owned(),
             endpoint: server.endpoint(),
+            endpoints: Vec::new(),
             server_name: "localhost".to_owned(),
             operator_id: String::new(),
             operator_key: String::new(),

@@ -12,7 +12,7 @@ use flagshare::pb::flags_client::FlagsClient;
 use serde_json::Value;
 use tonic::Code;
 
-use crate::support::process::{ServeProcess, admin, flagshare, json_lines, ok, path, stderr};
+use crate::support::process::{ServeProcess, admin, flagshare, json_lines, ok, path, stderr, stdout};
 
 /// A data folder made by `flagshare init`, a consortium key, and member bundle folders.
 struct Site {
@@ -676,6 +676,149 @@ fn a_mirror_answers_as_the_server_does_and_follows_retractions() {
     assert_eq!(identifiers, ["m2@example.com", "m3@example.com"]);
     assert_eq!(mirrored[0]["members"], serde_json::json!(["beta"]));
     assert!(server.stop().success());
+}
+
+/// Copies the folder `from` to `to` (a stopped server's data folder).
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// An endpoint nothing listens on: a port bound and released at once.
+fn closed_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("https://127.0.0.1:{port}")
+}
+
+/// Two nodes of one operator holding the same state (the second started from a copy of
+/// the first's folder): a bundle listing several endpoints reaches the first that answers,
+/// a following mirror moves to the other node when its node is killed and continues from
+/// its cursor, and with no node up the error names each endpoint tried.
+#[test]
+fn a_bundle_listing_several_nodes_reaches_one_that_answers_and_a_mirror_moves_over() {
+    let site = Site::new();
+    let node = ServeProcess::start(&site.data);
+    let alpha = site.add(&node, "alpha");
+    let beta = site.add(&node, "beta");
+    site.submit(&node, &alpha, "grooming", &[], "before@example.com");
+    assert!(node.stop().success());
+    let copy = site.root.join("data-2");
+    copy_folder(&site.data, &copy);
+    let settings = copy.join("flagshare.toml");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    let own = format!("data_dir = \"{}\"", site.data.display());
+    assert!(text.contains(&own), "{text}");
+    std::fs::write(
+        &settings,
+        text.replace(&own, &format!("data_dir = \"{}\"", copy.display())),
+    )
+    .unwrap();
+    let first = ServeProcess::start(&site.data);
+    let second = ServeProcess::start(&copy);
+
+    // The bundle itself lists a closed port, then both nodes.
+    let closed = closed_endpoint();
+    let config = beta.join("client.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let listed = text
+        .lines()
+        .map(|line| match line.starts_with("endpoint = ") {
+            true => format!(
+                "endpoint = \"{closed}\"\nendpoints = [\"{}\", \"{}\"]",
+                first.endpoint(),
+                second.endpoint()
+            ),
+            false => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, listed).unwrap();
+    let query = |extra: &[&str], email: &str| {
+        let mut args = vec!["query", "--bundle", path(&beta), "--key", path(&site.key)];
+        args.extend_from_slice(extra);
+        args.extend(["--kind", "email", "--json", email]);
+        flagshare(&args)
+    };
+    let found = json_lines(&ok(query(&[], "before@example.com")));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["members"], serde_json::json!(["alpha"]));
+
+    // With none up, the refusal names every endpoint tried.
+    let other_closed = closed_endpoint();
+    let out = query(
+        &["--endpoint", &format!("{closed}, {other_closed}")],
+        "before@example.com",
+    );
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(said.contains("no endpoint answered"), "{said}");
+    assert!(said.contains(&closed) && said.contains(&other_closed), "{said}");
+
+    // A following mirror: caught up from the first node, then that node is killed.
+    let mirror = site.root.join("mirror");
+    let log = std::fs::File::create(site.root.join("mirror.log")).unwrap();
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_flagshare"))
+        .args(["mirror", "--bundle", path(&beta), path(&mirror)])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mirrored = |email: &str| {
+        let out = flagshare(&[
+            "query",
+            "--mirror",
+            path(&mirror),
+            "--key",
+            path(&site.key),
+            "--kind",
+            "email",
+            "--json",
+            email,
+        ]);
+        out.status.success() && json_lines(&stdout(&out)).len() == 1
+    };
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            #[allow(clippy::disallowed_methods)] // a plain test thread polling child processes
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the mirror holds the first flag", &|| mirrored("before@example.com"));
+    drop(first); // SIGKILL
+    let on_second = [format!("--endpoint={}", second.endpoint())];
+    let mut args = vec![
+        "submit",
+        "--bundle",
+        path(&alpha),
+        "--key",
+        path(&site.key),
+        &on_second[0],
+    ];
+    args.extend(["--kind", "email", "--category", "grooming", "after@example.com"]);
+    ok(flagshare(&args));
+    wait_for("the mirror holds the flag submitted on the second node", &|| {
+        mirrored("after@example.com")
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let said = std::fs::read_to_string(site.root.join("mirror.log")).unwrap();
+    assert!(said.contains("lost the server"), "{said}");
+    assert!(
+        !said.contains("starting again with a snapshot"),
+        "the cursor carries over: {said}"
+    );
+    assert!(second.stop().success());
 }
 
 /// Every file under `dir` that holds `needle`.

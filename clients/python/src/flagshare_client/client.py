@@ -384,6 +384,13 @@ class Bundle:
     cert_pem: bytes
     key_pem: bytes
     ca_pem: bytes
+    # Further endpoints of the same operator (the other nodes of a replicated one), tried in
+    # order after `endpoint` when it cannot be reached.
+    endpoints: tuple[str, ...] = ()
+
+    def all_endpoints(self) -> list[str]:
+        """Every endpoint the bundle names, `endpoint` first."""
+        return [self.endpoint, *self.endpoints]
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Bundle":
@@ -398,7 +405,11 @@ class Bundle:
         missing = [field for field in ("name", "endpoint", "server_name") if not isinstance(config.get(field), str)]
         if missing:
             raise ValueError(f"bundle {folder}: client.toml lacks {', '.join(missing)}")
+        endpoints = config.get("endpoints", [])
+        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
+            raise ValueError(f"bundle {folder}: client.toml: endpoints must be a list of strings")
         return cls(
+            endpoints=tuple(endpoints),
             name=config["name"],
             endpoint=config["endpoint"],
             server_name=config["server_name"],
@@ -415,15 +426,30 @@ def _target(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-class Client:
-    """A connection to one flagshare server as one member. Thread-safe; close it (or use it
-    as a context manager) when done."""
+def _endpoint_list(endpoint: str | Sequence[str] | None, bundle: Bundle) -> list[str]:
+    if endpoint is None:
+        return bundle.all_endpoints()
+    listed = endpoint.split(",") if isinstance(endpoint, str) else list(endpoint)
+    listed = [e.strip() for e in listed if e.strip()]
+    if not listed:
+        raise ValueError("endpoint: no endpoint given")
+    return listed
 
-    def __init__(self, bundle: Bundle, endpoint: str | None = None, timeout: float = 60.0):
-        credentials = grpc.ssl_channel_credentials(
+
+class Client:
+    """A connection to a flagshare operator as one member. Thread-safe; close it (or use it
+    as a context manager) when done.
+
+    With several endpoints (the bundle's `endpoints`, or a list given here), calls go to one
+    of them; when it is unavailable, `query`, `range_query`, `held` and `submit` (whose
+    effect a second sending does not change) are sent again to the next, and `subscribe`
+    resumes there from its cursor."""
+
+    def __init__(self, bundle: Bundle, endpoint: str | Sequence[str] | None = None, timeout: float = 60.0):
+        self._credentials = grpc.ssl_channel_credentials(
             root_certificates=bundle.ca_pem, private_key=bundle.key_pem, certificate_chain=bundle.cert_pem
         )
-        options = [
+        self._options = [
             ("grpc.ssl_target_name_override", bundle.server_name),
             ("grpc.default_authority", bundle.server_name),
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -432,16 +458,56 @@ class Client:
         ]
         self.bundle = bundle
         self.timeout = timeout
-        self._channel = grpc.secure_channel(_target(endpoint or bundle.endpoint), credentials, options)
-        self._stub = pb_grpc.FlagsStub(self._channel)
+        self.endpoints = _endpoint_list(endpoint, bundle)
+        self._lock = threading.Lock()
+        # One channel per endpoint, opened when first used and kept until close(): a call
+        # still running on one is not cut off when others move on.
+        self._channels: dict[int, grpc.Channel] = {}
+        self._current = 0
+        self._stub = self._stub_for(0)
+
+    def _stub_for(self, index: int) -> pb_grpc.FlagsStub:
+        channel = self._channels.get(index)
+        if channel is None:
+            channel = grpc.secure_channel(_target(self.endpoints[index]), self._credentials, self._options)
+            self._channels[index] = channel
+        return pb_grpc.FlagsStub(channel)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls go to now."""
+        return self.endpoints[self._current]
+
+    def _next_endpoint(self, failed: pb_grpc.FlagsStub) -> None:
+        """Moves calls to the next endpoint, unless another thread already moved them."""
+        with self._lock:
+            if self._stub is failed:
+                self._current = (self._current + 1) % len(self.endpoints)
+                self._stub = self._stub_for(self._current)
+
+    def _unary(self, method: str, request, n_done: int = 0):
+        """Calls `method`, sending it again to each further endpoint while one is unavailable."""
+        for attempt in range(len(self.endpoints)):
+            stub = self._stub
+            try:
+                return getattr(stub, method)(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == len(self.endpoints):
+                    raise _error(err, n_done=n_done) from None
+                self._next_endpoint(stub)
+        raise AssertionError("unreachable")
 
     @classmethod
-    def from_bundle(cls, folder: str | os.PathLike, endpoint: str | None = None, timeout: float = 60.0) -> "Client":
-        """Connects with the bundle in `folder`; `endpoint` overrides its client.toml."""
+    def from_bundle(
+        cls, folder: str | os.PathLike, endpoint: str | Sequence[str] | None = None, timeout: float = 60.0
+    ) -> "Client":
+        """Connects with the bundle in `folder`; `endpoint` (one, a comma-separated list or a
+        list) overrides its client.toml."""
         return cls(Bundle.load(folder), endpoint=endpoint, timeout=timeout)
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.values():
+            channel.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -462,10 +528,7 @@ class Client:
         messages = [flag._to_pb(f"flag {i}") for i, flag in enumerate(flags)]
         created = updated = quarantined = sequence = 0
         for start, chunk in _chunks(messages):
-            try:
-                response = self._stub.Submit(pb.SubmitRequest(flags=chunk, key_id=key_id), timeout=self.timeout)
-            except grpc.RpcError as err:
-                raise _error(err, n_done=start) from None
+            response = self._unary("Submit", pb.SubmitRequest(flags=chunk, key_id=key_id), n_done=start)
             created += response.n_created
             updated += response.n_updated
             quarantined += response.n_quarantined
@@ -535,10 +598,7 @@ class Client:
             raise ValueError("query: no digests given")
         matches: list[Match] = []
         for start, chunk in _chunks(packed):
-            try:
-                response = self._stub.Query(pb.QueryRequest(digests=b"".join(chunk)), timeout=self.timeout)
-            except grpc.RpcError as err:
-                raise _error(err, n_done=start) from None
+            response = self._unary("Query", pb.QueryRequest(digests=b"".join(chunk)), n_done=start)
             matches.extend(_match(m, start) for m in response.matches)
         return matches
 
@@ -593,12 +653,7 @@ class Client:
         matches: list[Match] = []
         page_after = b""
         while True:
-            try:
-                response = self._stub.RangeQuery(
-                    pb.RangeQueryRequest(prefix=bytes(prefix), page_after=page_after), timeout=self.timeout
-                )
-            except grpc.RpcError as err:
-                raise _error(err) from None
+            response = self._unary("RangeQuery", pb.RangeQueryRequest(prefix=bytes(prefix), page_after=page_after))
             matches.extend(_match(m) for m in response.matches)
             if not response.next_page_after:
                 return matches
@@ -609,10 +664,7 @@ class Client:
         held: list[HeldFlag] = []
         page_after = b""
         while True:
-            try:
-                response = self._stub.ListHeld(pb.ListHeldRequest(page_after=page_after), timeout=self.timeout)
-            except grpc.RpcError as err:
-                raise _error(err) from None
+            response = self._unary("ListHeld", pb.ListHeldRequest(page_after=page_after))
             held.extend(
                 HeldFlag(
                     digest=f.digest,
@@ -708,7 +760,8 @@ class Subscription:
     def __iter__(self) -> Iterator[FeedBatch]:
         delay = 0.5
         while not self._closed:
-            self._call = self._client._stub.Subscribe(pb.SubscribeRequest(cursor=self.cursor))
+            stub = self._client._stub
+            self._call = stub.Subscribe(pb.SubscribeRequest(cursor=self.cursor))
             try:
                 for message in self._call:
                     batch = FeedBatch(
@@ -730,6 +783,8 @@ class Subscription:
                 retry = self._reconnect and self.cursor and error.code == grpc.StatusCode.UNAVAILABLE
                 if not retry:
                     raise error from None
+                # The same cursor is good on every node of the operator: go on at the next.
+                self._client._next_endpoint(stub)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
