@@ -21,6 +21,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flagshare::client::enroll;
+use flagshare::model::Role;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 
@@ -425,65 +427,77 @@ async fn lookups_during_import(
     )?;
     let mut admin = common::admin_client(data, &endpoint).await?;
     let loader = common::member(&mut admin, "loader", &endpoint).await?;
-    let reader = common::member(&mut admin, "reader", &endpoint).await?;
-    let streamer = common::member(&mut admin, "streamer", &endpoint).await?;
+    // The reader is another member: its own thread and runtime (and connections made
+    // there), as another platform's process would be, so its calls do not queue behind this
+    // client's import tasks; it still shares the machine's two cores with everything.
+    let reader_bundle = enroll(&mut admin, "reader", Role::Member, &endpoint, "localhost").await?;
+    let streamer_bundle = enroll(&mut admin, "streamer", Role::Member, &endpoint, "localhost").await?;
     let importing = Arc::new(AtomicBool::new(true));
+    // Set once RocksDB has compacted what the import left: the reader then measures idle.
+    let settled = Arc::new(AtomicBool::new(false));
     // Bounded by the import, and by count and time besides.
     let deadline = Instant::now() + Duration::from_secs(1_800);
     // One reader alternates: 200 single-digest calls one after another, then a QueryStream
     // round, so neither measurement competes with the other in this client.
     let round = move |seed: u64| common::query_digests(n, 0, 100, QUERY_BATCH, seed).0;
     let probing = {
-        let (importing, mut reader) = (importing.clone(), reader.clone());
-        let streamer = [streamer.clone()];
-        tokio::spawn(async move {
-            let (mut latencies, mut rates) = (Vec::new(), Vec::new());
-            let mut i = 0u64;
-            while importing.load(Ordering::SeqCst) && latencies.len() < 1_000_000 && Instant::now() < deadline {
-                for _ in 0..200 {
-                    let digest = common::digest_of(if i.is_multiple_of(10) { 0 } else { 2 }, i);
-                    let started = Instant::now();
-                    reader
-                        .query(flagshare::pb::QueryRequest {
-                            digests: digest.to_vec().into(),
-                        })
-                        .await
-                        .unwrap();
-                    latencies.push(started.elapsed());
-                    i += 1;
+        let (importing, settled) = (importing.clone(), settled.clone());
+        let endpoint = endpoint.clone();
+        std::thread::spawn(move || -> anyhow::Result<(Vec<Duration>, Vec<f64>, Vec<f64>)> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let mut reader = common::connect(&reader_bundle, &endpoint).await?;
+                let streamer = [common::connect(&streamer_bundle, &endpoint).await?];
+                let (mut latencies, mut rates) = (Vec::new(), Vec::new());
+                let mut i = 0u64;
+                while importing.load(Ordering::SeqCst) && latencies.len() < 1_000_000 && Instant::now() < deadline {
+                    for _ in 0..200 {
+                        let digest = common::digest_of(if i.is_multiple_of(10) { 0 } else { 2 }, i);
+                        let started = Instant::now();
+                        reader
+                            .query(flagshare::pb::QueryRequest {
+                                digests: digest.to_vec().into(),
+                            })
+                            .await?;
+                        latencies.push(started.elapsed());
+                        i += 1;
+                    }
+                    rates.push(common::stream_rate(&streamer, &round(i)).await.0);
                 }
-                rates.push(common::stream_rate(&streamer, &round(i)).await.0);
-            }
-            latencies.sort();
-            (latencies, rates)
+                latencies.sort();
+                let waited = Instant::now() + Duration::from_secs(120);
+                while !settled.load(Ordering::SeqCst) && Instant::now() < waited {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut idle = Vec::new();
+                for seed in 0..5 {
+                    idle.push(common::stream_rate(&streamer, &round(1_000 + seed)).await.0);
+                }
+                Ok((latencies, rates, idle))
+            })
         })
     };
     let imported = common::import(&loader, n).await;
     importing.store(false, Ordering::SeqCst);
     let (import_seconds, last) = imported?;
     assert_eq!(last.n_created, n, "every imported flag is new");
-    let (latencies, during) = probing.await?;
-    anyhow::ensure!(
-        !latencies.is_empty() && !during.is_empty(),
-        "no lookups ran during the import"
-    );
     // Idle: once RocksDB has compacted what the import left (bounded to a minute).
     if let Some(address) = &metrics {
-        let settled = Instant::now() + Duration::from_secs(60);
+        let limit = Instant::now() + Duration::from_secs(60);
         while common::scrape_value(address, "flagshare_rocksdb_pending_compaction_bytes")?.unwrap_or(0.0) > 0.0
-            && Instant::now() < settled
+            && Instant::now() < limit
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let mut idle = Vec::new();
-    for seed in 0..5 {
-        idle.push(
-            common::stream_rate(std::slice::from_ref(&streamer), &round(1_000 + seed))
-                .await
-                .0,
-        );
-    }
+    settled.store(true, Ordering::SeqCst);
+    let (latencies, during, idle) = tokio::task::spawn_blocking(move || probing.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
+    anyhow::ensure!(
+        !latencies.is_empty() && !during.is_empty(),
+        "no lookups ran during the import"
+    );
     let stall_micros = match metrics {
         Some(address) => common::scrape_value(&address, "flagshare_rocksdb_stall_microseconds_total")?,
         None => None,

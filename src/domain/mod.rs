@@ -44,6 +44,7 @@ pub use maintenance::{Retention, Stats, Sweep};
 pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
 pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
+pub use state::bulk_runtime;
 pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
 pub use submit::IMPORT_BLOCK;
 

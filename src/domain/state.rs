@@ -603,6 +603,29 @@ pub(super) async fn bulk<T: Send + 'static>(work: impl FnOnce() -> Result<T> + S
         .map_err(|_| Error::Internal("a bulk worker ended without its result".to_owned()))?
 }
 
+/// A runtime of one thread at the bulk priority, for the async side of bulk work (an
+/// import stream's decoding and checking), so that it does not hold the server's workers
+/// when lookups are waiting. `None` if it could not be started: the caller's runtime does.
+/// Single-digest p99 during an import of 3,000,000: 4.6-5.0 ms, against 5.5-5.8 with the
+/// import on the server's workers; the import alone took 10.8 s (median of 5) against 10.4.
+pub fn bulk_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static BULK: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    BULK.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("flagshare-bulk-io")
+            .on_thread_start(|| {
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BULK_NICE);
+            })
+            .enable_all()
+            .build()
+            .map_err(|err| tracing::warn!(%err, "no runtime for bulk streams; they run beside lookups"))
+            .ok()
+    })
+    .as_ref()
+    .map(tokio::runtime::Runtime::handle)
+}
+
 /// The nice value of bulk work (0 is normal, 19 the lowest): single-digest p99 during an
 /// import of 3,000,000 was 8.5-8.8 ms at 0, 4.9-5.4 ms at 10, 4.4 ms at 19.
 const BULK_NICE: i32 = 19;

@@ -808,3 +808,13 @@ async fn bulk_work_runs_at_a_lower_cpu_priority_and_leaves_other_threads_alone()
     let failed = super::state::bulk(|| -> Result<(), Error> { Err(Error::invalid("x".to_owned())) }).await;
     assert!(matches!(failed, Err(Error::InvalidArgument(_))), "{failed:?}");
 }
+
+#[tokio::test]
+async fn bulk_streams_run_on_a_runtime_at_the_bulk_priority() {
+    let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+    let before = own();
+    let bulk = super::bulk_runtime().expect("the bulk runtime starts");
+    let inside = bulk.spawn(async move { own() }).await.unwrap();
+    assert!(inside > before, "bulk streams at nice {inside}, the caller at {before}");
+    assert_eq!(own(), before, "the caller's thread keeps its priority");
+}

@@ -198,12 +198,17 @@ impl pb::flags_server::Flags for FlagsService {
             caller,
             idle: self.import_idle,
         };
-        tokio::spawn(async move {
+        let run = async move {
             let _held = (permit, slot);
             if let Err(status) = import.run(request.into_inner(), &sender).await {
                 let _ = sender.send(Err(status)).await;
             }
-        });
+        };
+        // Decoding and checking an import's messages is bulk work: at the bulk priority.
+        match crate::domain::bulk_runtime() {
+            Some(bulk) => drop(bulk.spawn(run)),
+            None => drop(tokio::spawn(run)),
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
