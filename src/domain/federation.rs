@@ -804,7 +804,7 @@ fn check_event(
 
 /// Adds or reconfigures a peer; the cursor, the counts and the operator id of an existing
 /// peer are kept (an id comes only from a bundle).
-pub(super) fn configure_peer(state: &State, admin: &Caller, mut record: PeerRecord) -> Result<PeerRecord> {
+pub(super) fn configure_peer(state: &State, admin: &Caller, mut record: PeerRecord, now: i64) -> Result<PeerRecord> {
     principals::validate_principal_name(&record.name)?;
     if !record.operator_id.is_empty() && parse_operator_id(&record.operator_id).is_none() {
         return Err(Error::invalid(format!(
@@ -851,7 +851,7 @@ pub(super) fn configure_peer(state: &State, admin: &Caller, mut record: PeerReco
         record.pass_on,
         record.reveal_names
     ));
-    state.commit_audited(batch, event, crate::util::now_ms())?;
+    state.commit_audited(batch, event, now)?;
     Ok(record)
 }
 
@@ -864,8 +864,7 @@ const RESNAPSHOT_CHUNK: usize = 1_000;
 /// their versions first (in commits of bounded size), and its snapshot brings back what it
 /// still holds. Flags of third operators it passed on stay (they are theirs to retract).
 /// Returns how many flags were dropped.
-pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Result<u64> {
-    let now = crate::util::now_ms();
+pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str, now: i64) -> Result<u64> {
     let peer = state
         .peer(name)?
         .ok_or_else(|| Error::NotFound(format!("name: no peer named '{name}'")))?;
@@ -928,8 +927,7 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str) -> Resu
     Ok(n_dropped)
 }
 
-pub(super) fn remove_peer(state: &State, admin: &Caller, name: &str) -> Result<()> {
-    let now = crate::util::now_ms();
+pub(super) fn remove_peer(state: &State, admin: &Caller, name: &str, now: i64) -> Result<()> {
     let _writer = state.writer();
     if state.peer(name)?.is_none() {
         return Err(Error::NotFound(format!("name: no peer named '{name}'")));

@@ -11,7 +11,6 @@ use crate::model::{
     AuditOp, Change, IssuedCertificate, LimitOverrides, PrincipalId, PrincipalRecord, PrincipalStatus, RetractReason,
     Role,
 };
-use crate::util::now_ms;
 
 /// Digests whose flags are withdrawn per commit: the writer lock is never held for more
 /// than this, however many flags a member has.
@@ -24,6 +23,7 @@ impl State {
         name: &str,
         role: Role,
         certificate: IssuedCertificate,
+        now: i64,
     ) -> Result<PrincipalRecord> {
         let cert_sha256 = certificate.sha256;
         principals::validate_principal_name(name)?;
@@ -36,7 +36,6 @@ impl State {
                 "certificate: already registered to another principal".to_owned(),
             ));
         }
-        let now = now_ms();
         let record = PrincipalRecord {
             id: self.registry.next_id()?,
             name: name.to_owned(),
@@ -64,6 +63,7 @@ impl State {
         name: &str,
         changes: LimitOverrides,
         clear: bool,
+        now: i64,
     ) -> Result<LimitOverrides> {
         let zero = [
             changes.digests_queried_per_second == Some(0),
@@ -94,7 +94,7 @@ impl State {
         let event = AuditEvent::new(admin.into(), AuditOp::SetLimits)
             .counts(1, 0)
             .detail(format!("{name}: {}", describe_limits(&updated)));
-        self.commit_audited(batch, event, now_ms())?;
+        self.commit_audited(batch, event, now)?;
         if let Some(record) = self.registry.by_name(name) {
             self.set_quarantine_override(record.id, updated.quarantine_new_flags_per_hour);
         }
@@ -125,6 +125,7 @@ impl State {
         name: &str,
         status: PrincipalStatus,
         withdraw_flags: bool,
+        now: i64,
     ) -> Result<(PrincipalRecord, u32)> {
         if name == admin.name {
             return Err(Error::FailedPrecondition(
@@ -158,7 +159,7 @@ impl State {
             let event = AuditEvent::new(admin.into(), op)
                 .counts(1, 0)
                 .detail(format!("{name} is now {status}"));
-            self.commit_audited(batch, event, now_ms())?;
+            self.commit_audited(batch, event, now)?;
             self.registry.upsert(record.clone());
             record
         };
@@ -166,7 +167,7 @@ impl State {
         // so other writers are never held up by a large member. Re-running the command
         // withdraws whatever a crash left.
         let n_withdrawn = if withdraw_flags {
-            self.withdraw_flags_of(admin, record.id, name)?
+            self.withdraw_flags_of(admin, record.id, name, now)?
         } else {
             0
         };
@@ -174,7 +175,7 @@ impl State {
     }
 
     /// Retracts (reason `withdrawn`) every flag of `member`, a chunk of digests per commit.
-    fn withdraw_flags_of(&self, admin: &Caller, member: PrincipalId, name: &str) -> Result<u32> {
+    fn withdraw_flags_of(&self, admin: &Caller, member: PrincipalId, name: &str, now: i64) -> Result<u32> {
         // Found without the lock (a scan of every summary); each chunk is re-read under it.
         let mut digests: Vec<Digest> = self
             .store
@@ -194,10 +195,10 @@ impl State {
                     .counts(n, n)
                     .detail(format!("withdrawn: flags of {name}"))
             },
-            now_ms(),
+            now,
         )?;
         // Its held flags go too: a suspended or removed member's flood is never released.
-        let n_held = self.reject_all_held(admin, member, name)?;
+        let n_held = self.reject_all_held(admin, member, name, now)?;
         Ok(u32::try_from(n_withdrawn + n_held).unwrap_or(u32::MAX))
     }
 
@@ -206,6 +207,7 @@ impl State {
         admin: &Caller,
         name: &str,
         certificate: IssuedCertificate,
+        now: i64,
     ) -> Result<PrincipalRecord> {
         let cert_sha256 = certificate.sha256;
         let _writer = self.writer();
@@ -233,14 +235,17 @@ impl State {
                 hex::encode(old),
                 hex::encode(cert_sha256)
             ));
-        self.commit_audited(batch, event, now_ms())?;
+        self.commit_audited(batch, event, now)?;
         self.registry.upsert(record.clone());
         Ok(record)
     }
 
-    pub(super) fn list_principals(&self, admin: &Caller) -> Result<Vec<PrincipalView>> {
+    pub(super) fn list_principals(&self, admin: &Caller, now: i64) -> Result<Vec<PrincipalView>> {
         let records = self.registry.list();
-        self.record(AuditEvent::new(admin.into(), AuditOp::ListPrincipals).counts(0, records.len() as u64))?;
+        self.record(
+            AuditEvent::new(admin.into(), AuditOp::ListPrincipals).counts(0, records.len() as u64),
+            now,
+        )?;
         let ledger = self.ledger();
         Ok(records
             .into_iter()

@@ -44,7 +44,6 @@ pub use maintenance::{Retention, Stats, Sweep};
 pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
 pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
-pub use state::bulk_runtime;
 pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
 pub use submit::IMPORT_BLOCK;
 
@@ -267,7 +266,8 @@ impl Domain {
     /// Records that `caller` disputes `flagged_by`'s flags on `digest`.
     pub async fn dispute(&self, caller: Caller, digest: Digest, flagged_by: String, note: String) -> Result<u32> {
         let state = self.state.clone();
-        blocking(move || state.dispute(&caller, digest, &flagged_by, &note)).await
+        let now = now_ms();
+        blocking(move || state.dispute(&caller, digest, &flagged_by, &note, now)).await
     }
 
     /// Records the start of a feed: a snapshot, or a resumption from a cursor.
@@ -275,7 +275,10 @@ impl Domain {
         let state = self.state.clone();
         blocking(move || {
             state
-                .record(AuditEvent::new((&caller).into(), AuditOp::Subscribe).detail(detail))
+                .record(
+                    AuditEvent::new((&caller).into(), AuditOp::Subscribe).detail(detail),
+                    now_ms(),
+                )
                 .map(drop)
         })
         .await
@@ -348,7 +351,10 @@ impl Domain {
         let state = self.state.clone();
         blocking(move || {
             state
-                .record(AuditEvent::new((&caller).into(), AuditOp::FederationPull).detail(format!("from {after}")))
+                .record(
+                    AuditEvent::new((&caller).into(), AuditOp::FederationPull).detail(format!("from {after}")),
+                    now_ms(),
+                )
                 .map(drop)
         })
         .await
@@ -380,7 +386,8 @@ impl Domain {
     /// Makes a peer's pull start again from 0 (it could not continue our cursor).
     pub async fn reset_peer_cursor(&self, peer: String, reason: String) -> Result<u64> {
         let state = self.state.clone();
-        blocking(move || federation::reset_peer_cursor(&state, &peer, &reason)).await
+        let now = now_ms();
+        blocking(move || federation::reset_peer_cursor(&state, &peer, &reason, now)).await
     }
 
     /// This database's identity (see `Store::db_identity`).
@@ -403,7 +410,10 @@ impl Domain {
         let state = self.state.clone();
         blocking(move || {
             state
-                .record(AuditEvent::new((&admin).into(), AuditOp::ListPeers).counts(0, n_peers as u64))
+                .record(
+                    AuditEvent::new((&admin).into(), AuditOp::ListPeers).counts(0, n_peers as u64),
+                    now_ms(),
+                )
                 .map(drop)
         })
         .await
@@ -412,14 +422,16 @@ impl Domain {
     /// Adds or reconfigures a peer; the cursor of an existing peer is kept.
     pub async fn configure_peer(&self, admin: Caller, record: PeerRecord) -> Result<PeerRecord> {
         let state = self.state.clone();
-        blocking(move || federation::configure_peer(&state, &admin, record)).await
+        let now = now_ms();
+        blocking(move || federation::configure_peer(&state, &admin, record, now)).await
     }
 
     /// Removes a peer and, with it, the `peer` principal of the same name: a peer that is
     /// gone may pull nothing more.
     pub async fn remove_peer(&self, admin: Caller, name: String) -> Result<()> {
         let state = self.state.clone();
-        blocking(move || federation::remove_peer(&state, &admin, &name)).await
+        let now = now_ms();
+        blocking(move || federation::remove_peer(&state, &admin, &name, now)).await
     }
 
     /// Records a counted refusal (for example of a federated event), outside any commit
@@ -428,7 +440,7 @@ impl Domain {
         let state = self.state.clone();
         blocking(move || {
             state
-                .record(AuditEvent::new(actor, op).counts(1, 0).detail(detail))
+                .record(AuditEvent::new(actor, op).counts(1, 0).detail(detail), now_ms())
                 .map(drop)
         })
         .await
@@ -443,7 +455,8 @@ impl Domain {
         certificate: crate::model::IssuedCertificate,
     ) -> Result<PrincipalRecord> {
         let state = self.state.clone();
-        blocking(move || state.add_principal(&admin, &name, role, certificate)).await
+        let now = now_ms();
+        blocking(move || state.add_principal(&admin, &name, role, certificate, now)).await
     }
 
     /// Suspends, reinstates or removes a principal; with `withdraw_flags`, its flags stop
@@ -456,7 +469,8 @@ impl Domain {
         withdraw_flags: bool,
     ) -> Result<(PrincipalRecord, u32)> {
         let state = self.state.clone();
-        blocking(move || state.set_principal_status(&admin, &name, status, withdraw_flags)).await
+        let now = now_ms();
+        blocking(move || state.set_principal_status(&admin, &name, status, withdraw_flags, now)).await
     }
 
     /// Every member's quarantined flags, counted.
@@ -487,13 +501,15 @@ impl Domain {
     /// Releases a chunk of a member's quarantined flags: (released, still held).
     pub async fn quarantine_release(&self, admin: Caller, member: String) -> Result<(u32, u64)> {
         let state = self.state.clone();
-        blocking(move || state.quarantine_release(&admin, &member)).await
+        let now = now_ms();
+        blocking(move || state.quarantine_release(&admin, &member, now)).await
     }
 
     /// Rejects (deletes) a chunk of a member's quarantined flags: (rejected, still held).
     pub async fn quarantine_reject(&self, admin: Caller, member: String) -> Result<(u32, u64)> {
         let state = self.state.clone();
-        blocking(move || state.quarantine_reject(&admin, &member)).await
+        let now = now_ms();
+        blocking(move || state.quarantine_reject(&admin, &member, now)).await
     }
 
     /// Sets a principal's limit overrides (`clear` drops the old ones first).
@@ -505,7 +521,8 @@ impl Domain {
         clear: bool,
     ) -> Result<crate::model::LimitOverrides> {
         let state = self.state.clone();
-        blocking(move || state.set_limits(&admin, &name, changes, clear)).await
+        let now = now_ms();
+        blocking(move || state.set_limits(&admin, &name, changes, clear, now)).await
     }
 
     /// Every principal's limit overrides, by name.
@@ -519,7 +536,10 @@ impl Domain {
         let state = self.state.clone();
         blocking(move || {
             state
-                .record(AuditEvent::new((&admin).into(), op).counts(1, 1).detail(detail))
+                .record(
+                    AuditEvent::new((&admin).into(), op).counts(1, 1).detail(detail),
+                    now_ms(),
+                )
                 .map(drop)
         })
         .await
@@ -534,6 +554,7 @@ impl Domain {
                     AuditEvent::new((&caller).into(), AuditOp::LimitExceeded)
                         .counts(1, 0)
                         .detail(detail),
+                    now_ms(),
                 )
                 .map(drop)
         })
@@ -548,12 +569,14 @@ impl Domain {
         certificate: crate::model::IssuedCertificate,
     ) -> Result<PrincipalRecord> {
         let state = self.state.clone();
-        blocking(move || state.rotate_certificate(&admin, &name, certificate)).await
+        let now = now_ms();
+        blocking(move || state.rotate_certificate(&admin, &name, certificate, now)).await
     }
 
     pub async fn list_principals(&self, admin: Caller) -> Result<Vec<PrincipalView>> {
         let state = self.state.clone();
-        blocking(move || state.list_principals(&admin)).await
+        let now = now_ms();
+        blocking(move || state.list_principals(&admin, now)).await
     }
 
     pub async fn list_audit(&self, admin: Caller, filter: AuditFilter) -> Result<Vec<AuditEntry>> {
@@ -564,6 +587,7 @@ impl Domain {
                 AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
                     .counts(0, entries.len() as u64)
                     .detail("list"),
+                now_ms(),
             )?;
             Ok(entries)
         })
@@ -580,6 +604,7 @@ impl Domain {
                 AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
                     .counts(report.n_checked, 0)
                     .detail("verify"),
+                now_ms(),
             )?;
             Ok(report)
         })
@@ -590,7 +615,7 @@ impl Domain {
         let state = self.state.clone();
         blocking(move || {
             let stats = maintenance::stats(&state, now_ms())?;
-            state.record(AuditEvent::new((&admin).into(), AuditOp::Stats))?;
+            state.record(AuditEvent::new((&admin).into(), AuditOp::Stats), now_ms())?;
             Ok(stats)
         })
         .await
@@ -605,7 +630,10 @@ impl Domain {
                 return Err(Error::AlreadyExists(format!("dir: {} already exists", dir.display())));
             }
             // Recorded first, so the copy holds the entry that describes it.
-            state.record(AuditEvent::new((&admin).into(), AuditOp::Backup).detail(dir.display().to_string()))?;
+            state.record(
+                AuditEvent::new((&admin).into(), AuditOp::Backup).detail(dir.display().to_string()),
+                now_ms(),
+            )?;
             // Under the writer lock: the copy never falls inside an import block (between
             // its commit and the ingestion of its summaries file, which the copy would lack).
             let _writer = state.writer();
@@ -632,7 +660,7 @@ impl Domain {
     pub async fn compact(&self, admin: Caller) -> Result<()> {
         let state = self.state.clone();
         blocking(move || {
-            state.record(AuditEvent::new((&admin).into(), AuditOp::Compact))?;
+            state.record(AuditEvent::new((&admin).into(), AuditOp::Compact), now_ms())?;
             state.store.compact_all()?;
             Ok(())
         })

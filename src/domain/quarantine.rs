@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::model::{AuditOp, Change, FlagKey, PrincipalId, PrincipalStatus, SummaryEntry};
 use crate::store::Store;
 use crate::store::keys::{HELD_PAGE_KEY_LEN, held_page_key};
-use crate::util::now_ms;
 
 const WINDOW_MS: i64 = 60 * 60 * 1000;
 /// Quarantined flags released or rejected per commit.
@@ -178,9 +177,8 @@ impl State {
 
     /// Releases up to `QUARANTINE_CHUNK` of `member`'s quarantined flags in one audited
     /// commit: they go live (and federate) as of now. Returns (released, still held).
-    pub(super) fn quarantine_release(&self, admin: &Caller, name: &str) -> Result<(u32, u64)> {
+    pub(super) fn quarantine_release(&self, admin: &Caller, name: &str, now: i64) -> Result<(u32, u64)> {
         let member = self.quarantined_member(name)?;
-        let now = now_ms();
         let mut last_sequence = self.writer();
         // Checked under the lock: a suspension or removal may be under way.
         if let Some(record) = self.registry.by_name(name)
@@ -237,17 +235,17 @@ impl State {
 
     /// Deletes up to `QUARANTINE_CHUNK` of `member`'s quarantined flags in one audited
     /// commit; they never matched. Returns (rejected, still held).
-    pub(super) fn quarantine_reject(&self, admin: &Caller, name: &str) -> Result<(u32, u64)> {
+    pub(super) fn quarantine_reject(&self, admin: &Caller, name: &str, now: i64) -> Result<(u32, u64)> {
         let member = self.quarantined_member(name)?;
-        self.reject_chunk(admin, member, name)
+        self.reject_chunk(admin, member, name, now)
     }
 
     /// Deletes every held flag of `member`, a chunk per audited commit (a suspension or
     /// removal that withdraws the member's flags); how many.
-    pub(super) fn reject_all_held(&self, admin: &Caller, member: PrincipalId, name: &str) -> Result<u64> {
+    pub(super) fn reject_all_held(&self, admin: &Caller, member: PrincipalId, name: &str, now: i64) -> Result<u64> {
         let mut n_rejected = 0;
         loop {
-            let (n_done, n_left) = self.reject_chunk(admin, member, name)?;
+            let (n_done, n_left) = self.reject_chunk(admin, member, name, now)?;
             n_rejected += u64::from(n_done);
             if n_done == 0 || n_left == 0 {
                 return Ok(n_rejected);
@@ -255,7 +253,7 @@ impl State {
         }
     }
 
-    fn reject_chunk(&self, admin: &Caller, member: PrincipalId, name: &str) -> Result<(u32, u64)> {
+    fn reject_chunk(&self, admin: &Caller, member: PrincipalId, name: &str, now: i64) -> Result<(u32, u64)> {
         let writer = self.writer();
         let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
         let mut batch = self.store.batch();
@@ -267,7 +265,7 @@ impl State {
             .counts(rows.len() as u64, rows.len() as u64)
             .detail(format!("{name}: {} quarantined flags rejected", rows.len()))
             .digests(digests);
-        self.commit_audited(batch, event, now_ms())?;
+        self.commit_audited(batch, event, now)?;
         // Counted after the writer is released: a flood may leave millions to count.
         drop(writer);
         Ok((rows.len() as u32, self.remaining(member)?))

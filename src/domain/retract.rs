@@ -10,7 +10,6 @@ use super::state::{Removal, State, stage_dispute_cleanup, stage_removal};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{AuditOp, Change, ChangeRecord, Distribution, FlagKey, RetractReason, SummaryEntry};
-use crate::util::now_ms;
 
 impl State {
     pub(super) fn retract(
@@ -97,7 +96,14 @@ impl State {
         })
     }
 
-    pub(super) fn dispute(&self, caller: &Caller, digest: Digest, flagged_by: &str, note: &str) -> Result<u32> {
+    pub(super) fn dispute(
+        &self,
+        caller: &Caller,
+        digest: Digest,
+        flagged_by: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<u32> {
         if note.len() > flags::MAX_REFERENCE_LEN {
             return Err(Error::invalid(format!(
                 "note: {} bytes is over the limit of {}",
@@ -114,7 +120,6 @@ impl State {
                 "member: a member cannot dispute its own flags; retract them instead",
             ));
         }
-        let now = now_ms();
         let mut last_sequence = self.writer();
         let entries = self.store.get_summaries(&[digest])?.pop().flatten().unwrap_or_default();
         let disputed: Vec<&SummaryEntry> = entries

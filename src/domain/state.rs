@@ -8,7 +8,7 @@
 //! in-memory sequence moves only after a successful commit, the next write starts from
 //! the committed state.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -22,7 +22,6 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{Change, ChangeRecord, FlagKey, FlagRecord, OriginSignature, PrincipalId, SummaryEntry, is_foreign};
 use crate::store::{Batch, Durability, PendingImport, Store};
-use crate::util::now_ms;
 
 /// Most flags one digest may hold from one origin (this operator's members together, or
 /// one other operator's). A digest's flags are read whole on every hit, so the row must
@@ -314,8 +313,8 @@ impl State {
     }
 
     /// Records a call that changes nothing else.
-    pub(super) fn record(&self, event: AuditEvent) -> Result<u64> {
-        self.commit_audited(self.store.batch(), event, now_ms())
+    pub(super) fn record(&self, event: AuditEvent, now: i64) -> Result<u64> {
+        self.commit_audited(self.store.batch(), event, now)
     }
 
     /// Records a read-only call: its entry is written without waiting for the disk.
@@ -324,7 +323,9 @@ impl State {
             .commit(&self.store, self.store.batch(), event, now, Durability::Buffered)
     }
 
-    pub(super) fn read_summaries(&self, sorted_digests: &[Digest]) -> Result<HashMap<Digest, Vec<SummaryEntry>>> {
+    /// Ordered by digest: whoever walks the result writes in that order, the same on every
+    /// copy of the store (a `HashMap`'s order differs from one process to the next).
+    pub(super) fn read_summaries(&self, sorted_digests: &[Digest]) -> Result<BTreeMap<Digest, Vec<SummaryEntry>>> {
         Ok(sorted_digests
             .iter()
             .copied()
@@ -601,29 +602,6 @@ pub(super) async fn bulk<T: Send + 'static>(work: impl FnOnce() -> Result<T> + S
     result
         .await
         .map_err(|_| Error::Internal("a bulk worker ended without its result".to_owned()))?
-}
-
-/// A runtime of one thread at the bulk priority, for the async side of bulk work (an
-/// import stream's decoding and checking), so that it does not hold the server's workers
-/// when lookups are waiting. `None` if it could not be started: the caller's runtime does.
-/// Single-digest p99 during an import of 3,000,000: 4.6-5.0 ms, against 5.5-5.8 with the
-/// import on the server's workers; the import alone took 10.8 s (median of 5) against 10.4.
-pub fn bulk_runtime() -> Option<&'static tokio::runtime::Handle> {
-    static BULK: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
-    BULK.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("flagshare-bulk-io")
-            .on_thread_start(|| {
-                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BULK_NICE);
-            })
-            .enable_all()
-            .build()
-            .map_err(|err| tracing::warn!(%err, "no runtime for bulk streams; they run beside lookups"))
-            .ok()
-    })
-    .as_ref()
-    .map(tokio::runtime::Runtime::handle)
 }
 
 /// The nice value of bulk work (0 is normal, 19 the lowest): single-digest p99 during an

@@ -809,12 +809,101 @@ async fn bulk_work_runs_at_a_lower_cpu_priority_and_leaves_other_threads_alone()
     assert!(matches!(failed, Err(Error::InvalidArgument(_))), "{failed:?}");
 }
 
-#[tokio::test]
-async fn bulk_streams_run_on_a_runtime_at_the_bulk_priority() {
-    let own = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-    let before = own();
-    let bulk = super::bulk_runtime().expect("the bulk runtime starts");
-    let inside = bulk.spawn(async move { own() }).await.unwrap();
-    assert!(inside > before, "bulk streams at nice {inside}, the caller at {before}");
-    assert_eq!(own(), before, "the caller's thread keeps its priority");
+/// Copies the folder `from` into the new folder `to` (a closed store).
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// What a replicated log rests on: state changes take their time from the caller (the
+/// facade stamps it) and never read the clock, so two copies of one store given the same
+/// operations at the same times end alike, change log and audit chain included, however
+/// far apart in real time they run.
+#[test]
+fn the_same_operations_at_the_same_times_leave_two_copies_of_a_store_alike() {
+    let root = tempfile::tempdir().unwrap();
+    let (first, second) = (root.path().join("first"), root.path().join("second"));
+    drop(
+        Domain::open(
+            Store::open(&first, &StoreOptions::default()).unwrap(),
+            Policy::default(),
+        )
+        .unwrap(),
+    );
+    copy_folder(&first, &second);
+    let run = |dir: &std::path::Path| {
+        let domain = Domain::open(Store::open(dir, &StoreOptions::default()).unwrap(), Policy::default()).unwrap();
+        let state = &domain.state;
+        let mut now = 1_800_000_000_000;
+        let mut tick = || {
+            now += 1_000;
+            now
+        };
+        let certificate = |name: &str| crate::model::IssuedCertificate {
+            sha256: *blake3::hash(name.as_bytes()).as_bytes(),
+            not_after_ms: i64::MAX,
+        };
+        let mut callers = Vec::new();
+        for name in ["alpha", "beta"] {
+            let record = state
+                .add_principal(&Actor::system(), name, Role::Member, certificate(name), tick())
+                .unwrap();
+            callers.push(Caller {
+                id: record.id,
+                name: record.name,
+                role: Role::Member,
+                cert_sha256: certificate(name).sha256,
+            });
+        }
+        let digests: Vec<Digest> = (0u8..20).map(|i| *blake3::hash(&[i]).as_bytes()).collect();
+        let new_flags: Vec<NewFlag> = digests
+            .iter()
+            .map(|digest| flag(*digest, Kind::Email, Category::Grooming))
+            .collect();
+        state.submit(&callers[0], &new_flags, 1, tick()).unwrap();
+        state.submit(&callers[1], &new_flags[..5], 1, tick()).unwrap();
+        state.query(&callers[1], &digests, tick()).unwrap();
+        let selectors = [FlagSelector {
+            digest: digests[3],
+            kind: None,
+            category: None,
+        }];
+        state
+            .retract(&callers[0], &selectors, RetractReason::AppealUpheld, tick())
+            .unwrap();
+        state
+            .dispute(&callers[1], digests[4], "alpha", "not ours", tick())
+            .unwrap();
+        let limits = LimitOverrides {
+            flags_submitted_per_second: Some(50),
+            ..LimitOverrides::default()
+        };
+        state.set_limits(&admin(), "beta", limits, false, tick()).unwrap();
+        state
+            .rotate_certificate(&admin(), "beta", certificate("beta-2"), tick())
+            .unwrap();
+        super::federation::configure_peer(state, &admin(), PeerRecord::policy_only("peer-x"), tick()).unwrap();
+        super::federation::remove_peer(state, &admin(), "peer-x", tick()).unwrap();
+        state
+            .set_principal_status(&admin(), "alpha", PrincipalStatus::Suspended, true, tick())
+            .unwrap();
+        state.list_principals(&admin(), tick()).unwrap();
+        let report = audit::verify(&state.store).unwrap();
+        assert!(report.broken.is_none(), "{report:?}");
+        let changes = state.store.changes_after(0, 100_000).unwrap();
+        assert!(changes.len() >= 25, "{}", changes.len());
+        (report.head_hash, report.n_checked, format!("{changes:?}"))
+    };
+    let one = run(&first);
+    // Real time moves on between the two; what they stored must not.
+    #[allow(clippy::disallowed_methods)] // a plain test thread
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(one, run(&second));
 }
