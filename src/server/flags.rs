@@ -198,9 +198,10 @@ impl pb::flags_server::Flags for FlagsService {
             caller,
             idle: self.import_idle,
         };
-        // Decoding and checking an import's messages stays on the server's workers: on a
-        // one-thread runtime at nice 19 it took single-digest p99 during an import of
-        // 10,000,000 from 5.7-6.0 ms to 5.3-5.4 ms but made the import 10-17% slower.
+        // Decoding and checking an import's messages stays on the server's workers. On a
+        // one-thread runtime at nice 19, single-digest p99 during an import of 10,000,000
+        // was 5.3-5.4 ms (5.8-6.3 here) but the import took 1.03-1.08 of the Submit load's
+        // time in the same runs, against 0.99 here: not worth the slower import.
         tokio::spawn(async move {
             let _held = (permit, slot);
             if let Err(status) = import.run(request.into_inner(), &sender).await {

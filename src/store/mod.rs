@@ -207,7 +207,7 @@ fn family_options(name: &str, cache: &Cache) -> Options {
             // data block is searched where the kernel holds it instead of being copied
             // into the cache first (hits 6-23% faster at 10,000,000, benches/ab.rs). The
             // family's filters and indexes then stay in memory with their table readers:
-            // about 2 bytes per digest (20 MiB at 10,000,000), bounded by the data.
+            // about a byte per digest (the heap 100 MiB at 1,000,000, 130 at 30,000,000).
             table.disable_cache();
             table.set_cache_index_and_filter_blocks(false);
             table.set_pin_l0_filter_and_index_blocks_in_cache(false);
