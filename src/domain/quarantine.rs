@@ -91,16 +91,22 @@ impl State {
         };
     }
 
-    pub(super) fn count_new_flags(&self, member: PrincipalId, n_created: u64, now: i64) {
+    /// `member`'s window once `n_created` more new flags are committed at `now`, or `None`
+    /// when nothing is counted (no quarantine for it, or no new flag). Staged in the batch
+    /// that commits the flags, then set with `set_window` once it is committed.
+    pub(super) fn next_window(&self, member: PrincipalId, n_created: u64, now: i64) -> Option<(i64, u64)> {
         if self.quarantine_threshold(member) == 0 || n_created == 0 {
-            return;
+            return None;
         }
-        let mut windows = self.new_flags_window.lock();
-        let window = windows.entry(member).or_insert((now, 0));
-        if now - window.0 >= WINDOW_MS {
-            *window = (now, 0);
-        }
-        window.1 += n_created;
+        let (start, count) = match self.new_flags_window.lock().get(&member) {
+            Some(&(start, count)) if now - start < WINDOW_MS => (start, count),
+            _ => (now, 0),
+        };
+        Some((start, count.saturating_add(n_created)))
+    }
+
+    pub(super) fn set_window(&self, member: PrincipalId, window: (i64, u64)) {
+        self.new_flags_window.lock().insert(member, window);
     }
 
     pub(super) fn has_quarantined(&self, member: PrincipalId) -> bool {

@@ -62,7 +62,8 @@ pub(crate) struct State {
     /// stays free for queries and submissions.
     pub(super) stream_work: tokio::sync::Semaphore,
     /// New flags each member committed in the current quarantine window: (window start
-    /// ms, count). In memory: a restart opens a new window.
+    /// ms, count). Kept in `meta` with the flags it counts, loaded at open: a restart, or
+    /// another copy of the store, continues the same window.
     pub(super) new_flags_window: parking_lot::Mutex<HashMap<crate::model::PrincipalId, (i64, u64)>>,
     /// Principals whose flood-quarantine threshold an admin set (`admin member limits`).
     pub(super) quarantine_overrides: RwLock<HashMap<crate::model::PrincipalId, u64>>,
@@ -125,6 +126,11 @@ impl State {
         );
         let db_identity = store.db_identity()?;
         let quarantined_members = super::quarantine::members_with_rows(&store)?;
+        let windows = store
+            .load_quarantine_windows()?
+            .into_iter()
+            .map(|(member, start, count)| (member, (start, count)))
+            .collect();
         Ok(State {
             #[cfg(test)]
             fault: std::sync::atomic::AtomicBool::new(false),
@@ -140,7 +146,7 @@ impl State {
             metrics: Metrics::default(),
             federation,
             disputed,
-            new_flags_window: parking_lot::Mutex::new(HashMap::new()),
+            new_flags_window: parking_lot::Mutex::new(windows),
             quarantined_members: RwLock::new(quarantined_members),
             quarantine_overrides: RwLock::new(HashMap::new()),
             hold: std::sync::atomic::AtomicU64::new(NO_HOLD),

@@ -179,6 +179,10 @@ impl State {
         let event = AuditEvent::new(caller.into(), op)
             .counts(new_flags.len() as u64, u64::from(n_created + n_updated))
             .detail(detail);
+        let window = self.next_window(caller.id, u64::from(n_created), now);
+        if let Some((start, count)) = window {
+            batch.put_quarantine_window(caller.id, start, count);
+        }
         if import {
             let rows: Vec<(Digest, Vec<SummaryEntry>)> = digests.into_iter().zip(summaries).collect();
             self.commit_ingesting(batch, event, now, &rows, *last_sequence, sequence)?;
@@ -189,7 +193,9 @@ impl State {
             self.commit_audited(batch, event, now)?;
         }
         *last_sequence = sequence;
-        self.count_new_flags(caller.id, u64::from(n_created), now);
+        if let Some(window) = window {
+            self.set_window(caller.id, window);
+        }
         if n_quarantined > 0 {
             self.quarantined_members.write().insert(caller.id);
         }

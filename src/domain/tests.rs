@@ -907,3 +907,41 @@ fn the_same_operations_at_the_same_times_leave_two_copies_of_a_store_alike() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     assert_eq!(one, run(&second));
 }
+
+/// The flood quarantine's hourly count is stored with the flags it counts: a restart within
+/// the hour does not give a member a fresh allowance.
+#[tokio::test]
+async fn a_restart_continues_the_quarantine_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let reopen = || {
+        Domain::open(
+            Store::open(dir.path(), &StoreOptions::default()).unwrap(),
+            quarantine_after_one(),
+        )
+        .unwrap()
+    };
+    let domain = reopen();
+    let flooder = member(&domain, "flooder").await;
+    let digest = |i: u8| *blake3::hash(&[i]).as_bytes();
+    let first = domain
+        .submit(
+            flooder.clone(),
+            vec![flag(digest(1), Kind::Email, Category::Grooming)],
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.n_created, first.n_quarantined), (1, 0));
+    drop(domain);
+
+    let domain = reopen();
+    let second = domain
+        .submit(flooder, vec![flag(digest(2), Kind::Email, Category::Grooming)], 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.n_created, second.n_quarantined),
+        (0, 1),
+        "the hour's allowance was used before the restart"
+    );
+}

@@ -30,6 +30,9 @@ pub const SEQUENCE_FLOOR_KEY: &[u8] = b"sequence_floor";
 pub const PENDING_INGEST_KEY: &[u8] = b"pending_ingest";
 /// `limits/<principal name>`: that principal's limit overrides (JSON).
 pub const LIMITS_PREFIX: &[u8] = b"limits/";
+/// `meta` rows `quarantine_window/<member id, 4 bytes BE>` → window start ms (8 bytes BE)
+/// and new flags committed in it (8 bytes BE).
+pub const QUARANTINE_WINDOW_PREFIX: &[u8] = b"quarantine_window/";
 pub const DISPUTE_KEY_LEN: usize = DIGEST_LEN + 4 + 4;
 
 pub fn dispute_key(digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId) -> [u8; DISPUTE_KEY_LEN] {

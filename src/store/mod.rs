@@ -495,6 +495,37 @@ impl Store {
             .collect()
     }
 
+    /// Every member's flood-quarantine window: (member, window start ms, new flags in it).
+    pub fn load_quarantine_windows(&self) -> Result<Vec<(PrincipalId, i64, u64)>, StoreError> {
+        let prefix = keys::QUARANTINE_WINDOW_PREFIX;
+        self.db
+            .prefix_iterator_cf(self.cf(cf::META), prefix)
+            .map(|item| -> Result<_, StoreError> { Ok(item?) })
+            .take_while(|item| item.as_ref().map_or(true, |(key, _)| key.starts_with(prefix)))
+            .map(|item| {
+                let (key, value) = item?;
+                let malformed = || DecodeError {
+                    what: "quarantine window",
+                    reason: format!("{} key bytes, {} value bytes", key.len(), value.len()),
+                };
+                let member = <[u8; 4]>::try_from(&key[prefix.len()..]).map_err(|_| malformed())?;
+                let start = value
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .ok_or_else(malformed)?;
+                let count = value
+                    .get(8..16)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .ok_or_else(malformed)?;
+                Ok((
+                    u32::from_be_bytes(member),
+                    i64::from_be_bytes(start),
+                    u64::from_be_bytes(count),
+                ))
+            })
+            .collect()
+    }
+
     /// Every peer row, as stored (`[1, JSON]`).
     pub fn load_peers(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         self.db
@@ -1247,6 +1278,14 @@ impl Batch<'_> {
     pub fn delete_quarantined(&mut self, key: &FlagKey) {
         self.inner
             .delete_cf(self.store.cf(cf::QUARANTINE), keys::quarantine_key(key));
+    }
+
+    /// A member's flood-quarantine window, committed with the flags it counts, so a restart
+    /// (or another copy of the store) continues the same window.
+    pub fn put_quarantine_window(&mut self, member: PrincipalId, start_ms: i64, count: u64) {
+        let key = [keys::QUARANTINE_WINDOW_PREFIX, &member.to_be_bytes()[..]].concat();
+        let value = [start_ms.to_be_bytes(), count.to_be_bytes()].concat();
+        self.inner.put_cf(self.store.cf(cf::META), key, value);
     }
 
     pub fn put_limits(&mut self, name: &str, encoded: &[u8]) {
