@@ -180,13 +180,15 @@ impl Federation {
     /// scan began; returns their ids. Frees their places under the per-origin bound.
     pub fn forget_orphans(&self, referenced: &HashSet<PrincipalId>, scan: u64) -> Vec<PrincipalId> {
         let mut foreign = self.foreign.lock();
-        let orphans: Vec<PrincipalId> = foreign
+        let mut orphans: Vec<PrincipalId> = foreign
             .by_id
             .keys()
             .copied()
             .filter(|id| !referenced.contains(id))
             .filter(|id| foreign.last_used.get(id).is_none_or(|used| *used < scan))
             .collect();
+        // In id order, not the map's (which differs from one process to the next).
+        orphans.sort_unstable();
         for id in &orphans {
             if let Some(member) = foreign.by_id.remove(id) {
                 foreign.by_identity.remove(&(member.origin, member.pseudonym));
