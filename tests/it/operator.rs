@@ -90,10 +90,36 @@ impl Site {
         out.trim().split('\t').nth(1).unwrap().to_owned()
     }
 
+    /// `flagshare query --mirror M --key K --kind email --json EMAILS...`
+    fn query_mirror(&self, mirror: &Path, emails: &[&str]) -> Output {
+        let mut args = vec![
+            "query",
+            "--mirror",
+            path(mirror),
+            "--key",
+            path(&self.key),
+            "--kind",
+            "email",
+            "--json",
+        ];
+        args.extend_from_slice(emails);
+        flagshare(&args)
+    }
+
     fn admin_json(&self, server: &ServeProcess, args: &[&str]) -> Vec<Value> {
         let mut all = args.to_vec();
         all.push("--json");
         json_lines(&ok(admin(&self.data, server, &all)))
+    }
+}
+
+/// Polls `check` until it holds; fails after 30 s naming `what`.
+fn wait_for(what: &str, check: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        #[allow(clippy::disallowed_methods)] // a plain test thread polling child processes
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -556,14 +582,6 @@ fn two_operators_federate_through_the_admin_cli() {
     let alpha = site_a.add(&a, "alpha");
     let beta = site_b.add(&b, "beta");
 
-    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            #[allow(clippy::disallowed_methods)] // a plain test thread polling child processes
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     site_a.submit(&a, &alpha, "grooming", &[], "first@example.com");
     wait_for("A's flag matches on B", &|| {
         site_b.query(&b, &beta, &["first@example.com"]).len() == 1
@@ -631,20 +649,15 @@ fn a_mirror_answers_as_the_server_does_and_follows_retractions() {
         ]))
     };
     let from_mirror = || {
-        json_lines(&ok(flagshare(&[
-            "query",
-            "--mirror",
-            path(&mirror),
-            "--key",
-            path(&site.key),
-            "--kind",
-            "email",
-            "--json",
-            "m1@example.com",
-            "m2@example.com",
-            "m3@example.com",
-            "clean@example.com",
-        ])))
+        json_lines(&ok(site.query_mirror(
+            &mirror,
+            &[
+                "m1@example.com",
+                "m2@example.com",
+                "m3@example.com",
+                "clean@example.com",
+            ],
+        )))
     };
     let questions = [
         "m1@example.com",
@@ -773,26 +786,8 @@ fn a_bundle_listing_several_nodes_reaches_one_that_answers_and_a_mirror_moves_ov
         .spawn()
         .unwrap();
     let mirrored = |email: &str| {
-        let out = flagshare(&[
-            "query",
-            "--mirror",
-            path(&mirror),
-            "--key",
-            path(&site.key),
-            "--kind",
-            "email",
-            "--json",
-            email,
-        ]);
+        let out = site.query_mirror(&mirror, &[email]);
         out.status.success() && json_lines(&stdout(&out)).len() == 1
-    };
-    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            #[allow(clippy::disallowed_methods)] // a plain test thread polling child processes
-            std::thread::sleep(Duration::from_millis(100));
-        }
     };
     wait_for("the mirror holds the first flag", &|| mirrored("before@example.com"));
     drop(first); // SIGKILL
@@ -918,20 +913,7 @@ fn removals_leave_feeds_and_disk_and_stale_or_restored_cursors_re_snapshot() {
             path(mirror),
         ]))
     };
-    let from_mirror = |mirror: &Path| {
-        let mut args = vec![
-            "query",
-            "--mirror",
-            path(mirror),
-            "--key",
-            path(&site.key),
-            "--kind",
-            "email",
-            "--json",
-        ];
-        args.extend(everyone.iter().copied());
-        json_lines(&ok(flagshare(&args)))
-    };
+    let from_mirror = |mirror: &Path| json_lines(&ok(site.query_mirror(mirror, &everyone)));
     sync(&mirror, &endpoint);
     assert_eq!(from_mirror(&mirror).len(), 25);
     let backup = site.root.join("backup-1");
