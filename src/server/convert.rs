@@ -343,13 +343,11 @@ pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
         ));
     }
     // One endpoint, or a comma-separated list of a replicated peer's nodes.
-    if let Some(bad) = crate::client::split_endpoints(&request.endpoint)
-        .into_iter()
-        .find(|endpoint| !endpoint.starts_with("https://"))
-    {
+    let endpoints = crate::client::split_endpoints(&request.endpoint);
+    if let Some(bad) = endpoints.iter().find(|endpoint| !endpoint.starts_with("https://")) {
         return Err(Error::invalid(format!("endpoint: '{bad}' must start with https://")));
     }
-    if !request.endpoint.is_empty() && crate::client::split_endpoints(&request.endpoint).is_empty() {
+    if !request.endpoint.is_empty() && endpoints.is_empty() {
         return Err(Error::invalid("endpoint: no endpoint in the list"));
     }
     if !request.bundle_dir.is_empty() && !std::path::Path::new(&request.bundle_dir).is_absolute() {

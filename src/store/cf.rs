@@ -17,8 +17,8 @@
 /// a cursor below it cannot be continued; `b"sequence_floor"` → u64 BE: the newest sequence
 /// handed out when the newest change-log row was deleted, so sequences never go back;
 /// `b"limits/" + name` → `[1, JSON]`: that principal's limit overrides (`LimitOverrides`);
-/// `b"quarantine_window/" + member id (u32 BE)` → window start ms (i64 BE) and new flags
-/// committed in it (u64 BE): the flood quarantine's hourly count (`domain::quarantine`);
+/// `b"quarantine_window/" + member id (u32 BE)` → `[1, window start ms i64, new flags
+/// committed in it u64]`: the flood quarantine's hourly count (`domain::quarantine`);
 /// `b"pending_ingest"` → UTF-8 path of a summaries file an import block committed with and
 /// has not ingested yet (ingested at the next open if the server stopped first).
 pub const META: &str = "meta";

@@ -38,6 +38,7 @@ const SIGNED_WITH_PATH: u8 = 2;
 const PRINCIPAL_STATS_V1: u8 = 1;
 const AUDIT_V1: u8 = 1;
 const DISPUTE_V1: u8 = 1;
+const QUARANTINE_WINDOW_V1: u8 = 1;
 
 /// Reads fields in order, turning a short or malformed value into a `DecodeError`.
 struct Reader<'a> {
@@ -439,6 +440,22 @@ pub fn decode_foreign_member(bytes: &[u8]) -> Result<ForeignMember, DecodeError>
     })
 }
 
+/// quarantine window v1: `[1, start ms i64, new flags in it u64]`.
+pub fn encode_quarantine_window(start_ms: i64, count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(QUARANTINE_WINDOW_V1);
+    out.extend_from_slice(&start_ms.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out
+}
+
+pub fn decode_quarantine_window(bytes: &[u8]) -> Result<(i64, u64), DecodeError> {
+    let mut reader = Reader::new("quarantine window", bytes, QUARANTINE_WINDOW_V1)?;
+    let start_ms = reader.i64()?;
+    let count = reader.i64()? as u64;
+    reader.finish((start_ms, count))
+}
+
 pub fn encode_dispute(at_ms: i64) -> Vec<u8> {
     let mut out = vec![DISPUTE_V1];
     out.extend_from_slice(&at_ms.to_be_bytes());
@@ -461,6 +478,19 @@ mod tests {
             distribution: crate::model::Distribution::Federated,
             sequence: u64::from(member) << 32 | 5,
         }
+    }
+
+    #[test]
+    fn quarantine_window_round_trips_and_a_short_one_is_refused() {
+        let encoded = encode_quarantine_window(1_800_000_000_000, 100_001);
+        assert_eq!(
+            decode_quarantine_window(&encoded).unwrap(),
+            (1_800_000_000_000, 100_001)
+        );
+        assert!(decode_quarantine_window(&encoded[..12]).is_err());
+        let key = crate::store::keys::quarantine_window_key(7);
+        assert_eq!(crate::store::keys::decode_quarantine_window_key(&key).unwrap(), 7);
+        assert!(crate::store::keys::decode_quarantine_window_key(&key[..key.len() - 1]).is_err());
     }
 
     #[test]

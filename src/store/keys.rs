@@ -30,9 +30,24 @@ pub const SEQUENCE_FLOOR_KEY: &[u8] = b"sequence_floor";
 pub const PENDING_INGEST_KEY: &[u8] = b"pending_ingest";
 /// `limits/<principal name>`: that principal's limit overrides (JSON).
 pub const LIMITS_PREFIX: &[u8] = b"limits/";
-/// `meta` rows `quarantine_window/<member id, 4 bytes BE>` → window start ms (8 bytes BE)
-/// and new flags committed in it (8 bytes BE).
+/// `quarantine_window/<member id, u32 BE>`: that member's flood-quarantine window.
 pub const QUARANTINE_WINDOW_PREFIX: &[u8] = b"quarantine_window/";
+
+pub fn quarantine_window_key(member: PrincipalId) -> Vec<u8> {
+    [QUARANTINE_WINDOW_PREFIX, &principal_key(member)[..]].concat()
+}
+
+/// The member of a `quarantine_window/` key.
+pub fn decode_quarantine_window_key(bytes: &[u8]) -> Result<PrincipalId, KeyError> {
+    match bytes.strip_prefix(QUARANTINE_WINDOW_PREFIX) {
+        Some(member) if member.len() == 4 => decode_principal_key(member),
+        _ => Err(KeyError::Length {
+            what: "quarantine window",
+            got: bytes.len(),
+            expected: QUARANTINE_WINDOW_PREFIX.len() + 4,
+        }),
+    }
+}
 pub const DISPUTE_KEY_LEN: usize = DIGEST_LEN + 4 + 4;
 
 pub fn dispute_key(digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId) -> [u8; DISPUTE_KEY_LEN] {

@@ -504,24 +504,8 @@ impl Store {
             .take_while(|item| item.as_ref().map_or(true, |(key, _)| key.starts_with(prefix)))
             .map(|item| {
                 let (key, value) = item?;
-                let malformed = || DecodeError {
-                    what: "quarantine window",
-                    reason: format!("{} key bytes, {} value bytes", key.len(), value.len()),
-                };
-                let member = <[u8; 4]>::try_from(&key[prefix.len()..]).map_err(|_| malformed())?;
-                let start = value
-                    .get(..8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .ok_or_else(malformed)?;
-                let count = value
-                    .get(8..16)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .ok_or_else(malformed)?;
-                Ok((
-                    u32::from_be_bytes(member),
-                    i64::from_be_bytes(start),
-                    u64::from_be_bytes(count),
-                ))
+                let (start_ms, count) = codec::decode_quarantine_window(&value)?;
+                Ok((keys::decode_quarantine_window_key(&key)?, start_ms, count))
             })
             .collect()
     }
@@ -1283,9 +1267,11 @@ impl Batch<'_> {
     /// A member's flood-quarantine window, committed with the flags it counts, so a restart
     /// (or another copy of the store) continues the same window.
     pub fn put_quarantine_window(&mut self, member: PrincipalId, start_ms: i64, count: u64) {
-        let key = [keys::QUARANTINE_WINDOW_PREFIX, &member.to_be_bytes()[..]].concat();
-        let value = [start_ms.to_be_bytes(), count.to_be_bytes()].concat();
-        self.inner.put_cf(self.store.cf(cf::META), key, value);
+        self.inner.put_cf(
+            self.store.cf(cf::META),
+            keys::quarantine_window_key(member),
+            codec::encode_quarantine_window(start_ms, count),
+        );
     }
 
     pub fn put_limits(&mut self, name: &str, encoded: &[u8]) {
