@@ -336,14 +336,24 @@ fn strip_field(message: &str, field: &str) -> String {
         .to_owned()
 }
 
+/// Most endpoints one peer may list (the nodes of a replicated peer operator).
+pub const MAX_PEER_ENDPOINTS: usize = 8;
+
 pub fn peer_from_pb(request: pb::ConfigurePeerRequest) -> Result<PeerRecord> {
     if request.endpoint.is_empty() != request.bundle_dir.is_empty() {
         return Err(Error::invalid(
             "endpoint, bundle_dir: give both (to pull from the peer) or neither (a peer that only pulls from us)",
         ));
     }
-    // One endpoint, or a comma-separated list of a replicated peer's nodes.
+    // One endpoint, or a comma-separated list of a replicated peer's nodes: each pull tries
+    // them in order, up to 10 s each, so the list is short.
     let endpoints = crate::client::split_endpoints(&request.endpoint);
+    if endpoints.len() > MAX_PEER_ENDPOINTS {
+        return Err(Error::invalid(format!(
+            "endpoint: {} endpoints, at most {MAX_PEER_ENDPOINTS}",
+            endpoints.len()
+        )));
+    }
     if let Some(bad) = endpoints.iter().find(|endpoint| !endpoint.starts_with("https://")) {
         return Err(Error::invalid(format!("endpoint: '{bad}' must start with https://")));
     }

@@ -723,3 +723,35 @@ async fn a_flood_is_held_back_from_others_and_peers_until_released_and_a_rejecte
         assert_eq!(audit_count(&mut admin, op).await, 1, "{op}");
     }
 }
+
+/// A peer's endpoint list is checked whole: too many nodes, or one that is not https, is
+/// refused naming the field, and no peer is stored.
+#[tokio::test]
+async fn a_peer_endpoint_list_too_long_or_not_https_is_refused_and_nothing_is_stored() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin_client().await;
+    let bundle_dir = server.data_dir().join("peer-bundles").join("x").display().to_string();
+    let nine = (0..9)
+        .map(|i| format!("https://node-{i}.example:50051"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mixed = "https://node-1.example:50051, http://node-2.example:50051".to_owned();
+    for (endpoint, said) in [
+        (nine, "endpoint: 9 endpoints, at most 8"),
+        (mixed, "'http://node-2.example:50051' must start with https://"),
+    ] {
+        let refused = admin
+            .configure_peer(pb::ConfigurePeerRequest {
+                name: "x".to_owned(),
+                endpoint,
+                bundle_dir: bundle_dir.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(refused.message().contains(said), "{}", refused.message());
+    }
+    let peers = admin.list_peers(pb::ListPeersRequest {}).await.unwrap().into_inner();
+    assert!(peers.peers.is_empty(), "{peers:?}");
+}
