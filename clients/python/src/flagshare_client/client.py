@@ -487,15 +487,16 @@ class Client:
 
     def _unary(self, method: str, request, n_done: int = 0):
         """Calls `method`, sending it again to each further endpoint while one is unavailable."""
-        for attempt in range(len(self.endpoints)):
+        attempts = 0
+        while True:
             stub = self._stub
             try:
                 return getattr(stub, method)(request, timeout=self.timeout)
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == len(self.endpoints):
+                attempts += 1
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempts == len(self.endpoints):
                     raise _error(err, n_done=n_done) from None
                 self._next_endpoint(stub)
-        raise AssertionError("unreachable")
 
     @classmethod
     def from_bundle(
