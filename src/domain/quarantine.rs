@@ -65,12 +65,15 @@ impl State {
         if threshold == 0 {
             return None;
         }
-        let windows = self.new_flags_window.lock();
-        let used = match windows.get(&member) {
-            Some((start, count)) if now - start < WINDOW_MS => *count,
-            _ => 0,
-        };
-        Some(threshold.saturating_sub(used))
+        Some(threshold.saturating_sub(self.window_at(member, now).1))
+    }
+
+    /// `member`'s window as of `now`: (start, new flags in it), a new one if the last ended.
+    fn window_at(&self, member: PrincipalId, now: i64) -> (i64, u64) {
+        match self.new_flags_window.lock().get(&member) {
+            Some(&(start, count)) if now - start < WINDOW_MS => (start, count),
+            _ => (now, 0),
+        }
     }
 
     /// New flags per hour `member` may commit before the rest are held (0: never held):
@@ -98,10 +101,7 @@ impl State {
         if self.quarantine_threshold(member) == 0 || n_created == 0 {
             return None;
         }
-        let (start, count) = match self.new_flags_window.lock().get(&member) {
-            Some(&(start, count)) if now - start < WINDOW_MS => (start, count),
-            _ => (now, 0),
-        };
+        let (start, count) = self.window_at(member, now);
         Some((start, count.saturating_add(n_created)))
     }
 
