@@ -81,8 +81,23 @@ pub const PEERS: &str = "peers";
 /// carrying the flag's full record as it will be released.
 pub const QUARANTINE: &str = "quarantine";
 
-/// All families, in the order they are opened.
-pub const ALL: &[&str] = &[
+/// The Raft log of a replicated operator (`cluster`): one row per entry.
+/// Rows: `index u64` → entry v1: `[1, term u64, leader node u64, payload kind u8, payload]`,
+/// kind 0 a blank entry (no payload), 1 a write set (`writeset.rs`), 2 a membership (JSON
+/// of openraft's `Membership`). Not replicated as rows: each node keeps its own log.
+pub const RAFT_LOG: &str = "raft_log";
+
+/// What a node's Raft keeps beside its log, and what its state machine has applied.
+/// Rows: `b"vote"` → `[1, term u64, node u64, committed u8]`; `b"committed"` and
+/// `b"purged"` → a log id `[1, term u64, leader node u64, index u64]`; `b"applied"` → the
+/// same, written in the batch of the entry it names; `b"membership"` → `[1, JSON of
+/// openraft's StoredMembership]`, likewise; `b"snapshot"` → `[1, JSON of the current
+/// snapshot's meta]` (its rows are the file `snapshot` beside the database).
+pub const RAFT_STATE: &str = "raft_state";
+
+/// The state machine: the families a write set may change and a snapshot carries. The
+/// place of each is its number on the wire (`writeset.rs`): append, never reorder.
+pub const REPLICATED: &[&str] = &[
     META,
     SUMMARIES,
     CHANGES,
@@ -95,3 +110,32 @@ pub const ALL: &[&str] = &[
     PEERS,
     QUARANTINE,
 ];
+
+/// All families, in the order they are opened: the replicated ones, then the node's own.
+/// Families added empty (the Raft ones) need no schema version: a store without them
+/// gains them at open, and an older build opens them as families it does not know.
+pub const ALL: &[&str] = &[
+    META,
+    SUMMARIES,
+    CHANGES,
+    PRINCIPALS,
+    PRINCIPAL_STATS,
+    AUDIT,
+    DISPUTES,
+    FOREIGN_MEMBERS,
+    FLAG_VERSIONS,
+    PEERS,
+    QUARANTINE,
+    RAFT_LOG,
+    RAFT_STATE,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_family_is_replicated_or_raft_own_in_that_order() {
+        let mut expected = super::REPLICATED.to_vec();
+        expected.extend([super::RAFT_LOG, super::RAFT_STATE]);
+        assert_eq!(super::ALL, expected.as_slice());
+    }
+}

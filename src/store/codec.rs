@@ -41,13 +41,13 @@ const DISPUTE_V1: u8 = 1;
 const QUARANTINE_WINDOW_V1: u8 = 1;
 
 /// Reads fields in order, turning a short or malformed value into a `DecodeError`.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     what: &'static str,
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8], version: u8) -> Result<Reader<'a>, DecodeError> {
+    pub(super) fn new(what: &'static str, bytes: &'a [u8], version: u8) -> Result<Reader<'a>, DecodeError> {
         let mut reader = Reader { what, rest: bytes };
         let got = reader.u8()?;
         if got != version {
@@ -56,14 +56,14 @@ impl<'a> Reader<'a> {
         Ok(reader)
     }
 
-    fn error(&self, reason: String) -> DecodeError {
+    pub(super) fn error(&self, reason: String) -> DecodeError {
         DecodeError {
             what: self.what,
             reason,
         }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.rest.len() < n {
             return Err(self.error(format!("truncated: needed {n} more bytes, found {}", self.rest.len())));
         }
@@ -72,7 +72,11 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
@@ -85,7 +89,7 @@ impl<'a> Reader<'a> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
@@ -93,7 +97,7 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 

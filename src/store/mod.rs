@@ -6,6 +6,9 @@
 pub mod cf;
 pub mod codec;
 pub mod keys;
+mod raft;
+pub use raft::Row;
+pub mod writeset;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,7 @@ use crate::model::{
 
 pub use codec::{DecodeError, EncodeError};
 pub use keys::KeyError;
+pub use writeset::WriteSet;
 
 /// Version of the layout described in `cf.rs`. Bumped when a family or a layout changes;
 /// a store written by another version is refused at open rather than misread.
@@ -984,6 +988,7 @@ impl Store {
             store: self,
             inner: WriteBatch::default(),
             deferred_changes: None,
+            recorded: None,
         }
     }
 
@@ -1111,54 +1116,79 @@ pub struct Batch<'a> {
     inner: WriteBatch,
     /// With `defer_changes`: the change-log rows, kept out of the batch (sequence, row).
     deferred_changes: Option<Vec<(u64, Vec<u8>)>>,
+    /// With `Batch::recording`: the same changes as a write set, for replication.
+    recorded: Option<WriteSet>,
 }
 
 impl Batch<'_> {
+    /// From now on every change is also kept as a write set (`take_write_set`).
+    pub fn recording(mut self) -> Self {
+        self.recorded.get_or_insert_with(WriteSet::default);
+        self
+    }
+
+    /// The changes staged since `recording`, as a write set (empty without it).
+    pub fn take_write_set(&mut self) -> WriteSet {
+        self.recorded.take().unwrap_or_default()
+    }
+
+    fn put(&mut self, family: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if let Some(set) = &mut self.recorded {
+            set.put(family, key, value);
+        }
+        self.inner.put_cf(self.store.cf(family), key, value);
+    }
+
+    fn delete(&mut self, family: &'static str, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        if let Some(set) = &mut self.recorded {
+            set.delete(family, key);
+        }
+        self.inner.delete_cf(self.store.cf(family), key);
+    }
+
+    fn delete_range(&mut self, family: &'static str, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        if let Some(set) = &mut self.recorded {
+            set.delete_range(family, from, to);
+        }
+        self.inner.delete_range_cf(self.store.cf(family), from, to);
+    }
+
     /// Stores the summary of `digest`, or deletes it when no flag is left.
     pub fn put_summary(&mut self, digest: &Digest, entries: &[SummaryEntry]) -> Result<(), StoreError> {
-        let family = self.store.cf(cf::SUMMARIES);
         if entries.is_empty() {
-            self.inner.delete_cf(family, digest);
+            self.delete(cf::SUMMARIES, digest);
         } else {
-            self.inner.put_cf(family, digest, codec::encode_summary(entries)?);
+            self.put(cf::SUMMARIES, digest, codec::encode_summary(entries)?);
         }
         Ok(())
     }
 
     /// Records where an import block stands (see `PendingImport`).
     pub fn put_pending_import(&mut self, pending: &PendingImport) {
-        self.inner
-            .put_cf(self.store.cf(cf::META), keys::PENDING_INGEST_KEY, pending.encode());
+        self.put(cf::META, keys::PENDING_INGEST_KEY, pending.encode());
     }
 
     /// Records the newest sequence handed out (before the newest row is deleted).
     pub fn put_sequence_floor(&mut self, sequence: u64) {
-        self.inner.put_cf(
-            self.store.cf(cf::META),
-            keys::SEQUENCE_FLOOR_KEY,
-            keys::sequence_key(sequence),
-        );
+        self.put(cf::META, keys::SEQUENCE_FLOOR_KEY, keys::sequence_key(sequence));
     }
 
     /// Moves the change horizon (see `Store::change_horizon`).
     pub fn put_change_horizon(&mut self, sequence: u64) {
-        self.inner.put_cf(
-            self.store.cf(cf::META),
-            keys::CHANGE_HORIZON_KEY,
-            keys::sequence_key(sequence),
-        );
+        self.put(cf::META, keys::CHANGE_HORIZON_KEY, keys::sequence_key(sequence));
     }
 
     /// Deletes the version row of a foreign flag (its tombstone went).
     pub fn delete_flag_version(&mut self, key: &FlagKey) {
-        self.inner
-            .delete_cf(self.store.cf(cf::FLAG_VERSIONS), keys::flag_key(key));
+        self.delete(cf::FLAG_VERSIONS, keys::flag_key(key));
     }
 
     /// Deletes a change-log row: a superseded upsert, or the upsert of a removed flag.
     pub fn delete_change(&mut self, sequence: u64) {
-        self.inner
-            .delete_cf(self.store.cf(cf::CHANGES), keys::sequence_key(sequence));
+        self.delete(cf::CHANGES, keys::sequence_key(sequence));
     }
 
     /// Deletes every dispute of `flagged_by`'s flags on `digest`.
@@ -1167,24 +1197,19 @@ impl Batch<'_> {
         // are refused at the top), so `flagged_by + 1` is the next member's first key.
         let from = keys::dispute_key(digest, flagged_by, 0);
         let to = keys::dispute_key(digest, flagged_by.saturating_add(1), 0);
-        self.inner.delete_range_cf(self.store.cf(cf::DISPUTES), from, to);
+        self.delete_range(cf::DISPUTES, from, to);
     }
 
     pub fn put_change(&mut self, sequence: u64, record: &ChangeRecord) {
         match &mut self.deferred_changes {
             Some(rows) => rows.push((sequence, codec::encode_change(record))),
-            None => self.inner.put_cf(
-                self.store.cf(cf::CHANGES),
-                keys::sequence_key(sequence),
-                codec::encode_change(record),
-            ),
+            None => self.put(cf::CHANGES, keys::sequence_key(sequence), codec::encode_change(record)),
         }
     }
 
     /// A change-log row as `put_change` encodes it.
     pub fn put_change_row(&mut self, sequence: u64, row: &[u8]) {
-        self.inner
-            .put_cf(self.store.cf(cf::CHANGES), keys::sequence_key(sequence), row);
+        self.put(cf::CHANGES, keys::sequence_key(sequence), row);
     }
 
     /// From now on change-log rows are kept aside for `Store::write_changes`.
@@ -1197,8 +1222,8 @@ impl Batch<'_> {
     }
 
     pub fn put_principal_stats(&mut self, id: PrincipalId, stats: &PrincipalStats) {
-        self.inner.put_cf(
-            self.store.cf(cf::PRINCIPAL_STATS),
+        self.put(
+            cf::PRINCIPAL_STATS,
             keys::principal_key(id),
             codec::encode_principal_stats(stats),
         );
@@ -1206,69 +1231,54 @@ impl Batch<'_> {
 
     /// Appends an audit entry (already encoded, as hashed) and moves the chain's head.
     pub fn put_audit(&mut self, sequence: u64, encoded: &[u8], hash: &[u8; 32]) {
-        self.inner
-            .put_cf(self.store.cf(cf::AUDIT), keys::sequence_key(sequence), encoded);
-        self.inner.put_cf(
-            self.store.cf(cf::META),
-            keys::AUDIT_HEAD_KEY,
-            codec::encode_chain_end(sequence, hash),
-        );
+        self.put(cf::AUDIT, keys::sequence_key(sequence), encoded);
+        self.put(cf::META, keys::AUDIT_HEAD_KEY, codec::encode_chain_end(sequence, hash));
     }
 
     /// Removes audit entries up to and including `through`, whose hash is `hash`; the chain
     /// is verified from that anchor on.
     pub fn prune_audit(&mut self, through: u64, hash: &[u8; 32]) {
-        self.inner.delete_range_cf(
-            self.store.cf(cf::AUDIT),
+        self.delete_range(
+            cf::AUDIT,
             keys::sequence_key(0),
             keys::sequence_key(through.saturating_add(1)),
         );
-        self.inner.put_cf(
-            self.store.cf(cf::META),
-            keys::AUDIT_ANCHOR_KEY,
-            codec::encode_chain_end(through, hash),
-        );
+        self.put(cf::META, keys::AUDIT_ANCHOR_KEY, codec::encode_chain_end(through, hash));
     }
 
     pub fn delete_foreign_member(&mut self, id: PrincipalId) {
-        self.inner
-            .delete_cf(self.store.cf(cf::FOREIGN_MEMBERS), keys::principal_key(id));
+        self.delete(cf::FOREIGN_MEMBERS, keys::principal_key(id));
     }
 
     pub fn put_foreign_member(&mut self, member: &ForeignMember) {
-        self.inner.put_cf(
-            self.store.cf(cf::FOREIGN_MEMBERS),
+        self.put(
+            cf::FOREIGN_MEMBERS,
             keys::principal_key(member.id),
             codec::encode_foreign_member(member),
         );
     }
 
     pub fn put_flag_version(&mut self, key: &FlagKey, origin_sequence: u64) {
-        self.inner.put_cf(
-            self.store.cf(cf::FLAG_VERSIONS),
+        self.put(
+            cf::FLAG_VERSIONS,
             keys::flag_key(key),
             keys::sequence_key(origin_sequence),
         );
     }
 
     pub fn put_quarantined(&mut self, key: &FlagKey, record: &ChangeRecord) {
-        self.inner.put_cf(
-            self.store.cf(cf::QUARANTINE),
-            keys::quarantine_key(key),
-            codec::encode_change(record),
-        );
+        self.put(cf::QUARANTINE, keys::quarantine_key(key), codec::encode_change(record));
     }
 
     pub fn delete_quarantined(&mut self, key: &FlagKey) {
-        self.inner
-            .delete_cf(self.store.cf(cf::QUARANTINE), keys::quarantine_key(key));
+        self.delete(cf::QUARANTINE, keys::quarantine_key(key));
     }
 
     /// A member's flood-quarantine window, committed with the flags it counts, so a restart
     /// (or another copy of the store) continues the same window.
     pub fn put_quarantine_window(&mut self, member: PrincipalId, start_ms: i64, count: u64) {
-        self.inner.put_cf(
-            self.store.cf(cf::META),
+        self.put(
+            cf::META,
             keys::quarantine_window_key(member),
             codec::encode_quarantine_window(start_ms, count),
         );
@@ -1276,33 +1286,33 @@ impl Batch<'_> {
 
     pub fn put_limits(&mut self, name: &str, encoded: &[u8]) {
         let key = [keys::LIMITS_PREFIX, name.as_bytes()].concat();
-        self.inner.put_cf(self.store.cf(cf::META), key, encoded);
+        self.put(cf::META, key, encoded);
     }
 
     pub fn delete_limits(&mut self, name: &str) {
         let key = [keys::LIMITS_PREFIX, name.as_bytes()].concat();
-        self.inner.delete_cf(self.store.cf(cf::META), key);
+        self.delete(cf::META, key);
     }
 
     pub fn put_peer(&mut self, name: &str, encoded: &[u8]) {
-        self.inner.put_cf(self.store.cf(cf::PEERS), name.as_bytes(), encoded);
+        self.put(cf::PEERS, name.as_bytes(), encoded);
     }
 
     pub fn delete_peer(&mut self, name: &str) {
-        self.inner.delete_cf(self.store.cf(cf::PEERS), name.as_bytes());
+        self.delete(cf::PEERS, name.as_bytes());
     }
 
     pub fn put_dispute(&mut self, digest: &Digest, flagged_by: PrincipalId, disputer: PrincipalId, at_ms: i64) {
-        self.inner.put_cf(
-            self.store.cf(cf::DISPUTES),
+        self.put(
+            cf::DISPUTES,
             keys::dispute_key(digest, flagged_by, disputer),
             codec::encode_dispute(at_ms),
         );
     }
 
     pub fn put_principal(&mut self, record: &PrincipalRecord) {
-        self.inner.put_cf(
-            self.store.cf(cf::PRINCIPALS),
+        self.put(
+            cf::PRINCIPALS,
             keys::principal_key(record.id),
             codec::encode_principal(record),
         );

@@ -1,0 +1,548 @@
+//! The Raft storage against openraft's own suite, and what this crate adds to it: write
+//! sets applied on another copy of the store, snapshots moved between stores, refused
+//! when damaged, and finished after a stop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{EntryPayload, LeaderId, LogId, RaftSnapshotBuilder, StorageError};
+use tempfile::TempDir;
+
+use super::log::LogStore;
+use super::machine::StateMachine;
+use super::{Config, Entry, NodeId, Proposal};
+use crate::digest::{Digest, Kind};
+use crate::model::{Category, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, SummaryEntry};
+use crate::store::{Row, Store, StoreOptions};
+
+struct Builder;
+
+impl StoreBuilder<Config, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+        let (dir, store) = open_store();
+        Ok((dir, LogStore::new(store.clone()), StateMachine::open(store)?))
+    }
+}
+
+fn open_store() -> (TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+    (dir, Arc::new(store))
+}
+
+#[test]
+fn the_log_store_and_state_machine_pass_openraft_storage_suite() {
+    Suite::test_all(Builder).unwrap();
+}
+
+/// Every replicated row of `store`, as a snapshot would carry it.
+fn rows_of(store: &Store) -> Vec<Row> {
+    let mut rows = Vec::new();
+    store
+        .dump_replicated(&[], |family, key, value| {
+            rows.push((family, key.to_vec(), value.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    rows
+}
+
+fn entry(index: u64, payload: EntryPayload<Config>) -> Entry {
+    Entry {
+        log_id: LogId::new(LeaderId::new(1, 1), index),
+        payload,
+    }
+}
+
+fn flag(digest: Digest, member: u32, sequence: u64) -> (FlagKey, SummaryEntry, ChangeRecord) {
+    let key = FlagKey {
+        digest,
+        member,
+        kind: Kind::Email,
+        category: Category::Grooming,
+    };
+    let record = FlagRecord {
+        confidence: 80,
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+        expires_at_ms: 3,
+        created_at_ms: 4,
+        updated_at_ms: 4,
+        key_id: 1,
+        distribution: Distribution::Federated,
+        origin_sequence: 0,
+        reference: Vec::new(),
+    };
+    let summary = SummaryEntry {
+        member,
+        kind: Kind::Email,
+        category: Category::Grooming,
+        confidence: 80,
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+        expires_at_ms: 3,
+        distribution: Distribution::Federated,
+        sequence,
+    };
+    let change = ChangeRecord {
+        at_ms: 4,
+        key,
+        change: Change::Upsert(record),
+        distribution: Distribution::Federated,
+        origin_sequence: 0,
+        signature: None,
+    };
+    (key, summary, change)
+}
+
+/// Commits two batches on `store` as the leader would, returning their write sets.
+fn commit_on_leader(store: &Store) -> Vec<Vec<u8>> {
+    let mut sets = Vec::new();
+    let mut batch = store.batch().recording();
+    for (n, digest) in [[1u8; 32], [2u8; 32]].into_iter().enumerate() {
+        let (_, summary, change) = flag(digest, 7, n as u64 + 1);
+        batch.put_summary(&digest, &[summary]).unwrap();
+        batch.put_change(n as u64 + 1, &change);
+    }
+    batch.put_audit(1, b"{\"entry\":1}", &[9; 32]);
+    sets.push(batch.take_write_set().into_bytes());
+    store.commit(batch).unwrap();
+
+    // The second commit deletes, and deletes a range, as a withdrawal and audit
+    // retention do.
+    let mut batch = store.batch().recording();
+    batch.put_summary(&[1u8; 32], &[]).unwrap();
+    batch.delete_change(1);
+    batch.prune_audit(1, &[9; 32]);
+    sets.push(batch.take_write_set().into_bytes());
+    store.commit(batch).unwrap();
+    sets
+}
+
+#[tokio::test]
+async fn write_sets_applied_by_the_state_machine_leave_a_copy_equal_to_the_leader() {
+    let (_leader_dir, leader) = open_store();
+    let (_follower_dir, follower) = open_store();
+    let sets = commit_on_leader(&leader);
+    assert_ne!(rows_of(&leader), rows_of(&follower));
+
+    let mut machine = StateMachine::open(follower.clone()).unwrap();
+    let entries = (1..)
+        .zip(sets)
+        .map(|(index, writes)| entry(index, EntryPayload::Normal(Proposal { writes })));
+    machine.apply(entries.collect::<Vec<_>>()).await.unwrap();
+
+    assert_eq!(rows_of(&leader), rows_of(&follower));
+    let (applied, _) = machine.applied_state().await.unwrap();
+    assert_eq!(applied.map(|log_id| log_id.index), Some(2));
+}
+
+#[tokio::test]
+async fn a_damaged_write_set_in_a_committed_entry_stops_the_apply_and_changes_nothing() {
+    let (_leader_dir, leader) = open_store();
+    let (_follower_dir, follower) = open_store();
+    let mut sets = commit_on_leader(&leader);
+    let before = rows_of(&follower);
+    let damaged = sets.remove(0);
+    let mut machine = StateMachine::open(follower.clone()).unwrap();
+    let refused = machine
+        .apply(vec![entry(
+            1,
+            EntryPayload::Normal(Proposal {
+                writes: damaged[..damaged.len() - 3].to_vec(),
+            }),
+        )])
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("truncated"), "{refused}");
+    assert_eq!(rows_of(&follower), before);
+    assert_eq!(machine.applied_state().await.unwrap().0, None);
+}
+
+#[tokio::test]
+async fn a_snapshot_replaces_a_far_behind_copy_whole_and_a_damaged_one_is_refused() {
+    let (_leader_dir, leader) = open_store();
+    let sets = commit_on_leader(&leader);
+    let mut leader_machine = StateMachine::open(leader.clone()).unwrap();
+    // The leader's applied index, as if it applied what it committed.
+    leader_machine
+        .apply(vec![entry(1, EntryPayload::Blank), entry(2, EntryPayload::Blank)])
+        .await
+        .unwrap();
+    let snapshot = leader_machine.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id.map(|log_id| log_id.index), Some(2));
+    let bytes = std::fs::read(leader.path().with_extension("snapshot").join("current")).unwrap();
+
+    // A follower holding rows of its own that the leader never had.
+    let (_follower_dir, follower) = open_store();
+    let mut stale = follower.batch();
+    let (_, summary, _) = flag([5u8; 32], 3, 1);
+    stale.put_summary(&[5u8; 32], &[summary]).unwrap();
+    follower.commit(stale).unwrap();
+    let mut machine = StateMachine::open(follower.clone()).unwrap();
+    let before = rows_of(&follower);
+
+    for (what, damaged) in [
+        ("a flipped byte", {
+            let mut bytes = bytes.clone();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 1;
+            bytes
+        }),
+        ("a cut", bytes[..bytes.len() - 40].to_vec()),
+        ("another format", {
+            let mut bytes = bytes.clone();
+            bytes[0] = b'X';
+            bytes
+        }),
+    ] {
+        let mut file = machine.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *file, &damaged).await.unwrap();
+        let refused = machine.install_snapshot(&snapshot.meta, file).await;
+        assert!(refused.is_err(), "{what} was installed");
+        assert_eq!(rows_of(&follower), before, "{what} changed the store");
+    }
+
+    let mut file = machine.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *file, &bytes).await.unwrap();
+    machine.install_snapshot(&snapshot.meta, file).await.unwrap();
+    assert_eq!(rows_of(&follower), rows_of(&leader));
+    assert_eq!(machine.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+    let current = machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta);
+    drop(sets);
+}
+
+#[tokio::test]
+async fn an_install_cut_short_by_a_stop_is_finished_when_the_node_opens() {
+    let (_leader_dir, leader) = open_store();
+    commit_on_leader(&leader);
+    let mut leader_machine = StateMachine::open(leader.clone()).unwrap();
+    leader_machine.apply(vec![entry(1, EntryPayload::Blank)]).await.unwrap();
+    let snapshot = leader_machine.build_snapshot().await.unwrap();
+
+    let (follower_dir, follower) = open_store();
+    let machine = StateMachine::open(follower.clone()).unwrap();
+    drop(machine);
+    // As a node killed midway leaves it: the file in place, the mark set, the rows not.
+    std::fs::copy(
+        leader.path().with_extension("snapshot").join("current"),
+        follower.path().with_extension("snapshot").join("current"),
+    )
+    .unwrap();
+    follower
+        .put_raft_state(&[(
+            super::rows::INSTALLING,
+            super::rows::encode_json(&snapshot.meta).unwrap(),
+        )])
+        .unwrap();
+    assert_ne!(rows_of(&follower), rows_of(&leader));
+    drop(follower);
+
+    let follower = Arc::new(Store::open(&follower_dir.path().join("db"), &StoreOptions::default()).unwrap());
+    let mut machine = StateMachine::open(follower.clone()).unwrap();
+    assert_eq!(rows_of(&follower), rows_of(&leader));
+    assert_eq!(machine.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+    assert!(follower.raft_state(super::rows::INSTALLING).unwrap().is_none());
+}
+
+/// Three (then four) real Raft cores over real stores, their messages carried by a router
+/// in this process that can cut a node off: what the log store and state machine do under
+/// openraft's replication, elections and snapshot transfer, before any network is involved.
+mod replicated {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+        VoteResponse,
+    };
+    use openraft::{BasicNode, Raft, SnapshotPolicy};
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    type Nodes = Arc<Mutex<BTreeMap<NodeId, Raft<Config>>>>;
+
+    #[derive(Clone, Default)]
+    struct Router {
+        nodes: Nodes,
+        cut: Arc<Mutex<BTreeSet<NodeId>>>,
+    }
+
+    struct Connection {
+        router: Router,
+        from: NodeId,
+        to: NodeId,
+    }
+
+    /// The router as one node's network factory.
+    struct From {
+        router: Router,
+        id: NodeId,
+    }
+
+    impl RaftNetworkFactory<Config> for From {
+        type Network = Connection;
+
+        async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Connection {
+            Connection {
+                router: self.router.clone(),
+                from: self.id,
+                to: target,
+            }
+        }
+    }
+
+    impl Connection {
+        fn reach<E: std::error::Error>(&self) -> Result<Raft<Config>, RPCError<NodeId, BasicNode, E>> {
+            let cut = self.router.cut.lock();
+            if cut.contains(&self.from) || cut.contains(&self.to) {
+                return Err(Unreachable::new(&std::io::Error::other("cut off")).into());
+            }
+            self.router
+                .nodes
+                .lock()
+                .get(&self.to)
+                .cloned()
+                .ok_or_else(|| NetworkError::new(&std::io::Error::other("no such node")).into())
+        }
+    }
+
+    impl RaftNetwork<Config> for Connection {
+        async fn append_entries(
+            &mut self,
+            rpc: AppendEntriesRequest<Config>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+            let raft = self.reach()?;
+            raft.append_entries(rpc)
+                .await
+                .map_err(|err| RemoteError::new(self.to, err).into())
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            rpc: InstallSnapshotRequest<Config>,
+            _option: RPCOption,
+        ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+        {
+            let raft = self.reach()?;
+            raft.install_snapshot(rpc)
+                .await
+                .map_err(|err| RemoteError::new(self.to, err).into())
+        }
+
+        async fn vote(
+            &mut self,
+            rpc: VoteRequest<NodeId>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+            let raft = self.reach()?;
+            raft.vote(rpc)
+                .await
+                .map_err(|err| RemoteError::new(self.to, err).into())
+        }
+    }
+
+    struct Node {
+        _dir: TempDir,
+        store: Arc<Store>,
+        raft: Raft<Config>,
+    }
+
+    async fn start(router: &Router, id: NodeId) -> Node {
+        let (dir, store) = open_store();
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            // Snapshots often and no log kept behind them: a node that joins late can
+            // only catch up from a snapshot.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(10),
+            max_in_snapshot_log_to_keep: 0,
+            purge_batch_size: 1,
+            ..Default::default()
+        };
+        let raft = Raft::new(
+            id,
+            Arc::new(config.validate().unwrap()),
+            From {
+                router: router.clone(),
+                id,
+            },
+            LogStore::new(store.clone()),
+            StateMachine::open(store.clone()).unwrap(),
+        )
+        .await
+        .unwrap();
+        router.nodes.lock().insert(id, raft.clone());
+        Node { _dir: dir, store, raft }
+    }
+
+    /// A write set putting flag `n` (a summary row and its change-log row).
+    fn proposal(scratch: &Store, n: u64) -> Proposal {
+        let digest: Digest = blake3::hash(&n.to_be_bytes()).into();
+        let (_, summary, change) = flag(digest, 7, n);
+        let mut batch = scratch.batch().recording();
+        batch.put_summary(&digest, &[summary]).unwrap();
+        batch.put_change(n, &change);
+        Proposal {
+            writes: batch.take_write_set().into_bytes(),
+        }
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+
+    async fn leader_among(nodes: &[&Node]) -> NodeId {
+        nodes[0]
+            .raft
+            .wait(WAIT)
+            .metrics(
+                |metrics| {
+                    metrics
+                        .current_leader
+                        .is_some_and(|leader| nodes.iter().any(|node| node.raft.metrics().borrow().id == leader))
+                },
+                "a leader among the nodes",
+            )
+            .await
+            .unwrap()
+            .current_leader
+            .unwrap()
+    }
+
+    /// Proposes flags `ns` on `node`, returning the log index of the last.
+    async fn write(node: &Node, ns: std::ops::RangeInclusive<u64>) -> u64 {
+        let mut last = 0;
+        for n in ns {
+            last = node
+                .raft
+                .client_write(proposal(&node.store, n))
+                .await
+                .unwrap()
+                .log_id
+                .index;
+        }
+        last
+    }
+
+    /// How many replicated rows a store holds and a hash of them all (two stores alike
+    /// have the same; printed, it stays short).
+    fn fingerprint(store: &Store) -> (usize, String) {
+        let rows = rows_of(store);
+        let mut hasher = blake3::Hasher::new();
+        for (family, key, value) in &rows {
+            hasher.update(&[*family]);
+            hasher.update(&(key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            hasher.update(&(value.len() as u64).to_be_bytes());
+            hasher.update(value);
+        }
+        (rows.len(), hasher.finalize().to_hex().to_string())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_nodes_apply_the_same_rows_survive_a_cut_off_leader_and_a_new_node_catches_up_from_a_snapshot() {
+        let router = Router::default();
+        let nodes = [
+            start(&router, 1).await,
+            start(&router, 2).await,
+            start(&router, 3).await,
+        ];
+        let members: BTreeMap<NodeId, BasicNode> =
+            (1..=3).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
+        nodes[0].raft.initialize(members).await.unwrap();
+        let by_id = |id: NodeId| nodes.iter().find(|node| node.raft.metrics().borrow().id == id).unwrap();
+
+        let first = leader_among(&nodes.iter().collect::<Vec<_>>()).await;
+        let head = write(by_id(first), 1..=25).await;
+        for node in &nodes {
+            node.raft
+                .wait(WAIT)
+                .applied_index_at_least(Some(head), "caught up")
+                .await
+                .unwrap();
+        }
+        let leader_rows = fingerprint(&by_id(first).store);
+        for node in &nodes {
+            assert_eq!(fingerprint(&node.store), leader_rows);
+        }
+
+        // The leader is cut off: the other two elect one of themselves and go on; the old
+        // leader can no longer commit anything.
+        router.cut.lock().insert(first);
+        let rest: Vec<&Node> = nodes
+            .iter()
+            .filter(|node| node.raft.metrics().borrow().id != first)
+            .collect();
+        let second = rest[0]
+            .raft
+            .wait(WAIT)
+            .metrics(
+                |metrics| metrics.current_leader.is_some_and(|leader| leader != first),
+                "a new leader",
+            )
+            .await
+            .unwrap()
+            .current_leader
+            .unwrap();
+        let stranded = tokio::time::timeout(
+            Duration::from_secs(2),
+            by_id(first).raft.client_write(proposal(&by_id(first).store, 1_000)),
+        )
+        .await;
+        assert!(!matches!(stranded, Ok(Ok(_))), "a cut-off leader acknowledged a write");
+        let head = write(by_id(second), 26..=40).await;
+
+        // Back in: the old leader follows, converges, and what it alone held is gone.
+        router.cut.lock().clear();
+        for node in &nodes {
+            node.raft
+                .wait(WAIT)
+                .applied_index_at_least(Some(head), "caught up after the cut")
+                .await
+                .unwrap();
+        }
+        let leader_rows = fingerprint(&by_id(second).store);
+        for node in &nodes {
+            assert_eq!(fingerprint(&node.store), leader_rows);
+        }
+        let stray: Digest = blake3::hash(&1_000u64.to_be_bytes()).into();
+        assert!(by_id(first).store.get_summaries(&[stray]).unwrap()[0].is_none());
+
+        // A fourth node, joining after the log was purged behind a snapshot, gets the
+        // snapshot, then the entries after it.
+        let fourth = start(&router, 4).await;
+        assert!(
+            by_id(second).raft.metrics().borrow().purged.is_some(),
+            "no log was purged"
+        );
+        by_id(second)
+            .raft
+            .add_learner(4, BasicNode::new("node-4"), true)
+            .await
+            .unwrap();
+        let head = write(by_id(second), 41..=41).await;
+        fourth
+            .raft
+            .wait(WAIT)
+            .applied_index_at_least(Some(head), "the new node caught up")
+            .await
+            .unwrap();
+        assert!(
+            fourth.raft.metrics().borrow().snapshot.is_some(),
+            "the new node installed no snapshot"
+        );
+        assert_eq!(fingerprint(&fourth.store), fingerprint(&by_id(second).store));
+
+        for node in nodes.iter().chain([&fourth]) {
+            node.raft.shutdown().await.unwrap();
+        }
+    }
+}
