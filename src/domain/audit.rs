@@ -80,6 +80,13 @@ impl AuditEvent {
     }
 }
 
+/// What staged entries make of the ledger once their batch commits.
+struct Staged {
+    last_sequence: u64,
+    head: [u8; 32],
+    stats: HashMap<PrincipalId, PrincipalStats>,
+}
+
 /// The chain's head and the counters, guarded by one lock so entries are numbered and
 /// chained in commit order.
 pub struct Ledger {
@@ -114,12 +121,40 @@ impl Ledger {
     pub fn commit(
         &mut self,
         store: &Store,
-        mut batch: Batch<'_>,
+        batch: Batch<'_>,
         event: AuditEvent,
         at_ms: i64,
         durability: Durability,
     ) -> Result<u64> {
-        let sequence = self.last_sequence + 1;
+        self.commit_all(store, batch, &[(event, at_ms)], durability)
+    }
+
+    /// `commit` for several events at once, chained in order in one write. Returns the
+    /// sequence of the last.
+    pub fn commit_all(
+        &mut self,
+        store: &Store,
+        mut batch: Batch<'_>,
+        events: &[(AuditEvent, i64)],
+        durability: Durability,
+    ) -> Result<u64> {
+        let mut staged = Staged {
+            last_sequence: self.last_sequence,
+            head: self.head,
+            stats: HashMap::new(),
+        };
+        for (event, at_ms) in events {
+            self.stage(&mut staged, &mut batch, event, *at_ms)?;
+        }
+        store.commit_with(batch, durability)?;
+        self.last_sequence = staged.last_sequence;
+        self.head = staged.head;
+        self.stats.extend(staged.stats);
+        Ok(self.last_sequence)
+    }
+
+    fn stage(&self, staged: &mut Staged, batch: &mut Batch<'_>, event: &AuditEvent, at_ms: i64) -> Result<()> {
+        let sequence = staged.last_sequence + 1;
         let entry = AuditEntry {
             sequence,
             at_ms,
@@ -127,15 +162,15 @@ impl Ledger {
             op: event.op.as_str().to_owned(),
             n_items: event.n_items,
             n_changed: event.n_changed,
-            detail: event.detail,
+            detail: event.detail.clone(),
             digests: event.digests.iter().map(hex::encode).collect(),
-            prev_hash: hex::encode(self.head),
+            prev_hash: hex::encode(staged.head),
         };
         let encoded = codec::encode_audit(&entry).map_err(crate::store::StoreError::from)?;
         let hash = *blake3::hash(&encoded).as_bytes();
         batch.put_audit(sequence, &encoded, &hash);
-        let updated_stats = event.actor.id.map(|id| {
-            let mut stats = self.stats_of(id);
+        if let Some(id) = event.actor.id {
+            let mut stats = staged.stats.get(&id).copied().unwrap_or_else(|| self.stats_of(id));
             stats.last_seen_ms = at_ms;
             match event.op {
                 AuditOp::Submit => stats.n_flags_submitted += event.n_items,
@@ -146,15 +181,11 @@ impl Ledger {
                 _ => {}
             }
             batch.put_principal_stats(id, &stats);
-            (id, stats)
-        });
-        store.commit_with(batch, durability)?;
-        self.last_sequence = sequence;
-        self.head = hash;
-        if let Some((id, stats)) = updated_stats {
-            self.stats.insert(id, stats);
+            staged.stats.insert(id, stats);
         }
-        Ok(sequence)
+        staged.last_sequence = sequence;
+        staged.head = hash;
+        Ok(())
     }
 
     /// Removes the entries older than `cutoff_ms` (a prefix of the log: entries are in time

@@ -44,7 +44,7 @@ pub use maintenance::{Retention, Stats, Sweep};
 pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
 pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
-pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, Metrics};
+pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, MAX_PENDING_READS, Metrics, READ_FLUSH_INTERVAL};
 pub use submit::IMPORT_BLOCK;
 
 use state::{State, blocking, stream_chunk};
@@ -582,6 +582,7 @@ impl Domain {
     pub async fn list_audit(&self, admin: Caller, filter: AuditFilter) -> Result<Vec<AuditEntry>> {
         let state = self.state.clone();
         blocking(move || {
+            state.flush_reads()?;
             let entries = audit::list(&state.store, &filter)?;
             state.record(
                 AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
@@ -599,6 +600,7 @@ impl Domain {
     pub async fn verify_audit(&self, admin: Caller) -> Result<VerifyReport> {
         let state = self.state.clone();
         blocking(move || {
+            state.flush_reads()?;
             let report = audit::verify(&state.store)?;
             state.record(
                 AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
@@ -614,6 +616,7 @@ impl Domain {
     pub async fn stats(&self, admin: Caller) -> Result<Stats> {
         let state = self.state.clone();
         blocking(move || {
+            state.flush_reads()?;
             let stats = maintenance::stats(&state, now_ms())?;
             state.record(AuditEvent::new((&admin).into(), AuditOp::Stats), now_ms())?;
             Ok(stats)
@@ -646,6 +649,16 @@ impl Domain {
             })
         })
         .await
+    }
+
+    /// Commits the audit entries of read-only calls queued so far (the server does this
+    /// every `READ_FLUSH_INTERVAL`).
+    pub async fn flush_reads(&self) -> Result<()> {
+        if !self.state.has_queued_reads() {
+            return Ok(());
+        }
+        let state = self.state.clone();
+        blocking(move || state.flush_reads()).await
     }
 
     /// Purges expired flags and audit entries past retention. Run by the server's

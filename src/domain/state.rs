@@ -30,6 +30,11 @@ pub const MAX_ENTRIES_PER_ORIGIN: usize = 1_024;
 /// Most flags one digest may hold in all (the row is read whole on every hit).
 pub const MAX_ENTRIES_PER_DIGEST: usize = 16_384;
 
+/// Read audit entries queued at most (see `State::reads`): one commit's worth.
+pub const MAX_PENDING_READS: usize = 1_024;
+/// How often the server commits queued read audit entries.
+pub const READ_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Stream chunks worked on at once (see `State::stream_work`).
 const STREAM_WORKERS: usize = 4;
 
@@ -51,6 +56,13 @@ pub(crate) struct State {
     writer: Mutex<u64>,
     /// The audit chain's head; every audited commit goes through it.
     ledger: Mutex<Ledger>,
+    /// Audit entries of read-only calls (queries, listings) not committed yet: such a call
+    /// is answered without waiting for a write, and its entry is committed with the
+    /// others queued beside it (`flush_reads`) before any other audited commit, by the
+    /// server's flusher every `READ_FLUSH_INTERVAL`, or by the call that finds the queue
+    /// full (which fails if that commit fails: reads go unaudited for a bounded moment
+    /// only). Taken after `ledger` when both are needed.
+    reads: Mutex<Vec<(AuditEvent, i64)>>,
     pub(super) metrics: Metrics,
     pub(super) federation: Federation,
     /// Digests with dispute rows; the query path scans `disputes` only for these.
@@ -83,6 +95,15 @@ pub(crate) struct State {
 }
 
 const NO_HOLD: u64 = u64::MAX;
+
+impl Drop for State {
+    /// Read entries still queued are committed as the store closes.
+    fn drop(&mut self) {
+        if let Err(err) = self.flush_reads() {
+            tracing::error!(%err, "committing queued read audit entries at close failed");
+        }
+    }
+}
 
 impl State {
     pub(super) fn open(store: Store, policy: Policy) -> Result<State> {
@@ -143,6 +164,7 @@ impl State {
             policy,
             writer: Mutex::new(last_sequence),
             ledger: Mutex::new(ledger),
+            reads: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
             federation,
             disputed,
@@ -310,10 +332,20 @@ impl State {
         }
         // The ledger is held for the write only; the wait for the disk comes after it is
         // released (the writer lock, when the caller holds it, still orders flag changes),
-        // so a query's audit entry never waits behind another call's fsync.
-        let sequence = self
-            .ledger()
-            .commit(&self.store, batch, event, now, Durability::Deferred)?;
+        // so a query's audit entry never waits behind another call's fsync. Read entries
+        // queued before this commit go first, in the same write.
+        let sequence = {
+            let mut ledger = self.ledger();
+            let mut events = std::mem::take(&mut *self.reads.lock());
+            let n_reads = events.len();
+            events.push((event, now));
+            let committed = ledger.commit_all(&self.store, batch, &events, Durability::Deferred);
+            if committed.is_err() {
+                events.truncate(n_reads);
+                self.requeue_reads(events);
+            }
+            committed?
+        };
         self.store.sync_wal()?;
         Ok(sequence)
     }
@@ -323,10 +355,39 @@ impl State {
         self.commit_audited(self.store.batch(), event, now)
     }
 
-    /// Records a read-only call: its entry is written without waiting for the disk.
-    pub(super) fn record_read(&self, event: AuditEvent, now: i64) -> Result<u64> {
-        self.ledger()
-            .commit(&self.store, self.store.batch(), event, now, Durability::Buffered)
+    /// Records a read-only call: its entry is queued (`State::reads`), not written yet.
+    pub(super) fn record_read(&self, event: AuditEvent, now: i64) -> Result<()> {
+        if self.reads.lock().len() >= MAX_PENDING_READS {
+            self.flush_reads()?;
+        }
+        self.reads.lock().push((event, now));
+        Ok(())
+    }
+
+    /// Commits the queued read audit entries, in one write without waiting for the disk
+    /// (as a single read's entry was written before). On failure they stay queued.
+    pub(super) fn flush_reads(&self) -> Result<()> {
+        let mut ledger = self.ledger();
+        let events = std::mem::take(&mut *self.reads.lock());
+        if events.is_empty() {
+            return Ok(());
+        }
+        let committed = ledger.commit_all(&self.store, self.store.batch(), &events, Durability::Buffered);
+        if committed.is_err() {
+            self.requeue_reads(events);
+        }
+        committed.map(|_| ())
+    }
+
+    pub(super) fn has_queued_reads(&self) -> bool {
+        !self.reads.lock().is_empty()
+    }
+
+    /// Puts read entries a failed commit took back at the front of the queue.
+    fn requeue_reads(&self, mut events: Vec<(AuditEvent, i64)>) {
+        let mut reads = self.reads.lock();
+        events.append(&mut reads);
+        *reads = events;
     }
 
     /// Ordered by digest: whoever walks the result writes in that order, the same on every

@@ -945,3 +945,64 @@ async fn a_restart_continues_the_quarantine_window() {
         "the hour's allowance was used before the restart"
     );
 }
+
+/// The audit entries in the store, oldest first (as written; nothing queued).
+fn stored_audit(store: &Store) -> Vec<crate::model::AuditEntry> {
+    store
+        .audit_entries_from(0)
+        .map(|item| crate::store::codec::decode_audit(&item.unwrap().1).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn read_entries_are_queued_then_committed_before_the_next_write_in_call_order() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let alpha = member(domain, "alpha").await;
+    let written = stored_audit(domain.store()).len();
+    for i in 0..5u8 {
+        domain.query(alpha.clone(), vec![[i; 32]]).await.unwrap();
+    }
+    // Answered, not written yet.
+    assert_eq!(stored_audit(domain.store()).len(), written);
+
+    domain
+        .submit(alpha.clone(), vec![flag([9; 32], Kind::Email, Category::Grooming)], 1)
+        .await
+        .unwrap();
+    let entries = stored_audit(domain.store());
+    let ops: Vec<&str> = entries[written..].iter().map(|entry| entry.op.as_str()).collect();
+    assert_eq!(ops, ["query", "query", "query", "query", "query", "submit"]);
+    let queried: Vec<u64> = entries[written..written + 5]
+        .iter()
+        .map(|entry| entry.n_items)
+        .collect();
+    assert_eq!(queried, [1; 5]);
+    // One chain, and the member's counters count every query.
+    assert!(audit::verify(domain.store()).unwrap().broken.is_none());
+    let views = domain.list_principals(admin()).await.unwrap();
+    let stats = views.iter().find(|view| view.record.name == "alpha").unwrap().stats;
+    assert_eq!((stats.n_queries, stats.n_digests_queried), (5, 5));
+}
+
+#[tokio::test]
+async fn a_full_read_queue_is_committed_by_the_read_that_finds_it_full_and_a_close_commits_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let domain = Domain::open(store, Policy::default()).unwrap();
+    let alpha = member(&domain, "alpha").await;
+    let written = stored_audit(domain.store()).len();
+    let n_reads = MAX_PENDING_READS + 10;
+    for _ in 0..n_reads {
+        domain.query(alpha.clone(), vec![[1; 32]]).await.unwrap();
+    }
+    // The queue never held more than its bound: the read that found it full wrote it.
+    assert_eq!(stored_audit(domain.store()).len(), written + MAX_PENDING_READS);
+
+    drop(domain);
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let entries = stored_audit(&store);
+    assert_eq!(entries.len(), written + n_reads);
+    assert!(entries[written..].iter().all(|entry| entry.op == "query"));
+    assert!(audit::verify(&store).unwrap().broken.is_none());
+}

@@ -152,6 +152,7 @@ pub async fn run(
         config.retention(),
         stop_requested.clone(),
     ));
+    let read_flusher = tokio::spawn(read_flush_loop(domain.clone(), stop_requested.clone()));
     let metrics_server = metrics_listener.map(|metrics_listener| {
         if let Ok(address) = metrics_listener.local_addr() {
             tracing::info!(%address, "metrics at http://{address}/metrics");
@@ -228,6 +229,7 @@ pub async fn run(
         ),
     }
     maintenance.await.context("maintenance task")?;
+    read_flusher.await.context("read audit flusher")?;
     if let Some(metrics_server) = metrics_server {
         match metrics_server.await {
             Ok(Ok(())) => {}
@@ -281,6 +283,25 @@ impl ExpiryWatch {
         )
         .filter(|(_, at)| *at - now_secs < EXPIRY_WARNING_DAYS * 86_400)
         .collect()
+    }
+}
+
+/// Commits the audit entries of queries and other reads, queued as they are answered,
+/// every `READ_FLUSH_INTERVAL` (and once more as the server stops).
+async fn read_flush_loop(domain: Domain, mut stop_requested: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(crate::domain::READ_FLUSH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = stop_requested.changed() => true,
+        };
+        if let Err(err) = domain.flush_reads().await {
+            tracing::error!(%err, "committing read audit entries failed; they stay queued");
+        }
+        if stopping {
+            return;
+        }
     }
 }
 
