@@ -68,6 +68,10 @@ pub struct Config {
     pub rocksdb_statistics: bool,
     /// `text` (for a terminal) or `json` (one object per line, for log shippers).
     pub log_format: String,
+    /// Every commit goes through this server's Raft log as a one-node cluster: the path the
+    /// nodes of a replicated operator take, while their network is being built. Off by
+    /// default.
+    pub replicated_log: bool,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
     /// Loopback by default: the figures name members and peers.
     pub metrics_listen: String,
@@ -94,6 +98,7 @@ impl Default for Config {
             tombstone_retention_secs: 30 * 24 * 3600,
             idle_connection_secs: 45,
             metrics_listen: DEFAULT_METRICS_LISTEN.to_owned(),
+            replicated_log: false,
             limits: std::collections::BTreeMap::new(),
             request_timeout_secs: 60,
             max_connections: 4096,

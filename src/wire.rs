@@ -28,6 +28,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::OutOfRange(message) => Status::out_of_range(message),
+            Error::Storage(crate::store::StoreError::Unavailable(message)) => Status::unavailable(message),
             err @ (Error::Storage(_) | Error::Internal(_)) => {
                 tracing::error!(error = %err, "internal error");
                 Status::internal("internal error")

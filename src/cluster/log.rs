@@ -106,7 +106,7 @@ impl RaftLogStorage<Config> for LogStore {
         match committed {
             Some(log_id) => self
                 .store
-                .put_raft_state(&[(COMMITTED, rows::encode_log_id(&log_id))])
+                .note_raft_state(&[(COMMITTED, rows::encode_log_id(&log_id))])
                 .map_err(failed::write_logs),
             None => Ok(()),
         }

@@ -221,6 +221,9 @@ impl RaftSnapshotBuilder<Config> for StateMachine {
 impl StateMachine {
     /// Writes every replicated row as of now to a new file, then makes it `current`.
     fn write_snapshot(&self) -> Result<Meta, StorageError<NodeId>> {
+        // Applied entries may not be on disk yet; the log behind this snapshot goes once it
+        // is built, so they must be.
+        self.store.persist_wal().map_err(failed::write_snapshot)?;
         let building = self.dir.join("building");
         let file = std::fs::File::create(&building).map_err(failed::write_snapshot)?;
         let mut out = HashingWriter::new(BufWriter::new(file));

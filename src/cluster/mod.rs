@@ -19,6 +19,7 @@
 
 pub mod log;
 pub mod machine;
+pub mod node;
 #[cfg(test)]
 mod tests;
 

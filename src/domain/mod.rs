@@ -141,8 +141,9 @@ pub struct Domain {
 }
 
 impl Domain {
-    pub fn open(store: Store, policy: Policy) -> Result<Domain> {
-        let state = State::open(store, policy)?;
+    /// The domain over `store` (a `Store`, or an `Arc` the caller shares with a Raft node).
+    pub fn open(store: impl Into<Arc<Store>>, policy: Policy) -> Result<Domain> {
+        let state = State::open(store.into(), policy)?;
         for (name, limits) in state.all_limit_overrides()? {
             if let Some(record) = state.registry.by_name(&name) {
                 state.set_quarantine_override(record.id, limits.quarantine_new_flags_per_hour);

@@ -48,7 +48,7 @@ pub struct Metrics {
 }
 
 pub(crate) struct State {
-    pub(super) store: Store,
+    pub(super) store: std::sync::Arc<Store>,
     pub(super) registry: Registry,
     pub(super) policy: Policy,
     /// Held for the whole read-modify-write of every change; guards the last sequence
@@ -97,8 +97,20 @@ pub(crate) struct State {
 const NO_HOLD: u64 = u64::MAX;
 
 impl Drop for State {
-    /// Read entries still queued are committed as the store closes.
+    /// Read entries still queued are committed as the store closes. Not through a
+    /// replicated log: its commit needs the runtime, whose only thread may be the one
+    /// dropping this (the server commits the queue itself before it stops its log).
     fn drop(&mut self) {
+        if self.store.is_replicated() {
+            let n_queued = self.reads.lock().len();
+            if n_queued > 0 {
+                tracing::warn!(
+                    n_queued,
+                    "read audit entries still queued as the store closed were not committed"
+                );
+            }
+            return;
+        }
         if let Err(err) = self.flush_reads() {
             tracing::error!(%err, "committing queued read audit entries at close failed");
         }
@@ -106,7 +118,7 @@ impl Drop for State {
 }
 
 impl State {
-    pub(super) fn open(store: Store, policy: Policy) -> Result<State> {
+    pub(super) fn open(store: std::sync::Arc<Store>, policy: Policy) -> Result<State> {
         // An import block a stopped server left unfinished: undone if it never committed,
         // else finished, before anything reads.
         if let Some(pending) = store.pending_import()? {
@@ -217,6 +229,18 @@ impl State {
         last: u64,
     ) -> Result<()> {
         let changes = batch.take_deferred_changes();
+        if self.store.is_replicated() {
+            // A replicated log carries rows, not files: the block is one ordinary commit,
+            // applied alike on every node.
+            for (sequence, row) in &changes {
+                batch.put_change_row(*sequence, row);
+            }
+            for (digest, entries) in rows {
+                batch.put_summary(digest, entries)?;
+            }
+            self.commit_audited(batch, event, now)?;
+            return Ok(());
+        }
         let staging = self.store.staging_dir();
         let file = staging.join(format!("summaries-{before}.sst"));
         let changes_file = staging.join(format!("changes-{before}.sst"));

@@ -80,8 +80,16 @@ pub async fn run(
     let pki = Arc::new(Pki::load(&config.data_dir)?);
     let metrics = Metrics::new();
     let ca_expiry = crate::pki::certificate_not_after(&pki.ca_pem);
-    let store = Store::open(&config.db_dir(), &config.store_options())?;
+    let store = Arc::new(Store::open(&config.db_dir(), &config.store_options())?);
+    // The log's committed entries are applied before the domain reads the store.
+    let node = match config.replicated_log {
+        true => Some(crate::cluster::node::Node::start_single(store.clone(), 1, config.listen.to_string()).await?),
+        false => None,
+    };
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
+    if let Some(node) = &node {
+        node.route_commits();
+    }
     let db_identity = domain.db_identity();
     let limits = limits::Limits::load(&config, domain.clone(), metrics.clone()).await?;
     let stream_limits = streams::StreamLimits::new(limits.clone());
@@ -249,6 +257,12 @@ pub async fn run(
     }
     if !domain.is_sole_owner() {
         tracing::warn!("calls still hold the database after the shutdown grace period");
+    }
+    if let Err(err) = domain.flush_reads().await {
+        tracing::error!(%err, "committing queued read audit entries failed");
+    }
+    if let Some(node) = node {
+        node.stop().await;
     }
     drop(domain);
     tracing::info!("flagshare stopped");

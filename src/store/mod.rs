@@ -49,6 +49,21 @@ pub enum StoreError {
     Random(String),
     #[error("file system: {0}")]
     Io(#[from] std::io::Error),
+    /// The replicated log could not take a commit (no leader, no majority): the caller may
+    /// try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Where a replicated store's commits go instead of straight to RocksDB (`crate::cluster`).
+pub trait Replicator: Send + Sync {
+    /// Makes `writes` part of the store through the replicated log; returns once they are
+    /// applied here.
+    fn replicate(&self, writes: WriteSet) -> Result<(), StoreError>;
+
+    /// Drops the log entries already applied (behind a fresh snapshot), so that the rows
+    /// their write sets held leave the disk with the next compaction.
+    fn trim_log(&self) -> Result<(), StoreError>;
 }
 
 /// Tuning that an operator may change without changing the on-disk format.
@@ -86,6 +101,8 @@ pub struct Store {
     write_options: WriteOptions,
     /// Whether a commit is answered only once its WAL record is on disk.
     sync_writes: bool,
+    /// Set while commits go through a replicated log (`set_replicator`).
+    replicator: parking_lot::RwLock<Option<std::sync::Arc<dyn Replicator>>>,
 }
 
 /// Digests from which `Store::get_summaries` reads on two threads.
@@ -293,6 +310,7 @@ impl Store {
             path: path.to_owned(),
             write_options,
             sync_writes: store_options.sync_writes,
+            replicator: parking_lot::RwLock::new(None),
         };
         store.check_schema_version()?;
         Ok(store)
@@ -951,6 +969,11 @@ impl Store {
     /// rows (retracted and purged flags, their tombstones) leave the data files and the
     /// write-ahead log. Costs a rewrite of the database: for an operator's "erase now".
     pub fn compact_all(&self) -> Result<(), StoreError> {
+        // The log holds every write set it applied: a removed row's bytes are there too.
+        let replicator = self.replicator.read().clone();
+        if let Some(replicator) = replicator {
+            replicator.trim_log()?;
+        }
         // Forced at the bottom level too: by default RocksDB skips files already there, and
         // a deletion (or range deletion) in such a file would keep its key's bytes.
         let mut options = rocksdb::CompactOptions::default();
@@ -988,8 +1011,19 @@ impl Store {
             store: self,
             inner: WriteBatch::default(),
             deferred_changes: None,
-            recorded: None,
+            recorded: self.is_replicated().then(WriteSet::default),
         }
+    }
+
+    /// From now on every commit goes through `replicator` (or, with `None`, straight to
+    /// RocksDB again: a server drops its log this way as it stops).
+    pub fn set_replicator(&self, replicator: Option<std::sync::Arc<dyn Replicator>>) {
+        *self.replicator.write() = replicator;
+    }
+
+    /// Whether commits go through a replicated log.
+    pub fn is_replicated(&self) -> bool {
+        self.replicator.read().is_some()
     }
 
     /// Writes change-log rows (from `Batch::take_deferred_changes`, in increasing sequence
@@ -1038,7 +1072,17 @@ impl Store {
         self.commit_with(batch, Durability::Configured)
     }
 
-    pub fn commit_with(&self, batch: Batch<'_>, durability: Durability) -> Result<(), StoreError> {
+    pub fn commit_with(&self, mut batch: Batch<'_>, durability: Durability) -> Result<(), StoreError> {
+        let replicator = self.replicator.read().clone();
+        // A batch begun before the log was set holds no write set: it is written here, as
+        // it would have been.
+        if let (Some(replicator), Some(writes)) = (replicator, batch.recorded.take()) {
+            return if writes.is_empty() {
+                Ok(())
+            } else {
+                replicator.replicate(writes)
+            };
+        }
         match durability {
             Durability::Configured => self.db.write_opt(batch.inner, &self.write_options)?,
             Durability::Buffered | Durability::Deferred => self.db.write(batch.inner)?,

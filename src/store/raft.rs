@@ -41,6 +41,24 @@ impl Store {
         Ok(())
     }
 
+    /// Writes `rows` of `cf::RAFT_STATE` without waiting for the disk (the committed index:
+    /// a hint openraft can do without after a crash).
+    pub fn note_raft_state(&self, rows: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in rows {
+            batch.put_cf(self.cf(cf::RAFT_STATE), key, value);
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Waits until every write so far is on disk, whatever `sync_writes` says: before a
+    /// snapshot lets the log behind it go.
+    pub fn persist_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// Appends log entries (index, encoded entry), on disk before it returns.
     pub fn append_raft_log(&self, rows: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
@@ -109,6 +127,8 @@ impl Store {
 
     /// Applies a committed entry: its write set (decoded whole first, so a damaged one
     /// changes nothing) and `raft_rows` (the applied log id, a membership) in one write.
+    /// It does not wait for the disk: the entry is on disk in the log (whose synced
+    /// appends share this WAL), and a node that loses the write re-applies the entry.
     pub fn apply_write_set(&self, set: &[u8], raft_rows: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for write in writeset::decode(set)? {
@@ -121,7 +141,7 @@ impl Store {
         for (key, value) in raft_rows {
             batch.put_cf(self.cf(cf::RAFT_STATE), key, value);
         }
-        self.db.write_opt(batch, &self.write_options)?;
+        self.db.write(batch)?;
         Ok(())
     }
 

@@ -82,7 +82,11 @@ impl TestServer {
         TestServer::start_in_configured(dir, "flagshare-dev", adjust).await
     }
 
-    async fn start_in_configured(dir: TempDir, operator_name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    pub async fn start_in_configured(
+        dir: TempDir,
+        operator_name: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let mut config = test_config(dir.path(), operator_name);
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,197 @@
+//! A node's Raft over its store, and the store's commits routed through it.
+//!
+//! For now a node is a one-node cluster (`replicated_log = true`): every commit is an
+//! entry of its log, applied by the state machine, exactly as a leader of several nodes
+//! commits. The network between nodes comes next; until then no node has peers to reach.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+
+use super::log::LogStore;
+use super::machine::StateMachine;
+use super::{Config, NodeId, Proposal};
+use crate::store::{Replicator, Store, StoreError, WriteSet};
+
+/// How long a starting node waits to lead its cluster and apply its log.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Raft timings: a heartbeat well inside the election timeout, and log entries kept
+/// behind a snapshot so that a follower briefly away catches up from the log.
+fn raft_config() -> anyhow::Result<openraft::Config> {
+    openraft::Config {
+        cluster_name: "flagshare".to_owned(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1_000,
+        election_timeout_max: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")
+}
+
+/// A running node.
+pub struct Node {
+    raft: Raft<Config>,
+    store: Arc<Store>,
+}
+
+impl Node {
+    /// Starts the node `id` of a one-node cluster on `store` (initialising the cluster on
+    /// first start) and waits until it leads and has applied its whole log. Commits still
+    /// go straight to the store until `route_commits`.
+    pub async fn start_single(store: Arc<Store>, id: NodeId, address: String) -> anyhow::Result<Node> {
+        let machine = StateMachine::open(store.clone()).context("opening the state machine")?;
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config()?),
+            Unconnected,
+            LogStore::new(store.clone()),
+            machine,
+        )
+        .await
+        .context("starting raft")?;
+        if !raft.is_initialized().await.context("reading raft state")? {
+            raft.initialize(BTreeMap::from([(id, BasicNode::new(address))]))
+                .await
+                .context("initialising the one-node cluster")?;
+        }
+        raft.wait(Some(START_TIMEOUT))
+            .metrics(
+                |metrics| {
+                    metrics.current_leader == Some(id)
+                        && metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index
+                },
+                "leading the cluster with the whole log applied",
+            )
+            .await
+            .context("waiting to lead the one-node cluster")?;
+        Ok(Node { raft, store })
+    }
+
+    /// From now on every commit of the store is an entry of this node's log.
+    pub fn route_commits(&self) {
+        self.store.set_replicator(Some(Arc::new(Proposer {
+            raft: self.raft.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        })));
+    }
+
+    /// Routes commits straight to the store again and stops the Raft.
+    pub async fn stop(self) {
+        self.store.set_replicator(None);
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(%err, "stopping raft");
+        }
+    }
+
+    pub fn raft(&self) -> &Raft<Config> {
+        &self.raft
+    }
+}
+
+/// Proposes each commit's write set and waits until it is applied here.
+struct Proposer {
+    raft: Raft<Config>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Replicator for Proposer {
+    fn replicate(&self, writes: WriteSet) -> Result<(), StoreError> {
+        let proposal = Proposal {
+            writes: writes.into_bytes(),
+        };
+        // Commits run on blocking threads (or a runtime thread, which gives up its tasks
+        // while it waits); the proposal is answered once the entry is applied here.
+        let written = tokio::task::block_in_place(|| self.runtime.block_on(self.raft.client_write(proposal)));
+        written
+            .map(|_| ())
+            .map_err(|err| StoreError::Unavailable(format!("the write was not committed: {err}")))
+    }
+
+    fn trim_log(&self) -> Result<(), StoreError> {
+        let trimmed = tokio::task::block_in_place(|| {
+            self.runtime.block_on(async {
+                let Some(applied) = self.raft.metrics().borrow().last_applied else {
+                    return Ok(());
+                };
+                let wait = || self.raft.wait(Some(START_TIMEOUT));
+                self.raft.trigger().snapshot().await.map_err(|err| err.to_string())?;
+                wait()
+                    .metrics(
+                        |metrics| metrics.snapshot.is_some_and(|log_id| log_id.index >= applied.index),
+                        "a snapshot of everything applied",
+                    )
+                    .await
+                    .map_err(|err| err.to_string())?;
+                self.raft
+                    .trigger()
+                    .purge_log(applied.index)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                wait()
+                    .metrics(
+                        |metrics| metrics.purged.is_some_and(|log_id| log_id.index >= applied.index),
+                        "the log purged behind the snapshot",
+                    )
+                    .await
+                    .map_err(|err| err.to_string())?;
+                Ok::<(), String>(())
+            })
+        });
+        trimmed.map_err(|err| StoreError::Unavailable(format!("trimming the replicated log failed: {err}")))
+    }
+}
+
+/// The network of a node without peers: every other node is out of reach.
+struct Unconnected;
+
+impl RaftNetworkFactory<Config> for Unconnected {
+    type Network = Unconnected;
+
+    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Unconnected {
+        Unconnected
+    }
+}
+
+fn unreachable<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    Unreachable::new(&std::io::Error::other("this node has no peers")).into()
+}
+
+impl RaftNetwork<Config> for Unconnected {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<Config>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        Err(unreachable())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<Config>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        Err(unreachable())
+    }
+}
