@@ -44,7 +44,10 @@ pub use maintenance::{Retention, Stats, Sweep};
 pub use membership::describe_limits;
 pub use principals::{Caller, Registry};
 pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
-pub use state::{MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, MAX_PENDING_READS, Metrics, READ_FLUSH_INTERVAL};
+pub use state::{
+    MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, MAX_PENDING_READ_DIGESTS, MAX_PENDING_READS, Metrics,
+    READ_FLUSH_INTERVAL,
+};
 pub use submit::IMPORT_BLOCK;
 
 use state::{State, blocking, stream_chunk};

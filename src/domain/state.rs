@@ -32,6 +32,9 @@ pub const MAX_ENTRIES_PER_DIGEST: usize = 16_384;
 
 /// Read audit entries queued at most (see `State::reads`): one commit's worth.
 pub const MAX_PENDING_READS: usize = 1_024;
+/// Matched digests the queued read entries hold at most (3.2 MB): a query matches up to
+/// 10,000, so the entry count alone would not bound the queue's memory.
+pub const MAX_PENDING_READ_DIGESTS: usize = 100_000;
 /// How often the server commits queued read audit entries.
 pub const READ_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -381,7 +384,12 @@ impl State {
 
     /// Records a read-only call: its entry is queued (`State::reads`), not written yet.
     pub(super) fn record_read(&self, event: AuditEvent, now: i64) -> Result<()> {
-        if self.reads.lock().len() >= MAX_PENDING_READS {
+        let full = {
+            let reads = self.reads.lock();
+            let queued_digests: usize = reads.iter().map(|(queued, _)| queued.digests.len()).sum();
+            reads.len() >= MAX_PENDING_READS || queued_digests + event.digests.len() > MAX_PENDING_READ_DIGESTS
+        };
+        if full {
             self.flush_reads()?;
         }
         self.reads.lock().push((event, now));

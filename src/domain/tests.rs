@@ -1006,3 +1006,26 @@ async fn a_full_read_queue_is_committed_by_the_read_that_finds_it_full_and_a_clo
     assert!(entries[written..].iter().all(|entry| entry.op == "query"));
     assert!(audit::verify(&store).unwrap().broken.is_none());
 }
+
+#[tokio::test]
+async fn queued_read_entries_hold_a_bounded_number_of_matched_digests() {
+    let fixture = open();
+    let domain = &fixture.domain;
+    let alpha = member(domain, "alpha").await;
+    let beta = member(domain, "beta").await;
+    let digests: Vec<Digest> = (0..5_000).map(digest_of).collect();
+    let flags = digests
+        .iter()
+        .map(|digest| flag(*digest, Kind::Email, Category::Grooming))
+        .collect();
+    domain.submit(alpha, flags, 1).await.unwrap();
+    let written = stored_audit(domain.store()).len();
+    // Each query's entry holds its 5,000 matched digests: the queue takes 20 of them
+    // (100,000 digests), and the 21st query writes those 20 first.
+    for _ in 0..21 {
+        assert_eq!(domain.query(beta.clone(), digests.clone()).await.unwrap().len(), 5_000);
+    }
+    let entries = stored_audit(domain.store());
+    assert_eq!(entries.len(), written + MAX_PENDING_READ_DIGESTS / 5_000);
+    assert!(entries[written..].iter().all(|entry| entry.digests.len() == 5_000));
+}
