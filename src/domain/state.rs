@@ -384,14 +384,15 @@ impl State {
 
     /// Records a read-only call: its entry is queued (`State::reads`), not written yet.
     pub(super) fn record_read(&self, event: AuditEvent, now: i64) -> Result<()> {
-        let full = {
-            let reads = self.reads.lock();
+        {
+            let mut reads = self.reads.lock();
             let queued_digests: usize = reads.iter().map(|(queued, _)| queued.digests.len()).sum();
-            reads.len() >= MAX_PENDING_READS || queued_digests + event.digests.len() > MAX_PENDING_READ_DIGESTS
-        };
-        if full {
-            self.flush_reads()?;
+            if reads.len() < MAX_PENDING_READS && queued_digests + event.digests.len() <= MAX_PENDING_READ_DIGESTS {
+                reads.push((event, now));
+                return Ok(());
+            }
         }
+        self.flush_reads()?;
         self.reads.lock().push((event, now));
         Ok(())
     }

@@ -283,10 +283,9 @@ impl Store {
         let on_disk = DB::list_cf(&db_options, path).unwrap_or_default();
         let retired = on_disk
             .iter()
-            .filter(|name| name.as_str() != "default" && !cf::ALL.contains(&name.as_str()));
-        let descriptors = cf::ALL
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name, &cache)))
+            .filter(|name| name.as_str() != "default" && !cf::all().any(|family| family == name.as_str()));
+        let descriptors = cf::all()
+            .map(|name| ColumnFamilyDescriptor::new(name, family_options(name, &cache)))
             .chain(retired.map(|name| ColumnFamilyDescriptor::new(name, Options::default())))
             .collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|err| {
@@ -602,7 +601,7 @@ impl Store {
     fn cf(&self, name: &'static str) -> &ColumnFamily {
         match self.db.cf_handle(name) {
             Some(family) => family,
-            // `open` opens every family of `cf::ALL` or fails, and only names from `cf`
+            // `open` opens every family of `cf::all()` or fails, and only names from `cf`
             // reach here: a missing handle is a bug in this file, not an input.
             None => unreachable_family(name),
         }
@@ -893,8 +892,7 @@ impl Store {
     /// What the metrics endpoint reports of RocksDB, summed over the column families.
     pub fn rocks_reading(&self) -> RocksReading {
         let sum = |property: &str| -> u64 {
-            cf::ALL
-                .iter()
+            cf::all()
                 .filter_map(|name| self.db.cf_handle(name))
                 .filter_map(|handle| self.db.property_int_value_cf(&handle, property).ok().flatten())
                 .sum()
@@ -978,7 +976,7 @@ impl Store {
         // a deletion (or range deletion) in such a file would keep its key's bytes.
         let mut options = rocksdb::CompactOptions::default();
         options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in cf::ALL {
+        for name in cf::all() {
             let family = self.cf(name);
             self.db.flush_cf(family)?;
             self.db

@@ -295,7 +295,7 @@ fn audit_verify_reports_an_entry_altered_offline() {
     // Entry 3 is alpha's first submit; make it say someone else did it.
     {
         let db_path = site.data.join("db");
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_path, flagshare::store::cf::ALL).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &db_path, flagshare::store::cf::all()).unwrap();
         let audit = db.cf_handle(flagshare::store::cf::AUDIT).unwrap();
         let key = 3u64.to_be_bytes();
         let stored = db.get_cf(audit, key).unwrap().unwrap();
