@@ -284,6 +284,16 @@ impl Scraped {
             "Bytes per second RocksDB slows writes to while compaction catches up; 0 when it does not",
             gauge(self.rocks.delayed_write_rate),
         );
+        registry.register(
+            "presence_filter_bytes",
+            "Bytes of the in-memory filter of stored digests that answers most misses without RocksDB",
+            gauge(self.rocks.presence_bytes),
+        );
+        registry.register(
+            "presence_filter_ready",
+            "1 once the filter of stored digests holds every one (a scan after start), else 0",
+            gauge(u64::from(self.rocks.presence_ready)),
+        );
         // Tickers exist only with rocksdb_statistics on.
         if let (Some(hits), Some(misses)) = (self.rocks.block_cache_hits, self.rocks.block_cache_misses) {
             registry.register(

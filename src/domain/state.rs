@@ -88,6 +88,12 @@ pub(crate) struct State {
     /// the sequence before it (else `NO_HOLD`): readers of the change log stop there, so no
     /// feed or peer sees a change whose summary row is not in place yet.
     hold: std::sync::atomic::AtomicU64,
+    /// The scan that makes the store's presence filter ready, and its stop: it reads every
+    /// digest once (about a second per 10,000,000), so it runs beside the server.
+    presence_scan: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    )>,
     /// Tests set it to make the next audited commit panic under the writer lock.
     #[cfg(test)]
     fault: std::sync::atomic::AtomicBool,
@@ -104,6 +110,10 @@ impl Drop for State {
     /// replicated log: its commit needs the runtime, whose only thread may be the one
     /// dropping this (the server commits the queue itself before it stops its log).
     fn drop(&mut self) {
+        if let Some((stop, scan)) = self.presence_scan.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = scan.join();
+        }
         if self.store.is_replicated() {
             let n_queued = self.reads.lock().len();
             if n_queued > 0 {
@@ -116,6 +126,35 @@ impl Drop for State {
         }
         if let Err(err) = self.flush_reads() {
             tracing::error!(%err, "committing queued read audit entries at close failed");
+        }
+    }
+}
+
+/// Starts the presence scan (see `State::presence_scan`); without a thread for it, the
+/// filter stays unready and every read goes to RocksDB as before.
+fn scan_presence(
+    store: &std::sync::Arc<Store>,
+) -> Option<(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+)> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (scan_store, scan_stop) = (store.clone(), stop.clone());
+    let spawned = std::thread::Builder::new()
+        .name("flagshare-presence".to_owned())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match scan_store.scan_presence(&scan_stop) {
+                Ok(true) => tracing::debug!(elapsed = ?started.elapsed(), "presence filter ready"),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(%err, "scanning stored digests failed; reads skip the presence filter"),
+            }
+        });
+    match spawned {
+        Ok(scan) => Some((stop, scan)),
+        Err(err) => {
+            tracing::warn!(%err, "no thread for the presence scan; reads skip the presence filter");
+            None
         }
     }
 }
@@ -167,6 +206,7 @@ impl State {
             .into_iter()
             .map(|(member, start, count)| (member, (start, count)))
             .collect();
+        let presence_scan = scan_presence(&store);
         Ok(State {
             #[cfg(test)]
             fault: std::sync::atomic::AtomicBool::new(false),
@@ -187,6 +227,7 @@ impl State {
             quarantined_members: RwLock::new(quarantined_members),
             quarantine_overrides: RwLock::new(HashMap::new()),
             hold: std::sync::atomic::AtomicU64::new(NO_HOLD),
+            presence_scan,
         })
     }
 

@@ -75,6 +75,15 @@ fn flag(digest: Digest, kind: Kind, category: Category) -> NewFlag {
     }
 }
 
+/// Waits (at most 10 s) until the presence filter is in use, so that reads go through it.
+async fn presence_ready(domain: &Domain) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !domain.state.store.rocks_reading().presence_ready {
+        assert!(std::time::Instant::now() < deadline, "the presence scan did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 fn changes(domain: &Domain) -> Vec<(u64, crate::model::ChangeRecord)> {
     domain.store().changes_after(0, 100_000).unwrap()
 }
@@ -573,6 +582,7 @@ fn digest_of(i: u32) -> Digest {
 async fn an_import_block_merges_with_what_is_stored_and_reads_as_submitted_flags() {
     let fixture = open();
     let domain = &fixture.domain;
+    presence_ready(domain).await;
     let (alpha, beta) = (member(domain, "alpha").await, member(domain, "beta").await);
     // Alpha already flagged digest 7; beta's import holds it too, and one flag twice.
     domain
@@ -684,6 +694,8 @@ async fn an_import_block_stopped_before_its_ingestion_is_invisible_then_whole_af
     let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
     let domain = Domain::open(store, Policy::default()).unwrap();
     assert!(domain.state.store.pending_import().unwrap().is_none());
+    // The block finished at open is in the presence filter's scan.
+    presence_ready(&domain).await;
     assert_eq!(domain.query(beta.clone(), digests).await.unwrap().len(), 1_000);
     let (items, _, head) = domain.feed_changes(beta, 0, 0).await.unwrap();
     assert_eq!(head, head_before + 1_000);

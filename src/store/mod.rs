@@ -6,6 +6,7 @@
 pub mod cf;
 pub mod codec;
 pub mod keys;
+mod presence;
 mod raft;
 pub use raft::Row;
 pub mod writeset;
@@ -103,10 +104,14 @@ pub struct Store {
     sync_writes: bool,
     /// Set while commits go through a replicated log (`set_replicator`).
     replicator: parking_lot::RwLock<Option<std::sync::Arc<dyn Replicator>>>,
+    /// Which digests `summaries` may hold (`scan_presence` makes it ready).
+    presence: presence::Presence,
 }
 
 /// Digests from which `Store::get_summaries` reads on two threads.
 const PARALLEL_READ: usize = 50_000;
+/// Digests `Store::scan_presence` reads from one view of the store.
+const SCAN_SLICE: usize = 100_000;
 
 /// Where an import block stands, kept in `meta` until it is whole: its change-log rows
 /// `first..=last` are being ingested (`committed` false: a server that stops now deletes
@@ -163,6 +168,9 @@ pub struct RocksReading {
     pub block_cache_misses: Option<u64>,
     pub stall_micros: Option<u64>,
     pub disk_bytes: u64,
+    /// Bytes of the in-memory filter of stored digests, and whether it is in use yet.
+    pub presence_bytes: u64,
+    pub presence_ready: bool,
 }
 
 /// Whether a commit waits for the disk.
@@ -239,6 +247,14 @@ fn family_options(name: &str, cache: &Cache) -> Options {
             options.set_memtable_prefix_bloom_ratio(0.02);
             // Random digests do not compress; skip the work on the read path.
             options.set_compression_type(DBCompressionType::None);
+            // An import block's file spans every digest, so each level-0 compaction rewrites
+            // the whole base level: compacting every 10 files instead of every 4 halved the
+            // compaction work of an import of 10,000,000 (9.2-9.6 s of CPU instead of
+            // 17-18). A lookup that misses never reaches level 0 (the presence filter
+            // answers it); a hit probes one bloom filter per level-0 file.
+            options.set_level_zero_file_num_compaction_trigger(10);
+            options.set_level_zero_slowdown_writes_trigger(50);
+            options.set_level_zero_stop_writes_trigger(80);
         }
         _ => options.set_compression_type(DBCompressionType::Lz4),
     }
@@ -310,8 +326,10 @@ impl Store {
             write_options,
             sync_writes: store_options.sync_writes,
             replicator: parking_lot::RwLock::new(None),
+            presence: presence::Presence::new(),
         };
         store.check_schema_version()?;
+        store.presence.reset(store.estimated_summaries());
         Ok(store)
     }
 
@@ -561,6 +579,7 @@ impl Store {
             if entries.is_empty() {
                 Ok((*digest, None))
             } else {
+                self.presence.note(digest);
                 Ok((*digest, Some(codec::encode_summary(entries)?)))
             }
         });
@@ -611,23 +630,41 @@ impl Store {
     /// block). One result per digest, in order. An import block's many digests are read in
     /// two halves side by side: the read is most of a block's time and holds the writer.
     pub fn get_summaries(&self, sorted_digests: &[Digest]) -> Result<Vec<Option<Vec<SummaryEntry>>>, StoreError> {
-        if sorted_digests.len() < PARALLEL_READ {
-            return self.get_summaries_of(sorted_digests);
+        // Only digests the presence filter may hold are read: most asked for are not stored.
+        let wanted: Vec<&Digest> = sorted_digests
+            .iter()
+            .filter(|digest| self.presence.may_contain(digest.as_slice()))
+            .collect();
+        let read = if wanted.len() < PARALLEL_READ {
+            self.get_summaries_of(&wanted)?
+        } else {
+            let (first, second) = wanted.split_at(wanted.len() / 2);
+            std::thread::scope(|scope| -> Result<_, StoreError> {
+                let second = scope.spawn(|| self.get_summaries_of(second));
+                let mut found = self.get_summaries_of(first)?;
+                found.extend(
+                    second
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("reading summaries failed").into()))?,
+                );
+                Ok(found)
+            })?
+        };
+        if wanted.len() == sorted_digests.len() {
+            return Ok(read);
         }
-        let (first, second) = sorted_digests.split_at(sorted_digests.len() / 2);
-        std::thread::scope(|scope| {
-            let second = scope.spawn(|| self.get_summaries_of(second));
-            let mut found = self.get_summaries_of(first)?;
-            found.extend(
-                second
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("reading summaries failed").into()))?,
-            );
-            Ok(found)
-        })
+        // Back in the order asked: `wanted` is a subsequence of `sorted_digests`.
+        let mut read = wanted.into_iter().zip(read).peekable();
+        Ok(sorted_digests
+            .iter()
+            .map(|digest| {
+                read.next_if(|(wanted, _)| std::ptr::eq(*wanted, digest))
+                    .and_then(|(_, found)| found)
+            })
+            .collect())
     }
 
-    fn get_summaries_of(&self, sorted_digests: &[Digest]) -> Result<Vec<Option<Vec<SummaryEntry>>>, StoreError> {
+    fn get_summaries_of(&self, sorted_digests: &[&Digest]) -> Result<Vec<Option<Vec<SummaryEntry>>>, StoreError> {
         let mut read_options = ReadOptions::default();
         read_options.set_verify_checksums(false);
         let values = self
@@ -642,6 +679,51 @@ impl Store {
                 }
             })
             .collect()
+    }
+
+    /// Notes every digest `summaries` holds in the presence filter, which is then ready.
+    /// Reads in slices of `SCAN_SLICE` digests, each from a fresh view, and gives up
+    /// (leaving the filter unready) when `stop` is set between two slices.
+    pub fn scan_presence(&self, stop: &std::sync::atomic::AtomicBool) -> Result<bool, StoreError> {
+        let generation = self.presence.generation();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let mode = match &after {
+                Some(key) => IteratorMode::From(key, Direction::Forward),
+                None => IteratorMode::Start,
+            };
+            let mut n_read = 0;
+            let mut last = None;
+            for item in self.db.iterator_cf(self.cf(cf::SUMMARIES), mode) {
+                let (key, _) = item?;
+                if after.as_deref() == Some(&key[..]) {
+                    continue;
+                }
+                self.presence.note(&key);
+                n_read += 1;
+                if n_read == SCAN_SLICE {
+                    last = Some(key.to_vec());
+                    break;
+                }
+            }
+            match last {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        self.presence.set_ready(generation);
+        Ok(true)
+    }
+
+    fn estimated_summaries(&self) -> usize {
+        self.db
+            .property_int_value_cf(self.cf(cf::SUMMARIES), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Full flag records, each read from the change-log upsert its summary entry names.
@@ -908,6 +990,8 @@ impl Store {
             block_cache_misses: ticker(Ticker::BlockCacheMiss),
             stall_micros: ticker(Ticker::StallMicros),
             disk_bytes: self.disk_size(),
+            presence_bytes: self.presence.heap_bytes() as u64,
+            presence_ready: self.presence.is_ready(),
         }
     }
 
@@ -1176,6 +1260,9 @@ impl Batch<'_> {
 
     fn put(&mut self, family: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
+        if family == cf::SUMMARIES {
+            self.store.presence.note(key);
+        }
         if let Some(set) = &mut self.recorded {
             set.put(family, key, value);
         }
@@ -1394,6 +1481,73 @@ mod tests {
             distribution: Distribution::Federated,
             origin_sequence: 7,
         }
+    }
+
+    /// Every digest `summaries` holds, by each way a row comes in, is found through the
+    /// presence filter once it is ready; a digest never stored is not read.
+    #[test]
+    fn every_stored_digest_passes_the_presence_filter_whichever_way_it_came_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |n: u8| [n; 32];
+        let never = std::sync::atomic::AtomicBool::new(false);
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            // Before the scan: a row written by a batch (found in the next open's scan).
+            let mut batch = store.batch();
+            batch.put_summary(&digest(1), &[entry(1)]).unwrap();
+            store.commit(batch).unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(store.scan_presence(&never).unwrap());
+        assert!(store.presence.is_ready());
+        // After it: a batch, a write set applied, an ingested file.
+        let mut batch = store.batch();
+        batch.put_summary(&digest(2), &[entry(2)]).unwrap();
+        store.commit(batch).unwrap();
+        let mut set = writeset::WriteSet::default();
+        set.put(cf::SUMMARIES, &digest(3), &codec::encode_summary(&[entry(3)]).unwrap());
+        store.apply_write_set(set.as_bytes(), &[]).unwrap();
+        let file = dir.path().join("block.sst");
+        let rows = [(digest(4), vec![entry(4)])];
+        assert!(
+            store
+                .write_summaries_file(&file, rows.iter().map(|(digest, entries)| (digest, entries.as_slice())))
+                .unwrap()
+        );
+        store.ingest_summaries(&file).unwrap();
+        let stored: Vec<Digest> = (1..=4).map(digest).collect();
+        for found in store.get_summaries(&stored).unwrap() {
+            assert!(found.is_some_and(|entries| entries.len() == 1));
+        }
+        // Asked together with digests never stored: each answer in its place.
+        let asked: Vec<Digest> = [0, 1, 2, 5, 3, 4, 9].map(digest).to_vec();
+        let mut sorted = asked.clone();
+        sorted.sort_unstable();
+        let found: Vec<bool> = store
+            .get_summaries(&sorted)
+            .unwrap()
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        let expected: Vec<bool> = sorted.iter().map(|digest| stored.contains(digest)).collect();
+        assert_eq!(found, expected);
+        assert!(
+            !store.presence.may_contain(&digest(9)),
+            "an empty slot of a near-empty filter"
+        );
+        // A snapshot's install replaces everything and leaves the filter ready with its rows.
+        let mut rows = Vec::new();
+        store
+            .dump_replicated(&[], |family, key, value| {
+                rows.push((family, key.to_vec(), value.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let installed = Store::open(other.path(), &StoreOptions::default()).unwrap();
+        installed.replace_replicated(rows.into_iter().map(Ok), &[]).unwrap();
+        assert!(installed.presence.is_ready());
+        assert!(installed.get_summaries(&stored).unwrap().iter().all(Option::is_some));
     }
 
     #[test]

@@ -133,7 +133,12 @@ impl Store {
         let mut batch = WriteBatch::default();
         for write in writeset::decode(set)? {
             match write {
-                Write::Put { family, key, value } => batch.put_cf(self.cf(family), key, value),
+                Write::Put { family, key, value } => {
+                    if family == cf::SUMMARIES {
+                        self.presence.note(key);
+                    }
+                    batch.put_cf(self.cf(family), key, value);
+                }
                 Write::Delete { family, key } => batch.delete_cf(self.cf(family), key),
                 Write::DeleteRange { family, from, to } => batch.delete_range_cf(self.cf(family), from, to),
             }
@@ -175,6 +180,9 @@ impl Store {
         rows: impl Iterator<Item = Result<Row, StoreError>>,
         raft_rows: &[(&[u8], Vec<u8>)],
     ) -> Result<(), StoreError> {
+        // Every digest is noted again as its row is written; the filter is ready again at
+        // the end (a replacement cut short leaves it unready until the next open scans).
+        let generation = self.presence.reset(0);
         let mut batch = WriteBatch::default();
         for family in cf::REPLICATED {
             batch.delete_range_cf(self.cf(family), &[][..], &PAST_EVERY_KEY[..]);
@@ -187,6 +195,9 @@ impl Store {
                     what: "snapshot row",
                     reason: format!("unknown family {index}"),
                 })?;
+            if family == cf::SUMMARIES {
+                self.presence.note(&key);
+            }
             batch.put_cf(self.cf(family), key, value);
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
                 self.db.write_opt(std::mem::take(&mut batch), &self.write_options)?;
@@ -196,6 +207,7 @@ impl Store {
             batch.put_cf(self.cf(cf::RAFT_STATE), key, value);
         }
         self.db.write_opt(batch, &Self::synced())?;
+        self.presence.set_ready(generation);
         Ok(())
     }
 
