@@ -86,6 +86,14 @@ async fn a_query_of_ten_digests_with_two_hits_moves_the_counters_by_exactly_that
     // Read at scrape time: the database and both certificates.
     assert!(retracted.value("flagshare_rocksdb_live_sst_bytes", "").is_some());
     assert_eq!(retracted.value("flagshare_rocksdb_delayed_write_rate", ""), Some(0.0));
+    // The presence filter: its first filter sized for at least 1,048,576 digests, ready
+    // once the scan of a near-empty store is done (long before these calls end).
+    assert!(
+        retracted
+            .value("flagshare_presence_filter_bytes", "")
+            .is_some_and(|bytes| bytes >= 1_310_720.0)
+    );
+    assert_eq!(retracted.value("flagshare_presence_filter_ready", ""), Some(1.0));
     // Tickers cost lookups: only with rocksdb_statistics on.
     assert!(retracted.value("flagshare_rocksdb_block_cache_hit_ratio", "").is_none());
     assert!(retracted.value("flagshare_disk_bytes", "").unwrap() > 0.0);
