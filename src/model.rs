@@ -87,6 +87,7 @@ byte_enum!(
         Member = 1 => "member",
         Admin = 2 => "admin",
         Peer = 3 => "peer",
+        Node = 4 => "node",
     }
 );
 

@@ -235,6 +235,7 @@ pub fn role_of(value: i32) -> Option<Role> {
         pb::Role::Member => Some(Role::Member),
         pb::Role::Admin => Some(Role::Admin),
         pb::Role::Peer => Some(Role::Peer),
+        pb::Role::Node => Some(Role::Node),
     }
 }
 
@@ -243,6 +244,7 @@ pub fn role_to_pb(role: Role) -> pb::Role {
         Role::Member => pb::Role::Member,
         Role::Admin => pb::Role::Admin,
         Role::Peer => pb::Role::Peer,
+        Role::Node => pb::Role::Node,
     }
 }
 

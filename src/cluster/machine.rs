@@ -25,7 +25,7 @@ const END: u8 = 0xFF;
 /// 640 KiB): a damaged length is refused before anything is allocated for it.
 const MAX_PART: usize = 16 << 20;
 
-type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+type Meta = SnapshotMeta<NodeId, super::ClusterNode>;
 
 /// The state machine of one node over its store.
 #[derive(Clone)]

@@ -19,11 +19,12 @@
 
 pub mod log;
 pub mod machine;
+pub mod network;
 pub mod node;
 #[cfg(test)]
 mod tests;
 
-use openraft::{BasicNode, LeaderId, LogId, Vote};
+use openraft::{LeaderId, LogId, Vote};
 
 use crate::store::DecodeError;
 
@@ -36,11 +37,37 @@ openraft::declare_raft_types!(
         D = Proposal,
         R = (),
         NodeId = NodeId,
-        Node = BasicNode,
+        Node = ClusterNode,
         Entry = openraft::Entry<Config>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A node as the cluster's membership names it: where it listens and the SHA-256 of the
+/// certificate it calls other nodes with. Stored as JSON in membership entries; `addr` is
+/// openraft's `ClusterNode` field name, so a membership stored before is read alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterNode {
+    pub addr: String,
+    /// Hex; empty for a one-node cluster, which no other node calls.
+    #[serde(default)]
+    pub certificate_sha256: String,
+}
+
+impl ClusterNode {
+    pub fn new(addr: impl Into<String>, certificate_sha256: [u8; 32]) -> ClusterNode {
+        ClusterNode {
+            addr: addr.into(),
+            certificate_sha256: hex::encode(certificate_sha256),
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)
+    }
+}
 
 /// What a leader proposes: the encoded write set of one commit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -118,7 +145,7 @@ pub(crate) mod rows {
                 writes: payload.to_vec(),
             }),
             Some(&MEMBERSHIP) => EntryPayload::Membership(
-                serde_json::from_slice::<Membership<NodeId, BasicNode>>(payload)
+                serde_json::from_slice::<Membership<NodeId, ClusterNode>>(payload)
                     .map_err(|err| error("raft entry", format!("membership: {err}")))?,
             ),
             other => return Err(error("raft entry", format!("unknown payload kind {other:?}"))),
@@ -186,7 +213,7 @@ pub(crate) mod rows {
         }
     }
 
-    pub type Stored = StoredMembership<NodeId, BasicNode>;
+    pub type Stored = StoredMembership<NodeId, ClusterNode>;
 }
 
 /// Store failures as openraft takes them, by what was being done.

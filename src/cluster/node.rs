@@ -9,17 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use openraft::Raft;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{BasicNode, Raft};
 
 use super::log::LogStore;
 use super::machine::StateMachine;
-use super::{Config, NodeId, Proposal};
+use super::{ClusterNode, Config, NodeId, Proposal};
 use crate::store::{Replicator, Store, StoreError, WriteSet};
 
 /// How long a starting node waits to lead its cluster and apply its log.
@@ -63,9 +63,15 @@ impl Node {
         .await
         .context("starting raft")?;
         if !raft.is_initialized().await.context("reading raft state")? {
-            raft.initialize(BTreeMap::from([(id, BasicNode::new(address))]))
-                .await
-                .context("initialising the one-node cluster")?;
+            raft.initialize(BTreeMap::from([(
+                id,
+                ClusterNode {
+                    addr: address,
+                    certificate_sha256: String::new(),
+                },
+            )]))
+            .await
+            .context("initialising the one-node cluster")?;
         }
         raft.wait(Some(START_TIMEOUT))
             .metrics(
@@ -160,12 +166,12 @@ struct Unconnected;
 impl RaftNetworkFactory<Config> for Unconnected {
     type Network = Unconnected;
 
-    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Unconnected {
+    async fn new_client(&mut self, _target: NodeId, _node: &ClusterNode) -> Unconnected {
         Unconnected
     }
 }
 
-fn unreachable<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+fn unreachable<E: std::error::Error>() -> RPCError<NodeId, ClusterNode, E> {
     Unreachable::new(&std::io::Error::other("this node has no peers")).into()
 }
 
@@ -174,7 +180,7 @@ impl RaftNetwork<Config> for Unconnected {
         &mut self,
         _rpc: AppendEntriesRequest<Config>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
         Err(unreachable())
     }
 
@@ -182,7 +188,7 @@ impl RaftNetwork<Config> for Unconnected {
         &mut self,
         _rpc: InstallSnapshotRequest<Config>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>>
     {
         Err(unreachable())
     }
@@ -191,7 +197,7 @@ impl RaftNetwork<Config> for Unconnected {
         &mut self,
         _rpc: VoteRequest<NodeId>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
         Err(unreachable())
     }
 }

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use super::log::LogStore;
 use super::machine::StateMachine;
-use super::{Config, Entry, NodeId, Proposal};
+use super::{ClusterNode, Config, Entry, NodeId, Proposal};
 use crate::digest::{Digest, Kind};
 use crate::model::{Category, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, SummaryEntry};
 use crate::store::{Row, Store, StoreOptions};
@@ -262,7 +262,7 @@ mod replicated {
         AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
         VoteResponse,
     };
-    use openraft::{BasicNode, Raft, SnapshotPolicy};
+    use openraft::{Raft, SnapshotPolicy};
     use parking_lot::Mutex;
 
     use super::*;
@@ -290,7 +290,7 @@ mod replicated {
     impl RaftNetworkFactory<Config> for From {
         type Network = Connection;
 
-        async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Connection {
+        async fn new_client(&mut self, target: NodeId, _node: &ClusterNode) -> Connection {
             Connection {
                 router: self.router.clone(),
                 from: self.id,
@@ -300,7 +300,7 @@ mod replicated {
     }
 
     impl Connection {
-        fn reach<E: std::error::Error>(&self) -> Result<Raft<Config>, RPCError<NodeId, BasicNode, E>> {
+        fn reach<E: std::error::Error>(&self) -> Result<Raft<Config>, RPCError<NodeId, ClusterNode, E>> {
             let cut = self.router.cut.lock();
             if cut.contains(&self.from) || cut.contains(&self.to) {
                 return Err(Unreachable::new(&std::io::Error::other("cut off")).into());
@@ -319,7 +319,7 @@ mod replicated {
             &mut self,
             rpc: AppendEntriesRequest<Config>,
             _option: RPCOption,
-        ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
             let raft = self.reach()?;
             raft.append_entries(rpc)
                 .await
@@ -330,8 +330,10 @@ mod replicated {
             &mut self,
             rpc: InstallSnapshotRequest<Config>,
             _option: RPCOption,
-        ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-        {
+        ) -> Result<
+            InstallSnapshotResponse<NodeId>,
+            RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>,
+        > {
             let raft = self.reach()?;
             raft.install_snapshot(rpc)
                 .await
@@ -342,7 +344,7 @@ mod replicated {
             &mut self,
             rpc: VoteRequest<NodeId>,
             _option: RPCOption,
-        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
             let raft = self.reach()?;
             raft.vote(rpc)
                 .await
@@ -455,8 +457,17 @@ mod replicated {
             start(&router, 2).await,
             start(&router, 3).await,
         ];
-        let members: BTreeMap<NodeId, BasicNode> =
-            (1..=3).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
+        let members: BTreeMap<NodeId, ClusterNode> = (1..=3)
+            .map(|id| {
+                (
+                    id,
+                    ClusterNode {
+                        addr: format!("node-{id}"),
+                        certificate_sha256: String::new(),
+                    },
+                )
+            })
+            .collect();
         nodes[0].raft.initialize(members).await.unwrap();
         let by_id = |id: NodeId| nodes.iter().find(|node| node.raft.metrics().borrow().id == id).unwrap();
 
@@ -525,7 +536,14 @@ mod replicated {
         );
         by_id(second)
             .raft
-            .add_learner(4, BasicNode::new("node-4"), true)
+            .add_learner(
+                4,
+                ClusterNode {
+                    addr: "node-4".to_owned(),
+                    certificate_sha256: String::new(),
+                },
+                true,
+            )
             .await
             .unwrap();
         let head = write(by_id(second), 41..=41).await;
@@ -542,6 +560,178 @@ mod replicated {
         assert_eq!(fingerprint(&fourth.store), fingerprint(&by_id(second).store));
 
         for node in nodes.iter().chain([&fourth]) {
+            node.raft.shutdown().await.unwrap();
+        }
+    }
+
+    /// Node credentials from one operator CA: a client bundle and its certificate's SHA-256.
+    fn node_bundle(pki: &crate::pki::Pki, name: &str, role: crate::model::Role) -> (crate::client::Bundle, [u8; 32]) {
+        let key = crate::pki::generate_client_key().unwrap();
+        let (cert_pem, issued) = pki
+            .issue_client_certificate(name, role, &rcgen::PublicKeyData::subject_public_key_info(&key))
+            .unwrap();
+        let bundle = crate::client::Bundle {
+            dir: std::path::PathBuf::new(),
+            config: crate::client::BundleConfig {
+                name: name.to_owned(),
+                role: role.as_str().to_owned(),
+                endpoint: String::new(),
+                endpoints: Vec::new(),
+                server_name: "localhost".to_owned(),
+                operator_id: String::new(),
+                operator_key: String::new(),
+            },
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            ca_pem: pki.ca_pem.clone(),
+        };
+        (bundle, issued.sha256)
+    }
+
+    /// Three nodes, each a Raft over its own store behind the real `Cluster` service on a
+    /// loopback port with mutual TLS (one operator CA), elect a leader and apply the same
+    /// rows; a member's certificate is refused before its message is read, and a node's
+    /// malformed calls are refused by field without changing any store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_replicate_over_mutual_tls_and_the_cluster_service_refuses_everyone_else() {
+        use crate::model::Role;
+        use crate::pb::cluster_client::ClusterClient;
+        use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+        let pki_dir = tempfile::tempdir().unwrap();
+        let pki = crate::pki::Pki::create(pki_dir.path(), "test operator", &["localhost".to_owned()]).unwrap();
+        let credentials: Vec<_> = (1..=3)
+            .map(|id| node_bundle(&pki, &format!("node-{id}"), Role::Node))
+            .collect();
+        let listeners: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let members: BTreeMap<NodeId, ClusterNode> = (1..=3)
+            .zip(&listeners)
+            .zip(&credentials)
+            .map(|((id, listener), (_, sha256))| {
+                let address = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+                (id, ClusterNode::new(address, *sha256))
+            })
+            .collect();
+        let allowed: BTreeSet<[u8; 32]> = credentials.iter().map(|(_, sha256)| *sha256).collect();
+        let gate: crate::server::cluster::NodeGate = Arc::new(move |sha256| allowed.contains(sha256));
+
+        let mut nodes = Vec::new();
+        for ((id, listener), (bundle, _)) in (1..=3).zip(listeners).zip(&credentials) {
+            let (dir, store) = open_store();
+            let config = openraft::Config {
+                heartbeat_interval: 100,
+                election_timeout_min: 500,
+                election_timeout_max: 1_000,
+                ..Default::default()
+            };
+            let raft = Raft::new(
+                id,
+                Arc::new(config.validate().unwrap()),
+                super::super::network::Network::new(bundle.clone()),
+                LogStore::new(store.clone()),
+                StateMachine::open(store.clone()).unwrap(),
+            )
+            .await
+            .unwrap();
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
+                .client_ca_root(Certificate::from_pem(&pki.ca_pem));
+            let service = crate::server::cluster::service(raft.clone(), gate.clone());
+            listener.set_nonblocking(true).unwrap();
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener).unwrap());
+            tokio::spawn(
+                Server::builder()
+                    .tls_config(tls)
+                    .unwrap()
+                    .add_service(service)
+                    .serve_with_incoming(incoming),
+            );
+            nodes.push(Node { _dir: dir, store, raft });
+        }
+        nodes[0].raft.initialize(members.clone()).await.unwrap();
+        let leader = leader_among(&nodes.iter().collect::<Vec<_>>()).await;
+        let by_id = |id: NodeId| nodes.iter().find(|node| node.raft.metrics().borrow().id == id).unwrap();
+        let head = write(by_id(leader), 1..=20).await;
+        for node in &nodes {
+            node.raft
+                .wait(WAIT)
+                .applied_index_at_least(Some(head), "caught up over grpc")
+                .await
+                .unwrap();
+        }
+        let leader_rows = fingerprint(&by_id(leader).store);
+        let (_scratch, fresh) = open_store();
+        assert_eq!(
+            leader_rows.0,
+            fingerprint(&fresh).0 + 40,
+            "a fresh store's rows, 20 summary rows and 20 change-log rows"
+        );
+        for node in &nodes {
+            assert_eq!(fingerprint(&node.store), leader_rows);
+        }
+
+        // A member of the same CA: refused before its message is read.
+        let (member, _) = node_bundle(&pki, "a member", Role::Member);
+        let address = &members[&2].addr;
+        let channel = member.connect(Some(address)).await.unwrap();
+        let refused = ClusterClient::new(channel)
+            .vote(crate::pb::RaftRequest {
+                header: b"{}".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("not a node of this cluster"),
+            "{}",
+            refused.message()
+        );
+
+        // A node's malformed calls: refused by field, nothing applied.
+        let follower = nodes
+            .iter()
+            .find(|node| node.raft.metrics().borrow().id != leader)
+            .unwrap();
+        let before = fingerprint(&follower.store);
+        let address = &members[&follower.raft.metrics().borrow().id].addr;
+        let mut client = ClusterClient::new(credentials[0].0.connect(Some(address)).await.unwrap());
+        let garbage = client
+            .append_entries(crate::pb::RaftRequest {
+                header: b"not json".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+        assert!(garbage.message().starts_with("header: "), "{}", garbage.message());
+        let mut valid = super::super::network::encode_append(&AppendEntriesRequest::<Config> {
+            vote: openraft::Vote::new_committed(1, leader),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![Entry {
+                log_id: LogId::new(LeaderId::new(1, leader), 0),
+                payload: EntryPayload::Blank,
+            }],
+        })
+        .unwrap();
+        valid.entries[0][7] = 9;
+        let misnumbered = client.append_entries(valid.clone()).await.unwrap_err();
+        assert_eq!(misnumbered.code(), tonic::Code::InvalidArgument);
+        assert!(
+            misnumbered.message().starts_with("entries[0]: index 9, expected 0"),
+            "{}",
+            misnumbered.message()
+        );
+        valid.entries[0].truncate(12);
+        let cut = client.append_entries(valid).await.unwrap_err();
+        assert!(cut.message().starts_with("entries[0]: "), "{}", cut.message());
+        assert_eq!(fingerprint(&follower.store), before);
+
+        for node in &nodes {
             node.raft.shutdown().await.unwrap();
         }
     }

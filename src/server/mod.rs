@@ -2,6 +2,7 @@
 //! reflection. Handlers are thin; the rules live in `domain`.
 
 mod admin;
+pub mod cluster;
 pub mod convert;
 mod federation;
 mod flags;

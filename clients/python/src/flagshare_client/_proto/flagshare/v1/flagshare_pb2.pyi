@@ -52,6 +52,7 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_MEMBER: _ClassVar[Role]
     ROLE_ADMIN: _ClassVar[Role]
     ROLE_PEER: _ClassVar[Role]
+    ROLE_NODE: _ClassVar[Role]
 
 class PrincipalStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -87,6 +88,7 @@ ROLE_UNSPECIFIED: Role
 ROLE_MEMBER: Role
 ROLE_ADMIN: Role
 ROLE_PEER: Role
+ROLE_NODE: Role
 PRINCIPAL_STATUS_UNSPECIFIED: PrincipalStatus
 PRINCIPAL_STATUS_ACTIVE: PrincipalStatus
 PRINCIPAL_STATUS_SUSPENDED: PrincipalStatus
@@ -770,6 +772,22 @@ class RemovePeerRequest(_message.Message):
 class RemovePeerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RaftRequest(_message.Message):
+    __slots__ = ("header", "entries", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: bytes
+    entries: _containers.RepeatedScalarFieldContainer[bytes]
+    data: bytes
+    def __init__(self, header: _Optional[bytes] = ..., entries: _Optional[_Iterable[bytes]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RaftReply(_message.Message):
+    __slots__ = ("outcome",)
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    outcome: bytes
+    def __init__(self, outcome: _Optional[bytes] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("after", "max_batch", "db_identity", "signed")

@@ -1277,6 +1277,176 @@ class Admin:
             _registered_method=True)
 
 
+class ClusterStub:
+    """Node-to-node traffic of a replicated operator: openraft's three calls. Only the
+    operator's own nodes may call it (the `node` role, or before a node has joined, the
+    certificates its configuration names); every other caller is refused before its
+    message is read.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AppendEntries = channel.unary_unary(
+                '/flagshare.v1.Cluster/AppendEntries',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+                _registered_method=True)
+        self.Vote = channel.unary_unary(
+                '/flagshare.v1.Cluster/Vote',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+                _registered_method=True)
+        self.InstallSnapshot = channel.unary_unary(
+                '/flagshare.v1.Cluster/InstallSnapshot',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+                _registered_method=True)
+
+
+class ClusterServicer:
+    """Node-to-node traffic of a replicated operator: openraft's three calls. Only the
+    operator's own nodes may call it (the `node` role, or before a node has joined, the
+    certificates its configuration names); every other caller is refused before its
+    message is read.
+    """
+
+    def AppendEntries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Vote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstallSnapshot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClusterServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AppendEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEntries,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.SerializeToString,
+            ),
+            'Vote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Vote,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.SerializeToString,
+            ),
+            'InstallSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallSnapshot,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'flagshare.v1.Cluster', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('flagshare.v1.Cluster', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Cluster:
+    """Node-to-node traffic of a replicated operator: openraft's three calls. Only the
+    operator's own nodes may call it (the `node` role, or before a node has joined, the
+    certificates its configuration names); every other caller is refused before its
+    message is read.
+    """
+
+    @staticmethod
+    def AppendEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Cluster/AppendEntries',
+            flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Vote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Cluster/Vote',
+            flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Cluster/InstallSnapshot',
+            flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class FederationStub:
     """For other operators' flagshare servers (principals with the `peer` role).
     """

@@ -1,0 +1,72 @@
+//! The `Cluster` service: openraft's calls from the other nodes of this operator's
+//! replicated cluster. Who may call is decided before a message is read (an interceptor),
+//! so a member's or peer's certificate cannot make the server decode a large request.
+
+use std::sync::Arc;
+
+use openraft::Raft;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::Config;
+use crate::cluster::network::{self, BadRequest, MAX_MESSAGE_BYTES};
+use crate::pb;
+use crate::pki::certificate_sha256;
+
+/// Whether the certificate with this SHA-256 belongs to a node of the cluster.
+pub type NodeGate = Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
+
+pub struct ClusterService {
+    raft: Raft<Config>,
+}
+
+/// The gate in front of the service: a tonic interceptor.
+pub trait Gatekeeper: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {}
+impl<F: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> Gatekeeper for F {}
+
+/// The service behind its gate.
+pub fn service(
+    raft: Raft<Config>,
+    gate: NodeGate,
+) -> InterceptedService<pb::cluster_server::ClusterServer<ClusterService>, impl Gatekeeper> {
+    let server = pb::cluster_server::ClusterServer::new(ClusterService { raft })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    InterceptedService::new(server, move |request: Request<()>| {
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| Status::unauthenticated("a client certificate signed by the operator CA is required"))?;
+        let fingerprint = certificate_sha256(&leaf);
+        if gate(&fingerprint) {
+            Ok(request)
+        } else {
+            Err(Status::permission_denied(format!(
+                "cluster: certificate {} is not a node of this cluster; only its nodes may call this service",
+                hex::encode(fingerprint)
+            )))
+        }
+    })
+}
+
+fn invalid(err: BadRequest) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = network::decode_append(request.into_inner()).map_err(invalid)?;
+        Ok(Response::new(network::reply(&self.raft.append_entries(rpc).await)))
+    }
+
+    async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = network::decode_vote(request.into_inner()).map_err(invalid)?;
+        Ok(Response::new(network::reply(&self.raft.vote(rpc).await)))
+    }
+
+    async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let rpc = network::decode_snapshot(request.into_inner()).map_err(invalid)?;
+        Ok(Response::new(network::reply(&self.raft.install_snapshot(rpc).await)))
+    }
+}
