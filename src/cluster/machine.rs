@@ -105,6 +105,11 @@ impl RaftStateMachine<Config> for StateMachine {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let mut applied = Vec::with_capacity(entries.len());
+            let leaders: Vec<NodeId> = entries
+                .iter()
+                .filter(|entry| matches!(entry.payload, EntryPayload::Normal(_)))
+                .map(|entry| entry.log_id.leader_id.node_id)
+                .collect();
             for entry in entries {
                 let mut raft_rows = vec![(APPLIED, rows::encode_log_id(&entry.log_id))];
                 let writes: &[u8] = match &entry.payload {
@@ -126,6 +131,7 @@ impl RaftStateMachine<Config> for StateMachine {
                     .map_err(failed::write_state_machine)?;
                 applied.push(());
             }
+            store.applied(Some(&leaders));
             Ok(applied)
         })
         .await
@@ -181,7 +187,9 @@ impl RaftStateMachine<Config> for StateMachine {
                 .put_raft_state(&[(INSTALLING, installing)])
                 .map_err(failed::write_snapshot)?;
             std::fs::rename(&incoming, machine.current()).map_err(failed::write_snapshot)?;
-            machine.install_current(&meta)
+            machine.install_current(&meta)?;
+            machine.store.applied(None);
+            Ok(())
         })
         .await
         .map_err(failed::write_snapshot)?

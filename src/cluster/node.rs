@@ -97,9 +97,14 @@ impl Node {
     /// Routes commits straight to the store again and stops the Raft.
     pub async fn stop(self) {
         self.store.set_replicator(None);
+        self.store.set_apply_listener(self.id(), None);
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(%err, "stopping raft");
         }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.raft.metrics().borrow().id
     }
 
     pub fn raft(&self) -> &Raft<Config> {

@@ -252,6 +252,121 @@ async fn an_install_cut_short_by_a_stop_is_finished_when_the_node_opens() {
 /// Three (then four) real Raft cores over real stores, their messages carried by a router
 /// in this process that can cut a node off: what the log store and state machine do under
 /// openraft's replication, elections and snapshot transfer, before any network is involved.
+/// The leader's commits, applied to a follower's store by its state machine as Raft
+/// entries; the follower's state machine tells the store's apply listener.
+struct Mirror {
+    leader: Arc<Store>,
+    follower: std::sync::Mutex<StateMachine>,
+    index: std::sync::atomic::AtomicU64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl crate::store::Replicator for Mirror {
+    fn replicate(&self, writes: crate::store::WriteSet) -> Result<(), crate::store::StoreError> {
+        let writes = writes.into_bytes();
+        self.leader.apply_write_set(&writes, &[])?;
+        let index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut machine = self.follower.lock().unwrap();
+        tokio::task::block_in_place(|| {
+            self.runtime
+                .block_on(machine.apply(vec![entry(index, EntryPayload::Normal(Proposal { writes }))]))
+        })
+        .map_err(|err| crate::store::StoreError::Unavailable(err.to_string()))?;
+        Ok(())
+    }
+
+    fn trim_log(&self) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+}
+
+/// A follower's domain reads the store again when another node's commits are applied
+/// under it: a principal added on the leader is known, its flags are found, the change
+/// log's head and the audit chain's head move with the leader's; without the listener,
+/// the follower's memory stays behind (the principal is unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
+    use crate::domain::{Actor, Caller, Domain, NewFlag, Policy};
+    use crate::model::{IssuedCertificate, Role};
+
+    let (_leader_dir, leader_store) = open_store();
+    let (_follower_dir, follower_store) = open_store();
+    let leader = Domain::open(leader_store.clone(), Policy::default()).unwrap();
+    let follower = Domain::open(follower_store.clone(), Policy::default()).unwrap();
+    leader_store.set_replicator(Some(Arc::new(Mirror {
+        leader: leader_store.clone(),
+        follower: std::sync::Mutex::new(StateMachine::open(follower_store.clone()).unwrap()),
+        index: std::sync::atomic::AtomicU64::new(0),
+        runtime: tokio::runtime::Handle::current(),
+    })));
+    let add = |name: &str| {
+        let leader = leader.clone();
+        let name = name.to_owned();
+        async move {
+            let sha256 = *blake3::hash(name.as_bytes()).as_bytes();
+            let certificate = IssuedCertificate {
+                sha256,
+                not_after_ms: i64::MAX,
+            };
+            let record = leader
+                .add_principal(Actor::system(), name, Role::Member, certificate)
+                .await
+                .unwrap();
+            Caller {
+                id: record.id,
+                name: record.name,
+                role: Role::Member,
+                cert_sha256: sha256,
+            }
+        }
+    };
+
+    // No listener: the rows arrive, the follower's memory does not follow.
+    let early = add("early").await;
+    assert!(follower.authorize(&early.cert_sha256, &[Role::Member]).is_err());
+
+    // This node is 2; the entries were proposed by node 1.
+    follower_store.set_apply_listener(2, Some(follower.apply_listener()));
+    let alpha = add("alpha").await;
+    for caller in [&early, &alpha] {
+        let known = follower.authorize(&caller.cert_sha256, &[Role::Member]).unwrap();
+        assert_eq!((known.id, known.name.as_str()), (caller.id, caller.name.as_str()));
+    }
+    let flags: Vec<NewFlag> = (0u32..50)
+        .map(|n| NewFlag {
+            digest: *blake3::hash(&n.to_be_bytes()).as_bytes(),
+            kind: Kind::Email,
+            category: Category::Grooming,
+            confidence: 60,
+            observed_at_ms: None,
+            expires_at_ms: None,
+            reference: Vec::new(),
+            distribution: None,
+        })
+        .collect();
+    let digests: Vec<Digest> = flags.iter().map(|flag| flag.digest).collect();
+    leader.submit(alpha.clone(), flags, 1).await.unwrap();
+    assert_eq!(follower.query(early.clone(), digests.clone()).await.unwrap().len(), 50);
+    let (_, _, leader_head) = leader.feed_changes(alpha.clone(), 0, 0).await.unwrap();
+    let (_, _, follower_head) = follower.feed_changes(alpha.clone(), 0, 0).await.unwrap();
+    assert_eq!(follower_head, leader_head);
+    assert_eq!(leader_head, 50);
+
+    // The audit chain: the follower's own next entry (its query's, written to its own
+    // store here, as no log routes it) links to the leader's head it was told of.
+    let admin = Caller {
+        id: 0,
+        name: "admin".to_owned(),
+        role: Role::Admin,
+        cert_sha256: [0; 32],
+    };
+    let report = follower.verify_audit(admin.clone()).await.unwrap();
+    assert!(report.broken.is_none(), "{:?}", report.broken);
+    let again = follower.verify_audit(admin).await.unwrap();
+    assert!(again.broken.is_none(), "{:?}", again.broken);
+    assert!(again.last_sequence > report.last_sequence);
+}
+
 mod replicated {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;

@@ -38,6 +38,32 @@ struct ForeignMembers {
     next_id: PrincipalId,
 }
 
+impl ForeignMembers {
+    fn of(members: Vec<ForeignMember>) -> ForeignMembers {
+        let next_id = members
+            .iter()
+            .map(|member| member.id.saturating_add(1))
+            .max()
+            .unwrap_or(FOREIGN_MEMBER_BASE);
+        let mut per_origin: HashMap<[u8; 8], usize> = HashMap::new();
+        for member in &members {
+            *per_origin.entry(member.origin).or_default() += 1;
+        }
+        let by_identity = members
+            .iter()
+            .map(|member| ((member.origin, member.pseudonym.clone()), member.id))
+            .collect();
+        let by_id = members.into_iter().map(|member| (member.id, member)).collect();
+        ForeignMembers {
+            by_id,
+            by_identity,
+            per_origin,
+            last_used: HashMap::new(),
+            next_id,
+        }
+    }
+}
+
 /// What registering an event's member did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {
@@ -63,34 +89,20 @@ impl Federation {
         origin_key: OriginKey,
         members: Vec<ForeignMember>,
     ) -> Federation {
-        let next_id = members
-            .iter()
-            .map(|member| member.id.saturating_add(1))
-            .max()
-            .unwrap_or(FOREIGN_MEMBER_BASE);
-        let mut per_origin: HashMap<[u8; 8], usize> = HashMap::new();
-        for member in &members {
-            *per_origin.entry(member.origin).or_default() += 1;
-        }
-        let by_identity = members
-            .iter()
-            .map(|member| ((member.origin, member.pseudonym.clone()), member.id))
-            .collect();
-        let by_id = members.into_iter().map(|member| (member.id, member)).collect();
         Federation {
             operator_id,
             operator_name,
             pseudonym_key,
             origin_key,
-            foreign: Mutex::new(ForeignMembers {
-                by_id,
-                by_identity,
-                per_origin,
-                last_used: HashMap::new(),
-                next_id,
-            }),
+            foreign: Mutex::new(ForeignMembers::of(members)),
             uses: AtomicU64::new(1),
         }
+    }
+
+    /// Forgets the foreign members known and takes `members` (as stored now) instead: the
+    /// store changed under this copy (another node's commits applied here).
+    pub fn replace_foreign_members(&self, members: Vec<ForeignMember>) {
+        *self.foreign.lock() = ForeignMembers::of(members);
     }
 
     /// The stable opaque name of a local member, the same for every peer.

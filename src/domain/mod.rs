@@ -147,12 +147,29 @@ impl Domain {
     /// The domain over `store` (a `Store`, or an `Arc` the caller shares with a Raft node).
     pub fn open(store: impl Into<Arc<Store>>, policy: Policy) -> Result<Domain> {
         let state = State::open(store.into(), policy)?;
-        for (name, limits) in state.all_limit_overrides()? {
-            if let Some(record) = state.registry.by_name(&name) {
-                state.set_quarantine_override(record.id, limits.quarantine_new_flags_per_hour);
-            }
-        }
+        state.load_quarantine_overrides()?;
         Ok(Domain { state: Arc::new(state) })
+    }
+
+    /// Reads again what this copy keeps in memory of the store (principals, the last
+    /// sequence, the audit head, disputed digests, foreign members, quarantine state):
+    /// another node's commits were applied to the store under it. The operator's own
+    /// keys and database identity are the same on every node of a cluster and stay.
+    pub fn refresh(&self) -> Result<()> {
+        self.state.refresh()
+    }
+
+    /// `refresh` as a store's apply listener: it holds the domain weakly, so a store that
+    /// keeps it does not keep the domain open.
+    pub fn apply_listener(&self) -> crate::store::ApplyListener {
+        let state = Arc::downgrade(&self.state);
+        Arc::new(move || {
+            if let Some(state) = state.upgrade()
+                && let Err(err) = state.refresh()
+            {
+                tracing::error!(%err, "reading the store again after another node's commits failed");
+            }
+        })
     }
 
     /// The flood quarantine's hourly threshold for the principal named `name` (0: its new

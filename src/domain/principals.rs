@@ -67,6 +67,13 @@ impl Registry {
         registry
     }
 
+    /// Takes `records` (as stored now) instead of what it held, and forgets foreign names
+    /// (the caller sets them again): the store changed under this copy.
+    pub fn replace_all(&self, records: Vec<PrincipalRecord>) {
+        let fresh = Registry::new(records);
+        *self.maps.write() = fresh.maps.into_inner();
+    }
+
     /// Inserts or replaces a record (after it has been committed to the store).
     pub fn upsert(&self, record: PrincipalRecord) {
         let mut maps = self.maps.write();

@@ -231,6 +231,49 @@ impl State {
         })
     }
 
+    /// The quarantine thresholds admins set, from the stored limit overrides.
+    pub(super) fn load_quarantine_overrides(&self) -> Result<()> {
+        self.quarantine_overrides.write().clear();
+        for (name, limits) in self.all_limit_overrides()? {
+            if let Some(record) = self.registry.by_name(&name) {
+                self.set_quarantine_override(record.id, limits.quarantine_new_flags_per_hour);
+            }
+        }
+        Ok(())
+    }
+
+    /// See `Domain::refresh`. Everything is read before anything is replaced, under the
+    /// writer and ledger locks (in their order), so no call sees half of it.
+    pub(super) fn refresh(&self) -> Result<()> {
+        let principals = self.store.load_principals()?;
+        let last_sequence = self.store.last_sequence()?;
+        let ledger = Ledger::load(&self.store)?;
+        let disputed: HashSet<Digest> = self.store.disputed_digests()?.into_iter().collect();
+        let foreign_members = self.store.load_foreign_members()?;
+        let quarantined_members = super::quarantine::members_with_rows(&self.store)?;
+        let windows: HashMap<_, _> = self
+            .store
+            .load_quarantine_windows()?
+            .into_iter()
+            .map(|(member, start, count)| (member, (start, count)))
+            .collect();
+        let mut writer = self.writer();
+        let mut held_ledger = self.ledger();
+        self.registry.replace_all(principals);
+        for member in &foreign_members {
+            self.registry.set_foreign_name(member.id, member.display.clone());
+        }
+        self.federation.replace_foreign_members(foreign_members);
+        *writer = last_sequence;
+        *held_ledger = ledger;
+        *self.disputed.write() = disputed;
+        *self.quarantined_members.write() = quarantined_members;
+        *self.new_flags_window.lock() = windows;
+        drop(held_ledger);
+        drop(writer);
+        self.load_quarantine_overrides()
+    }
+
     pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock()
     }

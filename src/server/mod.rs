@@ -87,8 +87,10 @@ pub async fn run(
         true => Some(crate::cluster::node::Node::start_single(store.clone(), 1, config.listen.to_string()).await?),
         false => None,
     };
-    let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
+    let domain = Domain::open(store.clone(), config.policy().map_err(anyhow::Error::msg)?)?;
     if let Some(node) = &node {
+        // Another node's commits applied here change the store under the domain's memory.
+        store.set_apply_listener(node.id(), Some(domain.apply_listener()));
         node.route_commits();
     }
     let db_identity = domain.db_identity();

@@ -106,7 +106,15 @@ pub struct Store {
     replicator: parking_lot::RwLock<Option<std::sync::Arc<dyn Replicator>>>,
     /// Which digests `summaries` may hold (`scan_presence` makes it ready).
     presence: presence::Presence,
+    /// This node's id and what to tell when rows another node wrote were applied here
+    /// (`set_apply_listener`).
+    apply_listener: parking_lot::RwLock<Option<(u64, ApplyListener)>>,
 }
+
+/// Told when rows written elsewhere were applied to the store (entries another node's
+/// leader proposed, or a snapshot), so that what is kept in memory of the store is read
+/// again.
+pub type ApplyListener = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 /// Digests from which `Store::get_summaries` reads on two threads.
 const PARALLEL_READ: usize = 50_000;
@@ -327,6 +335,7 @@ impl Store {
             sync_writes: store_options.sync_writes,
             replicator: parking_lot::RwLock::new(None),
             presence: presence::Presence::new(),
+            apply_listener: parking_lot::RwLock::new(None),
         };
         store.check_schema_version()?;
         store.presence.reset(store.estimated_summaries());
@@ -716,6 +725,22 @@ impl Store {
         }
         self.presence.set_ready(generation);
         Ok(true)
+    }
+
+    /// From now on `listener` is told when entries proposed by a leader other than node
+    /// `own_id`, or a snapshot, were applied to the store.
+    pub fn set_apply_listener(&self, own_id: u64, listener: Option<ApplyListener>) {
+        *self.apply_listener.write() = listener.map(|listener| (own_id, listener));
+    }
+
+    /// The state machine applied entries proposed by `leaders` (`None`: a snapshot).
+    pub fn applied(&self, leaders: Option<&[u64]>) {
+        let listener = self.apply_listener.read().clone();
+        if let Some((own_id, listener)) = listener
+            && leaders.is_none_or(|leaders| leaders.iter().any(|leader| *leader != own_id))
+        {
+            listener();
+        }
     }
 
     fn estimated_summaries(&self) -> usize {
