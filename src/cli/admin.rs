@@ -61,6 +61,18 @@ enum AdminCommand {
         /// Absolute path on the server's file system; must not exist.
         dir: PathBuf,
     },
+    /// The replicated cluster this server is a node of (`replicated_log = true`).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Each node's role, and on the leader how far each node's log is behind.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -276,6 +288,7 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::List(list)) => audit_list(&mut client, list).await,
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
+        AdminCommand::Cluster(ClusterCommand::List { json }) => cluster_list(&mut client, *json).await,
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
         AdminCommand::Quarantine(QuarantineCommand::List {
             member: Some(member),
@@ -621,6 +634,67 @@ async fn audit_verify(client: &mut AdminClient<Channel>, json: bool) -> anyhow::
         );
     }
     anyhow::ensure!(report.ok, "the audit log failed verification");
+    Ok(())
+}
+
+async fn cluster_list(client: &mut AdminClient<Channel>, json: bool) -> anyhow::Result<()> {
+    let status = client
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        let nodes: Vec<_> = status
+            .nodes
+            .iter()
+            .map(|node| {
+                serde_json::json!({
+                    "id": node.id,
+                    "address": node.address,
+                    "role": node.role,
+                    "matched_index": node.matched_index,
+                    "lag": node.lag,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "replicated": status.replicated,
+            "node_id": status.node_id,
+            "leader_id": status.leader_id,
+            "term": status.term,
+            "last_log_index": status.last_log_index,
+            "applied_index": status.applied_index,
+            "snapshot_index": status.snapshot_index,
+            "nodes": nodes,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    if !status.replicated {
+        println!("not replicated: this server commits to its own store (replicated_log = false)");
+        return Ok(());
+    }
+    println!(
+        "node {} (term {}, leader {}): last log entry {}, applied {}, snapshot at {}",
+        status.node_id,
+        status.term,
+        status.leader_id,
+        status.last_log_index,
+        status.applied_index,
+        status.snapshot_index
+    );
+    println!("{:<6} {:<9} {:>9} {:>7}  address", "id", "role", "matched", "lag");
+    let known = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |value| value.to_string());
+    for node in &status.nodes {
+        println!(
+            "{:<6} {:<9} {:>9} {:>7}  {}",
+            node.id,
+            node.role,
+            known(node.matched_index),
+            known(node.lag),
+            node.address
+        );
+    }
     Ok(())
 }
 

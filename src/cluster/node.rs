@@ -95,7 +95,7 @@ impl Node {
     }
 
     /// Routes commits straight to the store again and stops the Raft.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         self.store.set_replicator(None);
         self.store.set_apply_listener(self.id(), None);
         if let Err(err) = self.raft.shutdown().await {
@@ -204,5 +204,75 @@ impl RaftNetwork<Config> for Unconnected {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
         Err(unreachable())
+    }
+}
+
+/// One node of the membership as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub address: String,
+    /// "leader", "follower" (a voter) or "learner".
+    pub role: &'static str,
+    /// Known on the leader only: the last entry the node holds, and how many it lacks.
+    pub matched_index: Option<u64>,
+    pub lag: Option<u64>,
+}
+
+/// This node's view of its cluster (`admin cluster list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub nodes: Vec<NodeView>,
+}
+
+impl Node {
+    pub fn view(&self) -> ClusterView {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last = metrics.last_log_index;
+        let nodes = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if metrics.current_leader == Some(*id) {
+                    "leader"
+                } else if voters.contains(id) {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                let matched_index = if *id == metrics.id && metrics.current_leader == Some(metrics.id) {
+                    last
+                } else {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(id))
+                        .map(|log_id| log_id.map_or(0, |log_id| log_id.index))
+                };
+                NodeView {
+                    id: *id,
+                    address: node.addr.clone(),
+                    role,
+                    matched_index,
+                    lag: matched_index.map(|matched| last.unwrap_or(0).saturating_sub(matched)),
+                }
+            })
+            .collect();
+        ClusterView {
+            node_id: metrics.id,
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: last,
+            applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+            nodes,
+        }
     }
 }

@@ -25,6 +25,8 @@ pub struct AdminService {
     pub server_certificate: Arc<super::tls::ServerCertificate>,
     pub operator_name: String,
     pub host_names: Vec<String>,
+    /// This server's Raft node, when its commits go through a replicated log.
+    pub cluster: Option<Arc<crate::cluster::node::Node>>,
 }
 
 impl AdminService {
@@ -222,6 +224,37 @@ impl pb::admin_server::Admin for AdminService {
         response.operator_id = hex::encode(self.domain.federation().operator_id);
         response.operator_key = hex::encode(self.domain.operator_key());
         Ok(Response::new(response))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        request: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        authorize(&self.domain, &request, &[Role::Admin])?;
+        let Some(node) = &self.cluster else {
+            return Ok(Response::new(pb::ClusterStatus::default()));
+        };
+        let view = node.view();
+        Ok(Response::new(pb::ClusterStatus {
+            replicated: true,
+            node_id: view.node_id,
+            leader_id: view.leader_id.unwrap_or_default(),
+            term: view.term,
+            last_log_index: view.last_log_index.unwrap_or_default(),
+            applied_index: view.applied_index.unwrap_or_default(),
+            snapshot_index: view.snapshot_index.unwrap_or_default(),
+            nodes: view
+                .nodes
+                .into_iter()
+                .map(|node| pb::ClusterNodeStatus {
+                    id: node.id,
+                    address: node.address,
+                    role: node.role.to_owned(),
+                    matched_index: node.matched_index,
+                    lag: node.lag,
+                })
+                .collect(),
+        }))
     }
 
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {

@@ -84,7 +84,15 @@ pub async fn run(
     let store = Arc::new(Store::open(&config.db_dir(), &config.store_options())?);
     // The log's committed entries are applied before the domain reads the store.
     let node = match config.replicated_log {
-        true => Some(crate::cluster::node::Node::start_single(store.clone(), 1, config.listen.to_string()).await?),
+        true => {
+            // Where other nodes would reach this one (a one-node cluster has none yet).
+            let port = listener.local_addr().map(|address| address.port()).unwrap_or_default();
+            let host = config.host_names.first().map_or("localhost", String::as_str);
+            let address = format!("https://{host}:{port}");
+            Some(Arc::new(
+                crate::cluster::node::Node::start_single(store.clone(), 1, address).await?,
+            ))
+        }
         false => None,
     };
     let domain = Domain::open(store.clone(), config.policy().map_err(anyhow::Error::msg)?)?;
@@ -139,6 +147,7 @@ pub async fn run(
         server_certificate: server_certificate.clone(),
         operator_name: config.operator_name.clone(),
         host_names: config.host_names.clone(),
+        cluster: node.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {

@@ -5,6 +5,7 @@
 use flagshare::pb;
 use flagshare::store::{Store, StoreOptions};
 
+use crate::support::process::{flagshare, path, stderr, stdout};
 use crate::support::{TestServer, email_digest, flag, query, submit_request};
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
@@ -70,4 +71,72 @@ async fn a_server_on_its_raft_log_answers_alike_keeps_all_across_a_restart_and_c
     let log = raft_log(dir.path());
     assert!(log.len() <= 3, "{} entries after compaction", log.len());
     assert!(!log.iter().any(|(_, entry)| contains(entry, &gone)));
+}
+
+/// `flagshare admin cluster list --json` against `server`, parsed.
+fn cluster_list(server: &TestServer) -> serde_json::Value {
+    let output = flagshare(&[
+        "admin",
+        "--bundle",
+        path(&server.admin.dir),
+        "--endpoint",
+        &server.endpoint(),
+        "cluster",
+        "list",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).unwrap()
+}
+
+// The CLI runs as a child process and the call waits for it: a second worker serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cluster_list_shows_the_node_leading_its_one_node_cluster_with_its_log_applied() {
+    let on_the_log = |config: &mut flagshare::config::Config| config.replicated_log = true;
+    let server = TestServer::start_configured(on_the_log).await;
+    let mut alpha = server.member("alpha").await;
+    alpha
+        .submit(submit_request(vec![flag(
+            email_digest("listed@example.com"),
+            pb::Category::Grooming,
+            80,
+        )]))
+        .await
+        .unwrap();
+    let status = cluster_list(&server);
+    assert_eq!(status["replicated"], true);
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["leader_id"], 1);
+    let last = status["last_log_index"].as_u64().unwrap();
+    assert!(
+        last >= 2,
+        "the membership and at least the member's and the flag's commits: {last}"
+    );
+    assert_eq!(status["applied_index"].as_u64(), Some(last));
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["role"], "leader");
+    assert_eq!(nodes[0]["matched_index"].as_u64(), Some(last));
+    assert_eq!(nodes[0]["lag"], 0);
+    let port = server.addr.port();
+    assert!(
+        nodes[0]["address"].as_str().unwrap().ends_with(&format!(":{port}")),
+        "{}",
+        nodes[0]["address"]
+    );
+
+    // A server without a replicated log says so.
+    let single = TestServer::start().await;
+    let output = flagshare(&[
+        "admin",
+        "--bundle",
+        path(&single.admin.dir),
+        "--endpoint",
+        &single.endpoint(),
+        "cluster",
+        "list",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).starts_with("not replicated"), "{}", stdout(&output));
+    assert_eq!(cluster_list(&single)["replicated"], false);
 }

@@ -595,6 +595,44 @@ class BackupResponse(_message.Message):
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
 
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("replicated", "node_id", "leader_id", "term", "last_log_index", "applied_index", "snapshot_index", "nodes")
+    REPLICATED_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    replicated: bool
+    node_id: int
+    leader_id: int
+    term: int
+    last_log_index: int
+    applied_index: int
+    snapshot_index: int
+    nodes: _containers.RepeatedCompositeFieldContainer[ClusterNodeStatus]
+    def __init__(self, replicated: _Optional[bool] = ..., node_id: _Optional[int] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ..., last_log_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., snapshot_index: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[ClusterNodeStatus, _Mapping]]] = ...) -> None: ...
+
+class ClusterNodeStatus(_message.Message):
+    __slots__ = ("id", "address", "role", "matched_index", "lag")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    address: str
+    role: str
+    matched_index: int
+    lag: int
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., matched_index: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
+
 class ListQuarantineRequest(_message.Message):
     __slots__ = ("member", "page_after")
     MEMBER_FIELD_NUMBER: _ClassVar[int]

@@ -562,6 +562,11 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.FromString,
                 _registered_method=True)
+        self.GetClusterStatus = channel.unary_unary(
+                '/flagshare.v1.Admin/GetClusterStatus',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.GetClusterStatusRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -685,6 +690,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterStatus(self, request, context):
+        """This node's view of its replicated cluster: each node's role and how far it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -777,6 +789,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RejectQuarantine,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.SerializeToString,
+            ),
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1266,6 +1283,33 @@ class Admin:
             '/flagshare.v1.Admin/RejectQuarantine',
             flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.QuarantineActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/GetClusterStatus',
+            flagshare_dot_v1_dot_flagshare__pb2.GetClusterStatusRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
             options,
             channel_credentials,
             insecure,
