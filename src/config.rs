@@ -72,6 +72,10 @@ pub struct Config {
     /// nodes of a replicated operator take, while their network is being built. Off by
     /// default.
     pub replicated_log: bool,
+    /// With `replicated_log`: the client bundle (a certificate with the `node` role from
+    /// this operator's CA) this node calls the other nodes with; relative to the data
+    /// folder. Empty: this node calls no other (a one-node cluster).
+    pub cluster_credentials: String,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
     /// Loopback by default: the figures name members and peers.
     pub metrics_listen: String,
@@ -99,6 +103,7 @@ impl Default for Config {
             idle_connection_secs: 45,
             metrics_listen: DEFAULT_METRICS_LISTEN.to_owned(),
             replicated_log: false,
+            cluster_credentials: String::new(),
             limits: std::collections::BTreeMap::new(),
             request_timeout_secs: 60,
             max_connections: 4096,
@@ -222,6 +227,11 @@ impl Config {
 
     pub fn db_dir(&self) -> PathBuf {
         self.data_dir.join("db")
+    }
+
+    /// The node's credentials for calling other nodes, if set.
+    pub fn cluster_credentials_dir(&self) -> Option<PathBuf> {
+        (!self.cluster_credentials.is_empty()).then(|| self.data_dir.join(&self.cluster_credentials))
     }
 
     pub fn clients_dir(&self) -> PathBuf {

@@ -147,16 +147,17 @@ pub fn reply<T: Serialize, E: Serialize>(outcome: &Result<T, E>) -> pb::RaftRepl
     pb::RaftReply { outcome: json(outcome) }
 }
 
-/// Connections to the other nodes, each made with this node's own credentials.
+/// Connections to the other nodes, each made with this node's own credentials; without
+/// them (a one-node cluster) every other node is out of reach.
 #[derive(Clone)]
 pub struct Network {
-    bundle: Arc<Bundle>,
+    bundle: Option<Arc<Bundle>>,
 }
 
 impl Network {
-    pub fn new(bundle: Bundle) -> Network {
+    pub fn new(bundle: Option<Bundle>) -> Network {
         Network {
-            bundle: Arc::new(bundle),
+            bundle: bundle.map(Arc::new),
         }
     }
 }
@@ -178,7 +179,7 @@ impl RaftNetworkFactory<Config> for Network {
 pub struct Peer {
     target: NodeId,
     address: String,
-    bundle: Arc<Bundle>,
+    bundle: Option<Arc<Bundle>>,
     client: Option<ClusterClient<Channel>>,
 }
 
@@ -189,8 +190,11 @@ impl Peer {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let channel = self
-            .bundle
+        let Some(bundle) = &self.bundle else {
+            let err = std::io::Error::other("this node has no credentials to call other nodes (cluster_credentials)");
+            return Err(Unreachable::new(&err).into());
+        };
+        let channel = bundle
             .connect(Some(&self.address))
             .await
             .map_err(|err| Unreachable::new(&err))?;

@@ -10,15 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use openraft::Raft;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
 
 use super::log::LogStore;
 use super::machine::StateMachine;
+use super::network::Network;
 use super::{ClusterNode, Config, NodeId, Proposal};
 use crate::store::{Replicator, Store, StoreError, WriteSet};
 
@@ -51,12 +46,17 @@ impl Node {
     /// Starts the node `id` of a one-node cluster on `store` (initialising the cluster on
     /// first start) and waits until it leads and has applied its whole log. Commits still
     /// go straight to the store until `route_commits`.
-    pub async fn start_single(store: Arc<Store>, id: NodeId, address: String) -> anyhow::Result<Node> {
+    pub async fn start_single(
+        store: Arc<Store>,
+        id: NodeId,
+        address: String,
+        credentials: Option<crate::client::Bundle>,
+    ) -> anyhow::Result<Node> {
         let machine = StateMachine::open(store.clone()).context("opening the state machine")?;
         let raft = Raft::new(
             id,
             Arc::new(raft_config()?),
-            Unconnected,
+            Network::new(credentials),
             LogStore::new(store.clone()),
             machine,
         )
@@ -105,6 +105,18 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.raft.metrics().borrow().id
+    }
+
+    /// Whether a node of the current membership calls with the certificate `sha256`.
+    pub fn has_member_certificate(&self, sha256: &[u8; 32]) -> bool {
+        let wanted = hex::encode(sha256);
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, node)| node.certificate_sha256 == wanted)
     }
 
     pub fn raft(&self) -> &Raft<Config> {
@@ -162,48 +174,6 @@ impl Replicator for Proposer {
             })
         });
         trimmed.map_err(|err| StoreError::Unavailable(format!("trimming the replicated log failed: {err}")))
-    }
-}
-
-/// The network of a node without peers: every other node is out of reach.
-struct Unconnected;
-
-impl RaftNetworkFactory<Config> for Unconnected {
-    type Network = Unconnected;
-
-    async fn new_client(&mut self, _target: NodeId, _node: &ClusterNode) -> Unconnected {
-        Unconnected
-    }
-}
-
-fn unreachable<E: std::error::Error>() -> RPCError<NodeId, ClusterNode, E> {
-    Unreachable::new(&std::io::Error::other("this node has no peers")).into()
-}
-
-impl RaftNetwork<Config> for Unconnected {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<Config>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
-        Err(unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<Config>,
-        _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
-        Err(unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
-        Err(unreachable())
     }
 }
 

@@ -744,7 +744,7 @@ mod replicated {
             let raft = Raft::new(
                 id,
                 Arc::new(config.validate().unwrap()),
-                super::super::network::Network::new(bundle.clone()),
+                super::super::network::Network::new(Some(bundle.clone())),
                 LogStore::new(store.clone()),
                 StateMachine::open(store.clone()).unwrap(),
             )

@@ -89,8 +89,15 @@ pub async fn run(
             let port = listener.local_addr().map(|address| address.port()).unwrap_or_default();
             let host = config.host_names.first().map_or("localhost", String::as_str);
             let address = format!("https://{host}:{port}");
+            let credentials = match config.cluster_credentials_dir() {
+                Some(dir) => Some(
+                    crate::client::Bundle::load(&dir)
+                        .with_context(|| format!("cluster_credentials: {}", dir.display()))?,
+                ),
+                None => None,
+            };
             Some(Arc::new(
-                crate::cluster::node::Node::start_single(store.clone(), 1, address).await?,
+                crate::cluster::node::Node::start_single(store.clone(), 1, address, credentials).await?,
             ))
         }
         false => None,
@@ -150,6 +157,16 @@ pub async fn run(
         cluster: node.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Only with a replicated log: the other nodes' calls, behind a gate that admits the
+    // certificates of the membership's nodes and of active principals with the node role.
+    let cluster_service = node.as_ref().map(|node| {
+        let (gate_node, gate_domain) = (node.clone(), domain.clone());
+        let gate: cluster::NodeGate = Arc::new(move |sha256| {
+            gate_node.has_member_certificate(sha256)
+                || gate_domain.authorize(sha256, &[crate::model::Role::Node]).is_ok()
+        });
+        cluster::service(node.raft().clone(), gate)
+    });
     let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {
         domain: domain.clone(),
         stopping: stop_requested.clone(),
@@ -229,6 +246,7 @@ pub async fn run(
         .add_service(flags_service)
         .add_service(admin_service)
         .add_service(federation_service)
+        .add_optional_service(cluster_service)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

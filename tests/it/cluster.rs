@@ -140,3 +140,56 @@ async fn admin_cluster_list_shows_the_node_leading_its_one_node_cluster_with_its
     assert!(stdout(&output).starts_with("not replicated"), "{}", stdout(&output));
     assert_eq!(cluster_list(&single)["replicated"], false);
 }
+
+/// The `Cluster` service on a server's own port: a member's certificate is refused before
+/// its message is read, a principal with the node role gets the Raft's answer (a vote
+/// for a stale term, not granted) and a malformed call is refused by field; a server
+/// without a replicated log has no such service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_service_answers_node_principals_only() {
+    use flagshare::model::Role;
+    use flagshare::pb::cluster_client::ClusterClient;
+
+    let on_the_log = |config: &mut flagshare::config::Config| config.replicated_log = true;
+    let server = TestServer::start_configured(on_the_log).await;
+    let stale_vote = pb::RaftRequest {
+        header: br#"{"vote":{"leader_id":{"term":0,"node_id":9},"committed":false},"last_log_id":null}"#.to_vec(),
+        ..Default::default()
+    };
+
+    let member = server.enroll("platform-a", Role::Member).await;
+    let mut as_member = ClusterClient::new(server.channel(&member).await);
+    let refused = as_member.vote(stale_vote.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("not a node of this cluster"),
+        "{}",
+        refused.message()
+    );
+
+    let node = server.enroll("node-2", Role::Node).await;
+    let mut as_node = ClusterClient::new(server.channel(&node).await);
+    let answer = as_node.vote(stale_vote).await.unwrap().into_inner();
+    let outcome: serde_json::Value = serde_json::from_slice(&answer.outcome).unwrap();
+    assert_eq!(outcome["Ok"]["vote_granted"], false, "{outcome}");
+    let garbage = as_node
+        .append_entries(pb::RaftRequest {
+            header: b"{".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    assert!(garbage.message().starts_with("header: "), "{}", garbage.message());
+    // The node principal's calls changed nothing: the one-node cluster still leads itself.
+    let status = cluster_list(&server);
+    assert_eq!(status["leader_id"], 1, "{status}");
+
+    let single = TestServer::start().await;
+    let node = single.enroll("node-2", Role::Node).await;
+    let absent = ClusterClient::new(single.channel(&node).await)
+        .vote(pb::RaftRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(absent.code(), tonic::Code::Unimplemented, "{absent:?}");
+}
