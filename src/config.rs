@@ -76,6 +76,9 @@ pub struct Config {
     /// this operator's CA) this node calls the other nodes with; relative to the data
     /// folder. Empty: this node calls no other (a one-node cluster).
     pub cluster_credentials: String,
+    /// With `replicated_log`: this node's id in its cluster (1 for the first node; each
+    /// node its own).
+    pub node_id: u64,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
     /// Loopback by default: the figures name members and peers.
     pub metrics_listen: String,
@@ -104,6 +107,7 @@ impl Default for Config {
             metrics_listen: DEFAULT_METRICS_LISTEN.to_owned(),
             replicated_log: false,
             cluster_credentials: String::new(),
+            node_id: 1,
             limits: std::collections::BTreeMap::new(),
             request_timeout_secs: 60,
             max_connections: 4096,

@@ -73,6 +73,18 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a node (on the leader): it receives the log until it has caught up, then votes.
+    AddNode {
+        /// The new node's `node_id`.
+        #[arg(long)]
+        id: u64,
+        /// Where the other nodes reach it, e.g. https://node-2.example:50051.
+        #[arg(long)]
+        address: String,
+        /// The principal with the node role it calls with (`member add NAME --role node`).
+        #[arg(long)]
+        principal: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +301,18 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
         AdminCommand::Audit(AuditCommand::Verify { json }) => audit_verify(&mut client, *json).await,
         AdminCommand::Stats { json } => stats(&mut client, *json).await,
         AdminCommand::Cluster(ClusterCommand::List { json }) => cluster_list(&mut client, *json).await,
+        AdminCommand::Cluster(ClusterCommand::AddNode { id, address, principal }) => {
+            client
+                .add_cluster_node(pb::AddClusterNodeRequest {
+                    id: *id,
+                    address: address.clone(),
+                    principal: principal.clone(),
+                })
+                .await
+                .map_err(status_error)?;
+            println!("node {id} added at {address}; `admin cluster list` shows it");
+            Ok(())
+        }
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,
         AdminCommand::Quarantine(QuarantineCommand::List {
             member: Some(member),

@@ -19,6 +19,19 @@ use crate::store::{Replicator, Store, StoreError, WriteSet};
 
 /// How long a starting node waits to lead its cluster and apply its log.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `add_node` waits for a new node to catch up before it may vote.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a membership change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterChangeError {
+    #[error("this node does not lead the cluster (leader: {})", .0.map_or_else(|| "unknown".to_owned(), |id| format!("node {id}")))]
+    NotLeader(Option<NodeId>),
+    #[error("node {0} is already in the cluster")]
+    Exists(NodeId),
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// The Raft timings: a heartbeat well inside the election timeout, and log entries kept
 /// behind a snapshot so that a follower briefly away catches up from the log.
@@ -43,15 +56,23 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the node `id` of a one-node cluster on `store` (initialising the cluster on
-    /// first start) and waits until it leads and has applied its whole log. Commits still
-    /// go straight to the store until `route_commits`.
-    pub async fn start_single(
+    /// Starts node `id` on `store` and waits until it has applied its whole log and, when
+    /// it is its cluster's only voter, leads it. A store that never held a Raft starts a
+    /// new one-node cluster; a store copied from a node's backup keeps that node's log and
+    /// waits for its leader to add this node (`add_node`). Commits still go straight to
+    /// the store until `route_commits`.
+    pub async fn start(
         store: Arc<Store>,
         id: NodeId,
         address: String,
         credentials: Option<crate::client::Bundle>,
     ) -> anyhow::Result<Node> {
+        let certificate_sha256 = match &credentials {
+            Some(bundle) => hex::encode(
+                crate::pki::pem_certificate_sha256(&bundle.cert_pem).context("cluster_credentials: cert.pem")?,
+            ),
+            None => String::new(),
+        };
         let machine = StateMachine::open(store.clone()).context("opening the state machine")?;
         let raft = Raft::new(
             id,
@@ -67,7 +88,7 @@ impl Node {
                 id,
                 ClusterNode {
                     addr: address,
-                    certificate_sha256: String::new(),
+                    certificate_sha256,
                 },
             )]))
             .await
@@ -76,13 +97,14 @@ impl Node {
         raft.wait(Some(START_TIMEOUT))
             .metrics(
                 |metrics| {
-                    metrics.current_leader == Some(id)
-                        && metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index
+                    let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+                    metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index
+                        && (voters != [id] || metrics.current_leader == Some(id))
                 },
-                "leading the cluster with the whole log applied",
+                "the whole log applied (and leading, as the only voter)",
             )
             .await
-            .context("waiting to lead the one-node cluster")?;
+            .context("waiting for the node's log to be applied")?;
         Ok(Node { raft, store })
     }
 
@@ -105,6 +127,46 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.raft.metrics().borrow().id
+    }
+
+    /// Adds node `id` to the cluster: as a learner until it holds the log (at most
+    /// `JOIN_TIMEOUT`), then as a voter (openraft's joint consensus). On the leader only.
+    pub async fn add_node(&self, id: NodeId, node: ClusterNode) -> Result<(), ClusterChangeError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Err(ClusterChangeError::NotLeader(metrics.current_leader));
+        }
+        if metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(known, _)| *known == id)
+        {
+            return Err(ClusterChangeError::Exists(id));
+        }
+        tokio::time::timeout(JOIN_TIMEOUT, self.raft.add_learner(id, node, true))
+            .await
+            .map_err(|_| {
+                ClusterChangeError::Failed(format!(
+                    "node {id} did not catch up within {} s",
+                    JOIN_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|err| ClusterChangeError::Failed(err.to_string()))?;
+        let mut voters: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|err| ClusterChangeError::Failed(err.to_string()))?;
+        Ok(())
     }
 
     /// Whether a node of the current membership calls with the certificate `sha256`.
@@ -138,9 +200,17 @@ impl Replicator for Proposer {
         // Commits run on blocking threads (or a runtime thread, which gives up its tasks
         // while it waits); the proposal is answered once the entry is applied here.
         let written = tokio::task::block_in_place(|| self.runtime.block_on(self.raft.client_write(proposal)));
-        written
-            .map(|_| ())
-            .map_err(|err| StoreError::Unavailable(format!("the write was not committed: {err}")))
+        written.map(|_| ()).map_err(|err| {
+            StoreError::Unavailable(match err.forward_to_leader() {
+                Some(forward) => match (forward.leader_id, &forward.leader_node) {
+                    (Some(id), Some(node)) => {
+                        format!("this node does not lead the cluster; node {id} does, at {}", node.addr)
+                    }
+                    _ => "this node does not lead the cluster and knows no leader yet".to_owned(),
+                },
+                None => format!("the write was not committed: {err}"),
+            })
+        })
     }
 
     fn trim_log(&self) -> Result<(), StoreError> {

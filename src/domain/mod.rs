@@ -691,6 +691,20 @@ impl Domain {
 
     /// Compacts the whole database, so deleted rows leave the data files now (an
     /// operator's "erase now"); audited.
+    /// Records that `admin` changed the cluster's membership (`detail` says how).
+    pub async fn record_cluster_change(&self, admin: Caller, detail: String) -> Result<()> {
+        let state = self.state.clone();
+        blocking(move || {
+            state
+                .record(
+                    AuditEvent::new((&admin).into(), AuditOp::AddClusterNode).detail(detail),
+                    now_ms(),
+                )
+                .map(drop)
+        })
+        .await
+    }
+
     pub async fn compact(&self, admin: Caller) -> Result<()> {
         let state = self.state.clone();
         blocking(move || {

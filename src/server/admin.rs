@@ -234,27 +234,50 @@ impl pb::admin_server::Admin for AdminService {
         let Some(node) = &self.cluster else {
             return Ok(Response::new(pb::ClusterStatus::default()));
         };
-        let view = node.view();
-        Ok(Response::new(pb::ClusterStatus {
-            replicated: true,
-            node_id: view.node_id,
-            leader_id: view.leader_id.unwrap_or_default(),
-            term: view.term,
-            last_log_index: view.last_log_index.unwrap_or_default(),
-            applied_index: view.applied_index.unwrap_or_default(),
-            snapshot_index: view.snapshot_index.unwrap_or_default(),
-            nodes: view
-                .nodes
-                .into_iter()
-                .map(|node| pb::ClusterNodeStatus {
-                    id: node.id,
-                    address: node.address,
-                    role: node.role.to_owned(),
-                    matched_index: node.matched_index,
-                    lag: node.lag,
-                })
-                .collect(),
-        }))
+        Ok(Response::new(cluster_status(node)))
+    }
+
+    async fn add_cluster_node(
+        &self,
+        request: Request<pb::AddClusterNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let Some(node) = &self.cluster else {
+            return Err(Status::failed_precondition(
+                "cluster: this server has no replicated log (replicated_log = false)",
+            ));
+        };
+        let pb::AddClusterNodeRequest { id, address, principal } = request.into_inner();
+        if id == 0 {
+            return Err(Status::invalid_argument("id: must be a node id above 0"));
+        }
+        if !address.starts_with("https://") {
+            return Err(Status::invalid_argument(format!(
+                "address: '{address}' must be an https:// URL where the other nodes reach the node"
+            )));
+        }
+        let record = self
+            .domain
+            .registry()
+            .by_name(&principal)
+            .filter(|record| record.role == Role::Node && record.status == crate::model::PrincipalStatus::Active)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "principal: '{principal}' is not an active principal with the node role (admin member add {principal} --role node)"
+                ))
+            })?;
+        let member = crate::cluster::ClusterNode::new(address.clone(), record.cert_sha256);
+        node.add_node(id, member).await.map_err(|err| match err {
+            crate::cluster::node::ClusterChangeError::NotLeader(_) => {
+                Status::failed_precondition(format!("cluster: {err}"))
+            }
+            crate::cluster::node::ClusterChangeError::Exists(_) => Status::already_exists(format!("id: {err}")),
+            crate::cluster::node::ClusterChangeError::Failed(_) => Status::unavailable(format!("cluster: {err}")),
+        })?;
+        self.domain
+            .record_cluster_change(admin, format!("node {id} at {address} as principal {principal}"))
+            .await?;
+        Ok(Response::new(cluster_status(node)))
     }
 
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {
@@ -445,5 +468,30 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::CompactResponse {
             disk_bytes: self.domain.store().disk_size(),
         }))
+    }
+}
+
+/// `admin cluster list`'s answer: the node's view of its cluster.
+fn cluster_status(node: &crate::cluster::node::Node) -> pb::ClusterStatus {
+    let view = node.view();
+    pb::ClusterStatus {
+        replicated: true,
+        node_id: view.node_id,
+        leader_id: view.leader_id.unwrap_or_default(),
+        term: view.term,
+        last_log_index: view.last_log_index.unwrap_or_default(),
+        applied_index: view.applied_index.unwrap_or_default(),
+        snapshot_index: view.snapshot_index.unwrap_or_default(),
+        nodes: view
+            .nodes
+            .into_iter()
+            .map(|node| pb::ClusterNodeStatus {
+                id: node.id,
+                address: node.address,
+                role: node.role.to_owned(),
+                matched_index: node.matched_index,
+                lag: node.lag,
+            })
+            .collect(),
     }
 }

@@ -97,7 +97,7 @@ pub async fn run(
                 None => None,
             };
             Some(Arc::new(
-                crate::cluster::node::Node::start_single(store.clone(), 1, address, credentials).await?,
+                crate::cluster::node::Node::start(store.clone(), config.node_id, address, credentials).await?,
             ))
         }
         false => None,

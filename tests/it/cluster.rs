@@ -193,3 +193,139 @@ async fn the_cluster_service_answers_node_principals_only() {
         .unwrap_err();
     assert_eq!(absent.code(), tonic::Code::Unimplemented, "{absent:?}");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A second node seeded from the first's backup joins it through `admin cluster
+/// add-node`: it catches up as a learner, then votes; a member enrolled and a flag
+/// submitted on the leader afterwards are known and found on the second node (its domain
+/// follows the entries applied under it), and the leader sees it with no lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() {
+    use flagshare::model::Role;
+
+    let on_the_log = |config: &mut flagshare::config::Config| config.replicated_log = true;
+    let first = TestServer::start_configured(on_the_log).await;
+    let node_1 = first.enroll("node-1", Role::Node).await;
+    let node_2 = first.enroll("node-2", Role::Node).await;
+    node_1.write(&first.data_dir().join("node-1")).unwrap();
+    let dir = first.stop().await;
+    let leader = TestServer::start_in_configured(dir, "flagshare-dev", |config| {
+        config.replicated_log = true;
+        config.cluster_credentials = "node-1".to_owned();
+    })
+    .await;
+
+    // The second node's folder: the first's backup as its database, the operator's CA and
+    // server certificate, the admin's bundle, its own node credentials.
+    let seed = tempfile::tempdir().unwrap();
+    let mut admin = leader.admin_client().await;
+    admin
+        .backup(pb::BackupRequest {
+            dir: seed.path().join("db").to_str().unwrap().to_owned(),
+        })
+        .await
+        .unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    std::fs::rename(seed.path().join("db"), second_dir.path().join("db")).unwrap();
+    std::fs::create_dir_all(second_dir.path().join("pki")).unwrap();
+    for file in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(
+            leader.data_dir().join("pki").join(file),
+            second_dir.path().join("pki").join(file),
+        )
+        .unwrap();
+    }
+    copy_dir(&leader.data_dir().join("clients"), &second_dir.path().join("clients"));
+    node_2.write(&second_dir.path().join("node-2")).unwrap();
+    let second = TestServer::start_in_configured(second_dir, "flagshare-dev", |config| {
+        config.replicated_log = true;
+        config.node_id = 2;
+        config.cluster_credentials = "node-2".to_owned();
+    })
+    .await;
+
+    let added = admin
+        .add_cluster_node(pb::AddClusterNodeRequest {
+            id: 2,
+            address: format!("https://127.0.0.1:{}", second.addr.port()),
+            principal: "node-2".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let roles: Vec<(u64, &str)> = added.nodes.iter().map(|node| (node.id, node.role.as_str())).collect();
+    assert_eq!(roles, [(1, "leader"), (2, "follower")], "{added:?}");
+    let again = admin
+        .add_cluster_node(pb::AddClusterNodeRequest {
+            id: 2,
+            address: format!("https://127.0.0.1:{}", second.addr.port()),
+            principal: "node-2".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+
+    // Written on the leader after the join: known and found on the second node.
+    let member = leader.enroll("platform-a", Role::Member).await;
+    let mut on_leader = flagshare::pb::flags_client::FlagsClient::new(leader.channel(&member).await);
+    let digest = email_digest("joined@example.com");
+    on_leader
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap();
+    let mut on_second = flagshare::pb::flags_client::FlagsClient::new(second.channel(&member).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match on_second
+            .query(pb::QueryRequest {
+                digests: digest.to_vec().into(),
+            })
+            .await
+        {
+            Ok(answer) if !answer.get_ref().matches.is_empty() => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "not on the second node: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let status = admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let second_view = status.nodes.iter().find(|node| node.id == 2).unwrap();
+    assert_eq!(second_view.role, "follower");
+    assert_eq!(second_view.lag, Some(0), "{status:?}");
+
+    // A write sent to the follower is refused, not committed there.
+    let refused = on_second
+        .submit(submit_request(vec![flag(
+            email_digest("follower@example.com"),
+            pb::Category::Grooming,
+            80,
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("this node does not lead the cluster; node 1 does, at https://"),
+        "{}",
+        refused.message()
+    );
+}

@@ -595,6 +595,16 @@ class BackupResponse(_message.Message):
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
 
+class AddClusterNodeRequest(_message.Message):
+    __slots__ = ("id", "address", "principal")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    address: str
+    principal: str
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

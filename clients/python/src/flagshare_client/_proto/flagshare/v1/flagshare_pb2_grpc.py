@@ -567,6 +567,11 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.AddClusterNode = channel.unary_unary(
+                '/flagshare.v1.Admin/AddClusterNode',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.AddClusterNodeRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -697,6 +702,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddClusterNode(self, request, context):
+        """Adds a node to the replicated cluster (on the leader): it receives the log as a
+        learner until it has caught up, then votes. Answers with the cluster after the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -793,6 +806,11 @@ def add_AdminServicer_to_server(servicer, server):
             'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClusterStatus,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.SerializeToString,
+            ),
+            'AddClusterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddClusterNode,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.AddClusterNodeRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.SerializeToString,
             ),
     }
@@ -1309,6 +1327,33 @@ class Admin:
             target,
             '/flagshare.v1.Admin/GetClusterStatus',
             flagshare_dot_v1_dot_flagshare__pb2.GetClusterStatusRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddClusterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/AddClusterNode',
+            flagshare_dot_v1_dot_flagshare__pb2.AddClusterNodeRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
             options,
             channel_credentials,
