@@ -166,7 +166,7 @@ byte_enum!(
         RejectQuarantine = 28 => "reject_quarantine",
         ListHeld = 29 => "list_held",
         Import = 30 => "import",
-        AddClusterNode = 31 => "add_cluster_node",
+        ChangeCluster = 31 => "change_cluster",
     }
 );
 

@@ -85,6 +85,11 @@ enum ClusterCommand {
         #[arg(long)]
         principal: String,
     },
+    /// Take a node out (on the leader; not the leader itself).
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -311,6 +316,14 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?;
             println!("node {id} added at {address}; `admin cluster list` shows it");
+            Ok(())
+        }
+        AdminCommand::Cluster(ClusterCommand::RemoveNode { id }) => {
+            client
+                .remove_cluster_node(pb::RemoveClusterNodeRequest { id: *id })
+                .await
+                .map_err(status_error)?;
+            println!("node {id} removed; it no longer votes or receives the log");
             Ok(())
         }
         AdminCommand::Backup { dir } => backup(&mut client, dir).await,

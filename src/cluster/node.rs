@@ -29,6 +29,8 @@ pub enum ClusterChangeError {
     NotLeader(Option<NodeId>),
     #[error("node {0} is already in the cluster")]
     Exists(NodeId),
+    #[error("node {0} is not in the cluster")]
+    Unknown(NodeId),
     #[error("{0}")]
     Failed(String),
 }
@@ -87,8 +89,8 @@ impl Node {
             raft.initialize(BTreeMap::from([(
                 id,
                 ClusterNode {
-                    addr: address,
-                    certificate_sha256,
+                    addr: address.clone(),
+                    certificate_sha256: certificate_sha256.clone(),
                 },
             )]))
             .await
@@ -105,7 +107,9 @@ impl Node {
             )
             .await
             .context("waiting for the node's log to be applied")?;
-        Ok(Node { raft, store })
+        let node = Node { raft, store };
+        node.keep_own_entry_current(address, certificate_sha256).await?;
+        Ok(node)
     }
 
     /// From now on every commit of the store is an entry of this node's log.
@@ -127,6 +131,65 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.raft.metrics().borrow().id
+    }
+
+    /// A leader that restarted at another address, or with other credentials, says so in
+    /// the membership, or the other nodes would call it where it no longer is. Only its
+    /// own entry, and only while it leads (the change is an entry like any other).
+    async fn keep_own_entry_current(&self, address: String, certificate_sha256: String) -> anyhow::Result<()> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Ok(());
+        }
+        let current = ClusterNode {
+            addr: address,
+            certificate_sha256,
+        };
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&metrics.id) == Some(&current) {
+            return Ok(());
+        }
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::SetNodes(BTreeMap::from([(metrics.id, current)])),
+                false,
+            )
+            .await
+            .context("recording this node's address in the membership")?;
+        Ok(())
+    }
+
+    /// Takes node `id` out of the cluster: it stops voting and receiving the log. On the
+    /// leader only, and not the leader itself (a cluster's last voter cannot leave).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterChangeError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Err(ClusterChangeError::NotLeader(metrics.current_leader));
+        }
+        if id == metrics.id {
+            return Err(ClusterChangeError::Failed(format!(
+                "node {id} leads the cluster; stop it so that another is elected, then remove it there"
+            )));
+        }
+        let membership = metrics.membership_config.membership();
+        if !membership.nodes().any(|(known, _)| *known == id) {
+            return Err(ClusterChangeError::Unknown(id));
+        }
+        let failed = |err: openraft::error::RaftError<
+            NodeId,
+            openraft::error::ClientWriteError<NodeId, ClusterNode>,
+        >| { ClusterChangeError::Failed(err.to_string()) };
+        if membership.voter_ids().any(|voter| voter == id) {
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+                .map_err(failed)?;
+        }
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
+            .await
+            .map_err(failed)?;
+        Ok(())
     }
 
     /// Adds node `id` to the cluster: as a learner until it holds the log (at most

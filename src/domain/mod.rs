@@ -697,7 +697,7 @@ impl Domain {
         blocking(move || {
             state
                 .record(
-                    AuditEvent::new((&admin).into(), AuditOp::AddClusterNode).detail(detail),
+                    AuditEvent::new((&admin).into(), AuditOp::ChangeCluster).detail(detail),
                     now_ms(),
                 )
                 .map(drop)

@@ -267,15 +267,27 @@ impl pb::admin_server::Admin for AdminService {
                 ))
             })?;
         let member = crate::cluster::ClusterNode::new(address.clone(), record.cert_sha256);
-        node.add_node(id, member).await.map_err(|err| match err {
-            crate::cluster::node::ClusterChangeError::NotLeader(_) => {
-                Status::failed_precondition(format!("cluster: {err}"))
-            }
-            crate::cluster::node::ClusterChangeError::Exists(_) => Status::already_exists(format!("id: {err}")),
-            crate::cluster::node::ClusterChangeError::Failed(_) => Status::unavailable(format!("cluster: {err}")),
-        })?;
+        node.add_node(id, member).await.map_err(change_refused)?;
         self.domain
-            .record_cluster_change(admin, format!("node {id} at {address} as principal {principal}"))
+            .record_cluster_change(admin, format!("added node {id} at {address} as principal {principal}"))
+            .await?;
+        Ok(Response::new(cluster_status(node)))
+    }
+
+    async fn remove_cluster_node(
+        &self,
+        request: Request<pb::RemoveClusterNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let Some(node) = &self.cluster else {
+            return Err(Status::failed_precondition(
+                "cluster: this server has no replicated log (replicated_log = false)",
+            ));
+        };
+        let id = request.into_inner().id;
+        node.remove_node(id).await.map_err(change_refused)?;
+        self.domain
+            .record_cluster_change(admin, format!("removed node {id}"))
             .await?;
         Ok(Response::new(cluster_status(node)))
     }
@@ -493,5 +505,15 @@ fn cluster_status(node: &crate::cluster::node::Node) -> pb::ClusterStatus {
                 lag: node.lag,
             })
             .collect(),
+    }
+}
+
+fn change_refused(err: crate::cluster::node::ClusterChangeError) -> Status {
+    use crate::cluster::node::ClusterChangeError;
+    match err {
+        ClusterChangeError::NotLeader(_) => Status::failed_precondition(format!("cluster: {err}")),
+        ClusterChangeError::Exists(_) => Status::already_exists(format!("id: {err}")),
+        ClusterChangeError::Unknown(_) => Status::not_found(format!("id: {err}")),
+        ClusterChangeError::Failed(_) => Status::unavailable(format!("cluster: {err}")),
     }
 }

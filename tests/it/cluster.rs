@@ -328,4 +328,57 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         "{}",
         refused.message()
     );
+    // The leader restarted at another port: its entry names where it listens now.
+    let here = format!("https://localhost:{}", leader.addr.port());
+    assert!(
+        refused.message().ends_with(&format!("node 1 does, at {here}")),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(status.nodes.iter().find(|node| node.id == 1).unwrap().address, here);
+
+    // Removal: not of the leader, not of a node never added; then node 2 leaves.
+    let own = admin
+        .remove_cluster_node(pb::RemoveClusterNodeRequest { id: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(own.code(), tonic::Code::Unavailable, "{own:?}");
+    assert!(own.message().contains("node 1 leads the cluster"), "{}", own.message());
+    let unknown = admin
+        .remove_cluster_node(pb::RemoveClusterNodeRequest { id: 7 })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    let removed = admin
+        .remove_cluster_node(pb::RemoveClusterNodeRequest { id: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<u64> = removed.nodes.iter().map(|node| node.id).collect();
+    assert_eq!(ids, [1]);
+    // The leader commits alone again; the removed node receives nothing more.
+    let later = email_digest("after-removal@example.com");
+    on_leader
+        .submit(submit_request(vec![flag(later, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let on_removed = on_second
+        .query(pb::QueryRequest {
+            digests: later.to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(on_removed.matches.is_empty());
+    let audited = admin
+        .list_audit(pb::ListAuditRequest {
+            op: "change_cluster".to_owned(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(audited.entries.len(), 2, "{audited:?}");
 }

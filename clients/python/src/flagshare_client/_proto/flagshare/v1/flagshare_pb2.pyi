@@ -595,6 +595,12 @@ class BackupResponse(_message.Message):
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
 
+class RemoveClusterNodeRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
 class AddClusterNodeRequest(_message.Message):
     __slots__ = ("id", "address", "principal")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -572,6 +572,11 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.AddClusterNodeRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.RemoveClusterNode = channel.unary_unary(
+                '/flagshare.v1.Admin/RemoveClusterNode',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RemoveClusterNodeRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -710,6 +715,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveClusterNode(self, request, context):
+        """Takes a node out of the cluster (on the leader; not the leader itself): it stops
+        voting and receiving the log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -811,6 +824,11 @@ def add_AdminServicer_to_server(servicer, server):
             'AddClusterNode': grpc.unary_unary_rpc_method_handler(
                     servicer.AddClusterNode,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.AddClusterNodeRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.SerializeToString,
+            ),
+            'RemoveClusterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveClusterNode,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RemoveClusterNodeRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.SerializeToString,
             ),
     }
@@ -1354,6 +1372,33 @@ class Admin:
             target,
             '/flagshare.v1.Admin/AddClusterNode',
             flagshare_dot_v1_dot_flagshare__pb2.AddClusterNodeRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveClusterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/RemoveClusterNode',
+            flagshare_dot_v1_dot_flagshare__pb2.RemoveClusterNodeRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
             options,
             channel_credentials,
