@@ -24,9 +24,10 @@ use crate::store::DecodeError;
 /// Most entries one AppendEntries may carry; openraft sends at most its
 /// `max_payload_entries` (300 by default).
 pub const MAX_ENTRIES: usize = 4_096;
-/// Largest message the `Cluster` service reads: an entry is one commit's write set, and an
-/// import block's is tens of megabytes.
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Largest message the `Cluster` service reads (and a node sends): an entry is one
+/// commit's write set, and an import block's is about 40 MB. A larger call is refused
+/// before it is decoded; only a node's calls are read at all.
+pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
 
 /// Why a `RaftRequest` could not be read; the service answers INVALID_ARGUMENT with it.
 #[derive(Debug, thiserror::Error)]

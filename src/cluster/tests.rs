@@ -40,14 +40,7 @@ fn the_log_store_and_state_machine_pass_openraft_storage_suite() {
 
 /// Every replicated row of `store`, as a snapshot would carry it.
 fn rows_of(store: &Store) -> Vec<Row> {
-    let mut rows = Vec::new();
-    store
-        .dump_replicated(&[], |family, key, value| {
-            rows.push((family, key.to_vec(), value.to_vec()));
-            Ok(())
-        })
-        .unwrap();
-    rows
+    store.replicated_rows()
 }
 
 fn entry(index: u64, payload: EntryPayload<Config>) -> Entry {

@@ -1561,13 +1561,7 @@ mod tests {
             "an empty slot of a near-empty filter"
         );
         // A snapshot's install replaces everything and leaves the filter ready with its rows.
-        let mut rows = Vec::new();
-        store
-            .dump_replicated(&[], |family, key, value| {
-                rows.push((family, key.to_vec(), value.to_vec()));
-                Ok(())
-            })
-            .unwrap();
+        let rows = store.replicated_rows();
         let other = tempfile::tempdir().unwrap();
         let installed = Store::open(other.path(), &StoreOptions::default()).unwrap();
         installed.replace_replicated(rows.into_iter().map(Ok), &[]).unwrap();

@@ -172,6 +172,18 @@ impl Store {
         Ok(raft_rows)
     }
 
+    /// Every replicated row, as a snapshot would carry it (tests compare copies with it).
+    #[cfg(test)]
+    pub fn replicated_rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let dumped = self.dump_replicated(&[], |family, key, value| {
+            rows.push((family, key.to_vec(), value.to_vec()));
+            Ok(())
+        });
+        assert!(dumped.is_ok(), "dumping the replicated rows: {dumped:?}");
+        rows
+    }
+
     /// Replaces every replicated family with `rows` (family index, key, value, as
     /// `dump_replicated` gave them) and writes `raft_rows` last. Not atomic: the caller
     /// marks the install under way first and repeats it after a crash.

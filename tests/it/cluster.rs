@@ -181,6 +181,16 @@ async fn the_cluster_service_answers_node_principals_only() {
         .unwrap_err();
     assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
     assert!(garbage.message().starts_with("header: "), "{}", garbage.message());
+    // Past the service's bound (128 MiB): refused unread from a node, and from a member
+    // refused by the gate before any of it is decoded.
+    let oversized = pb::RaftRequest {
+        data: vec![0; (128 << 20) + 1],
+        ..Default::default()
+    };
+    let too_large = as_node.install_snapshot(oversized.clone()).await.unwrap_err();
+    assert_eq!(too_large.code(), tonic::Code::ResourceExhausted, "{too_large:?}");
+    let gated = as_member.install_snapshot(oversized).await.unwrap_err();
+    assert_eq!(gated.code(), tonic::Code::PermissionDenied, "{gated:?}");
     // The node principal's calls changed nothing: the one-node cluster still leads itself.
     let status = cluster_list(&server);
     assert_eq!(status["leader_id"], 1, "{status}");
