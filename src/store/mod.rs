@@ -1092,6 +1092,10 @@ impl Store {
                 .compact_range_cf_opt(family, None::<&[u8]>, None::<&[u8]>, &options);
         }
         self.db.flush_wal(true)?;
+        // Digests removed since the presence filter was built leave it too: it is noted
+        // anew from what is stored (reads go to RocksDB until the scan is done).
+        self.presence.reset(self.estimated_summaries());
+        self.scan_presence(&std::sync::atomic::AtomicBool::new(false))?;
         Ok(())
     }
 
@@ -1506,6 +1510,31 @@ mod tests {
             distribution: Distribution::Federated,
             origin_sequence: 7,
         }
+    }
+
+    /// A digest removed stays in the presence filter (a false positive) until a
+    /// compaction rebuilds it from what is stored.
+    #[test]
+    fn a_compaction_rebuilds_the_presence_filter_without_removed_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(store.scan_presence(&std::sync::atomic::AtomicBool::new(false)).unwrap());
+        let (kept, removed) = ([1u8; 32], [2u8; 32]);
+        let mut batch = store.batch();
+        batch.put_summary(&kept, &[entry(1)]).unwrap();
+        batch.put_summary(&removed, &[entry(2)]).unwrap();
+        store.commit(batch).unwrap();
+        let mut batch = store.batch();
+        batch.put_summary(&removed, &[]).unwrap();
+        store.commit(batch).unwrap();
+        assert!(store.presence.may_contain(&removed), "still noted until a rebuild");
+        store.compact_all().unwrap();
+        assert!(store.presence.is_ready());
+        assert!(store.presence.may_contain(&kept));
+        assert!(
+            !store.presence.may_contain(&removed),
+            "a near-empty filter holds only what is stored"
+        );
     }
 
     /// Every digest `summaries` holds, by each way a row comes in, is found through the

@@ -13,7 +13,7 @@
 //! own recovery at open; each of the first four notes its digests before the rows are
 //! written, and the scan (`Store::scan_presence`) covers what was there before. Deleted
 //! digests stay in the filter (a false positive costs one RocksDB read) until the next
-//! open rebuilds it.
+//! open, or a full compaction (`Store::compact_all`), rebuilds it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
