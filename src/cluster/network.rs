@@ -25,8 +25,8 @@ use crate::store::DecodeError;
 /// `max_payload_entries` (300 by default).
 pub const MAX_ENTRIES: usize = 4_096;
 /// Largest message the `Cluster` service reads (and a node sends): an entry is one
-/// commit's write set, and an import block's (200,000 rows) is an estimated 40 MB. A larger call is refused
-/// before it is decoded; only a node's calls are read at all.
+/// commit's write set, and an import block's (200,000 rows) is an estimated 40 MB. A
+/// larger call is refused before it is decoded; only a node's calls are read at all.
 pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
 
 /// Why a `RaftRequest` could not be read; the service answers INVALID_ARGUMENT with it.
