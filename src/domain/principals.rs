@@ -67,10 +67,9 @@ impl Registry {
         registry
     }
 
-    /// Takes `records` (as stored now) instead of what it held, and forgets foreign names
-    /// (the caller sets them again): the store changed under this copy.
-    pub fn replace_all(&self, records: Vec<PrincipalRecord>) {
-        let fresh = Registry::new(records);
+    /// Takes what `fresh` holds instead of what it held, at once: the store changed under
+    /// this copy.
+    pub fn replace_with(&self, fresh: Registry) {
         *self.maps.write() = fresh.maps.into_inner();
     }
 

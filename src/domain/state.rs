@@ -159,6 +159,44 @@ fn scan_presence(
     }
 }
 
+/// What `State` keeps in memory of the store, read at open and again by `refresh`.
+struct Cached {
+    principals: Vec<crate::model::PrincipalRecord>,
+    last_sequence: u64,
+    ledger: Ledger,
+    disputed: HashSet<Digest>,
+    foreign_members: Vec<crate::model::ForeignMember>,
+    quarantined_members: HashSet<PrincipalId>,
+    windows: HashMap<PrincipalId, (i64, u64)>,
+}
+
+impl Cached {
+    fn read(store: &Store) -> Result<Cached> {
+        Ok(Cached {
+            principals: store.load_principals()?,
+            last_sequence: store.last_sequence()?,
+            ledger: Ledger::load(store)?,
+            disputed: store.disputed_digests()?.into_iter().collect(),
+            foreign_members: store.load_foreign_members()?,
+            quarantined_members: super::quarantine::members_with_rows(store)?,
+            windows: store
+                .load_quarantine_windows()?
+                .into_iter()
+                .map(|(member, start, count)| (member, (start, count)))
+                .collect(),
+        })
+    }
+
+    /// A registry of the principals and the names of foreign members.
+    fn registry(&mut self) -> Registry {
+        let registry = Registry::new(std::mem::take(&mut self.principals));
+        for member in &self.foreign_members {
+            registry.set_foreign_name(member.id, member.display.clone());
+        }
+        registry
+    }
+}
+
 impl State {
     pub(super) fn open(store: std::sync::Arc<Store>, policy: Policy) -> Result<State> {
         // An import block a stopped server left unfinished: undone if it never committed,
@@ -184,28 +222,16 @@ impl State {
             store.clear_pending_ingest()?;
         }
         store.clear_staging()?;
-        let registry = Registry::new(store.load_principals()?);
-        let last_sequence = store.last_sequence()?;
-        let ledger = Ledger::load(&store)?;
-        let disputed = RwLock::new(store.disputed_digests()?.into_iter().collect());
-        let foreign_members = store.load_foreign_members()?;
-        for member in &foreign_members {
-            registry.set_foreign_name(member.id, member.display.clone());
-        }
+        let mut cached = Cached::read(&store)?;
+        let registry = cached.registry();
         let federation = Federation::new(
             store.meta_secret(crate::store::keys::OPERATOR_ID_KEY)?,
             policy.operator_name.clone(),
             store.meta_secret(crate::store::keys::PSEUDONYM_KEY_KEY)?,
             super::signing::OriginKey::from_secret(store.meta_secret(crate::store::keys::ORIGIN_KEY_KEY)?),
-            foreign_members,
+            cached.foreign_members,
         );
         let db_identity = store.db_identity()?;
-        let quarantined_members = super::quarantine::members_with_rows(&store)?;
-        let windows = store
-            .load_quarantine_windows()?
-            .into_iter()
-            .map(|(member, start, count)| (member, (start, count)))
-            .collect();
         let presence_scan = scan_presence(&store);
         Ok(State {
             #[cfg(test)]
@@ -217,14 +243,14 @@ impl State {
             store,
             registry,
             policy,
-            writer: Mutex::new(last_sequence),
-            ledger: Mutex::new(ledger),
+            writer: Mutex::new(cached.last_sequence),
+            ledger: Mutex::new(cached.ledger),
             reads: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
             federation,
-            disputed,
-            new_flags_window: parking_lot::Mutex::new(windows),
-            quarantined_members: RwLock::new(quarantined_members),
+            disputed: RwLock::new(cached.disputed),
+            new_flags_window: parking_lot::Mutex::new(cached.windows),
+            quarantined_members: RwLock::new(cached.quarantined_members),
             quarantine_overrides: RwLock::new(HashMap::new()),
             hold: std::sync::atomic::AtomicU64::new(NO_HOLD),
             presence_scan,
@@ -245,31 +271,17 @@ impl State {
     /// See `Domain::refresh`. Everything is read before anything is replaced, under the
     /// writer and ledger locks (in their order), so no call sees half of it.
     pub(super) fn refresh(&self) -> Result<()> {
-        let principals = self.store.load_principals()?;
-        let last_sequence = self.store.last_sequence()?;
-        let ledger = Ledger::load(&self.store)?;
-        let disputed: HashSet<Digest> = self.store.disputed_digests()?.into_iter().collect();
-        let foreign_members = self.store.load_foreign_members()?;
-        let quarantined_members = super::quarantine::members_with_rows(&self.store)?;
-        let windows: HashMap<_, _> = self
-            .store
-            .load_quarantine_windows()?
-            .into_iter()
-            .map(|(member, start, count)| (member, (start, count)))
-            .collect();
+        let mut cached = Cached::read(&self.store)?;
         let mut writer = self.writer();
-        let mut held_ledger = self.ledger();
-        self.registry.replace_all(principals);
-        for member in &foreign_members {
-            self.registry.set_foreign_name(member.id, member.display.clone());
-        }
-        self.federation.replace_foreign_members(foreign_members);
-        *writer = last_sequence;
-        *held_ledger = ledger;
-        *self.disputed.write() = disputed;
-        *self.quarantined_members.write() = quarantined_members;
-        *self.new_flags_window.lock() = windows;
-        drop(held_ledger);
+        let mut ledger = self.ledger();
+        self.registry.replace_with(cached.registry());
+        self.federation.replace_foreign_members(cached.foreign_members);
+        *writer = cached.last_sequence;
+        *ledger = cached.ledger;
+        *self.disputed.write() = cached.disputed;
+        *self.quarantined_members.write() = cached.quarantined_members;
+        *self.new_flags_window.lock() = cached.windows;
+        drop(ledger);
         drop(writer);
         self.load_quarantine_overrides()
     }
