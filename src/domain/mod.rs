@@ -48,7 +48,7 @@ pub use state::{
     MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, MAX_PENDING_READ_DIGESTS, MAX_PENDING_READS, Metrics,
     READ_FLUSH_INTERVAL,
 };
-pub use submit::IMPORT_BLOCK;
+pub use submit::{IMPORT_BLOCK, SortedFlags};
 
 use state::{State, blocking, stream_chunk};
 
@@ -238,7 +238,11 @@ impl Domain {
         let now = now_ms();
         flags::validate_new_flags(&new_flags, now)?;
         let state = self.state.clone();
-        blocking(move || state.submit(&caller, &new_flags, key_id, now)).await
+        blocking(move || {
+            let sorted = SortedFlags::new(caller.id, new_flags);
+            state.submit(&caller, sorted, key_id, now)
+        })
+        .await
     }
 
     /// Checks one message of an import, its flags named from `first_index` in errors.
@@ -246,12 +250,25 @@ impl Domain {
         flags::validate_new_flags_from(flags, now_ms(), first_index)
     }
 
-    /// Commits one block of an import (at most `IMPORT_BLOCK` flags, each message of it
-    /// checked by `check_import_message`): one audited commit, visible whole or not at all.
-    pub async fn import_block(&self, caller: Caller, new_flags: Vec<NewFlag>, key_id: u32) -> Result<SubmitOutcome> {
+    /// Sorts one block of an import (its messages checked by `check_import_message`) for
+    /// `import_sorted`; this needs no lock, so it runs while the block before commits.
+    pub async fn sort_import_block(&self, caller: &Caller, new_flags: Vec<NewFlag>) -> Result<SortedFlags> {
+        let member = caller.id;
+        state::bulk(move || Ok(SortedFlags::new(member, new_flags))).await
+    }
+
+    /// Commits one sorted block of an import (at most `IMPORT_BLOCK` flags): one audited
+    /// commit, visible whole or not at all.
+    pub async fn import_sorted(&self, caller: Caller, block: SortedFlags, key_id: u32) -> Result<SubmitOutcome> {
         let now = now_ms();
         let state = self.state.clone();
-        state::bulk(move || state.import_block(&caller, &new_flags, key_id, now)).await
+        state::bulk(move || state.import_block(&caller, block, key_id, now)).await
+    }
+
+    /// `sort_import_block`, then `import_sorted`.
+    pub async fn import_block(&self, caller: Caller, new_flags: Vec<NewFlag>, key_id: u32) -> Result<SubmitOutcome> {
+        let block = self.sort_import_block(&caller, new_flags).await?;
+        self.import_sorted(caller, block, key_id).await
     }
 
     pub async fn query(&self, caller: Caller, digests: Vec<Digest>) -> Result<Vec<Match>> {

@@ -7,21 +7,95 @@ use super::principals::Caller;
 use super::state::{Removal, State, stage_removal, stage_upsert};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::{AuditOp, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, RetractReason, SummaryEntry};
+use crate::model::{
+    AuditOp, Change, ChangeRecord, Distribution, FlagKey, FlagRecord, PrincipalId, RetractReason, SummaryEntry,
+};
 
 /// Flags per block of an import: one audited commit, its summary rows ingested as one
 /// file. Bounds the memory an import holds and how long it holds the writer lock.
 pub const IMPORT_BLOCK: usize = 200_000;
 
+/// A batch of new flags in key order, with the keys and digests it names: the part of
+/// writing flags that needs no lock, so an import sorts its next block while the last one
+/// commits.
+pub struct SortedFlags {
+    /// (place in the batch as submitted, flag), in key order; a key given twice keeps its
+    /// submission order, so the later word wins.
+    flags: Vec<(usize, NewFlag)>,
+    /// The key of each of `flags`.
+    keys: Vec<FlagKey>,
+    /// `keys` without repeats.
+    unique_keys: Vec<FlagKey>,
+    /// The digests of `unique_keys`, without repeats.
+    digests: Vec<Digest>,
+}
+
+impl SortedFlags {
+    /// Sorts `member`'s batch. Everything after walks keys in order beside these sorted
+    /// vectors, with cursors instead of maps: hashing 32-byte keys was a tenth of a bulk
+    /// load. Key order also lets RocksDB's memtable insert a sorted run of keys from where
+    /// the previous one went, instead of searching its skip list afresh.
+    pub fn new(member: PrincipalId, new_flags: Vec<NewFlag>) -> SortedFlags {
+        let key_of = |flag: &NewFlag| FlagKey {
+            digest: flag.digest,
+            member,
+            kind: flag.kind,
+            category: flag.category,
+        };
+        // By the digest's first eight bytes as one integer first (two integers compare
+        // faster than two keys), then runs of equal prefixes (rare) by the whole key.
+        let mut order: Vec<(u64, usize)> = new_flags
+            .iter()
+            .enumerate()
+            .map(|(place, flag)| (digest_prefix(&flag.digest), place))
+            .collect();
+        order.sort_unstable();
+        let mut start = 0;
+        while start < order.len() {
+            let prefix = order[start].0;
+            let end = start + order[start..].iter().take_while(|(other, _)| *other == prefix).count();
+            if end - start > 1 {
+                order[start..end].sort_unstable_by_key(|&(_, place)| (key_of(&new_flags[place]), place));
+            }
+            start = end;
+        }
+        // The flags moved into that order, so the write walks memory in sequence.
+        let mut slots: Vec<Option<NewFlag>> = new_flags.into_iter().map(Some).collect();
+        let flags: Vec<(usize, NewFlag)> = order
+            .iter()
+            .filter_map(|&(_, place)| slots[place].take().map(|flag| (place, flag)))
+            .collect();
+        let keys: Vec<FlagKey> = flags.iter().map(|(_, flag)| key_of(flag)).collect();
+        let mut unique_keys = keys.clone();
+        unique_keys.dedup();
+        let mut digests: Vec<Digest> = unique_keys.iter().map(|key| key.digest).collect();
+        digests.dedup();
+        SortedFlags {
+            flags,
+            keys,
+            unique_keys,
+            digests,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+}
+
+fn digest_prefix(digest: &Digest) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(prefix)
+}
+
 impl State {
-    pub(super) fn submit(
-        &self,
-        caller: &Caller,
-        new_flags: &[NewFlag],
-        key_id: u32,
-        now: i64,
-    ) -> Result<SubmitOutcome> {
-        self.write_flags(caller, new_flags, key_id, now, false)
+    pub(super) fn submit(&self, caller: &Caller, sorted: SortedFlags, key_id: u32, now: i64) -> Result<SubmitOutcome> {
+        self.write_flags(caller, sorted, key_id, now, false)
     }
 
     /// One block of an import (at most `IMPORT_BLOCK` flags): Submit's rules, one audited
@@ -29,52 +103,34 @@ impl State {
     pub(super) fn import_block(
         &self,
         caller: &Caller,
-        new_flags: &[NewFlag],
+        sorted: SortedFlags,
         key_id: u32,
         now: i64,
     ) -> Result<SubmitOutcome> {
-        if new_flags.len() > IMPORT_BLOCK {
+        if sorted.len() > IMPORT_BLOCK {
             return Err(Error::invalid(format!(
                 "flags: {} in one block, at most {IMPORT_BLOCK}",
-                new_flags.len()
+                sorted.len()
             )));
         }
-        self.write_flags(caller, new_flags, key_id, now, true)
+        self.write_flags(caller, sorted, key_id, now, true)
     }
 
     fn write_flags(
         &self,
         caller: &Caller,
-        new_flags: &[NewFlag],
+        sorted: SortedFlags,
         key_id: u32,
         now: i64,
         import: bool,
     ) -> Result<SubmitOutcome> {
-        let flag_keys: Vec<FlagKey> = new_flags
-            .iter()
-            .map(|flag| FlagKey {
-                digest: flag.digest,
-                member: caller.id,
-                kind: flag.kind,
-                category: flag.category,
-            })
-            .collect();
-        // Key order, not submission order: RocksDB's memtable inserts a sorted run of keys
-        // from where the previous one went, instead of searching its skip list afresh
-        // (that search was half the server's time in a bulk load). (key, place) pairs are
-        // sorted, not places by their key: the keys stay beside each other in memory, and
-        // the place breaks ties, so a key given twice still ends with its later submission.
-        let mut keyed: Vec<(FlagKey, usize)> = flag_keys.iter().copied().zip(0..).collect();
-        keyed.sort_unstable();
-        let order: Vec<usize> = keyed.iter().map(|(_, index)| *index).collect();
-        let mut sorted_keys: Vec<FlagKey> = keyed.into_iter().map(|(key, _)| key).collect();
-        sorted_keys.dedup();
-        let mut digests: Vec<Digest> = sorted_keys.iter().map(|key| key.digest).collect();
-        digests.dedup();
-
+        let SortedFlags {
+            flags: new_flags,
+            keys: flag_keys,
+            unique_keys: sorted_keys,
+            digests,
+        } = sorted;
         let mut last_sequence = self.writer();
-        // Everything below walks keys in order beside these sorted vectors, with cursors
-        // instead of maps: hashing 32-byte keys was a tenth of a bulk load.
         let mut summaries: Vec<Vec<SummaryEntry>> = self
             .store
             .get_summaries(&digests)?
@@ -98,8 +154,7 @@ impl State {
         let may_be_held = self.has_quarantined(caller.id);
         let (mut k, mut d) = (0, 0);
         let mut previous: Option<(FlagKey, FlagRecord, bool)> = None;
-        for index in order {
-            let (key, new_flag) = (&flag_keys[index], &new_flags[index]);
+        for ((index, new_flag), key) in new_flags.iter().zip(&flag_keys) {
             let mut held_back = false;
             let existing = match previous.take() {
                 // The same key again in this batch: merge with what it just became.
@@ -253,5 +308,71 @@ fn quarantine_row(key: &FlagKey, record: &FlagRecord, now: i64) -> ChangeRecord 
         distribution: record.distribution,
         origin_sequence: 0,
         signature: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Kind;
+    use crate::model::Category;
+
+    fn new_flag(digest: Digest, kind: Kind, confidence: u32) -> NewFlag {
+        NewFlag {
+            digest,
+            kind,
+            category: Category::Grooming,
+            confidence,
+            observed_at_ms: None,
+            expires_at_ms: None,
+            reference: Vec::new(),
+            distribution: None,
+        }
+    }
+
+    #[test]
+    fn sorted_flags_are_in_key_order_and_a_repeated_key_keeps_its_submission_order() {
+        // Digests sharing their first eight bytes (ordered by the rest), others apart.
+        let digest = |first: u8, last: u8| {
+            let mut digest = [first; 32];
+            digest[31] = last;
+            digest
+        };
+        let submitted = vec![
+            new_flag(digest(9, 2), Kind::Email, 1),
+            new_flag(digest(9, 1), Kind::Phone, 2),
+            new_flag(digest(3, 0), Kind::Email, 3),
+            new_flag(digest(9, 1), Kind::Email, 4),
+            new_flag(digest(9, 2), Kind::Email, 5),
+            new_flag(digest(9, 1), Kind::Email, 6),
+            new_flag(digest(200, 0), Kind::Email, 7),
+        ];
+        let mut expected: Vec<(FlagKey, usize)> = submitted
+            .iter()
+            .enumerate()
+            .map(|(place, flag)| {
+                let key = FlagKey {
+                    digest: flag.digest,
+                    member: 7,
+                    kind: flag.kind,
+                    category: flag.category,
+                };
+                (key, place)
+            })
+            .collect();
+        expected.sort();
+        let sorted = SortedFlags::new(7, submitted.clone());
+        let places: Vec<usize> = sorted.flags.iter().map(|(place, _)| *place).collect();
+        assert_eq!(places, expected.iter().map(|(_, place)| *place).collect::<Vec<_>>());
+        assert_eq!(places, [2, 3, 5, 1, 0, 4, 6]);
+        for ((place, flag), key) in sorted.flags.iter().zip(&sorted.keys) {
+            assert_eq!(flag.confidence, submitted[*place].confidence);
+            assert_eq!((key.digest, key.kind, key.member), (flag.digest, flag.kind, 7));
+        }
+        assert_eq!(sorted.unique_keys.len(), 5, "two keys given twice");
+        assert_eq!(
+            sorted.digests,
+            [digest(3, 0), digest(9, 1), digest(9, 2), digest(200, 0)]
+        );
     }
 }

@@ -879,8 +879,13 @@ fn the_same_operations_at_the_same_times_leave_two_copies_of_a_store_alike() {
             .iter()
             .map(|digest| flag(*digest, Kind::Email, Category::Grooming))
             .collect();
-        state.submit(&callers[0], &new_flags, 1, tick()).unwrap();
-        state.submit(&callers[1], &new_flags[..5], 1, tick()).unwrap();
+        let sorted = |caller: &Caller, flags: &[NewFlag]| SortedFlags::new(caller.id, flags.to_vec());
+        state
+            .submit(&callers[0], sorted(&callers[0], &new_flags), 1, tick())
+            .unwrap();
+        state
+            .submit(&callers[1], sorted(&callers[1], &new_flags[..5]), 1, tick())
+            .unwrap();
         state.query(&callers[1], &digests, tick()).unwrap();
         let selectors = [FlagSelector {
             digest: digests[3],

@@ -461,20 +461,23 @@ impl Import {
             if block.len() >= crate::domain::IMPORT_BLOCK {
                 let rest = block.split_off(crate::domain::IMPORT_BLOCK);
                 let full = std::mem::replace(&mut block, rest);
+                // Sorted while the block before it commits.
+                let sorted = self.domain.sort_import_block(&self.caller, full).await?;
                 self.settle(committing, totals, Some(progress)).await?;
-                *committing = Some(self.start_commit(full, key_id.unwrap_or_default()));
+                *committing = Some(self.start_commit(sorted, key_id.unwrap_or_default()));
             }
         }
         if !block.is_empty() {
+            let sorted = self.domain.sort_import_block(&self.caller, block).await?;
             self.settle(committing, totals, Some(progress)).await?;
-            *committing = Some(self.start_commit(block, key_id.unwrap_or_default()));
+            *committing = Some(self.start_commit(sorted, key_id.unwrap_or_default()));
         }
         Ok(())
     }
 
-    fn start_commit(&self, flags: Vec<crate::domain::NewFlag>, key_id: u32) -> Committing {
+    fn start_commit(&self, block: crate::domain::SortedFlags, key_id: u32) -> Committing {
         let (domain, caller) = (self.domain.clone(), self.caller.clone());
-        tokio::spawn(async move { domain.import_block(caller, flags, key_id).await })
+        tokio::spawn(async move { domain.import_sorted(caller, block, key_id).await })
     }
 
     /// Waits for the block in flight, if any, and reports it to `progress` (none for the
