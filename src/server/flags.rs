@@ -203,7 +203,7 @@ impl pb::flags_server::Flags for FlagsService {
         // was 5.3-5.4 ms (5.8-6.3 here) but the import took 1.03-1.08 of the Submit load's
         // time in the same runs, against 0.99 here: not worth the slower import.
         tokio::spawn(async move {
-            let _held = (permit, slot);
+            let _held = (permit, slot, import.domain.begin_import());
             if let Err(status) = import.run(request.into_inner(), &sender).await {
                 let _ = sender.send(Err(status)).await;
             }
