@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         0.0
     } else {
         let data = dir.path().join("submit");
-        let (_server, endpoint) = common::start_flagshare(&bin, &data, &serve_args)?;
+        let (server, endpoint) = common::start_flagshare(&bin, &data, &serve_args)?;
         let mut admin = common::admin_client(&data, &endpoint).await?;
         let loader = common::member(&mut admin, "loader", &endpoint).await?;
         let seconds = common::load(&loader, n, 2).await?;
@@ -164,12 +164,18 @@ async fn main() -> anyhow::Result<()> {
             "bench: flagshare Submit-loaded {n} flags in {seconds:.1} s ({:.0}/s)",
             n as f64 / seconds
         );
+        // Its files go before the next part: the kernel would otherwise still be writing
+        // back their pages while the next load runs.
+        drop(server);
+        std::fs::remove_dir_all(&data)?;
         seconds
     };
     let during = if !runs("during") {
         None
     } else {
-        let during = lookups_during_import(&bin, &dir.path().join("during"), &serve_args, n).await?;
+        let data = dir.path().join("during");
+        let during = lookups_during_import(&bin, &data, &serve_args, n).await?;
+        std::fs::remove_dir_all(&data)?;
         eprintln!(
             "bench: during an import of {n} ({:.1} s): single-digest p50 / p99 {:.0} / {:.0} µs; QueryStream during / idle {:.0} / {:.0} ({:.2}); write stalls {:?} µs",
             during.import_seconds,
@@ -248,6 +254,8 @@ async fn main() -> anyhow::Result<()> {
         .disk_bytes;
     drop(connections);
     drop(server);
+    // As between flagshare's parts: Redis loads with no writeback of another's files.
+    std::fs::remove_dir_all(&data)?;
 
     // Redis
     let port = free_port()?;

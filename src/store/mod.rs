@@ -625,15 +625,26 @@ impl Store {
         file: &Path,
         rows: impl IntoIterator<Item = (&'a Digest, &'a [SummaryEntry])>,
     ) -> Result<bool, StoreError> {
-        let rows = rows.into_iter().map(|(digest, entries)| -> Result<_, StoreError> {
-            if entries.is_empty() {
-                Ok((*digest, None))
-            } else {
-                self.presence.note(digest);
-                Ok((*digest, Some(codec::encode_summary(entries)?)))
-            }
-        });
-        write_sst(&self.summaries_options, file, rows)
+        let rows: Vec<(&Digest, &[SummaryEntry])> = rows.into_iter().collect();
+        // Noting is a cache miss a digest: done beside the writing, finished before the
+        // file can be ingested.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                self.presence.note_all(
+                    rows.iter()
+                        .filter(|(_, entries)| !entries.is_empty())
+                        .map(|(digest, _)| digest.as_slice()),
+                );
+            });
+            let encoded = rows.iter().map(|(digest, entries)| -> Result<_, StoreError> {
+                if entries.is_empty() {
+                    Ok((*digest, None))
+                } else {
+                    Ok((*digest, Some(codec::encode_summary(entries)?)))
+                }
+            });
+            write_sst(&self.summaries_options, file, encoded)
+        })
     }
 
     /// An import begins: the `summaries` family compacts as `BULK_LOAD` says until the

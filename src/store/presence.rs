@@ -137,24 +137,33 @@ impl Presence {
 
     /// Notes that `key` is about to be stored. Called before the row is written.
     pub fn note(&self, key: &[u8]) {
-        let hash = self.hash(key);
-        {
-            let filters = self.filters.read();
-            if let Some(last) = filters.last()
-                && !last.is_full()
+        self.note_all([key]);
+    }
+
+    /// Notes each of `keys`, as `note` does, under one lock while the newest filter has
+    /// room.
+    pub fn note_all<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        let mut keys = keys.into_iter().peekable();
+        while keys.peek().is_some() {
             {
-                last.insert(hash);
+                let filters = self.filters.read();
+                if let Some(last) = filters.last() {
+                    while !last.is_full()
+                        && let Some(key) = keys.next()
+                    {
+                        last.insert(self.hash(key));
+                    }
+                }
+            }
+            if keys.peek().is_none() {
                 return;
             }
-        }
-        let mut filters = self.filters.write();
-        if filters.last().is_none_or(Filter::is_full) {
-            // Each new filter holds twice what all before it do: few filters to probe.
-            let held: usize = filters.iter().map(|filter| filter.capacity).sum();
-            filters.push(Filter::new(held.saturating_mul(2).max(MIN_CAPACITY)));
-        }
-        if let Some(last) = filters.last() {
-            last.insert(hash);
+            let mut filters = self.filters.write();
+            if filters.last().is_none_or(Filter::is_full) {
+                // Each new filter holds twice what all before it do: few filters to probe.
+                let held: usize = filters.iter().map(|filter| filter.capacity).sum();
+                filters.push(Filter::new(held.saturating_mul(2).max(MIN_CAPACITY)));
+            }
         }
     }
 
