@@ -17,6 +17,7 @@
 // these helpers return what the traits do.
 #![allow(clippy::result_large_err)]
 
+pub mod forward;
 pub mod log;
 pub mod machine;
 pub mod network;

@@ -156,10 +156,8 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(bundle: Option<Bundle>) -> Network {
-        Network {
-            bundle: bundle.map(Arc::new),
-        }
+    pub fn new(bundle: Option<Arc<Bundle>>) -> Network {
+        Network { bundle }
     }
 }
 

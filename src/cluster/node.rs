@@ -55,6 +55,8 @@ fn raft_config() -> anyhow::Result<openraft::Config> {
 pub struct Node {
     raft: Raft<Config>,
     store: Arc<Store>,
+    /// This node's credentials for calling the others.
+    credentials: Option<Arc<crate::client::Bundle>>,
 }
 
 impl Node {
@@ -75,11 +77,12 @@ impl Node {
             ),
             None => String::new(),
         };
+        let credentials = credentials.map(Arc::new);
         let machine = StateMachine::open(store.clone()).context("opening the state machine")?;
         let raft = Raft::new(
             id,
             Arc::new(raft_config()?),
-            Network::new(credentials),
+            Network::new(credentials.clone()),
             LogStore::new(store.clone()),
             machine,
         )
@@ -107,7 +110,11 @@ impl Node {
             )
             .await
             .context("waiting for the node's log to be applied")?;
-        let node = Node { raft, store };
+        let node = Node {
+            raft,
+            store,
+            credentials,
+        };
         node.keep_own_entry_current(address, certificate_sha256).await?;
         Ok(node)
     }
@@ -246,6 +253,12 @@ impl Node {
 
     pub fn raft(&self) -> &Raft<Config> {
         &self.raft
+    }
+
+    /// The cluster's leader, reached with this node's credentials: where a follower sends
+    /// the audit entries of its reads and the members' writes.
+    pub fn leader(&self) -> Arc<super::forward::Leader> {
+        Arc::new(super::forward::Leader::new(self.raft.clone(), self.credentials.clone()))
     }
 }
 

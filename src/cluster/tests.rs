@@ -737,7 +737,7 @@ mod replicated {
             let raft = Raft::new(
                 id,
                 Arc::new(config.validate().unwrap()),
-                super::super::network::Network::new(Some(bundle.clone())),
+                super::super::network::Network::new(Some(std::sync::Arc::new(bundle.clone()))),
                 LogStore::new(store.clone()),
                 StateMachine::open(store.clone()).unwrap(),
             )
@@ -746,7 +746,7 @@ mod replicated {
             let tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(&pki.server_pem, &pki.server_key_pem))
                 .client_ca_root(Certificate::from_pem(&pki.ca_pem));
-            let service = crate::server::cluster::service(raft.clone(), gate.clone());
+            let service = crate::server::cluster::service(raft.clone(), None, gate.clone());
             listener.set_nonblocking(true).unwrap();
             let incoming =
                 tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener).unwrap());

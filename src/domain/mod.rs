@@ -46,7 +46,7 @@ pub use principals::{Caller, Registry};
 pub use quarantine::{HELD_PAGE, HeldFlag, QUARANTINE_CHUNK, QuarantineSummary};
 pub use state::{
     MAX_ENTRIES_PER_DIGEST, MAX_ENTRIES_PER_ORIGIN, MAX_PENDING_READ_DIGESTS, MAX_PENDING_READS, Metrics,
-    READ_FLUSH_INTERVAL,
+    READ_FLUSH_INTERVAL, ReadForwarder,
 };
 pub use submit::{IMPORT_BLOCK, SortedFlags};
 
@@ -103,6 +103,39 @@ impl Policy {
     pub fn longest_expiry(&self, category: Category, now_ms: i64) -> i64 {
         let ttl = self.default_ttl_ms.get(&category).copied().unwrap_or(DEFAULT_TTL_MS);
         now_ms.saturating_add(ttl)
+    }
+}
+
+/// Longest detail of a forwarded read's entry (a read's own are a few words).
+const MAX_FORWARDED_DETAIL: usize = 4_096;
+
+/// The audit entry of a read a follower answered, as it travels to the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedRead {
+    /// The reader's name.
+    pub actor: String,
+    pub op: AuditOp,
+    pub n_items: u64,
+    pub n_changed: u64,
+    pub detail: String,
+    pub digests: Vec<Digest>,
+    pub at_ms: i64,
+}
+
+impl ForwardedRead {
+    /// The entry of a read this node answered, to forward; `None` for the server's own
+    /// (no reader id), which a follower never queues.
+    pub fn of(event: &AuditEvent, at_ms: i64) -> Option<ForwardedRead> {
+        event.actor.id?;
+        Some(ForwardedRead {
+            actor: event.actor.name.clone(),
+            op: event.op,
+            n_items: event.n_items,
+            n_changed: event.n_changed,
+            detail: event.detail.clone(),
+            digests: event.digests.clone(),
+            at_ms,
+        })
     }
 }
 
@@ -697,6 +730,69 @@ impl Domain {
 
     /// Commits the audit entries of read-only calls queued so far (the server does this
     /// every `READ_FLUSH_INTERVAL`).
+    /// On a node of a replicated cluster: where the audit entries of reads go while
+    /// another node leads.
+    pub fn set_read_forwarder(&self, forwarder: Option<Arc<dyn ReadForwarder>>) {
+        self.state.set_read_forwarder(forwarder);
+    }
+
+    /// On the leader: the audit entries of reads a follower answered, queued as this
+    /// node's own (the reader named as this operator's registry knows it). Only
+    /// read operations are taken.
+    pub async fn record_forwarded_reads(&self, reads: Vec<ForwardedRead>) -> Result<()> {
+        if reads.len() > MAX_PENDING_READS {
+            return Err(Error::invalid(format!(
+                "reads: {} in one call, at most {MAX_PENDING_READS}",
+                reads.len()
+            )));
+        }
+        let n_digests: usize = reads.iter().map(|read| read.digests.len()).sum();
+        if n_digests > MAX_PENDING_READ_DIGESTS {
+            return Err(Error::invalid(format!(
+                "reads: {n_digests} digests in one call, at most {MAX_PENDING_READ_DIGESTS}"
+            )));
+        }
+        let mut events = Vec::with_capacity(reads.len());
+        for (at, read) in reads.into_iter().enumerate() {
+            if read.detail.len() > MAX_FORWARDED_DETAIL {
+                return Err(Error::invalid(format!(
+                    "reads[{at}].detail: {} bytes, at most {MAX_FORWARDED_DETAIL}",
+                    read.detail.len()
+                )));
+            }
+            if !matches!(read.op, AuditOp::Query | AuditOp::RangeQuery | AuditOp::ListHeld) {
+                return Err(Error::invalid(format!(
+                    "reads[{at}].op: {}, expected query, range_query or list_held",
+                    read.op
+                )));
+            }
+            let reader = self
+                .state
+                .registry
+                .by_name(&read.actor)
+                .ok_or_else(|| Error::invalid(format!("reads[{at}].actor: no principal '{}'", read.actor)))?;
+            let event = AuditEvent::new(
+                Actor {
+                    id: Some(reader.id),
+                    name: reader.name,
+                },
+                read.op,
+            )
+            .counts(read.n_items, read.n_changed)
+            .detail(read.detail)
+            .digests(read.digests);
+            events.push((event, read.at_ms));
+        }
+        let state = self.state.clone();
+        blocking(move || {
+            for (event, at_ms) in events {
+                state.record_read(event, at_ms)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn flush_reads(&self) -> Result<()> {
         if !self.state.has_queued_reads() {
             return Ok(());

@@ -94,6 +94,9 @@ pub(crate) struct State {
         std::sync::Arc<std::sync::atomic::AtomicBool>,
         std::thread::JoinHandle<()>,
     )>,
+    /// On a node of a replicated cluster: where read entries go while another node leads
+    /// (a follower cannot commit; the leader commits them in the one chain).
+    read_forwarder: RwLock<Option<std::sync::Arc<dyn ReadForwarder>>>,
     /// Tests set it to make the next audited commit panic under the writer lock.
     #[cfg(test)]
     fault: std::sync::atomic::AtomicBool,
@@ -104,6 +107,16 @@ pub(crate) struct State {
 }
 
 const NO_HOLD: u64 = u64::MAX;
+
+/// Where a node that does not lead its cluster sends the audit entries of the reads it
+/// answered (`cluster::forward`).
+pub trait ReadForwarder: Send + Sync {
+    /// Whether this node leads: it commits its own entries then.
+    fn leads(&self) -> bool;
+    /// Hands `reads` (entries and their times) to the leader, which queues them as its
+    /// own; blocking.
+    fn forward(&self, reads: &[(AuditEvent, i64)]) -> Result<()>;
+}
 
 impl Drop for State {
     /// Read entries still queued are committed as the store closes. Not through a
@@ -254,6 +267,7 @@ impl State {
             quarantine_overrides: RwLock::new(HashMap::new()),
             hold: std::sync::atomic::AtomicU64::new(NO_HOLD),
             presence_scan,
+            read_forwarder: RwLock::new(None),
         })
     }
 
@@ -494,8 +508,21 @@ impl State {
     }
 
     /// Commits the queued read audit entries, in one write without waiting for the disk
-    /// (as a single read's entry was written before). On failure they stay queued.
+    /// (as a single read's entry was written before), or on a follower hands them to the
+    /// leader. On failure they stay queued.
     pub(super) fn flush_reads(&self) -> Result<()> {
+        let forwarder = self.read_forwarder.read().clone();
+        if let Some(forwarder) = forwarder.filter(|forwarder| !forwarder.leads()) {
+            let events = std::mem::take(&mut *self.reads.lock());
+            if events.is_empty() {
+                return Ok(());
+            }
+            let forwarded = forwarder.forward(&events);
+            if forwarded.is_err() {
+                self.requeue_reads(events);
+            }
+            return forwarded;
+        }
         let mut ledger = self.ledger();
         let events = std::mem::take(&mut *self.reads.lock());
         if events.is_empty() {
@@ -506,6 +533,10 @@ impl State {
             self.requeue_reads(events);
         }
         committed.map(|_| ())
+    }
+
+    pub(super) fn set_read_forwarder(&self, forwarder: Option<std::sync::Arc<dyn ReadForwarder>>) {
+        *self.read_forwarder.write() = forwarder;
     }
 
     pub(super) fn has_queued_reads(&self) -> bool {

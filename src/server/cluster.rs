@@ -9,7 +9,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Config;
+use crate::cluster::forward::read_from_pb;
 use crate::cluster::network::{self, BadRequest, MAX_MESSAGE_BYTES};
+use crate::domain::Domain;
 use crate::pb;
 use crate::pki::certificate_sha256;
 
@@ -18,6 +20,9 @@ pub type NodeGate = Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
 
 pub struct ClusterService {
     raft: Raft<Config>,
+    /// Takes the read entries followers forward; `None` only for a Raft without a domain
+    /// (tests of the log alone), which refuses them.
+    domain: Option<Domain>,
 }
 
 /// The gate in front of the service: a tonic interceptor.
@@ -27,9 +32,10 @@ impl<F: FnMut(Request<()>) -> Result<Request<()>, Status> + Clone> Gatekeeper fo
 /// The service behind its gate.
 pub fn service(
     raft: Raft<Config>,
+    domain: Option<Domain>,
     gate: NodeGate,
 ) -> InterceptedService<pb::cluster_server::ClusterServer<ClusterService>, impl Gatekeeper> {
-    let server = pb::cluster_server::ClusterServer::new(ClusterService { raft })
+    let server = pb::cluster_server::ClusterServer::new(ClusterService { raft, domain })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     InterceptedService::new(server, move |request: Request<()>| {
@@ -68,5 +74,33 @@ impl pb::cluster_server::Cluster for ClusterService {
     async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let rpc = network::decode_snapshot(request.into_inner()).map_err(invalid)?;
         Ok(Response::new(network::reply(&self.raft.install_snapshot(rpc).await)))
+    }
+
+    async fn record_reads(
+        &self,
+        request: Request<pb::ForwardedReads>,
+    ) -> Result<Response<pb::ForwardedReadsReply>, Status> {
+        let Some(domain) = &self.domain else {
+            return Err(Status::unimplemented("this node keeps no audit chain"));
+        };
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            // Queued here they would only travel on again, perhaps back.
+            return Err(Status::unavailable(format!(
+                "this node does not lead the cluster (leader: {}); send the entries there",
+                metrics
+                    .current_leader
+                    .map_or_else(|| "unknown".to_owned(), |leader| format!("node {leader}"))
+            )));
+        }
+        let reads = request
+            .into_inner()
+            .reads
+            .into_iter()
+            .enumerate()
+            .map(|(at, read)| read_from_pb(at, read))
+            .collect::<Result<Vec<_>, _>>()?;
+        domain.record_forwarded_reads(reads).await?;
+        Ok(Response::new(pb::ForwardedReadsReply {}))
     }
 }

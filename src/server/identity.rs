@@ -22,12 +22,32 @@ const MAX_REFUSALS_REMEMBERED: usize = 10_000;
 
 static LAST_REFUSAL_AUDITED: LazyLock<Mutex<HashMap<[u8; 32], i64>>> = LazyLock::new(Default::default);
 
+/// Metadata a node of this operator's cluster sets when it forwards a member's call to
+/// the leader: the member's certificate SHA-256, in hex. Honoured from a `node` principal
+/// only (a node holds the whole database and may write anything anyway); from anyone
+/// else the call is refused.
+pub const ON_BEHALF_OF: &str = "x-flagshare-on-behalf-of";
+
 pub fn authorize<T>(domain: &Domain, request: &Request<T>, roles: &[Role]) -> Result<Caller, Status> {
     let leaf = request
         .peer_certs()
         .and_then(|certs| certs.first().cloned())
         .ok_or_else(|| Status::unauthenticated("a client certificate signed by the operator CA is required"))?;
-    let fingerprint = certificate_sha256(&leaf);
+    let mut fingerprint = certificate_sha256(&leaf);
+    if let Some(value) = request.metadata().get(ON_BEHALF_OF) {
+        domain.authorize(&fingerprint, &[Role::Node]).map_err(|err| {
+            audit_refusal(domain, fingerprint, &format!("{ON_BEHALF_OF}: {err}"));
+            Status::permission_denied(format!(
+                "{ON_BEHALF_OF}: only a node of this cluster may call for another"
+            ))
+        })?;
+        fingerprint = value
+            .to_str()
+            .ok()
+            .and_then(|text| hex::decode(text).ok())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| Status::invalid_argument(format!("{ON_BEHALF_OF}: expected 64 hex digits")))?;
+    }
     domain.authorize(&fingerprint, roles).map_err(|err| {
         audit_refusal(domain, fingerprint, &err.to_string());
         Status::from(err)

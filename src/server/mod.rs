@@ -107,6 +107,8 @@ pub async fn run(
         // Another node's commits applied here change the store under the domain's memory.
         store.set_apply_listener(node.id(), Some(domain.apply_listener()));
         node.route_commits();
+        // A follower answers reads; the leader commits their audit entries.
+        domain.set_read_forwarder(Some(node.leader()));
     }
     let db_identity = domain.db_identity();
     let limits = limits::Limits::load(&config, domain.clone(), metrics.clone()).await?;
@@ -143,6 +145,7 @@ pub async fn run(
         limits: limits.clone(),
         imports: Arc::new(tokio::sync::Semaphore::new(flags::IMPORT_SLOTS)),
         import_idle: Duration::from_secs(config.request_timeout_secs),
+        leader: node.as_ref().map(|node| node.leader()),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
@@ -165,7 +168,7 @@ pub async fn run(
             gate_node.has_member_certificate(sha256)
                 || gate_domain.authorize(sha256, &[crate::model::Role::Node]).is_ok()
         });
-        cluster::service(node.raft().clone(), gate)
+        cluster::service(node.raft().clone(), Some(domain.clone()), gate)
     });
     let federation_service = pb::federation_server::FederationServer::new(federation::FederationService {
         domain: domain.clone(),

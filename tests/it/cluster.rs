@@ -191,7 +191,79 @@ async fn the_cluster_service_answers_node_principals_only() {
     assert_eq!(too_large.code(), tonic::Code::ResourceExhausted, "{too_large:?}");
     let gated = as_member.install_snapshot(oversized).await.unwrap_err();
     assert_eq!(gated.code(), tonic::Code::PermissionDenied, "{gated:?}");
-    // The node principal's calls changed nothing: the one-node cluster still leads itself.
+    // Read entries forwarded to the leader (this one-node cluster's only node): refused
+    // by field and nothing recorded, or taken into its audit chain as the reader's own.
+    let read = |op: &str, digests: Vec<u8>, actor: &str| pb::ForwardedReads {
+        reads: vec![pb::ForwardedRead {
+            actor: actor.to_owned(),
+            op: op.to_owned(),
+            n_items: 1,
+            n_changed: digests.len() as u64 / 32,
+            detail: String::new(),
+            digests,
+            at_ms: 1_700_000_000_000,
+        }],
+    };
+    for (bad, expected) in [
+        (
+            read("submit", Vec::new(), "platform-a"),
+            "reads[0].op: submit, expected query",
+        ),
+        (
+            read("query", vec![7; 33], "platform-a"),
+            "reads[0].digests: 33 bytes, expected a multiple of 32",
+        ),
+        (
+            read("query", Vec::new(), "nobody"),
+            "reads[0].actor: no principal 'nobody'",
+        ),
+        (
+            read("nothing", Vec::new(), "platform-a"),
+            "reads[0].op: 'nothing' is not an audit operation",
+        ),
+    ] {
+        let refused = as_node.record_reads(bad).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().starts_with(expected), "{}", refused.message());
+    }
+    let gated = as_member
+        .record_reads(read("query", Vec::new(), "platform-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(gated.code(), tonic::Code::PermissionDenied, "{gated:?}");
+    let mut admin = server.admin_client().await;
+    let queries = |admin: &mut flagshare::pb::admin_client::AdminClient<tonic::transport::Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_audit(pb::ListAuditRequest {
+                    op: "query".to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+        }
+    };
+    assert!(queries(&mut admin).await.is_empty(), "no refused entry recorded");
+    as_node
+        .record_reads(read("query", vec![7; 32], "platform-a"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let recorded = loop {
+        let entries = queries(&mut admin).await;
+        if !entries.is_empty() || std::time::Instant::now() > deadline {
+            break entries;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].principal, "platform-a");
+    assert_eq!(recorded[0].digests, [hex::encode([7u8; 32])]);
+
+    // The node principal's calls changed nothing else: the one-node cluster still leads itself.
     let status = cluster_list(&server);
     assert_eq!(status["leader_id"], 1, "{status}");
 
@@ -321,13 +393,80 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
     assert_eq!(second_view.role, "follower");
     assert_eq!(second_view.lag, Some(0), "{status:?}");
 
-    // A write sent to the follower is refused, not committed there.
-    let refused = on_second
-        .submit(submit_request(vec![flag(
-            email_digest("follower@example.com"),
-            pb::Category::Grooming,
-            80,
-        )]))
+    // A member's write sent to the follower goes on to the leader, committed there as
+    // that member's own, and comes back to the follower through the log.
+    let forwarded = email_digest("follower@example.com");
+    let outcome = on_second
+        .submit(submit_request(vec![flag(forwarded, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome.n_created, 1, "{outcome:?}");
+    let found = on_leader
+        .query(pb::QueryRequest {
+            digests: forwarded.to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.matches.len(), 1, "committed on the leader: {found:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while on_second
+        .query(pb::QueryRequest {
+            digests: forwarded.to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .matches
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forwarded flag never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let submits = admin
+        .list_audit(pb::ListAuditRequest {
+            op: "submit".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(submits.entries.len(), 2, "{submits:?}");
+    assert!(submits.entries.iter().all(|entry| entry.principal == "platform-a"));
+    // A member's retraction through the follower too; a member cannot claim to speak for
+    // another (only a node may).
+    let retracted = on_second
+        .retract(pb::RetractRequest {
+            flags: vec![pb::FlagSelector {
+                digest: forwarded.to_vec(),
+                ..Default::default()
+            }],
+            reason: pb::RetractReason::FalsePositive as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retracted.n_retracted, 1, "{retracted:?}");
+    let mut claimed = tonic::Request::new(submit_request(vec![flag(forwarded, pb::Category::Grooming, 80)]));
+    claimed
+        .metadata_mut()
+        .insert("x-flagshare-on-behalf-of", hex::encode([0u8; 32]).parse().unwrap());
+    let refused = on_leader.submit(claimed).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // An operator's change sent to the follower is refused, naming the leader.
+    let refused = second
+        .admin_client()
+        .await
+        .set_principal_status(pb::SetPrincipalStatusRequest {
+            name: "platform-a".to_owned(),
+            status: pb::PrincipalStatus::Suspended as i32,
+            withdraw_flags: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
@@ -346,6 +485,54 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         refused.message()
     );
     assert_eq!(status.nodes.iter().find(|node| node.id == 1).unwrap().address, here);
+
+    // Reads on the follower, more than its queue of audit entries holds: all answered,
+    // their entries committed by the leader in the one chain (polled: the follower hands
+    // its queue over every 10 ms).
+    let n_reads = flagshare::domain::MAX_PENDING_READS + 100;
+    let unflagged = email_digest("never-flagged@example.com");
+    for _ in 0..n_reads {
+        let answer = on_second
+            .query(pb::QueryRequest {
+                digests: unflagged.to_vec().into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.matches.is_empty());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let audited = admin
+            .list_audit(pb::ListAuditRequest {
+                op: "query".to_owned(),
+                principal: "platform-a".to_owned(),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let named = audited
+            .entries
+            .iter()
+            .filter(|entry| entry.principal == "platform-a" && entry.n_items == 1)
+            .count();
+        if named > n_reads {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{named} of the follower's {n_reads} queries (and the polls before) audited on the leader"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let verified = admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
 
     // Removal: not of the leader, not of a node never added; then node 2 leaves.
     let own = admin

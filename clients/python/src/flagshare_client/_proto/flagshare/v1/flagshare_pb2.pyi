@@ -827,6 +827,34 @@ class RemovePeerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ForwardedReads(_message.Message):
+    __slots__ = ("reads",)
+    READS_FIELD_NUMBER: _ClassVar[int]
+    reads: _containers.RepeatedCompositeFieldContainer[ForwardedRead]
+    def __init__(self, reads: _Optional[_Iterable[_Union[ForwardedRead, _Mapping]]] = ...) -> None: ...
+
+class ForwardedRead(_message.Message):
+    __slots__ = ("actor", "op", "n_items", "n_changed", "detail", "digests", "at_ms")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    N_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    N_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    op: str
+    n_items: int
+    n_changed: int
+    detail: str
+    digests: bytes
+    at_ms: int
+    def __init__(self, actor: _Optional[str] = ..., op: _Optional[str] = ..., n_items: _Optional[int] = ..., n_changed: _Optional[int] = ..., detail: _Optional[str] = ..., digests: _Optional[bytes] = ..., at_ms: _Optional[int] = ...) -> None: ...
+
+class ForwardedReadsReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class RaftRequest(_message.Message):
     __slots__ = ("header", "entries", "data")
     HEADER_FIELD_NUMBER: _ClassVar[int]

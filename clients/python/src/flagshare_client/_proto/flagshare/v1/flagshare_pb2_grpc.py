@@ -1439,6 +1439,11 @@ class ClusterStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
                 _registered_method=True)
+        self.RecordReads = channel.unary_unary(
+                '/flagshare.v1.Cluster/RecordReads',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.ForwardedReads.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ForwardedReadsReply.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -1466,6 +1471,15 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordReads(self, request, context):
+        """A follower's audit entries of reads it answered (queries, range queries, held-flag
+        listings), for the leader to commit in the one audit chain; answered once queued
+        there. A node that does not lead refuses with UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1483,6 +1497,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.InstallSnapshot,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.RaftReply.SerializeToString,
+            ),
+            'RecordReads': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordReads,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ForwardedReads.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ForwardedReadsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1570,6 +1589,33 @@ class Cluster:
             '/flagshare.v1.Cluster/InstallSnapshot',
             flagshare_dot_v1_dot_flagshare__pb2.RaftRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.RaftReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordReads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Cluster/RecordReads',
+            flagshare_dot_v1_dot_flagshare__pb2.ForwardedReads.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.ForwardedReadsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,166 @@
+//! A follower's read audit entries, sent to the leader (`Cluster.RecordReads`): a
+//! follower answers reads from its own applied state, but only the leader can commit, and
+//! every node's audit chain is the one the leader writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Raft;
+use tonic::transport::Channel;
+
+use super::Config;
+use super::network::MAX_MESSAGE_BYTES;
+use crate::client::Bundle;
+use crate::domain::{AuditEvent, ForwardedRead, ReadForwarder};
+use crate::error::{Error, Result};
+use crate::model::AuditOp;
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient;
+use crate::store::StoreError;
+
+/// How long a follower waits for the leader to answer a member's call it forwarded.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// ... and to take its read entries: they stay queued on failure, and the next flush
+/// tries again (a read that finds the queue full waits for this at most).
+const READS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The leader, as this node's Raft knows it, reached with this node's credentials.
+pub struct Leader {
+    raft: Raft<Config>,
+    bundle: Option<Arc<Bundle>>,
+    runtime: tokio::runtime::Handle,
+    /// The connection last used, and the address it goes to.
+    channel: parking_lot::Mutex<Option<(String, Channel)>>,
+}
+
+impl Leader {
+    pub fn new(raft: Raft<Config>, bundle: Option<Arc<Bundle>>) -> Leader {
+        Leader {
+            raft,
+            bundle,
+            runtime: tokio::runtime::Handle::current(),
+            channel: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether this node leads its cluster.
+    pub fn is_this_node(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.current_leader == Some(metrics.id)
+    }
+
+    fn address(&self) -> Result<(u64, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .current_leader
+            .and_then(|leader| {
+                let node = metrics.membership_config.membership().get_node(&leader).cloned()?;
+                Some((leader, node.addr))
+            })
+            .ok_or_else(|| unavailable("this node does not lead the cluster and knows no leader yet".to_owned()))
+    }
+
+    /// A connection to the leader (the last one, while it leads at the same address).
+    pub async fn channel(&self) -> Result<Channel> {
+        let (leader, address) = self.address()?;
+        let cached = self
+            .channel
+            .lock()
+            .as_ref()
+            .filter(|(to, _)| *to == address)
+            .map(|(_, channel)| channel.clone());
+        if let Some(channel) = cached {
+            return Ok(channel);
+        }
+        let bundle = self.bundle.as_ref().ok_or_else(|| {
+            unavailable(format!(
+                "node {leader} leads the cluster, at {address}; this node has no credentials to reach it (cluster_credentials)"
+            ))
+        })?;
+        let channel = bundle.connect(Some(&address)).await.map_err(|err| {
+            unavailable(format!(
+                "node {leader} leads the cluster, at {address}, and could not be reached: {err}"
+            ))
+        })?;
+        *self.channel.lock() = Some((address, channel.clone()));
+        Ok(channel)
+    }
+
+    /// After a failed call: the next one connects afresh.
+    pub fn forget_channel(&self) {
+        *self.channel.lock() = None;
+    }
+
+    async fn send_reads(&self, request: pb::ForwardedReads) -> Result<()> {
+        let channel = self.channel().await?;
+        let mut client = ClusterClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(READS_TIMEOUT);
+        client.record_reads(request).await.map_err(|status| {
+            self.forget_channel();
+            unavailable(format!(
+                "the leader did not take the audit entries of this node's reads: {}",
+                status.message()
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+impl ReadForwarder for Leader {
+    fn leads(&self) -> bool {
+        self.is_this_node()
+    }
+
+    fn forward(&self, reads: &[(AuditEvent, i64)]) -> Result<()> {
+        let request = pb::ForwardedReads {
+            reads: reads
+                .iter()
+                .filter_map(|(event, at_ms)| ForwardedRead::of(event, *at_ms))
+                .map(read_to_pb)
+                .collect(),
+        };
+        // Called on a blocking thread (the flusher's, or a read's that found the queue full).
+        tokio::task::block_in_place(|| self.runtime.block_on(self.send_reads(request)))
+    }
+}
+
+fn unavailable(message: String) -> Error {
+    Error::Storage(StoreError::Unavailable(message))
+}
+
+pub fn read_to_pb(read: ForwardedRead) -> pb::ForwardedRead {
+    pb::ForwardedRead {
+        actor: read.actor,
+        op: read.op.as_str().to_owned(),
+        n_items: read.n_items,
+        n_changed: read.n_changed,
+        detail: read.detail,
+        digests: read.digests.concat(),
+        at_ms: read.at_ms,
+    }
+}
+
+/// A forwarded read as received; `at` names it in errors.
+pub fn read_from_pb(at: usize, read: pb::ForwardedRead) -> Result<ForwardedRead> {
+    let op: AuditOp = read
+        .op
+        .parse()
+        .map_err(|_| Error::invalid(format!("reads[{at}].op: '{}' is not an audit operation", read.op)))?;
+    let (chunks, rest) = read.digests.as_chunks::<32>();
+    if !rest.is_empty() {
+        return Err(Error::invalid(format!(
+            "reads[{at}].digests: {} bytes, expected a multiple of 32",
+            read.digests.len()
+        )));
+    }
+    Ok(ForwardedRead {
+        actor: read.actor,
+        op,
+        n_items: read.n_items,
+        n_changed: read.n_changed,
+        detail: read.detail,
+        digests: chunks.to_vec(),
+        at_ms: read.at_ms,
+    })
+}
