@@ -335,6 +335,18 @@ pub fn start_flagshare_with(
     Ok((Killed(child), format!("https://{address}"), metrics))
 }
 
+/// Waits (at most `limit`) until the server at metrics `address` has no compaction
+/// pending; the seconds it waited.
+pub async fn wait_for_compactions(address: &str, limit: Duration) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    while scrape_value(address, "flagshare_rocksdb_pending_compaction_bytes")?.unwrap_or(0.0) > 0.0
+        && started.elapsed() < limit
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 /// The value of the first sample of `metric` in a scrape of `address` (plain HTTP).
 pub fn scrape_value(address: &str, metric: &str) -> anyhow::Result<Option<f64>> {
     use std::io::{Read as _, Write as _};
