@@ -289,11 +289,16 @@ impl Domain {
         self.state.store.begin_bulk_load()
     }
 
-    /// Sorts one block of an import (its messages checked by `check_import_message`) for
-    /// `import_sorted`; this needs no lock, so it runs while the block before commits.
-    pub async fn sort_import_block(&self, caller: &Caller, new_flags: Vec<NewFlag>) -> Result<SortedFlags> {
+    /// Sorts one block of an import for `import_sorted`, its flags made by `flags` (which
+    /// checks them with `check_import_message`) on the same bulk thread. This needs no
+    /// lock, so it runs while the block before commits.
+    pub async fn sort_import_block(
+        &self,
+        caller: &Caller,
+        flags: impl FnOnce() -> Result<Vec<NewFlag>> + Send + 'static,
+    ) -> Result<SortedFlags> {
         let member = caller.id;
-        state::bulk(move || Ok(SortedFlags::new(member, new_flags))).await
+        state::bulk(move || Ok(SortedFlags::new(member, flags()?))).await
     }
 
     /// Commits one sorted block of an import (at most `IMPORT_BLOCK` flags): one audited
@@ -306,7 +311,7 @@ impl Domain {
 
     /// `sort_import_block`, then `import_sorted`.
     pub async fn import_block(&self, caller: Caller, new_flags: Vec<NewFlag>, key_id: u32) -> Result<SubmitOutcome> {
-        let block = self.sort_import_block(&caller, new_flags).await?;
+        let block = self.sort_import_block(&caller, move || Ok(new_flags)).await?;
         self.import_sorted(caller, block, key_id).await
     }
 

@@ -335,9 +335,14 @@ fn imported(i: u32) -> [u8; 32] {
 
 /// Messages of 10,000 flags with digests `from..to`.
 fn import_messages(from: u32, to: u32) -> Vec<pb::ImportRequest> {
+    import_messages_of(from, to, 10_000)
+}
+
+/// Messages of `per_message` flags with digests `from..to`.
+fn import_messages_of(from: u32, to: u32, per_message: usize) -> Vec<pb::ImportRequest> {
     (from..to)
         .collect::<Vec<_>>()
-        .chunks(10_000)
+        .chunks(per_message)
         .map(|chunk| pb::ImportRequest {
             flags: chunk
                 .iter()
@@ -428,6 +433,41 @@ async fn a_bad_message_ends_an_import_naming_the_flag_and_leaves_the_open_block_
         "{}",
         status.message()
     );
+}
+
+/// Messages of 7,000: the one across the end of the first block is split there, and a bad
+/// flag just past it is named by its index in the import, after the first block committed.
+#[tokio::test]
+async fn a_message_across_a_block_boundary_is_split_there_and_its_flags_keep_their_indexes() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut beta = server.member("beta").await;
+    let mut messages = import_messages_of(0, 210_000, 7_000);
+    // Message 28 holds flags 196,000..203,000; its 5,001st is flag 200,001.
+    messages[28].flags[4_001].kind = 0;
+    let (progress, ended) = import(&mut alpha, messages).await;
+    let status = ended.unwrap_err();
+    assert!(
+        status.message().starts_with("flags[200001].kind"),
+        "{}",
+        status.message()
+    );
+    let blocks: Vec<(u32, u64)> = progress.iter().map(|p| (p.n_blocks, p.n_created)).collect();
+    assert_eq!(blocks, [(1, 200_000)]);
+    assert_eq!(query(&mut beta, &[imported(199_999)]).await.len(), 1, "the first block");
+    assert!(
+        query(&mut beta, &[imported(200_000)]).await.is_empty(),
+        "not the second"
+    );
+
+    let (progress, ended) = import(&mut alpha, import_messages_of(0, 203_000, 7_000)).await;
+    ended.unwrap();
+    let blocks: Vec<(u32, u64, u64)> = progress
+        .iter()
+        .map(|p| (p.n_blocks, p.n_created, p.n_updated))
+        .collect();
+    assert_eq!(blocks, [(1, 0, 200_000), (2, 3_000, 200_000)]);
+    assert_eq!(query(&mut beta, &[imported(200_000), imported(202_999)]).await.len(), 2);
 }
 
 #[tokio::test]
