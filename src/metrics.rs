@@ -280,6 +280,11 @@ impl Scraped {
             gauge(self.rocks.pending_compaction_bytes),
         );
         registry.register(
+            "rocksdb_running_compactions",
+            "Compactions RocksDB is running now",
+            gauge(self.rocks.running_compactions),
+        );
+        registry.register(
             "rocksdb_delayed_write_rate",
             "Bytes per second RocksDB slows writes to while compaction catches up; 0 when it does not",
             gauge(self.rocks.delayed_write_rate),

@@ -183,6 +183,7 @@ impl PendingImport {
 pub struct RocksReading {
     pub live_sst_bytes: u64,
     pub pending_compaction_bytes: u64,
+    pub running_compactions: u64,
     pub write_stopped: u64,
     /// Bytes per second writes are slowed to while RocksDB delays them; 0 when it does not.
     pub delayed_write_rate: u64,
@@ -1085,6 +1086,12 @@ impl Store {
         RocksReading {
             live_sst_bytes: sum("rocksdb.live-sst-files-size"),
             pending_compaction_bytes: sum("rocksdb.estimate-pending-compaction-bytes"),
+            running_compactions: self
+                .db
+                .property_int_value("rocksdb.num-running-compactions")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
             write_stopped: u64::from(sum("rocksdb.is-write-stopped") > 0),
             delayed_write_rate: sum("rocksdb.actual-delayed-write-rate"),
             block_cache_hits: ticker(Ticker::BlockCacheHit),

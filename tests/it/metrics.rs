@@ -85,6 +85,7 @@ async fn a_query_of_ten_digests_with_two_hits_moves_the_counters_by_exactly_that
     );
     // Read at scrape time: the database and both certificates.
     assert!(retracted.value("flagshare_rocksdb_live_sst_bytes", "").is_some());
+    assert!(retracted.value("flagshare_rocksdb_running_compactions", "").is_some());
     assert_eq!(retracted.value("flagshare_rocksdb_delayed_write_rate", ""), Some(0.0));
     // The presence filter: its first filter sized for at least 1,048,576 digests, ready
     // once the scan of a near-empty store is done (long before these calls end).
