@@ -6,7 +6,7 @@ use flagshare::pb;
 use flagshare::store::{Store, StoreOptions};
 
 use crate::support::process::{flagshare, path, stderr, stdout};
-use crate::support::{TestServer, email_digest, flag, query, submit_request};
+use crate::support::{TestServer, email_digest, eventually, flag, query, submit_request};
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
 fn raft_log(data: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
@@ -226,6 +226,31 @@ async fn the_cluster_service_answers_node_principals_only() {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
         assert!(refused.message().starts_with(expected), "{}", refused.message());
     }
+    let too_many = pb::ForwardedReads {
+        reads: vec![read("query", Vec::new(), "platform-a").reads[0].clone(); 1_025],
+    };
+    let refused = as_node.record_reads(too_many).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().starts_with("reads: 1025 in one call, at most 1024"),
+        "{}",
+        refused.message()
+    );
+    // A node may call for a member, naming its certificate in full.
+    let mut claimed = tonic::Request::new(pb::QueryRequest::default());
+    claimed
+        .metadata_mut()
+        .insert("x-flagshare-on-behalf-of", "not-hex".parse().unwrap());
+    let malformed = flagshare::pb::flags_client::FlagsClient::new(server.channel(&node).await)
+        .query(claimed)
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
+    assert!(
+        malformed.message().contains("expected 64 hex digits"),
+        "{}",
+        malformed.message()
+    );
     let gated = as_member
         .record_reads(read("query", Vec::new(), "platform-a"))
         .await
@@ -251,13 +276,14 @@ async fn the_cluster_service_answers_node_principals_only() {
         .record_reads(read("query", vec![7; 32], "platform-a"))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let recorded = loop {
-        let entries = queries(&mut admin).await;
-        if !entries.is_empty() || std::time::Instant::now() > deadline {
-            break entries;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let recorded = {
+        let mut admin = admin.clone();
+        eventually("the forwarded read is recorded", || {
+            let mut admin = admin.clone();
+            async move { !queries(&mut admin).await.is_empty() }
+        })
+        .await;
+        queries(&mut admin).await
     };
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].principal, "platform-a");
@@ -368,22 +394,11 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         .await
         .unwrap();
     let mut on_second = flagshare::pb::flags_client::FlagsClient::new(second.channel(&member).await);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        match on_second
-            .query(pb::QueryRequest {
-                digests: digest.to_vec().into(),
-            })
-            .await
-        {
-            Ok(answer) if !answer.get_ref().matches.is_empty() => break,
-            other => assert!(
-                std::time::Instant::now() < deadline,
-                "not on the second node: {other:?}"
-            ),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the flag is on the second node", || {
+        let mut on_second = on_second.clone();
+        async move { !query(&mut on_second, &[digest]).await.is_empty() }
+    })
+    .await;
     let status = admin
         .get_cluster_status(pb::GetClusterStatusRequest {})
         .await
@@ -410,23 +425,11 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         .unwrap()
         .into_inner();
     assert_eq!(found.matches.len(), 1, "committed on the leader: {found:?}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while on_second
-        .query(pb::QueryRequest {
-            digests: forwarded.to_vec().into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .matches
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the forwarded flag never came back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the forwarded flag comes back to the follower", || {
+        let mut on_second = on_second.clone();
+        async move { !query(&mut on_second, &[forwarded]).await.is_empty() }
+    })
+    .await;
     let submits = admin
         .list_audit(pb::ListAuditRequest {
             op: "submit".to_owned(),
@@ -501,32 +504,24 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
             .into_inner();
         assert!(answer.matches.is_empty());
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let audited = admin
-            .list_audit(pb::ListAuditRequest {
-                op: "query".to_owned(),
-                principal: "platform-a".to_owned(),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let named = audited
-            .entries
-            .iter()
-            .filter(|entry| entry.principal == "platform-a" && entry.n_items == 1)
-            .count();
-        if named > n_reads {
-            break;
+    eventually("the follower's queries are audited on the leader", || {
+        let mut admin = admin.clone();
+        async move {
+            let audited = admin
+                .list_audit(pb::ListAuditRequest {
+                    op: "query".to_owned(),
+                    principal: "platform-a".to_owned(),
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            // The polls for the first flag were queries on the follower too.
+            audited.entries.iter().filter(|entry| entry.n_items == 1).count() > n_reads
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{named} of the follower's {n_reads} queries (and the polls before) audited on the leader"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let verified = admin
         .verify_audit(pb::VerifyAuditRequest {})
         .await
