@@ -352,16 +352,15 @@ impl Domain {
         blocking(move || state.dispute(&caller, digest, &flagged_by, &note, now)).await
     }
 
-    /// Records the start of a feed: a snapshot, or a resumption from a cursor.
+    /// Records the start of a feed (a snapshot, or a resumption from a cursor) as the read
+    /// it is: queued with the other reads' entries, so a follower can serve feeds too.
     pub async fn record_subscribe(&self, caller: Caller, detail: String) -> Result<()> {
         let state = self.state.clone();
         blocking(move || {
-            state
-                .record(
-                    AuditEvent::new((&caller).into(), AuditOp::Subscribe).detail(detail),
-                    now_ms(),
-                )
-                .map(drop)
+            state.record_read(
+                AuditEvent::new((&caller).into(), AuditOp::Subscribe).detail(detail),
+                now_ms(),
+            )
         })
         .await
     }
@@ -765,9 +764,12 @@ impl Domain {
                     read.detail.len()
                 )));
             }
-            if !matches!(read.op, AuditOp::Query | AuditOp::RangeQuery | AuditOp::ListHeld) {
+            if !matches!(
+                read.op,
+                AuditOp::Query | AuditOp::RangeQuery | AuditOp::ListHeld | AuditOp::Subscribe
+            ) {
                 return Err(Error::invalid(format!(
-                    "reads[{at}].op: {}, expected query, range_query or list_held",
+                    "reads[{at}].op: {}, expected query, range_query, list_held or subscribe",
                     read.op
                 )));
             }

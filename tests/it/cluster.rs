@@ -461,6 +461,28 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
     let refused = on_leader.submit(claimed).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
+    // A feed started on the follower: its snapshot is the follower's applied state, and
+    // its start is audited on the leader.
+    let mut feed = on_second
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut snapshot = Vec::new();
+    while let Some(batch) = feed.message().await.unwrap() {
+        snapshot.extend(batch.events.iter().map(|event| event.digest.clone()));
+        if batch.caught_up {
+            break;
+        }
+    }
+    assert!(snapshot.contains(&digest.to_vec()), "{} events", snapshot.len());
+    drop(feed);
+    eventually("the feed's start is audited on the leader", || {
+        let mut admin = admin.clone();
+        async move { crate::support::audit_count(&mut admin, "subscribe").await == 1 }
+    })
+    .await;
+
     // An operator's change sent to the follower is refused, naming the leader.
     let refused = second
         .admin_client()

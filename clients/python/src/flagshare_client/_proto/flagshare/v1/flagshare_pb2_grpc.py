@@ -1473,7 +1473,7 @@ class ClusterServicer:
 
     def RecordReads(self, request, context):
         """A follower's audit entries of reads it answered (queries, range queries, held-flag
-        listings), for the leader to commit in the one audit chain; answered once queued
+        listings, feeds started), for the leader to commit in the one audit chain; answered once queued
         there. A node that does not lead refuses with UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
