@@ -79,6 +79,10 @@ pub struct Config {
     /// With `replicated_log`: this node's id in its cluster (1 for the first node; each
     /// node its own).
     pub node_id: u64,
+    /// With `replicated_log`: how long a node cut off from its cluster's majority (a
+    /// follower that knows no leader, a leader no majority has answered) keeps answering
+    /// reads from what it has; past it, its health is NOT_SERVING and reads are refused.
+    pub max_staleness_secs: u64,
     /// Address of the plain-HTTP Prometheus endpoint (`GET /metrics`); empty turns it off.
     /// Loopback by default: the figures name members and peers.
     pub metrics_listen: String,
@@ -108,6 +112,7 @@ impl Default for Config {
             replicated_log: false,
             cluster_credentials: String::new(),
             node_id: 1,
+            max_staleness_secs: 10,
             limits: std::collections::BTreeMap::new(),
             request_timeout_secs: 60,
             max_connections: 4096,
@@ -206,6 +211,11 @@ impl Config {
             "{}: log_format: '{}' is not text or json",
             path.display(),
             config.log_format
+        );
+        anyhow::ensure!(
+            config.max_staleness_secs > 0,
+            "{}: max_staleness_secs must be at least 1",
+            path.display()
         );
         anyhow::ensure!(
             config.request_timeout_secs > 0 && config.max_connections > 0,

@@ -255,6 +255,21 @@ impl Node {
         &self.raft
     }
 
+    /// Whether this node is in touch with its cluster's majority now: it leads and a
+    /// majority answered within `within`, leads alone, or follows a known leader (a
+    /// follower cut off stops knowing one when its election timeout passes).
+    pub fn in_touch(&self, within: Duration) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return metrics.current_leader.is_some();
+        }
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        voters == [metrics.id]
+            || metrics
+                .millis_since_quorum_ack
+                .is_some_and(|millis| u128::from(millis) <= within.as_millis())
+    }
+
     /// The cluster's leader, reached with this node's credentials: where a follower sends
     /// the audit entries of its reads and the members' writes.
     pub fn leader(&self) -> Arc<super::forward::Leader> {

@@ -38,9 +38,23 @@ pub struct FlagsService {
     /// On a node of a replicated cluster: the leader, where members' writes go while
     /// another node leads.
     pub leader: Option<Arc<Leader>>,
+    /// Cleared while this node has been cut off from its cluster for longer than
+    /// `max_staleness_secs` (`server::watch_staleness`): its reads are refused then.
+    pub fresh: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FlagsService {
+    /// Fails while this node's data may be staler than its cluster allows.
+    fn check_fresh(&self) -> Result<(), Status> {
+        if self.fresh.load(std::sync::atomic::Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "this node has been cut off from its cluster for longer than its staleness bound; ask another node",
+            ))
+        }
+    }
+
     /// The leader when it is another node: a member's write sent here goes on to it. A
     /// call another node forwarded is not forwarded again (it could only travel in a
     /// circle while two nodes disagree on who leads): it is refused instead.
@@ -262,6 +276,7 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        self.check_fresh()?;
         let cursor = request.into_inner().cursor;
         let resume_from = match cursor.as_str() {
             "" => None,
@@ -291,6 +306,7 @@ impl pb::flags_server::Flags for FlagsService {
         request: Request<Streaming<pb::QueryBatch>>,
     ) -> Result<Response<QueryStreamStream>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        self.check_fresh()?;
         let permit = self.streams.acquire(&caller)?;
         let mut inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_PIPELINE);
@@ -354,6 +370,7 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn list_held(&self, request: Request<pb::ListHeldRequest>) -> Result<Response<pb::ListHeldResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        self.check_fresh()?;
         // A page costs as many queried digests as it can hold.
         self.limits
             .take(&caller, &[Limit::DigestsQueried], crate::domain::HELD_PAGE as u64)?;
@@ -372,6 +389,7 @@ impl pb::flags_server::Flags for FlagsService {
         request: Request<pb::RangeQueryRequest>,
     ) -> Result<Response<pb::RangeQueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        self.check_fresh()?;
         let request = request.into_inner();
         let (matches, next) = self
             .domain
@@ -412,6 +430,7 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
+        self.check_fresh()?;
         let response = query_packed(
             &self.domain,
             &self.metrics,

@@ -118,6 +118,7 @@ pub async fn run(
     let tls_config = tls::server_config(&pki.ca_pem, server_certificate.clone())?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let fresh = Arc::new(std::sync::atomic::AtomicBool::new(true));
     health_reporter
         .set_serving::<pb::flags_server::FlagsServer<flags::FlagsService>>()
         .await;
@@ -146,6 +147,7 @@ pub async fn run(
         imports: Arc::new(tokio::sync::Semaphore::new(flags::IMPORT_SLOTS)),
         import_idle: Duration::from_secs(config.request_timeout_secs),
         leader: node.as_ref().map(|node| node.leader()),
+        fresh: fresh.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peers = federation::Peers::new(domain.clone(), stop_requested.clone());
@@ -193,6 +195,15 @@ pub async fn run(
         stop_requested.clone(),
     ));
     let read_flusher = tokio::spawn(read_flush_loop(domain.clone(), stop_requested.clone()));
+    if let Some(node) = &node {
+        tokio::spawn(watch_staleness(
+            node.clone(),
+            Duration::from_secs(config.max_staleness_secs),
+            health_reporter.clone(),
+            fresh.clone(),
+            stop_requested.clone(),
+        ));
+    }
     let metrics_server = metrics_listener.map(|metrics_listener| {
         if let Ok(address) = metrics_listener.local_addr() {
             tracing::info!(%address, "metrics at http://{address}/metrics");
@@ -330,6 +341,50 @@ impl ExpiryWatch {
         )
         .filter(|(_, at)| *at - now_secs < EXPIRY_WARNING_DAYS * 86_400)
         .collect()
+    }
+}
+
+/// How often a node checks that it is in touch with its cluster.
+const TOUCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Keeps `fresh` and the Flags service's health in step with whether this node has been
+/// cut off from its cluster's majority for longer than `bound` (`Node::in_touch`): past
+/// it, the node's applied state may be staler than the bound, so its reads are refused
+/// and its health says NOT_SERVING, until it is in touch again.
+async fn watch_staleness(
+    node: Arc<crate::cluster::node::Node>,
+    bound: Duration,
+    health: tonic_health::server::HealthReporter,
+    fresh: Arc<std::sync::atomic::AtomicBool>,
+    mut stop_requested: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(TOUCH_INTERVAL);
+    let mut last_touch = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop_requested.changed() => return,
+        }
+        if node.in_touch(bound) {
+            last_touch = tokio::time::Instant::now();
+        }
+        let now_fresh = last_touch.elapsed() <= bound;
+        if fresh.swap(now_fresh, std::sync::atomic::Ordering::AcqRel) != now_fresh {
+            if now_fresh {
+                tracing::info!("in touch with the cluster again: serving reads");
+                health
+                    .set_serving::<pb::flags_server::FlagsServer<flags::FlagsService>>()
+                    .await;
+            } else {
+                tracing::warn!(
+                    bound_secs = bound.as_secs(),
+                    "cut off from the cluster past the staleness bound: refusing reads"
+                );
+                health
+                    .set_not_serving::<pb::flags_server::FlagsServer<flags::FlagsService>>()
+                    .await;
+            }
+        }
     }
 }
 

@@ -319,18 +319,25 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// add-node`: it catches up as a learner, then votes; a member enrolled and a flag
 /// submitted on the leader afterwards are known and found on the second node (its domain
 /// follows the entries applied under it), and the leader sees it with no lag.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() {
+/// A leader (node 1, restarted with its node credentials) and a second node seeded from its
+/// backup and added to its cluster; `configure` adjusts both nodes' settings. Also the
+/// leader's answer to the addition.
+async fn seeded_pair(
+    configure: impl Fn(&mut flagshare::config::Config) + Copy,
+) -> (TestServer, TestServer, pb::ClusterStatus) {
     use flagshare::model::Role;
 
-    let on_the_log = |config: &mut flagshare::config::Config| config.replicated_log = true;
+    let on_the_log = move |config: &mut flagshare::config::Config| {
+        config.replicated_log = true;
+        configure(config);
+    };
     let first = TestServer::start_configured(on_the_log).await;
     let node_1 = first.enroll("node-1", Role::Node).await;
     let node_2 = first.enroll("node-2", Role::Node).await;
     node_1.write(&first.data_dir().join("node-1")).unwrap();
     let dir = first.stop().await;
-    let leader = TestServer::start_in_configured(dir, "flagshare-dev", |config| {
-        config.replicated_log = true;
+    let leader = TestServer::start_in_configured(dir, "flagshare-dev", move |config| {
+        on_the_log(config);
         config.cluster_credentials = "node-1".to_owned();
     })
     .await;
@@ -357,8 +364,8 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
     }
     copy_dir(&leader.data_dir().join("clients"), &second_dir.path().join("clients"));
     node_2.write(&second_dir.path().join("node-2")).unwrap();
-    let second = TestServer::start_in_configured(second_dir, "flagshare-dev", |config| {
-        config.replicated_log = true;
+    let second = TestServer::start_in_configured(second_dir, "flagshare-dev", move |config| {
+        on_the_log(config);
         config.node_id = 2;
         config.cluster_credentials = "node-2".to_owned();
     })
@@ -373,6 +380,15 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         .await
         .unwrap()
         .into_inner();
+    (leader, second, added)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() {
+    use flagshare::model::Role;
+
+    let (leader, second, added) = seeded_pair(|_| {}).await;
+    let mut admin = leader.admin_client().await;
     let roles: Vec<(u64, &str)> = added.nodes.iter().map(|node| (node.id, node.role.as_str())).collect();
     assert_eq!(roles, [(1, "leader"), (2, "follower")], "{added:?}");
     let again = admin
@@ -595,4 +611,74 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         .unwrap()
         .into_inner();
     assert_eq!(audited.entries.len(), 2, "{audited:?}");
+}
+
+/// A follower cut off from its cluster's majority answers reads until its staleness bound
+/// has passed, then refuses them and reports NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_past_its_staleness_bound_stops_serving_reads() {
+    use flagshare::model::Role;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let (leader, second, _) = seeded_pair(|config| config.max_staleness_secs = 2).await;
+    let member = leader.enroll("platform-a", Role::Member).await;
+    let digest = email_digest("stale@example.com");
+    let on_second = flagshare::pb::flags_client::FlagsClient::new(second.channel(&member).await);
+    eventually("the member is known on the second node", || {
+        let mut on_second = on_second.clone();
+        async move {
+            on_second
+                .query(pb::QueryRequest {
+                    digests: digest.to_vec().into(),
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let health = tonic_health::pb::health_client::HealthClient::new(second.channel(&second.admin).await);
+    let flags_health = || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "flagshare.v1.Flags".to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    assert_eq!(flags_health().await, ServingStatus::Serving as i32);
+
+    // The leader gone, the second node is no majority of two.
+    leader.stop().await;
+    let stopped = std::time::Instant::now();
+    eventually("the cut-off node refuses reads", || {
+        let mut on_second = on_second.clone();
+        async move {
+            on_second
+                .query(pb::QueryRequest {
+                    digests: digest.to_vec().into(),
+                })
+                .await
+                .is_err_and(|status| status.code() == tonic::Code::Unavailable)
+        }
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= std::time::Duration::from_secs(2),
+        "refused {:?} after the leader stopped, inside the bound",
+        stopped.elapsed()
+    );
+    let refused = on_second
+        .clone()
+        .query(pb::QueryRequest {
+            digests: digest.to_vec().into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("staleness bound"), "{}", refused.message());
+    assert_eq!(flags_health().await, ServingStatus::NotServing as i32);
 }
