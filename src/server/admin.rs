@@ -30,6 +30,13 @@ pub struct AdminService {
 }
 
 impl AdminService {
+    /// This server's node, for a membership change; refused without a replicated log.
+    fn replicated_node(&self) -> Result<&Arc<crate::cluster::node::Node>, Status> {
+        self.cluster.as_ref().ok_or_else(|| {
+            Status::failed_precondition("cluster: this server has no replicated log (replicated_log = false)")
+        })
+    }
+
     fn peer_status(&self, record: &crate::domain::PeerRecord) -> pb::PeerStatus {
         let live = self.peers.live(record);
         pb::PeerStatus {
@@ -242,11 +249,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::AddClusterNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let Some(node) = &self.cluster else {
-            return Err(Status::failed_precondition(
-                "cluster: this server has no replicated log (replicated_log = false)",
-            ));
-        };
+        let node = self.replicated_node()?;
         let pb::AddClusterNodeRequest { id, address, principal } = request.into_inner();
         if id == 0 {
             return Err(Status::invalid_argument("id: must be a node id above 0"));
@@ -279,11 +282,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RemoveClusterNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let admin = authorize(&self.domain, &request, &[Role::Admin])?;
-        let Some(node) = &self.cluster else {
-            return Err(Status::failed_precondition(
-                "cluster: this server has no replicated log (replicated_log = false)",
-            ));
-        };
+        let node = self.replicated_node()?;
         let id = request.into_inner().id;
         node.remove_node(id).await.map_err(change_refused)?;
         self.domain

@@ -6,7 +6,7 @@ use flagshare::pb;
 use flagshare::store::{Store, StoreOptions};
 
 use crate::support::process::{flagshare, path, stderr, stdout};
-use crate::support::{TestServer, email_digest, eventually, flag, query, submit_request};
+use crate::support::{TestServer, email_digest, eventually, flag, query, query_request, submit_request};
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
 fn raft_log(data: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
@@ -433,13 +433,7 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         .unwrap()
         .into_inner();
     assert_eq!(outcome.n_created, 1, "{outcome:?}");
-    let found = on_leader
-        .query(pb::QueryRequest {
-            digests: forwarded.to_vec().into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let found = on_leader.query(query_request(&[forwarded])).await.unwrap().into_inner();
     assert_eq!(found.matches.len(), 1, "committed on the leader: {found:?}");
     eventually("the forwarded flag comes back to the follower", || {
         let mut on_second = on_second.clone();
@@ -533,13 +527,7 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
     let n_reads = flagshare::domain::MAX_PENDING_READS + 100;
     let unflagged = email_digest("never-flagged@example.com");
     for _ in 0..n_reads {
-        let answer = on_second
-            .query(pb::QueryRequest {
-                digests: unflagged.to_vec().into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let answer = on_second.query(query_request(&[unflagged])).await.unwrap().into_inner();
         assert!(answer.matches.is_empty());
     }
     eventually("the follower's queries are audited on the leader", || {
@@ -593,13 +581,7 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let on_removed = on_second
-        .query(pb::QueryRequest {
-            digests: later.to_vec().into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let on_removed = on_second.query(query_request(&[later])).await.unwrap().into_inner();
     assert!(on_removed.matches.is_empty());
     let audited = admin
         .list_audit(pb::ListAuditRequest {
@@ -626,14 +608,7 @@ async fn a_follower_cut_off_past_its_staleness_bound_stops_serving_reads() {
     let on_second = flagshare::pb::flags_client::FlagsClient::new(second.channel(&member).await);
     eventually("the member is known on the second node", || {
         let mut on_second = on_second.clone();
-        async move {
-            on_second
-                .query(pb::QueryRequest {
-                    digests: digest.to_vec().into(),
-                })
-                .await
-                .is_ok()
-        }
+        async move { on_second.query(query_request(&[digest])).await.is_ok() }
     })
     .await;
     let health = tonic_health::pb::health_client::HealthClient::new(second.channel(&second.admin).await);
@@ -659,9 +634,7 @@ async fn a_follower_cut_off_past_its_staleness_bound_stops_serving_reads() {
         let mut on_second = on_second.clone();
         async move {
             on_second
-                .query(pb::QueryRequest {
-                    digests: digest.to_vec().into(),
-                })
+                .query(query_request(&[digest]))
                 .await
                 .is_err_and(|status| status.code() == tonic::Code::Unavailable)
         }
@@ -672,13 +645,7 @@ async fn a_follower_cut_off_past_its_staleness_bound_stops_serving_reads() {
         "refused {:?} after the leader stopped, inside the bound",
         stopped.elapsed()
     );
-    let refused = on_second
-        .clone()
-        .query(pb::QueryRequest {
-            digests: digest.to_vec().into(),
-        })
-        .await
-        .unwrap_err();
+    let refused = on_second.clone().query(query_request(&[digest])).await.unwrap_err();
     assert!(refused.message().contains("staleness bound"), "{}", refused.message());
     assert_eq!(flags_health().await, ServingStatus::NotServing as i32);
 }
