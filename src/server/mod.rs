@@ -103,12 +103,14 @@ pub async fn run(
         false => None,
     };
     let domain = Domain::open(store.clone(), config.policy().map_err(anyhow::Error::msg)?)?;
-    if let Some(node) = &node {
+    // The leader as this node reaches it: one connection for read entries and members' writes.
+    let leader = node.as_ref().map(|node| node.leader());
+    if let (Some(node), Some(leader)) = (&node, &leader) {
         // Another node's commits applied here change the store under the domain's memory.
         store.set_apply_listener(node.id(), Some(domain.apply_listener()));
         node.route_commits();
         // A follower answers reads; the leader commits their audit entries.
-        domain.set_read_forwarder(Some(node.leader()));
+        domain.set_read_forwarder(Some(leader.clone()));
     }
     let db_identity = domain.db_identity();
     let limits = limits::Limits::load(&config, domain.clone(), metrics.clone()).await?;
@@ -146,7 +148,7 @@ pub async fn run(
         limits: limits.clone(),
         imports: Arc::new(tokio::sync::Semaphore::new(flags::IMPORT_SLOTS)),
         import_idle: Duration::from_secs(config.request_timeout_secs),
-        leader: node.as_ref().map(|node| node.leader()),
+        leader: leader.clone(),
         fresh: fresh.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
