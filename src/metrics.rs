@@ -295,6 +295,11 @@ impl Scraped {
             gauge(self.rocks.presence_bytes),
         );
         registry.register(
+            "presence_filters",
+            "Filters of stored digests a lookup probes: one, until growth adds another, folded in once no import runs",
+            gauge(self.rocks.presence_filters),
+        );
+        registry.register(
             "presence_filter_ready",
             "1 once the filter of stored digests holds every one (a scan after start), else 0",
             gauge(u64::from(self.rocks.presence_ready)),

@@ -336,13 +336,16 @@ pub fn start_flagshare_with(
 }
 
 /// Waits (at most `limit`) until the server at metrics `address` has no compaction
-/// pending or running; the seconds it waited.
+/// pending or running and has folded its presence filters into one; the seconds it
+/// waited.
 pub async fn wait_for_compactions(address: &str, limit: Duration) -> anyhow::Result<f64> {
     let started = Instant::now();
     while started.elapsed() < limit {
         let pending = scrape_value(address, "flagshare_rocksdb_pending_compaction_bytes")?.unwrap_or(0.0);
         let running = scrape_value(address, "flagshare_rocksdb_running_compactions")?.unwrap_or(0.0);
-        if pending == 0.0 && running == 0.0 {
+        // A build from before the metric has none to wait for.
+        let filters = scrape_value(address, "flagshare_presence_filters")?.unwrap_or(1.0);
+        if pending == 0.0 && running == 0.0 && filters <= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -28,6 +28,11 @@ impl LogStore {
         LogStore { store }
     }
 
+    /// The last entry this node knew committed when it last wrote that down.
+    pub fn committed(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        self.log_id_row(COMMITTED)
+    }
+
     fn log_id_row(&self, key: &[u8]) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         self.store
             .raft_state(key)

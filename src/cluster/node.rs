@@ -19,6 +19,8 @@ use crate::store::{Replicator, Store, StoreError, WriteSet};
 
 /// How long a starting node waits to lead its cluster and apply its log.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a commit on a newly elected leader waits for the entries before its term.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `add_node` waits for a new node to catch up before it may vote.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -60,8 +62,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts node `id` on `store` and waits until it has applied its whole log and, when
-    /// it is its cluster's only voter, leads it. A store that never held a Raft starts a
+    /// Starts node `id` on `store` and waits until it has applied what it knew committed
+    /// (its whole log, and leads, when it is its cluster's only voter). A store that never held a Raft starts a
     /// new one-node cluster; a store copied from a node's backup keeps that node's log and
     /// waits for its leader to add this node (`add_node`). Commits still go straight to
     /// the store until `route_commits`.
@@ -79,11 +81,16 @@ impl Node {
         };
         let credentials = credentials.map(Arc::new);
         let machine = StateMachine::open(store.clone()).context("opening the state machine")?;
+        let log = LogStore::new(store.clone());
+        // What this node knew committed. Entries after it may never be: a leader killed
+        // between appending and committing holds some, which the next leader replaces,
+        // so waiting for them would keep this node from serving (and being replaced).
+        let committed = log.committed().context("reading the committed index")?;
         let raft = Raft::new(
             id,
             Arc::new(raft_config()?),
             Network::new(credentials.clone()),
-            LogStore::new(store.clone()),
+            log,
             machine,
         )
         .await
@@ -103,10 +110,14 @@ impl Node {
             .metrics(
                 |metrics| {
                     let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-                    metrics.last_applied.map(|log_id| log_id.index) == metrics.last_log_index
-                        && (voters != [id] || metrics.current_leader == Some(id))
+                    let applied = metrics.last_applied.map(|log_id| log_id.index);
+                    match voters == [id] {
+                        // Alone, every entry it holds is committed once it leads.
+                        true => applied == metrics.last_log_index && metrics.current_leader == Some(id),
+                        false => applied >= committed.map(|log_id| log_id.index),
+                    }
                 },
-                "the whole log applied (and leading, as the only voter)",
+                "the committed log applied (and leading, as the only voter)",
             )
             .await
             .context("waiting for the node's log to be applied")?;
@@ -302,6 +313,24 @@ impl Replicator for Proposer {
                 None => format!("the write was not committed: {err}"),
             })
         })
+    }
+
+    fn settle(&self) {
+        let settled = tokio::task::block_in_place(|| {
+            self.runtime.block_on(self.raft.wait(Some(SETTLE_TIMEOUT)).metrics(
+                |metrics| {
+                    metrics.current_leader != Some(metrics.id)
+                        || metrics
+                            .last_applied
+                            .is_some_and(|log_id| log_id.leader_id.term == metrics.current_term)
+                },
+                "the new leader's first entry applied",
+            ))
+        });
+        if let Err(err) = settled {
+            // The commit goes on and fails (or succeeds) on its own terms.
+            tracing::warn!(%err, "leading, but the entries before this term are not applied yet");
+        }
     }
 
     fn trim_log(&self) -> Result<(), StoreError> {

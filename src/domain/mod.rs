@@ -665,7 +665,8 @@ impl Domain {
         blocking(move || {
             state.flush_reads()?;
             let entries = audit::list(&state.store, &filter)?;
-            state.record(
+            // Queued as a member's read is, so that any node of a cluster answers it.
+            state.record_read(
                 AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
                     .counts(0, entries.len() as u64)
                     .detail("list"),
@@ -683,7 +684,7 @@ impl Domain {
         blocking(move || {
             state.flush_reads()?;
             let report = audit::verify(&state.store)?;
-            state.record(
+            state.record_read(
                 AuditEvent::new((&admin).into(), AuditOp::ReadAudit)
                     .counts(report.n_checked, 0)
                     .detail("verify"),
@@ -699,7 +700,7 @@ impl Domain {
         blocking(move || {
             state.flush_reads()?;
             let stats = maintenance::stats(&state, now_ms())?;
-            state.record(AuditEvent::new((&admin).into(), AuditOp::Stats), now_ms())?;
+            state.record_read(AuditEvent::new((&admin).into(), AuditOp::Stats), now_ms())?;
             Ok(stats)
         })
         .await
@@ -764,20 +765,28 @@ impl Domain {
                     read.detail.len()
                 )));
             }
-            if !matches!(
-                read.op,
-                AuditOp::Query | AuditOp::RangeQuery | AuditOp::ListHeld | AuditOp::Subscribe
-            ) {
-                return Err(Error::invalid(format!(
-                    "reads[{at}].op: {}, expected query, range_query, list_held or subscribe",
-                    read.op
-                )));
-            }
+            let by_admin = match read.op {
+                AuditOp::Query | AuditOp::RangeQuery | AuditOp::ListHeld | AuditOp::Subscribe => false,
+                AuditOp::ReadAudit | AuditOp::Stats => true,
+                op => {
+                    return Err(Error::invalid(format!(
+                        "reads[{at}].op: {op}, expected query, range_query, list_held, subscribe, read_audit or stats"
+                    )));
+                }
+            };
             let reader = self
                 .state
                 .registry
                 .by_name(&read.actor)
                 .ok_or_else(|| Error::invalid(format!("reads[{at}].actor: no principal '{}'", read.actor)))?;
+            // An operator's read is an admin's: a node does not get to name a member as
+            // having read the audit log.
+            if by_admin && reader.role != Role::Admin {
+                return Err(Error::invalid(format!(
+                    "reads[{at}].actor: '{}' is a {}, and {} is an admin's read",
+                    read.actor, reader.role, read.op
+                )));
+            }
             let event = AuditEvent::new(
                 Actor {
                     id: Some(reader.id),

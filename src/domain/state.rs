@@ -143,8 +143,14 @@ impl Drop for State {
     }
 }
 
-/// Starts the presence scan (see `State::presence_scan`); without a thread for it, the
-/// filter stays unready and every read goes to RocksDB as before.
+/// How often the presence thread looks for filters to fold: every `FOLD_CHECK_TICKS`
+/// ticks (a second).
+const FOLD_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+const FOLD_CHECK_TICKS: u32 = 10;
+
+/// Starts the presence scan (see `State::presence_scan`), then folds the filters the
+/// store's growth adds whenever no import is running, until stopped; without a thread
+/// for it, the filter stays unready and every read goes to RocksDB as before.
 fn scan_presence(
     store: &std::sync::Arc<Store>,
 ) -> Option<(
@@ -159,8 +165,30 @@ fn scan_presence(
             let started = std::time::Instant::now();
             match scan_store.scan_presence(&scan_stop) {
                 Ok(true) => tracing::debug!(elapsed = ?started.elapsed(), "presence filter ready"),
-                Ok(false) => {}
-                Err(err) => tracing::warn!(%err, "scanning stored digests failed; reads skip the presence filter"),
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "scanning stored digests failed; reads skip the presence filter");
+                    return;
+                }
+            }
+            let mut ticks = 0u32;
+            while !scan_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Its own thread, never a runtime worker; a stop is seen within a tick.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(FOLD_TICK);
+                ticks += 1;
+                if !ticks.is_multiple_of(FOLD_CHECK_TICKS)
+                    || scan_store.bulk_loading()
+                    || scan_store.presence_filters() < 2
+                {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                match scan_store.fold_presence(&scan_stop) {
+                    Ok(true) => tracing::debug!(elapsed = ?started.elapsed(), "presence filters folded into one"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(%err, "folding the presence filters failed; lookups probe each"),
+                }
             }
         });
     match spawned {
@@ -286,8 +314,9 @@ impl State {
     /// writer and ledger locks (in their order), so no call sees half of it.
     pub(super) fn refresh(&self) -> Result<()> {
         let mut cached = Cached::read(&self.store)?;
-        let mut writer = self.writer();
-        let mut ledger = self.ledger();
+        // The locks themselves: `writer()` may wait for the very entries being applied.
+        let mut writer = self.writer.lock();
+        let mut ledger = self.ledger.lock();
         self.registry.replace_with(cached.registry());
         self.federation.replace_foreign_members(cached.foreign_members);
         *writer = cached.last_sequence;
@@ -304,7 +333,10 @@ impl State {
         self.ledger.lock()
     }
 
+    /// The writer lock, once a newly elected leader has applied what came before it
+    /// (`Store::settle_replication`): a commit then starts from the current state.
     pub(super) fn writer(&self) -> MutexGuard<'_, u64> {
+        self.store.settle_replication();
         self.writer.lock()
     }
 
@@ -342,6 +374,8 @@ impl State {
         last: u64,
     ) -> Result<()> {
         let changes = batch.take_deferred_changes();
+        // From the file's notes until it is ingested (a fold of the filters waits).
+        let _noting = self.store.presence_noting();
         if self.store.is_replicated() {
             // A replicated log carries rows, not files: the block is one ordinary commit,
             // applied alike on every node.
@@ -513,16 +547,28 @@ impl State {
     pub(super) fn flush_reads(&self) -> Result<()> {
         let forwarder = self.read_forwarder.read().clone();
         if let Some(forwarder) = forwarder.filter(|forwarder| !forwarder.leads()) {
-            let events = std::mem::take(&mut *self.reads.lock());
-            if events.is_empty() {
-                return Ok(());
+            let mut events = std::mem::take(&mut *self.reads.lock());
+            // In calls the leader takes: the queue may hold more than one call's worth
+            // when reads arrived while a failed call's entries were out of it.
+            let mut start = 0;
+            while start < events.len() {
+                let (mut end, mut n_digests) = (start, 0);
+                while end < events.len()
+                    && end - start < MAX_PENDING_READS
+                    && (end == start || n_digests + events[end].0.digests.len() <= MAX_PENDING_READ_DIGESTS)
+                {
+                    n_digests += events[end].0.digests.len();
+                    end += 1;
+                }
+                if let Err(err) = forwarder.forward(&events[start..end]) {
+                    self.requeue_reads(events.split_off(start));
+                    return Err(err);
+                }
+                start = end;
             }
-            let forwarded = forwarder.forward(&events);
-            if forwarded.is_err() {
-                self.requeue_reads(events);
-            }
-            return forwarded;
+            return Ok(());
         }
+        self.store.settle_replication();
         let mut ledger = self.ledger();
         let events = std::mem::take(&mut *self.reads.lock());
         if events.is_empty() {

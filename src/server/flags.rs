@@ -98,6 +98,10 @@ where
     answered
 }
 
+/// How long an import's message waits for its member's per-second flag limit to refill
+/// before the import is refused: an import runs at the member's rate, not over it.
+const IMPORT_RATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Imports that may run at once on a server; one more is refused until one ends.
 pub const IMPORT_SLOTS: usize = 2;
 
@@ -557,11 +561,14 @@ impl Import {
                 Some(_) => {}
             }
             crate::domain::flags::check_batch_len("flags", message.flags.len())?;
-            self.limits.take(
-                &self.caller,
-                &[Limit::FlagsPerSecond, Limit::FlagsPerDay],
-                message.flags.len() as u64,
-            )?;
+            self.limits
+                .take_waiting(
+                    &self.caller,
+                    &[Limit::FlagsPerSecond, Limit::FlagsPerDay],
+                    message.flags.len() as u64,
+                    IMPORT_RATE_PATIENCE,
+                )
+                .await?;
             let mut flags = message.flags;
             while !flags.is_empty() {
                 let room = crate::domain::IMPORT_BLOCK - n_block;

@@ -125,6 +125,50 @@ impl Limits {
         // Buckets refill to the new size as they are next used.
     }
 
+    /// As `take`, but a shortfall that refills within `patience` is waited for instead of
+    /// refused: a bulk import slows to its member's rate rather than failing midway (the
+    /// stream's flow control holds the client back meanwhile).
+    pub async fn take_waiting(
+        &self,
+        caller: &Caller,
+        limits: &[Limit],
+        amount: u64,
+        patience: Duration,
+    ) -> Result<(), Status> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match self.shortfall(caller, limits, amount) {
+                None => return self.take(caller, limits, amount),
+                Some(retry) if Instant::now().checked_add(retry).is_some_and(|ready| ready <= deadline) => {
+                    tokio::time::sleep(retry).await;
+                }
+                Some(_) => return self.take(caller, limits, amount),
+            }
+        }
+    }
+
+    /// How long until `amount` of each of `limits` is there for `caller` (None: now; a
+    /// call that can never fit is `take`'s to refuse).
+    fn shortfall(&self, caller: &Caller, limits: &[Limit], amount: u64) -> Option<Duration> {
+        let effective = self.effective(&caller.name, caller.role);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock();
+        let mut longest: Option<Duration> = None;
+        for &limit in limits {
+            let (rate, size) = limit.shape(limit.value(&effective));
+            let Some(bucket) = buckets.get_mut(&(caller.id, limit)) else {
+                continue;
+            };
+            bucket.refill(rate, size, now);
+            let needed = amount as f64;
+            if needed <= size && bucket.tokens < needed {
+                let retry = Duration::try_from_secs_f64((needed - bucket.tokens) / rate).unwrap_or(Duration::MAX);
+                longest = Some(longest.map_or(retry, |longest| longest.max(retry)));
+            }
+        }
+        longest
+    }
+
     /// Takes `amount` from each of `limits` for `caller`, all or none.
     pub fn take(&self, caller: &Caller, limits: &[Limit], amount: u64) -> Result<(), Status> {
         let effective = self.effective(&caller.name, caller.role);

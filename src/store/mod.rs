@@ -7,6 +7,7 @@ pub mod cf;
 pub mod codec;
 pub mod keys;
 mod presence;
+pub use presence::Noting;
 mod raft;
 pub use raft::Row;
 pub mod writeset;
@@ -65,6 +66,11 @@ pub trait Replicator: Send + Sync {
     /// Drops the log entries already applied (behind a fresh snapshot), so that the rows
     /// their write sets held leave the disk with the next compaction.
     fn trim_log(&self) -> Result<(), StoreError>;
+
+    /// Waits (a bounded time) until a newly elected leader has applied every entry before
+    /// its own: what a commit reads (sequence numbers, the audit head) is then current.
+    /// Called before the writer's locks are taken, which applying those entries needs.
+    fn settle(&self) {}
 }
 
 /// Tuning that an operator may change without changing the on-disk format.
@@ -195,6 +201,8 @@ pub struct RocksReading {
     /// Bytes of the in-memory filter of stored digests, and whether it is in use yet.
     pub presence_bytes: u64,
     pub presence_ready: bool,
+    /// Filters a lookup probes (one once folded).
+    pub presence_filters: u64,
 }
 
 /// Whether a commit waits for the disk.
@@ -618,9 +626,16 @@ impl Store {
         self.path.with_extension("staging")
     }
 
+    /// Held by a caller from before `write_summaries_file` until the file is ingested (or
+    /// given up), so that a fold of the presence filters waits for it.
+    pub fn presence_noting(&self) -> Noting {
+        self.presence.noting()
+    }
+
     /// Writes summary rows, in strictly increasing digest order, to a new file at `file`
     /// for `ingest_summaries` (an empty entry list deletes the row). False when there was
-    /// nothing to write (no file is left then).
+    /// nothing to write (no file is left then). The caller holds `presence_noting` until
+    /// the file is ingested.
     pub fn write_summaries_file<'a>(
         &self,
         file: &Path,
@@ -772,6 +787,38 @@ impl Store {
     /// (leaving the filter unready) when `stop` is set between two slices.
     pub fn scan_presence(&self, stop: &std::sync::atomic::AtomicBool) -> Result<bool, StoreError> {
         let generation = self.presence.generation();
+        if !self.note_every_stored(stop)? {
+            return Ok(false);
+        }
+        self.presence.set_ready(generation);
+        Ok(true)
+    }
+
+    /// Folds the presence filters into the newest, when there are several, by noting
+    /// every stored digest in it; true when it did. Slow (a scan of the family): for a
+    /// thread of its own while nothing is being imported.
+    pub fn fold_presence(&self, stop: &std::sync::atomic::AtomicBool) -> Result<bool, StoreError> {
+        let Some((newest, generation)) = self.presence.fold_start(stop) else {
+            return Ok(false);
+        };
+        if !self.note_every_stored(stop)? {
+            return Ok(false);
+        }
+        Ok(self.presence.fold_finish(newest, generation))
+    }
+
+    /// How many presence filters a lookup probes.
+    pub fn presence_filters(&self) -> usize {
+        self.presence.n_filters()
+    }
+
+    /// Whether an import is running (`begin_bulk_load`).
+    pub fn bulk_loading(&self) -> bool {
+        *self.bulk_loads.lock() > 0
+    }
+
+    /// Notes every digest `summaries` holds; false when `stop` cut it short.
+    fn note_every_stored(&self, stop: &std::sync::atomic::AtomicBool) -> Result<bool, StoreError> {
         let mut after: Option<Vec<u8>> = None;
         loop {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -797,11 +844,9 @@ impl Store {
             }
             match last {
                 Some(key) => after = Some(key),
-                None => break,
+                None => return Ok(true),
             }
         }
-        self.presence.set_ready(generation);
-        Ok(true)
     }
 
     /// From now on `listener` is told when entries proposed by a leader other than node
@@ -1100,6 +1145,7 @@ impl Store {
             disk_bytes: self.disk_size(),
             presence_bytes: self.presence.heap_bytes() as u64,
             presence_ready: self.presence.is_ready(),
+            presence_filters: self.presence.n_filters() as u64,
         }
     }
 
@@ -1206,6 +1252,7 @@ impl Store {
             inner: WriteBatch::default(),
             deferred_changes: None,
             recorded: self.is_replicated().then(WriteSet::default),
+            noting: None,
         }
     }
 
@@ -1213,6 +1260,14 @@ impl Store {
     /// RocksDB again: a server drops its log this way as it stops).
     pub fn set_replicator(&self, replicator: Option<std::sync::Arc<dyn Replicator>>) {
         *self.replicator.write() = replicator;
+    }
+
+    /// See `Replicator::settle`; nothing to wait for without a replicated log.
+    pub fn settle_replication(&self) {
+        let replicator = self.replicator.read().clone();
+        if let Some(replicator) = replicator {
+            replicator.settle();
+        }
     }
 
     /// Whether commits go through a replicated log.
@@ -1356,6 +1411,8 @@ pub struct Batch<'a> {
     deferred_changes: Option<Vec<(u64, Vec<u8>)>>,
     /// With `Batch::recording`: the same changes as a write set, for replication.
     recorded: Option<WriteSet>,
+    /// Held from the first summary row noted until the batch is written or dropped.
+    noting: Option<Noting>,
 }
 
 impl Batch<'_> {
@@ -1373,6 +1430,9 @@ impl Batch<'_> {
     fn put(&mut self, family: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
         if family == cf::SUMMARIES {
+            if self.noting.is_none() {
+                self.noting = Some(self.store.presence.noting());
+            }
             self.store.presence.note(key);
         }
         if let Some(set) = &mut self.recorded {
@@ -1673,6 +1733,49 @@ mod tests {
             !store.presence.may_contain(&removed),
             "a near-empty filter holds only what is stored"
         );
+    }
+
+    /// Growth past the first filter adds a second; a fold leaves one that still holds
+    /// every stored digest, and waits for a note whose row is not written yet.
+    #[test]
+    fn a_fold_leaves_one_presence_filter_holding_every_stored_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+        let never = std::sync::atomic::AtomicBool::new(false);
+        assert!(store.scan_presence(&never).unwrap());
+        let digest = |n: u32| *blake3::hash(&n.to_le_bytes()).as_bytes();
+        let n = 1_200_000u32; // past the first filter's capacity (2^20)
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+            let mut batch = store.batch();
+            for i in chunk {
+                batch.put_summary(&digest(*i), &[entry(1)]).unwrap();
+            }
+            store.commit(batch).unwrap();
+        }
+        assert_eq!(store.presence_filters(), 2);
+
+        // A note made before the fold, its row written only after the fold's scan would
+        // have passed it: the fold waits for it.
+        let late = digest(n + 1);
+        let mut pending = store.batch();
+        pending.put_summary(&late, &[entry(1)]).unwrap();
+        let folding = {
+            let store = store.clone();
+            std::thread::spawn(move || store.fold_presence(&std::sync::atomic::AtomicBool::new(false)))
+        };
+        #[allow(clippy::disallowed_methods)] // a plain test thread
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!folding.is_finished(), "the fold waits for the pending note's row");
+        store.commit(pending).unwrap();
+        assert!(folding.join().unwrap().unwrap(), "folded");
+        assert_eq!(store.presence_filters(), 1);
+        let stored: Vec<Digest> = (0..n).map(digest).chain([late]).collect();
+        assert_eq!(
+            store.presence.retain_maybe(&stored).len(),
+            stored.len(),
+            "every stored digest passes the one filter"
+        );
+        assert!(!store.fold_presence(&never).unwrap(), "nothing left to fold");
     }
 
     /// Every digest `summaries` holds, by each way a row comes in, is found through the

@@ -96,9 +96,15 @@ impl Filter {
     }
 }
 
-/// Filters of growing capacity: a digest is noted in the newest, looked for in all.
+/// Filters of growing capacity: a digest is noted in the newest, looked for in all. A
+/// lookup costs a cache miss per filter, so the older ones are folded into the newest
+/// (`Store::fold_presence`) once nothing is being loaded.
 pub struct Presence {
     filters: RwLock<Vec<Filter>>,
+    /// Notes whose rows may not be written yet, by the parity of the epoch their `Noting`
+    /// began in: a fold waits for those begun before its filter was the newest.
+    noting: std::sync::Arc<[AtomicUsize; 2]>,
+    epoch: AtomicUsize,
     /// Set once a scan has noted every digest stored before it began; until then every
     /// digest may be present.
     ready: AtomicBool,
@@ -117,6 +123,8 @@ impl Presence {
         let seed = [0u8, 1, 2].map(|n| random.hash_one(n));
         Presence {
             filters: RwLock::new(Vec::new()),
+            noting: std::sync::Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
+            epoch: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             seed,
@@ -165,6 +173,62 @@ impl Presence {
                 filters.push(Filter::new(held.saturating_mul(2).max(MIN_CAPACITY)));
             }
         }
+    }
+
+    /// Held from before a digest is noted until its row is written (or given up).
+    pub fn noting(&self) -> Noting {
+        loop {
+            let parity = self.epoch.load(Ordering::Acquire) & 1;
+            self.noting[parity].fetch_add(1, Ordering::AcqRel);
+            if self.epoch.load(Ordering::Acquire) & 1 == parity {
+                return Noting {
+                    counts: self.noting.clone(),
+                    parity,
+                };
+            }
+            // The epoch turned meanwhile: counted in the new one instead.
+            self.noting[parity].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many filters a lookup probes.
+    pub fn n_filters(&self) -> usize {
+        self.filters.read().len()
+    }
+
+    /// The first half of a fold: when there are filters before the newest, returns the
+    /// newest's index and the generation once every note begun before now has its row
+    /// written, so that a scan starting then finds every digest the older filters hold
+    /// (later notes go to the newest filter or one after it). None: nothing to fold.
+    pub fn fold_start(&self, stop: &AtomicBool) -> Option<(usize, u64)> {
+        let (newest, generation) = {
+            let filters = self.filters.read();
+            if filters.len() < 2 || !self.is_ready() {
+                return None;
+            }
+            (filters.len() - 1, self.generation())
+        };
+        let before = self.epoch.fetch_add(1, Ordering::AcqRel) & 1;
+        while self.noting[before].load(Ordering::Acquire) > 0 {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            // The fold's own thread (never a runtime worker); commits take milliseconds.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Some((newest, generation))
+    }
+
+    /// The second half: the scan noted every stored digest, so the filters before
+    /// `newest` go, unless a reset came since.
+    pub fn fold_finish(&self, newest: usize, generation: u64) -> bool {
+        let mut filters = self.filters.write();
+        if self.generation.load(Ordering::Acquire) != generation || filters.len() <= newest {
+            return false;
+        }
+        filters.drain(..newest);
+        true
     }
 
     /// False only when `key` is certainly not stored.
@@ -228,6 +292,18 @@ impl Presence {
     /// Bytes the filters hold.
     pub fn heap_bytes(&self) -> usize {
         self.filters.read().iter().map(|filter| filter.words.len() * 8).sum()
+    }
+}
+
+/// A note whose row is not written yet (`Presence::noting`).
+pub struct Noting {
+    counts: std::sync::Arc<[AtomicUsize; 2]>,
+    parity: usize,
+}
+
+impl Drop for Noting {
+    fn drop(&mut self) {
+        self.counts[self.parity].fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -130,6 +130,7 @@ impl Store {
     /// It does not wait for the disk: the entry is on disk in the log (whose synced
     /// appends share this WAL), and a node that loses the write re-applies the entry.
     pub fn apply_write_set(&self, set: &[u8], raft_rows: &[(&[u8], Vec<u8>)]) -> Result<(), StoreError> {
+        let _noting = self.presence.noting();
         let mut batch = WriteBatch::default();
         for write in writeset::decode(set)? {
             match write {
@@ -194,6 +195,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         // Every digest is noted again as its row is written; the filter is ready again at
         // the end (a replacement cut short leaves it unready until the next open scans).
+        let _noting = self.presence.noting();
         let generation = self.presence.reset(0);
         let mut batch = WriteBatch::default();
         for family in cf::REPLICATED {

@@ -6,7 +6,7 @@ use flagshare::pb;
 use flagshare::store::{Store, StoreOptions};
 
 use crate::support::process::{flagshare, path, stderr, stdout};
-use crate::support::{TestServer, email_digest, eventually, flag, query, query_request, submit_request};
+use crate::support::{TestServer, copy_dir, email_digest, eventually, flag, query, query_request, submit_request};
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
 fn raft_log(data: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
@@ -300,19 +300,6 @@ async fn the_cluster_service_answers_node_principals_only() {
         .await
         .unwrap_err();
     assert_eq!(absent.code(), tonic::Code::Unimplemented, "{absent:?}");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A second node seeded from the first's backup joins it through `admin cluster

@@ -372,6 +372,33 @@ async fn import(
     }
 }
 
+/// An import faster than its member's per-second flag limit slows to it: every message
+/// waits for the limit to refill (the stream's flow control holds the client back) and
+/// the import completes with no refusal (before, its second message was refused).
+#[tokio::test]
+async fn an_import_over_its_members_rate_slows_to_it_instead_of_failing() {
+    let server = TestServer::start().await;
+    let mut alpha = server.member("alpha").await;
+    let mut admin = server.admin_client().await;
+    admin
+        .set_principal_limits(pb::SetPrincipalLimitsRequest {
+            name: "alpha".to_owned(),
+            limits: Some(pb::Limits {
+                flags_submitted_per_second: Some(10_000),
+                ..Default::default()
+            }),
+            clear: false,
+        })
+        .await
+        .unwrap();
+    let n = 40_000;
+    let (progress, ended) = import(&mut alpha, import_messages_of(0, n, 10_000)).await;
+    ended.unwrap();
+    assert_eq!(progress.last().unwrap().n_created, u64::from(n));
+    assert!(progress.last().unwrap().done);
+    assert_eq!(crate::support::audit_count(&mut admin, "limit_exceeded").await, 0);
+}
+
 #[tokio::test]
 async fn an_import_commits_in_blocks_reports_each_and_reads_as_submitted_flags() {
     let server = TestServer::start().await;

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod deploy;
+mod failover;
 mod federation;
 mod flags;
 mod hostile;

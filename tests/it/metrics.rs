@@ -95,6 +95,7 @@ async fn a_query_of_ten_digests_with_two_hits_moves_the_counters_by_exactly_that
             .is_some_and(|bytes| bytes >= 1_310_720.0)
     );
     assert_eq!(retracted.value("flagshare_presence_filter_ready", ""), Some(1.0));
+    assert_eq!(retracted.value("flagshare_presence_filters", ""), Some(1.0));
     // Tickers cost lookups: only with rocksdb_statistics on.
     assert!(retracted.value("flagshare_rocksdb_block_cache_hit_ratio", "").is_none());
     assert!(retracted.value("flagshare_disk_bytes", "").unwrap() > 0.0);

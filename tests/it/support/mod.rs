@@ -197,6 +197,20 @@ pub fn query_request(digests: &[Digest]) -> pb::QueryRequest {
     }
 }
 
+/// Copies folder `from` and everything in it to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Queries `digests` as `client` and returns the matches.
 pub async fn query(client: &mut FlagsClient<Channel>, digests: &[Digest]) -> Vec<pb::Match> {
     client.query(query_request(digests)).await.unwrap().into_inner().matches

@@ -34,13 +34,20 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(data: &Path) -> ServeProcess {
+        ServeProcess::start_on(data, 0)
+    }
+
+    /// As `start`, listening on `port` of 127.0.0.1 (0: any free one), so that a node
+    /// restarted keeps the address its cluster knows. Its log goes to `<data>/serve.log`.
+    pub fn start_on(data: &Path, port: u16) -> ServeProcess {
+        let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flagshare"))
             .args([
                 "serve",
                 "--data",
                 path(data),
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--metrics-listen",
                 "127.0.0.1:0",
             ])
@@ -50,8 +57,15 @@ impl ServeProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (found, port) = std::sync::mpsc::channel();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("serve.log"))
+            .unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                use std::io::Write as _;
+                let _ = writeln!(log, "{line}");
                 if let Some(address) = line.split("listening on ").nth(1) {
                     let port: u16 = address
                         .split_whitespace()
@@ -86,6 +100,25 @@ impl ServeProcess {
 
     pub fn endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sends `signal` ("STOP", "CONT", ...) to the server.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// SIGKILL: no shutdown of any kind. Returns once the process is gone.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     pub fn stop(self) -> std::process::ExitStatus {
