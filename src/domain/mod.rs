@@ -198,7 +198,7 @@ impl Domain {
         let state = Arc::downgrade(&self.state);
         Arc::new(move || {
             if let Some(state) = state.upgrade()
-                && let Err(err) = state.refresh()
+                && let Err(err) = state.note_applied()
             {
                 tracing::error!(%err, "reading the store again after another node's commits failed");
             }

@@ -57,6 +57,9 @@ pub(crate) struct State {
     /// Held for the whole read-modify-write of every change; guards the last sequence
     /// number handed out. Taken before `ledger` when both are needed.
     writer: Mutex<u64>,
+    /// Set when applied entries of another node's (or a snapshot) changed the store under
+    /// this copy's memory and it has not read it again yet (`note_applied`).
+    stale: std::sync::atomic::AtomicBool,
     /// The audit chain's head; every audited commit goes through it.
     ledger: Mutex<Ledger>,
     /// Audit entries of read-only calls (queries, listings) not committed yet: such a call
@@ -285,6 +288,7 @@ impl State {
             registry,
             policy,
             writer: Mutex::new(cached.last_sequence),
+            stale: std::sync::atomic::AtomicBool::new(false),
             ledger: Mutex::new(cached.ledger),
             reads: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
@@ -310,13 +314,51 @@ impl State {
         Ok(())
     }
 
-    /// See `Domain::refresh`. Everything is read before anything is replaced, under the
-    /// writer and ledger locks (in their order), so no call sees half of it.
+    /// See `Domain::refresh`: waits for the writer and ledger locks.
     pub(super) fn refresh(&self) -> Result<()> {
-        let mut cached = Cached::read(&self.store)?;
-        // The locks themselves: `writer()` may wait for the very entries being applied.
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The lock itself: `writer()` may wait for the very entries being applied.
         let mut writer = self.writer.lock();
-        let mut ledger = self.ledger.lock();
+        self.refresh_stale(&mut writer, true)
+    }
+
+    /// Entries another node led (or a snapshot) were applied under this copy: it reads
+    /// the store again now if the writer and ledger locks are free, else the next holder
+    /// of the writer lock does (`writer()`, and the read flusher's `flush_reads`). Never
+    /// waits: it runs on the state machine's apply, which a commit holding those locks
+    /// may itself be waiting for.
+    pub(super) fn note_applied(&self) -> Result<()> {
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.writer.try_lock() {
+            Some(mut writer) => self.refresh_stale(&mut writer, false),
+            None => Ok(()),
+        }
+    }
+
+    /// With the writer lock held: when marked stale, reads the store again (everything
+    /// before anything is replaced, under the ledger lock too, so no call sees half of
+    /// it). `wait_for_ledger` false: gives up, still stale, if the ledger is held.
+    fn refresh_stale(&self, writer: &mut u64, wait_for_ledger: bool) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.stale.load(SeqCst) {
+            return Ok(());
+        }
+        let mut ledger = match wait_for_ledger {
+            true => self.ledger.lock(),
+            false => match self.ledger.try_lock() {
+                Some(ledger) => ledger,
+                None => return Ok(()),
+            },
+        };
+        // Cleared before the read: an entry applied meanwhile marks it again.
+        self.stale.store(false, SeqCst);
+        let mut cached = match Cached::read(&self.store) {
+            Ok(cached) => cached,
+            Err(err) => {
+                self.stale.store(true, SeqCst);
+                return Err(err);
+            }
+        };
         self.registry.replace_with(cached.registry());
         self.federation.replace_foreign_members(cached.foreign_members);
         *writer = cached.last_sequence;
@@ -325,8 +367,12 @@ impl State {
         *self.quarantined_members.write() = cached.quarantined_members;
         *self.new_flags_window.lock() = cached.windows;
         drop(ledger);
-        drop(writer);
         self.load_quarantine_overrides()
+    }
+
+    /// Whether applied entries left this copy's memory behind the store.
+    pub(super) fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -337,7 +383,11 @@ impl State {
     /// (`Store::settle_replication`): a commit then starts from the current state.
     pub(super) fn writer(&self) -> MutexGuard<'_, u64> {
         self.store.settle_replication();
-        self.writer.lock()
+        let mut writer = self.writer.lock();
+        if let Err(err) = self.refresh_stale(&mut writer, true) {
+            tracing::error!(%err, "reading the store again after another node's commits failed");
+        }
+        writer
     }
 
     /// The newest committed sequence number, without waiting for a writer that holds the lock
@@ -545,6 +595,11 @@ impl State {
     /// (as a single read's entry was written before), or on a follower hands them to the
     /// leader. On failure they stay queued.
     pub(super) fn flush_reads(&self) -> Result<()> {
+        if self.is_stale() {
+            // Applied entries left this copy behind (its refresh found the locks taken):
+            // read again under the writer lock before anything here extends the chain.
+            drop(self.writer());
+        }
         let forwarder = self.read_forwarder.read().clone();
         if let Some(forwarder) = forwarder.filter(|forwarder| !forwarder.leads()) {
             let mut events = std::mem::take(&mut *self.reads.lock());

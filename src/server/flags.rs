@@ -102,6 +102,12 @@ where
 /// before the import is refused: an import runs at the member's rate, not over it.
 const IMPORT_RATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Flags in an import's block on a replicated log: a block is one log entry (its rows),
+/// which every follower must receive, write and acknowledge within one heartbeat
+/// (250 ms); 200,000 flags' rows (about 50 MB) did not, on a 2-core machine, and the
+/// cluster fell into repeated elections.
+pub const REPLICATED_IMPORT_BLOCK: usize = 10_000;
+
 /// Imports that may run at once on a server; one more is refused until one ends.
 pub const IMPORT_SLOTS: usize = 2;
 
@@ -257,8 +263,13 @@ impl pb::flags_server::Flags for FlagsService {
             ))
         })?;
         let (sender, receiver) = mpsc::channel(streams::STREAM_BUFFER);
+        let block = match self.domain.store().is_replicated() {
+            true => REPLICATED_IMPORT_BLOCK,
+            false => crate::domain::IMPORT_BLOCK,
+        };
         let import = Import {
             domain: self.domain.clone(),
+            block,
             metrics: self.metrics.clone(),
             limits: self.limits.clone(),
             caller,
@@ -490,10 +501,12 @@ impl pb::flags_server::Flags for FlagsService {
     }
 }
 
-/// One member's import: messages are gathered into blocks of `IMPORT_BLOCK` flags, each
+/// One member's import: messages are gathered into blocks of `block` flags, each
 /// checked and committed (and answered with the running totals) when full.
 struct Import {
     domain: Domain,
+    /// `IMPORT_BLOCK`, or `REPLICATED_IMPORT_BLOCK` on a replicated log.
+    block: usize,
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     caller: Caller,
@@ -571,7 +584,7 @@ impl Import {
                 .await?;
             let mut flags = message.flags;
             while !flags.is_empty() {
-                let room = crate::domain::IMPORT_BLOCK - n_block;
+                let room = self.block - n_block;
                 let rest = if flags.len() > room {
                     flags.split_off(room)
                 } else {
@@ -581,7 +594,7 @@ impl Import {
                 block.push((n_received, flags));
                 (n_block, n_received) = (n_block + n, n_received + n);
                 flags = rest;
-                if n_block == crate::domain::IMPORT_BLOCK {
+                if n_block == self.block {
                     let full = std::mem::take(&mut block);
                     n_block = 0;
                     // Checked and sorted while the block before it commits.
@@ -607,7 +620,7 @@ impl Import {
         let sorted = self
             .domain
             .sort_import_block(&self.caller, move || {
-                let mut flags = Vec::with_capacity(crate::domain::IMPORT_BLOCK);
+                let mut flags = Vec::new();
                 for (first_index, raw) in messages {
                     let converted = convert::new_flags_from_pb_at(raw, first_index)?;
                     domain.check_import_message(&converted, first_index)?;

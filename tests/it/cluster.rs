@@ -636,3 +636,52 @@ async fn a_follower_cut_off_past_its_staleness_bound_stops_serving_reads() {
     assert!(refused.message().contains("staleness bound"), "{}", refused.message());
     assert_eq!(flags_health().await, ServingStatus::NotServing as i32);
 }
+
+/// An import on a replicated log commits blocks of 10,000 flags, each
+/// one log entry small enough for a follower to take within a heartbeat; every flag
+/// reaches the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follower() {
+    use flagshare::model::Role;
+
+    let (leader, second, _) = seeded_pair(|_| {}).await;
+    let member = leader.enroll("platform-a", Role::Member).await;
+    let mut on_leader = flagshare::pb::flags_client::FlagsClient::new(leader.channel(&member).await);
+    let digests: Vec<[u8; 32]> = (0..25_000u32)
+        .map(|n| *blake3::hash(&n.to_le_bytes()).as_bytes())
+        .collect();
+    let messages: Vec<pb::ImportRequest> = digests
+        .chunks(5_000)
+        .map(|chunk| pb::ImportRequest {
+            flags: chunk.iter().map(|d| flag(*d, pb::Category::Grooming, 60)).collect(),
+            key_id: 1,
+        })
+        .collect();
+    let mut answers = on_leader
+        .import(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut progress = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        progress.push((answer.n_blocks, answer.n_created, answer.done));
+    }
+    assert_eq!(
+        progress,
+        [(1, 10_000, false), (2, 20_000, false), (3, 25_000, true)],
+        "blocks of 10,000"
+    );
+    let on_second = flagshare::pb::flags_client::FlagsClient::new(second.channel(&member).await);
+    eventually("every imported flag is on the follower", || {
+        let mut on_second = on_second.clone();
+        let digests = digests.clone();
+        async move {
+            let mut found = 0;
+            for chunk in digests.chunks(1_000) {
+                found += query(&mut on_second, chunk).await.len();
+            }
+            found == digests.len()
+        }
+    })
+    .await;
+}

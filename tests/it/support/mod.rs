@@ -1,6 +1,7 @@
 //! Test harness: real flagshare servers on 127.0.0.1:0, each with its own temporary data
 //! folder and freshly generated PKI.
 
+pub mod cluster;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -38,6 +39,14 @@ fn test_config(data_dir: &Path, operator_name: &str) -> Config {
         quarantine_new_flags_per_hour: 0,
         ..Config::default()
     }
+}
+
+/// Writes `<dir>/flagshare.toml` with the harness's settings, `adjust`ed, for a
+/// `flagshare serve` process on `dir` (an in-process server takes them directly).
+pub fn write_config(dir: &Path, adjust: impl FnOnce(&mut Config)) {
+    let mut config = test_config(dir, "flagshare-dev");
+    adjust(&mut config);
+    std::fs::write(dir.join("flagshare.toml"), toml::to_string(&config).unwrap()).unwrap();
 }
 
 impl TestServer {

@@ -1,0 +1,232 @@
+//! What a replicated operator costs, and how long its failover takes: `Submit` throughput
+//! and latency on a single server, a one-node cluster and three nodes (each node a
+//! `flagshare serve` process on loopback with its own folder, as `tests/it/failover.rs`
+//! runs them), an `Import` of 1,000,000 flags on three, and the time from the leader's
+//! SIGKILL until another node leads.
+//!
+//!     CARGO_PROFILE_DEV_OPT_LEVEL=3 scripts/cargo bench --profile dev --bench cluster
+//!
+//! `FLAGSHARE_BENCH_N` sets the import's size. All processes share this machine's cores.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
+
+mod common;
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)] // the benchmarks use the harness's servers, not every test helper
+mod support;
+
+use std::time::{Duration, Instant};
+
+use flagshare::model::Role;
+use flagshare::pb;
+use flagshare::pb::flags_client::FlagsClient;
+use tonic::transport::Channel;
+
+use common::{median, percentile};
+use support::cluster::ProcessCluster;
+use support::process::ServeProcess;
+use support::{TestServer, flag, submit_request, write_config};
+
+/// Submissions per measured load, split over `WRITERS` callers, each one call at a time.
+const SUBMIT_CALLS: usize = 2_000;
+const FLAGS_PER_CALL: usize = 100;
+const WRITERS: usize = 4;
+const FAILOVERS: usize = 3;
+
+fn digest(seed: u64, n: u64) -> [u8; 32] {
+    *blake3::hash(&[seed.to_le_bytes(), n.to_le_bytes()].concat()).as_bytes()
+}
+
+/// `SUBMIT_CALLS` submissions of `FLAGS_PER_CALL` new flags through `client`: flags/s and
+/// each call's latency.
+async fn submit_load(client: &FlagsClient<Channel>, seed: u64) -> (f64, Vec<Duration>) {
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let mut client = client.clone();
+        writers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            for call in (writer..SUBMIT_CALLS).step_by(WRITERS) {
+                let flags = (0..FLAGS_PER_CALL)
+                    .map(|i| {
+                        let n = (call * FLAGS_PER_CALL + i) as u64;
+                        flag(digest(seed, n), pb::Category::Grooming, 80)
+                    })
+                    .collect();
+                let sent = Instant::now();
+                client.submit(submit_request(flags)).await.unwrap();
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for writer in writers {
+        latencies.extend(writer.await.unwrap());
+    }
+    let rate = (SUBMIT_CALLS * FLAGS_PER_CALL) as f64 / started.elapsed().as_secs_f64();
+    latencies.sort();
+    (rate, latencies)
+}
+
+fn row(what: &str, (rate, latencies): &(f64, Vec<Duration>)) -> String {
+    format!(
+        "| {what} | {rate:.0} | {:.1} / {:.1} ms |",
+        percentile(latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(latencies, 0.99).as_secs_f64() * 1e3
+    )
+}
+
+/// The node of `among` that says it leads, polled until `limit` passes.
+async fn leader_within(cluster: &ProcessCluster, among: &[u64], limit: Duration) -> Option<u64> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        for id in among {
+            if let Some(id) = cluster.leader_by(*id).await {
+                return Some(id);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n_import = common::bench_n(1_000_000);
+
+    // A single server, no replicated log: the README's default, as a process.
+    let single = TestServer::start().await;
+    let bundle = single.enroll("alpha", Role::Member).await;
+    let dir = single.stop().await;
+    write_config(dir.path(), |_| {});
+    let process = ServeProcess::start(dir.path());
+    let client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await?);
+    let single_row = submit_load(&client, 1).await;
+    eprintln!("bench: single server {:.0} flags/s", single_row.0);
+    drop(client);
+    process.stop();
+    drop(dir);
+
+    let one = ProcessCluster::start(1).await;
+    let client = FlagsClient::new(one.member.connect(Some(&one.node(1).endpoint())).await?);
+    let one_row = submit_load(&client, 2).await;
+    eprintln!("bench: one-node cluster {:.0} flags/s", one_row.0);
+    drop(client);
+    drop(one);
+
+    let mut three = ProcessCluster::start(3).await;
+    let leader = three.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let to_leader = FlagsClient::new(three.member.connect(Some(&three.node(leader).endpoint())).await?);
+    let three_row = submit_load(&to_leader, 3).await;
+    eprintln!("bench: three nodes, to the leader {:.0} flags/s", three_row.0);
+    let to_follower = FlagsClient::new(three.member.connect(Some(&three.node(follower).endpoint())).await?);
+    let forwarded_row = submit_load(&to_follower, 4).await;
+    eprintln!("bench: three nodes, to a follower {:.0} flags/s", forwarded_row.0);
+
+    println!("flagshare replicated operator: processes on 127.0.0.1 of this machine, sharing its cores");
+    println!();
+    println!(
+        "| `Submit` of {FLAGS_PER_CALL} new flags a call, {WRITERS} callers one call at a time, {SUBMIT_CALLS} calls | flags/s | call p50 / p99 |"
+    );
+    println!("|---|---|---|");
+    println!("{}", row("single server (no replicated log)", &single_row));
+    println!("{}", row("one-node cluster", &one_row));
+    println!("{}", row("three nodes, to the leader", &three_row));
+    println!("{}", row("three nodes, to a follower (forwarded)", &forwarded_row));
+    println!();
+    println!(
+        "one-node cluster / single server: {:.2}; three nodes / single server: {:.2}",
+        one_row.0 / single_row.0,
+        three_row.0 / single_row.0
+    );
+    // An import on three: until the leader's last answer, then until every node holds it.
+    let messages: Vec<pb::ImportRequest> = (0..n_import)
+        .collect::<Vec<_>>()
+        .chunks(10_000)
+        .map(|chunk| pb::ImportRequest {
+            flags: chunk
+                .iter()
+                .map(|n| flag(digest(5, *n), pb::Category::Grooming, 60))
+                .collect(),
+            key_id: 1,
+        })
+        .collect();
+    let started = Instant::now();
+    let mut answers = to_leader
+        .clone()
+        .import(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(answer) = answers.message().await? {
+        last = Some(answer);
+    }
+    let imported = started.elapsed();
+    eprintln!("bench: imported {n_import} on three in {:.1} s", imported.as_secs_f64());
+    let last = last.expect("the import answers");
+    assert!(last.done && last.n_created == n_import, "{last:?}");
+    let probe: Vec<[u8; 32]> = (0..n_import).step_by(9_973).map(|n| digest(5, n)).collect();
+    for id in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !three.holds_all(id, &probe).await {
+            assert!(Instant::now() < deadline, "node {id} did not apply the import");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let everywhere = started.elapsed();
+
+    // Failovers: the leader killed, another elected, the old one restarted to follow. A
+    // round that does not settle within its bound ends the series, and is reported.
+    let mut failovers = Vec::new();
+    let mut unsettled = None;
+    let mut leader = leader;
+    for round in 1..=FAILOVERS {
+        let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+        let killed_at = Instant::now();
+        three.kill(leader);
+        let Some(next) = leader_within(&three, &others, Duration::from_secs(60)).await else {
+            unsettled = Some(format!("round {round}: no leader within 60 s of node {leader}'s kill"));
+            break;
+        };
+        failovers.push(killed_at.elapsed());
+        eprintln!(
+            "bench: node {next} led {:.2} s after node {leader} was killed",
+            killed_at.elapsed().as_secs_f64()
+        );
+        three.restart(leader);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while three.status(leader).await.is_none_or(|status| status.leader_id != next) {
+            if Instant::now() > deadline {
+                unsettled = Some(format!(
+                    "round {round}: node {leader}, restarted, did not follow node {next} within 60 s"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if unsettled.is_some() {
+            break;
+        }
+        leader = next;
+    }
+
+    println!(
+        "`Import` of {n_import} flags on three nodes: {:.1} s to the leader's last answer ({:.0} flags/s), {:.1} s until every node holds it",
+        imported.as_secs_f64(),
+        n_import as f64 / imported.as_secs_f64(),
+        everywhere.as_secs_f64()
+    );
+    let seconds: Vec<f64> = failovers.iter().map(Duration::as_secs_f64).collect();
+    if !seconds.is_empty() {
+        println!(
+            "failover (SIGKILL of the leader until another says it leads), {} of {FAILOVERS} rounds: median {:.2} s, each {:?}",
+            seconds.len(),
+            median(seconds.clone()),
+            seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>()
+        );
+    }
+    if let Some(unsettled) = unsettled {
+        println!("failover series ended early: {unsettled}");
+    }
+    Ok(())
+}
