@@ -221,6 +221,11 @@ async fn the_cluster_service_answers_node_principals_only() {
             read("nothing", Vec::new(), "platform-a"),
             "reads[0].op: 'nothing' is not an audit operation",
         ),
+        // An admin's reads (audit, stats) are taken for admins only.
+        (
+            read("read_audit", Vec::new(), "platform-a"),
+            "reads[0].actor: 'platform-a' is a member, and read_audit is an admin's read",
+        ),
     ] {
         let refused = as_node.record_reads(bad).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
