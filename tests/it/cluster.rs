@@ -6,7 +6,9 @@ use flagshare::pb;
 use flagshare::store::{Store, StoreOptions};
 
 use crate::support::process::{flagshare, path, stderr, stdout};
-use crate::support::{TestServer, copy_dir, email_digest, eventually, flag, query, query_request, submit_request};
+use crate::support::{
+    TestServer, copy_dir, email_digest, eventually, flag, query, query_request, submit_request, verified_audit,
+};
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
 fn raft_log(data: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
@@ -58,12 +60,7 @@ async fn a_server_on_its_raft_log_answers_alike_keeps_all_across_a_restart_and_c
     let mut gamma = server.member("gamma").await;
     assert_eq!(query(&mut gamma, &[kept, gone]).await.len(), 1);
     let mut admin = server.admin_client().await;
-    let verified = admin
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verified.ok, "{verified:?}");
+    verified_audit(&mut admin).await;
     admin.compact(pb::CompactRequest {}).await.unwrap();
     let dir = server.stop().await;
 
@@ -540,12 +537,7 @@ async fn a_node_seeded_from_a_backup_joins_the_cluster_and_follows_the_leader() 
         }
     })
     .await;
-    let verified = admin
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verified.ok, "{verified:?}");
+    verified_audit(&mut admin).await;
 
     // Removal: not of the leader, not of a node never added; then node 2 leaves.
     let own = admin

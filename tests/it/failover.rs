@@ -13,7 +13,7 @@ use flagshare::pb::flags_client::FlagsClient;
 use tonic::transport::Channel;
 
 use crate::support::cluster::{CALL_TIMEOUT, ProcessCluster};
-use crate::support::{email_digest, eventually, flag, query_request, submit_request};
+use crate::support::{email_digest, eventually, flag, query_request, submit_request, verified_audit};
 
 /// Bounds of each load: submissions and time.
 const MAX_SUBMITS: usize = 4_000;
@@ -88,13 +88,7 @@ fn run_load(clients: Vec<FlagsClient<Channel>>, known: Digest, stop: Arc<AtomicB
 async fn assert_one_audit_chain(cluster: &ProcessCluster, leader: u64) {
     let mut heads = Vec::new();
     for id in 1..=3 {
-        let mut admin = cluster.admin_client(id).await;
-        let verified = admin
-            .verify_audit(pb::VerifyAuditRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(verified.ok, "node {id}: {verified:?}");
+        let verified = verified_audit(&mut cluster.admin_client(id).await).await;
         heads.push((id, verified.last_sequence, verified.head_hash));
     }
     let mut admin = cluster.admin_client(leader).await;
@@ -123,12 +117,7 @@ async fn assert_one_audit_chain(cluster: &ProcessCluster, leader: u64) {
         }
     })
     .await;
-    let verified = admin
-        .verify_audit(pb::VerifyAuditRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(verified.ok, "leader: {verified:?}");
+    verified_audit(&mut admin).await;
 }
 
 /// The leader killed mid-load: another is elected with no operator action, no

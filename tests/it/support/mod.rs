@@ -238,6 +238,17 @@ where
     }
 }
 
+/// `admin audit verify` on `admin`'s server; fails unless the chain verifies.
+pub async fn verified_audit(admin: &mut AdminClient<Channel>) -> pb::VerifyAuditResponse {
+    let verified = admin
+        .verify_audit(pb::VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    verified
+}
+
 /// How many audit entries of `op` the server holds.
 pub async fn audit_count(admin: &mut AdminClient<Channel>, op: &str) -> usize {
     admin
