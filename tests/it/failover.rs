@@ -138,6 +138,11 @@ async fn a_killed_leader_is_replaced_and_loses_no_acknowledged_flag() {
         .await
         .unwrap();
 
+    // Followers answer from what they applied: the reads start once every node has it.
+    let known_only = [known];
+    for id in 1..=3 {
+        eventually("every node holds the known flag", || cluster.holds_all(id, &known_only)).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(clients, known, stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -209,6 +214,11 @@ async fn a_paused_leader_steps_down_and_nothing_it_held_is_lost_or_doubled() {
         .await
         .unwrap();
 
+    // Followers answer from what they applied: the reads start once every node has it.
+    let known_only = [known];
+    for id in 1..=3 {
+        eventually("every node holds the known flag", || cluster.holds_all(id, &known_only)).await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(clients.clone(), known, stop.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
