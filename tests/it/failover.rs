@@ -83,6 +83,34 @@ fn run_load(clients: Vec<FlagsClient<Channel>>, known: Digest, stop: Arc<AtomicB
     })
 }
 
+/// A flag every node holds, then `run_load` reading it, running for 2 s: the member's
+/// clients (one a node), the flag, the load's stop switch and the load.
+async fn start_load(
+    cluster: &ProcessCluster,
+) -> (
+    Vec<FlagsClient<Channel>>,
+    Digest,
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<Load>,
+) {
+    let known = email_digest("known@example.com");
+    let clients = cluster.member_clients().await;
+    clients[0]
+        .clone()
+        .submit(submit_request(vec![flag(known, pb::Category::Grooming, 90)]))
+        .await
+        .unwrap();
+    // Followers answer from what they applied: the reads start once every node has it.
+    let known_only = [known];
+    for id in 1..=3 {
+        eventually("every node holds the known flag", || cluster.holds_all(id, &known_only)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = run_load(clients.clone(), known, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (clients, known, stop, load)
+}
+
 /// Each node's audit chain verifies, and each is a prefix of the leader's: the entry
 /// after a node's head names that head as its predecessor on the leader.
 async fn assert_one_audit_chain(cluster: &ProcessCluster, leader: u64) {
@@ -131,21 +159,7 @@ async fn a_killed_leader_is_replaced_and_loses_no_acknowledged_flag() {
         Some(1),
         "node 1 leads after adding the others"
     );
-    let known = email_digest("known@example.com");
-    let mut clients = cluster.member_clients().await;
-    clients[0]
-        .submit(submit_request(vec![flag(known, pb::Category::Grooming, 90)]))
-        .await
-        .unwrap();
-
-    // Followers answer from what they applied: the reads start once every node has it.
-    let known_only = [known];
-    for id in 1..=3 {
-        eventually("every node holds the known flag", || cluster.holds_all(id, &known_only)).await;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = run_load(clients, known, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, _, stop, load) = start_load(&cluster).await;
     let killed_at = Instant::now();
     cluster.kill(1);
     let new_leader = cluster.wait_for_leader(&[2, 3], Duration::from_secs(30)).await;
@@ -206,22 +220,7 @@ async fn a_killed_leader_is_replaced_and_loses_no_acknowledged_flag() {
 async fn a_paused_leader_steps_down_and_nothing_it_held_is_lost_or_doubled() {
     let cluster = ProcessCluster::start(3).await;
     assert_eq!(cluster.leader_by(1).await, Some(1));
-    let known = email_digest("known@example.com");
-    let clients = cluster.member_clients().await;
-    clients[0]
-        .clone()
-        .submit(submit_request(vec![flag(known, pb::Category::Grooming, 90)]))
-        .await
-        .unwrap();
-
-    // Followers answer from what they applied: the reads start once every node has it.
-    let known_only = [known];
-    for id in 1..=3 {
-        eventually("every node holds the known flag", || cluster.holds_all(id, &known_only)).await;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = run_load(clients.clone(), known, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (clients, known, stop, load) = start_load(&cluster).await;
     let paused = cluster.node(1).process.as_ref().unwrap();
     paused.signal("STOP");
     let paused_at = Instant::now();

@@ -380,17 +380,15 @@ async fn an_import_over_its_members_rate_slows_to_it_instead_of_failing() {
     let server = TestServer::start().await;
     let mut alpha = server.member("alpha").await;
     let mut admin = server.admin_client().await;
-    admin
-        .set_principal_limits(pb::SetPrincipalLimitsRequest {
-            name: "alpha".to_owned(),
-            limits: Some(pb::Limits {
-                flags_submitted_per_second: Some(10_000),
-                ..Default::default()
-            }),
-            clear: false,
-        })
-        .await
-        .unwrap();
+    crate::support::set_limits(
+        &mut admin,
+        "alpha",
+        pb::Limits {
+            flags_submitted_per_second: Some(10_000),
+            ..Default::default()
+        },
+    )
+    .await;
     let n = 40_000;
     let (progress, ended) = import(&mut alpha, import_messages_of(0, n, 10_000)).await;
     ended.unwrap();

@@ -2,10 +2,10 @@
 //! retry delay) while another's calls in the same seconds go through; overrides persist.
 
 use flagshare::pb;
-use flagshare::pb::admin_client::AdminClient;
-use tonic::transport::Channel;
 
-use crate::support::{TestServer, audit_count, email_digest, eventually, flag, query, query_request, submit_request};
+use crate::support::{
+    TestServer, audit_count, email_digest, eventually, flag, query, query_request, set_limits, submit_request,
+};
 
 fn digests(n: usize, seed: u8) -> Vec<flagshare::digest::Digest> {
     (0..n)
@@ -15,18 +15,6 @@ fn digests(n: usize, seed: u8) -> Vec<flagshare::digest::Digest> {
             digest
         })
         .collect()
-}
-
-async fn set_limits(admin: &mut AdminClient<Channel>, name: &str, limits: pb::Limits) -> pb::PrincipalLimitsResponse {
-    admin
-        .set_principal_limits(pb::SetPrincipalLimitsRequest {
-            name: name.to_owned(),
-            limits: Some(limits),
-            clear: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 #[tokio::test]

@@ -238,6 +238,23 @@ where
     }
 }
 
+/// Sets `limits` over `name`'s role defaults (`admin limits set`).
+pub async fn set_limits(
+    admin: &mut AdminClient<Channel>,
+    name: &str,
+    limits: pb::Limits,
+) -> pb::PrincipalLimitsResponse {
+    admin
+        .set_principal_limits(pb::SetPrincipalLimitsRequest {
+            name: name.to_owned(),
+            limits: Some(limits),
+            clear: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// `admin audit verify` on `admin`'s server; fails unless the chain verifies.
 pub async fn verified_audit(admin: &mut AdminClient<Channel>) -> pb::VerifyAuditResponse {
     let verified = admin
