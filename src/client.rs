@@ -220,6 +220,113 @@ pub async fn enroll(
     Ok(bundle)
 }
 
+/// What a new node of a replicated operator needs to join (`admin cluster invite`, then
+/// `init --join` where the node runs): its client bundle (a principal with the `node`
+/// role), a server certificate for its host names and the cluster's shared name, and the
+/// certificates of the nodes it admits until it holds the cluster's state.
+pub struct Invitation {
+    pub credentials: Bundle,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub details: InvitationDetails,
+}
+
+/// `invitation.toml` in an invitation folder.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvitationDetails {
+    pub operator_name: String,
+    /// The node's own host names first, then the name every node is verified by.
+    pub host_names: Vec<String>,
+    /// SHA-256 (hex) of each cluster node's client certificate when it was invited.
+    pub trusted_nodes: Vec<String>,
+}
+
+impl Invitation {
+    /// Writes the folder `init --join` reads: `invitation.toml`, `server.pem`, `server.key`
+    /// (0600) and the client bundle in `credentials/`.
+    pub fn write(&self, dir: &Path) -> Result<(), BundleError> {
+        if dir.join("invitation.toml").exists() {
+            return Err(BundleError::Exists(dir.to_owned()));
+        }
+        self.credentials.write(&dir.join("credentials"))?;
+        write_file(&dir.join("server.key"), &self.server_key_pem, true)?;
+        write_file(&dir.join("server.pem"), &self.server_cert_pem, false)?;
+        let details = toml::to_string(&self.details).map_err(|err| BundleError::Malformed {
+            path: dir.to_owned(),
+            reason: err.to_string(),
+        })?;
+        write_file(&dir.join("invitation.toml"), &details, false)?;
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<Invitation, BundleError> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|err| BundleError::Malformed {
+                path: dir.join(name),
+                reason: err.to_string(),
+            })
+        };
+        let details = toml::from_str(&read("invitation.toml")?).map_err(|err| BundleError::Malformed {
+            path: dir.join("invitation.toml"),
+            reason: err.message().to_owned(),
+        })?;
+        Ok(Invitation {
+            credentials: Bundle::load(&dir.join("credentials"))?,
+            server_cert_pem: read("server.pem")?,
+            server_key_pem: read("server.key")?,
+            details,
+        })
+    }
+}
+
+/// Invites node principal `name`, reached at `host_names`, into the cluster of the admin
+/// client's server (its leader). Both key pairs are made here.
+pub async fn invite(
+    admin: &mut crate::pb::admin_client::AdminClient<Channel>,
+    name: &str,
+    host_names: &[String],
+    endpoint: &str,
+    server_name: &str,
+) -> Result<Invitation, EnrollError> {
+    use rcgen::PublicKeyData as _;
+    let key = crate::pki::generate_client_key()?;
+    let server_key = crate::pki::generate_client_key()?;
+    let response = admin
+        .invite_cluster_node(crate::pb::InviteClusterNodeRequest {
+            name: name.to_owned(),
+            host_names: host_names.to_vec(),
+            public_key_der: key.subject_public_key_info(),
+            server_public_key_der: server_key.subject_public_key_info(),
+        })
+        .await?
+        .into_inner();
+    let mut credentials = issued_bundle(
+        response.principal,
+        response.certificate_pem,
+        response.ca_certificate_pem,
+        &key,
+        endpoint,
+        server_name,
+    )?;
+    credentials.config.operator_id = hex::encode(&response.operator_id);
+    credentials.config.operator_key = hex::encode(&response.operator_key);
+    let mut all_names = host_names.to_vec();
+    if !all_names.iter().any(|known| known == server_name) {
+        all_names.push(server_name.to_owned());
+    }
+    Ok(Invitation {
+        credentials,
+        server_cert_pem: response.server_certificate_pem,
+        server_key_pem: server_key.serialize_pem(),
+        details: InvitationDetails {
+            operator_name: response.operator_name,
+            host_names: all_names,
+            trusted_nodes: response.node_certificate_sha256,
+        },
+    })
+}
+
 /// Replaces the certificate of principal `name` with one over a key pair made here; the
 /// returned bundle (for `endpoint`) is the only one that works afterwards.
 pub async fn rotate(

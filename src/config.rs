@@ -79,6 +79,12 @@ pub struct Config {
     /// With `replicated_log`: this node's id in its cluster (1 for the first node; each
     /// node its own).
     pub node_id: u64,
+    /// With `replicated_log`, on a node made by `init --join`: SHA-256 (hex) of the client
+    /// certificates of the cluster's nodes when it was invited. Until the node holds its
+    /// cluster's state (a snapshot from the leader), it serves only the `Cluster` service,
+    /// to these certificates; a node that never held a log starts as a new cluster
+    /// without them.
+    pub join_trusted_nodes: Vec<String>,
     /// With `replicated_log`: how long a node cut off from its cluster's majority (a
     /// follower that knows no leader, a leader no majority has answered) keeps answering
     /// reads from what it has; past it, its health is NOT_SERVING and reads are refused.
@@ -112,6 +118,7 @@ impl Default for Config {
             replicated_log: false,
             cluster_credentials: String::new(),
             node_id: 1,
+            join_trusted_nodes: Vec::new(),
             max_staleness_secs: 10,
             limits: std::collections::BTreeMap::new(),
             request_timeout_secs: 60,

@@ -239,6 +239,21 @@ impl Pki {
         })
     }
 
+    /// Signs a server certificate for `host_names` over the given public key
+    /// (SubjectPublicKeyInfo DER): a new node's, whose key is made where it will run.
+    pub fn issue_server_certificate(
+        &self,
+        operator: &str,
+        host_names: &[String],
+        public_key_der: &[u8],
+    ) -> Result<String, PkiError> {
+        let issuer = self.ca_issuer()?;
+        let public_key = SubjectPublicKeyInfo::from_der(public_key_der)?;
+        Ok(server_params(operator, host_names)?
+            .signed_by(&public_key, &issuer)?
+            .pem())
+    }
+
     /// Signs a client certificate for `name` over the given public key (SubjectPublicKeyInfo
     /// DER). Returns the certificate's PEM and its SHA-256.
     pub fn issue_client_certificate(

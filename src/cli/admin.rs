@@ -85,6 +85,19 @@ enum ClusterCommand {
         #[arg(long)]
         principal: String,
     },
+    /// Invite a new node (on the leader): its node principal, a server certificate for its
+    /// host names, and what it must trust, written to a folder for `flagshare init --join`.
+    Invite {
+        /// The node's principal, e.g. node-4.
+        #[arg(long)]
+        name: String,
+        /// A host name (or IP address) the other nodes and clients reach it by; repeat for several.
+        #[arg(long = "host", required = true)]
+        host_names: Vec<String>,
+        /// Folder to write the invitation to; copy it to the new node's machine.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Take a node out (on the leader; not the leader itself).
     RemoveNode {
         #[arg(long)]
@@ -316,6 +329,25 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?;
             println!("node {id} added at {address}; `admin cluster list` shows it");
+            Ok(())
+        }
+        AdminCommand::Cluster(ClusterCommand::Invite { name, host_names, out }) => {
+            if out.join("invitation.toml").exists() {
+                anyhow::bail!("{} already holds an invitation", out.display());
+            }
+            let endpoint = endpoint.map_or_else(|| bundle.endpoints().join(","), str::to_owned);
+            let invitation =
+                crate::client::invite(&mut client, name, host_names, &endpoint, &bundle.config.server_name).await?;
+            invitation.write(out)?;
+            println!(
+                "invited node principal '{name}' for {}; invitation written to {}
+                 on the new node: flagshare init --join {} --node-id ID --data DIR, then flagshare serve --data DIR;
+                 then here: flagshare admin cluster add-node --id ID --address https://{}:PORT --principal {name}",
+                invitation.details.host_names.join(", "),
+                out.display(),
+                out.display(),
+                host_names[0],
+            );
             Ok(())
         }
         AdminCommand::Cluster(ClusterCommand::RemoveNode { id }) => {

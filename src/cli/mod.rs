@@ -84,6 +84,14 @@ pub struct InitArgs {
     /// Address the server will listen on.
     #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
+    /// Make a node of an existing replicated operator instead, from the folder `admin
+    /// cluster invite` wrote: no CA key, no database; it receives the cluster's state
+    /// once the leader adds it (`admin cluster add-node`).
+    #[arg(long, value_name = "INVITATION", requires = "node_id", conflicts_with_all = ["operator", "host_names"])]
+    pub join: Option<PathBuf>,
+    /// With --join: the node's `node_id`, not used by any node of the cluster.
+    #[arg(long, requires = "join")]
+    pub node_id: Option<u64>,
 }
 
 pub fn main() -> ExitCode {

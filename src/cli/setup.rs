@@ -35,6 +35,22 @@ impl InitReport {
 }
 
 pub async fn init_command(args: &InitArgs) -> anyhow::Result<()> {
+    if let (Some(invitation), Some(node_id)) = (&args.join, args.node_id) {
+        let config = join(&args.data, invitation, node_id, args.listen)?;
+        println!(
+            "flagshare: a node of operator '{}' made in {}: node {node_id}, reached at {}.\n\
+             flagshare: start it with `flagshare serve --data {}`; it waits until the leader adds it \
+             (`flagshare admin cluster add-node --id {node_id} --address https://{}:{} --principal NAME`), \
+             then receives the cluster's state and serves.",
+            config.operator_name,
+            config.data_dir.display(),
+            config.host_names.join(", "),
+            config.data_dir.display(),
+            config.server_name(),
+            config.listen.port(),
+        );
+        return Ok(());
+    }
     let mut config = Config::load(&args.data)?;
     config.operator_name = args.operator.clone();
     config.host_names = args.host_names.clone();
@@ -46,6 +62,52 @@ pub async fn init_command(args: &InitArgs) -> anyhow::Result<()> {
     )?;
     println!("{}", report.describe(&config));
     Ok(())
+}
+
+/// The data folder of a new node from an invitation (`admin cluster invite`): the CA
+/// certificate (never its key), the node's server certificate, its credentials and a
+/// `flagshare.toml` for a replicated log; no database (the leader's snapshot is it).
+pub fn join(
+    data_dir: &std::path::Path,
+    invitation_dir: &std::path::Path,
+    node_id: u64,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<Config> {
+    anyhow::ensure!(node_id > 0, "--node-id: must be above 0");
+    let invitation = crate::client::Invitation::load(invitation_dir)?;
+    anyhow::ensure!(
+        !invitation.details.trusted_nodes.is_empty(),
+        "{}: the invitation names no node to trust; invite again from a node of a replicated operator",
+        invitation_dir.display()
+    );
+    if Pki::exists(data_dir) {
+        anyhow::bail!("{} already holds a PKI: join into a new folder", data_dir.display());
+    }
+    crate::util::create_private_dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let pki = Pki::dir(data_dir);
+    crate::util::create_private_dir(&pki).with_context(|| format!("creating {}", pki.display()))?;
+    crate::pki::write_file(&pki.join("server.key"), &invitation.server_key_pem, true)?;
+    crate::pki::write_file(&pki.join("server.pem"), &invitation.server_cert_pem, false)?;
+    // Written last: its presence marks a complete PKI.
+    crate::pki::write_file(&pki.join("ca.pem"), &invitation.credentials.ca_pem, false)?;
+    let credentials = "node-credentials";
+    invitation.credentials.write(&data_dir.join(credentials))?;
+    let config = Config {
+        data_dir: data_dir.to_owned(),
+        operator_name: invitation.details.operator_name,
+        host_names: invitation.details.host_names,
+        listen,
+        replicated_log: true,
+        node_id,
+        cluster_credentials: credentials.to_owned(),
+        join_trusted_nodes: invitation.details.trusted_nodes,
+        ..Config::default()
+    };
+    std::fs::write(
+        data_dir.join("flagshare.toml"),
+        toml::to_string(&config).context("serialising the configuration")?,
+    )?;
+    Ok(config)
 }
 
 /// Creates the PKI and the database of `config`, registers the principal `admin` and

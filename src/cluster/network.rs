@@ -53,28 +53,48 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// An AppendEntries as sent: its entries out of the JSON header.
-pub fn encode_append(rpc: &AppendEntriesRequest<Config>) -> Result<pb::RaftRequest, DecodeError> {
-    let entries = rpc
-        .entries
-        .iter()
-        .map(|entry| {
-            let mut bytes = entry.log_id.index.to_be_bytes().to_vec();
-            bytes.extend_from_slice(&rows::encode_entry(entry)?);
-            Ok(bytes)
-        })
-        .collect::<Result<Vec<_>, DecodeError>>()?;
+/// Most bytes of entries one AppendEntries carries (at least one entry goes whatever its
+/// size). openraft gives an AppendEntries one heartbeat interval (250 ms) to be answered
+/// and bounds a payload by count only (300 entries): a follower far behind was sent 300
+/// import blocks of ~2.5 MB at once, never answered in time, and was sent them again and
+/// again. A call carries a prefix within this bound instead, and its success is reported
+/// as a partial one, so openraft sends the rest next.
+pub const APPEND_BUDGET_BYTES: usize = 4 << 20;
+
+/// An AppendEntries as sent: its entries out of the JSON header, as many of them as fit
+/// `budget` bytes (at least one). The second value is the last entry sent when some were
+/// left out.
+pub fn encode_append(
+    rpc: &AppendEntriesRequest<Config>,
+    budget: usize,
+) -> Result<(pb::RaftRequest, Option<openraft::LogId<NodeId>>), DecodeError> {
+    let mut entries = Vec::new();
+    let mut bytes_so_far = 0;
+    let mut cut_at = None;
+    for entry in &rpc.entries {
+        let mut bytes = entry.log_id.index.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&rows::encode_entry(entry)?);
+        if !entries.is_empty() && bytes_so_far + bytes.len() > budget {
+            cut_at = rpc.entries.get(entries.len() - 1).map(|entry| entry.log_id);
+            break;
+        }
+        bytes_so_far += bytes.len();
+        entries.push(bytes);
+    }
     let bare = AppendEntriesRequest::<Config> {
         vote: rpc.vote,
         prev_log_id: rpc.prev_log_id,
         leader_commit: rpc.leader_commit,
         entries: Vec::new(),
     };
-    Ok(pb::RaftRequest {
-        header: json(&bare),
-        entries,
-        data: Vec::new(),
-    })
+    Ok((
+        pb::RaftRequest {
+            header: json(&bare),
+            entries,
+            data: Vec::new(),
+        },
+        cut_at,
+    ))
 }
 
 pub fn decode_append(request: pb::RaftRequest) -> Result<AppendEntriesRequest<Config>, BadRequest> {
@@ -231,10 +251,15 @@ impl RaftNetwork<Config> for Peer {
         rpc: AppendEntriesRequest<Config>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, Failed<RaftError<NodeId>>> {
-        let request = encode_append(&rpc).map_err(|err| NetworkError::new(&err))?;
+        let (request, cut_at) = encode_append(&rpc, APPEND_BUDGET_BYTES).map_err(|err| NetworkError::new(&err))?;
         let mut client = self.client().await?;
         let answered = client.append_entries(timed(request, &option)).await;
-        self.outcome(answered)
+        match (self.outcome(answered)?, cut_at) {
+            (AppendEntriesResponse::Success, Some(last_sent)) => {
+                Ok(AppendEntriesResponse::PartialSuccess(Some(last_sent)))
+            }
+            (response, _) => Ok(response),
+        }
     }
 
     async fn install_snapshot(

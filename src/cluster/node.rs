@@ -65,13 +65,15 @@ impl Node {
     /// Starts node `id` on `store` and waits until it has applied what it knew committed
     /// (its whole log, and leads, when it is its cluster's only voter). A store that never held a Raft starts a
     /// new one-node cluster; a store copied from a node's backup keeps that node's log and
-    /// waits for its leader to add this node (`add_node`). Commits still go straight to
-    /// the store until `route_commits`.
+    /// waits for its leader to add this node (`add_node`), and so does an empty one made by
+    /// `init --join` (`join`: see `wait_until_joined`). Commits still go straight to the
+    /// store until `route_commits`.
     pub async fn start(
         store: Arc<Store>,
         id: NodeId,
         address: String,
         credentials: Option<crate::client::Bundle>,
+        join: bool,
     ) -> anyhow::Result<Node> {
         let certificate_sha256 = match &credentials {
             Some(bundle) => hex::encode(
@@ -95,7 +97,7 @@ impl Node {
         )
         .await
         .context("starting raft")?;
-        if !raft.is_initialized().await.context("reading raft state")? {
+        if !join && !raft.is_initialized().await.context("reading raft state")? {
             raft.initialize(BTreeMap::from([(
                 id,
                 ClusterNode {
@@ -128,6 +130,27 @@ impl Node {
         };
         node.keep_own_entry_current(address, certificate_sha256).await?;
         Ok(node)
+    }
+
+    /// Whether this node holds its cluster's state: it is in the membership and applied
+    /// what the leader sent it (a node made by `init --join` starts with neither).
+    pub fn has_joined(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.last_applied.is_some()
+            && metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(known, _)| *known == metrics.id)
+    }
+
+    /// Waits (without end: an operator adds the node when ready) until `has_joined`.
+    pub async fn wait_until_joined(&self) -> anyhow::Result<()> {
+        let mut metrics = self.raft.metrics();
+        while !self.has_joined() {
+            metrics.changed().await.context("the node stopped before it joined")?;
+        }
+        Ok(())
     }
 
     /// From now on every commit of the store is an entry of this node's log.
@@ -225,15 +248,38 @@ impl Node {
         {
             return Err(ClusterChangeError::Exists(id));
         }
-        tokio::time::timeout(JOIN_TIMEOUT, self.raft.add_learner(id, node, true))
+        // The new node may hold nothing: it starts from a snapshot, never from the log's
+        // first entry (rows written before the log began are in no entry).
+        snapshot_and_purge(&self.raft)
+            .await
+            .map_err(|err| ClusterChangeError::Failed(format!("a snapshot for the new node: {err}")))?;
+        let added = self
+            .raft
+            .add_learner(id, node, false)
+            .await
+            .map_err(|err| ClusterChangeError::Failed(err.to_string()))?;
+        // A voter must hold the log up to its own addition first (openraft's blocking add
+        // may answer before a snapshot has even been sent).
+        let added_at = added.log_id.index;
+        self.raft
+            .wait(Some(JOIN_TIMEOUT))
+            .metrics(
+                |metrics| {
+                    metrics
+                        .replication
+                        .as_ref()
+                        .and_then(|replication| replication.get(&id))
+                        .is_some_and(|matched| matched.is_some_and(|log_id| log_id.index >= added_at))
+                },
+                "the new node holding the log up to its addition",
+            )
             .await
             .map_err(|_| {
                 ClusterChangeError::Failed(format!(
                     "node {id} did not catch up within {} s",
                     JOIN_TIMEOUT.as_secs()
                 ))
-            })?
-            .map_err(|err| ClusterChangeError::Failed(err.to_string()))?;
+            })?;
         let mut voters: std::collections::BTreeSet<NodeId> = self
             .raft
             .metrics()
@@ -260,6 +306,25 @@ impl Node {
             .membership()
             .nodes()
             .any(|(_, node)| node.certificate_sha256 == wanted)
+    }
+
+    /// SHA-256 (hex) of every membership node's client certificate (those recorded).
+    pub fn node_certificates(&self) -> Vec<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, node)| node.certificate_sha256.clone())
+            .filter(|sha256| !sha256.is_empty())
+            .collect()
+    }
+
+    /// The node that leads, when it is another (or none is known): `Some(None)`.
+    pub fn other_leader(&self) -> Option<Option<NodeId>> {
+        let metrics = self.raft.metrics().borrow().clone();
+        (metrics.current_leader != Some(metrics.id)).then_some(metrics.current_leader)
     }
 
     pub fn raft(&self) -> &Raft<Config> {
@@ -334,37 +399,39 @@ impl Replicator for Proposer {
     }
 
     fn trim_log(&self) -> Result<(), StoreError> {
-        let trimmed = tokio::task::block_in_place(|| {
-            self.runtime.block_on(async {
-                let Some(applied) = self.raft.metrics().borrow().last_applied else {
-                    return Ok(());
-                };
-                let wait = || self.raft.wait(Some(START_TIMEOUT));
-                self.raft.trigger().snapshot().await.map_err(|err| err.to_string())?;
-                wait()
-                    .metrics(
-                        |metrics| metrics.snapshot.is_some_and(|log_id| log_id.index >= applied.index),
-                        "a snapshot of everything applied",
-                    )
-                    .await
-                    .map_err(|err| err.to_string())?;
-                self.raft
-                    .trigger()
-                    .purge_log(applied.index)
-                    .await
-                    .map_err(|err| err.to_string())?;
-                wait()
-                    .metrics(
-                        |metrics| metrics.purged.is_some_and(|log_id| log_id.index >= applied.index),
-                        "the log purged behind the snapshot",
-                    )
-                    .await
-                    .map_err(|err| err.to_string())?;
-                Ok::<(), String>(())
-            })
-        });
+        let trimmed = tokio::task::block_in_place(|| self.runtime.block_on(snapshot_and_purge(&self.raft)));
         trimmed.map_err(|err| StoreError::Unavailable(format!("trimming the replicated log failed: {err}")))
     }
+}
+
+/// Takes a snapshot of everything applied and drops the log behind it: `admin compact`
+/// (removed rows leave the disk), and before a node joins (it starts from the snapshot,
+/// which holds what was written before the log began, as the log does not).
+async fn snapshot_and_purge(raft: &Raft<Config>) -> Result<(), String> {
+    let Some(applied) = raft.metrics().borrow().last_applied else {
+        return Ok(());
+    };
+    let wait = || raft.wait(Some(START_TIMEOUT));
+    raft.trigger().snapshot().await.map_err(|err| err.to_string())?;
+    wait()
+        .metrics(
+            |metrics| metrics.snapshot.is_some_and(|log_id| log_id.index >= applied.index),
+            "a snapshot of everything applied",
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    raft.trigger()
+        .purge_log(applied.index)
+        .await
+        .map_err(|err| err.to_string())?;
+    wait()
+        .metrics(
+            |metrics| metrics.purged.is_some_and(|log_id| log_id.index >= applied.index),
+            "the log purged behind the snapshot",
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    Ok(())
 }
 
 /// One node of the membership as this node sees it.

@@ -816,16 +816,20 @@ mod replicated {
             .unwrap_err();
         assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
         assert!(garbage.message().starts_with("header: "), "{}", garbage.message());
-        let mut valid = super::super::network::encode_append(&AppendEntriesRequest::<Config> {
-            vote: openraft::Vote::new_committed(1, leader),
-            prev_log_id: None,
-            leader_commit: None,
-            entries: vec![Entry {
-                log_id: LogId::new(LeaderId::new(1, leader), 0),
-                payload: EntryPayload::Blank,
-            }],
-        })
-        .unwrap();
+        let mut valid = super::super::network::encode_append(
+            &AppendEntriesRequest::<Config> {
+                vote: openraft::Vote::new_committed(1, leader),
+                prev_log_id: None,
+                leader_commit: None,
+                entries: vec![Entry {
+                    log_id: LogId::new(LeaderId::new(1, leader), 0),
+                    payload: EntryPayload::Blank,
+                }],
+            },
+            usize::MAX,
+        )
+        .unwrap()
+        .0;
         valid.entries[0][7] = 9;
         let misnumbered = client.append_entries(valid.clone()).await.unwrap_err();
         assert_eq!(misnumbered.code(), tonic::Code::InvalidArgument);
@@ -842,5 +846,40 @@ mod replicated {
         for node in &nodes {
             node.raft.shutdown().await.unwrap();
         }
+    }
+
+    /// A far-behind follower is sent its entries in calls of bounded size: a call carries
+    /// a prefix within the budget (at least one entry, whatever its size) and says which
+    /// entry it ended at, so openraft reports a partial success and sends the rest next.
+    #[test]
+    fn an_append_carries_entries_up_to_its_byte_budget() {
+        let leader = 1;
+        let rpc = AppendEntriesRequest::<Config> {
+            vote: openraft::Vote::new_committed(1, leader),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (0..5)
+                .map(|index| Entry {
+                    log_id: LogId::new(LeaderId::new(1, leader), index),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+        };
+        let encode = |budget| super::super::network::encode_append(&rpc, budget).unwrap();
+        let (whole, cut) = encode(usize::MAX);
+        assert_eq!((whole.entries.len(), cut), (5, None));
+        let one = whole.entries[0].len();
+        let (two, cut) = encode(2 * one + one / 2);
+        assert_eq!(two.entries.len(), 2);
+        assert_eq!(cut, Some(rpc.entries[1].log_id));
+        assert_eq!(two.entries[..], whole.entries[..2]);
+        let (first, cut) = encode(0);
+        assert_eq!((first.entries.len(), cut), (1, Some(rpc.entries[0].log_id)));
+        // What was sent reads back as the first entries, numbered from the start.
+        let decoded = super::super::network::decode_append(two).unwrap();
+        assert_eq!(
+            decoded.entries.iter().map(|entry| entry.log_id).collect::<Vec<_>>(),
+            rpc.entries[..2].iter().map(|entry| entry.log_id).collect::<Vec<_>>()
+        );
     }
 }

@@ -277,6 +277,56 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(cluster_status(node)))
     }
 
+    async fn invite_cluster_node(
+        &self,
+        request: Request<pb::InviteClusterNodeRequest>,
+    ) -> Result<Response<pb::InviteClusterNodeResponse>, Status> {
+        let admin = authorize(&self.domain, &request, &[Role::Admin])?;
+        let node = self.replicated_node()?;
+        let request = request.into_inner();
+        // A principal is a change like any other: made where the log is led.
+        if let Some(leader) = node.other_leader() {
+            return Err(change_refused(crate::cluster::node::ClusterChangeError::NotLeader(
+                leader,
+            )));
+        }
+        self.domain.check_new_principal_name(&request.name)?;
+        check_host_names(&request.host_names)?;
+        let (certificate_pem, certificate) = self.issue(&request.name, Role::Node, &request.public_key_der)?;
+        // Clients verify every node by this server's first name (their bundles'
+        // `server_name`): the new node's certificate carries it beside its own.
+        let mut host_names = request.host_names.clone();
+        if let Some(shared) = self.host_names.first()
+            && !host_names.contains(shared)
+        {
+            host_names.push(shared.clone());
+        }
+        let server_certificate_pem = self
+            .pki
+            .issue_server_certificate(&self.operator_name, &host_names, &request.server_public_key_der)
+            .map_err(|err| match err {
+                crate::pki::PkiError::CaKeyOffline(_) => Status::failed_precondition(err.to_string()),
+                err => Status::invalid_argument(format!(
+                    "server_public_key_der: not a usable SubjectPublicKeyInfo ({err})"
+                )),
+            })?;
+        let record = self
+            .domain
+            .add_principal((&admin).into(), request.name, Role::Node, certificate)
+            .await?;
+        tracing::info!(principal = %record.name, hosts = ?request.host_names, by = %admin.name, "cluster node invited");
+        Ok(Response::new(pb::InviteClusterNodeResponse {
+            principal: Some(convert::principal_to_pb(&record)),
+            certificate_pem,
+            server_certificate_pem,
+            ca_certificate_pem: self.pki.ca_pem.clone(),
+            node_certificate_sha256: node.node_certificates(),
+            operator_name: self.operator_name.clone(),
+            operator_id: self.domain.federation().operator_id.to_vec(),
+            operator_key: self.domain.operator_key().to_vec(),
+        }))
+    }
+
     async fn remove_cluster_node(
         &self,
         request: Request<pb::RemoveClusterNodeRequest>,
@@ -505,6 +555,30 @@ fn cluster_status(node: &crate::cluster::node::Node) -> pb::ClusterStatus {
             })
             .collect(),
     }
+}
+
+/// A new node's host names: 1 to 16, each a DNS name or an IP address.
+fn check_host_names(host_names: &[String]) -> Result<(), Status> {
+    if host_names.is_empty() || host_names.len() > 16 {
+        return Err(Status::invalid_argument(format!(
+            "host_names: {} given, expected 1 to 16",
+            host_names.len()
+        )));
+    }
+    for (at, name) in host_names.iter().enumerate() {
+        let is_dns_name = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !is_dns_name && name.parse::<std::net::IpAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "host_names[{at}]: '{}' is neither a DNS name nor an IP address",
+                name.escape_default()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn change_refused(err: crate::cluster::node::ClusterChangeError) -> Status {

@@ -79,14 +79,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let pki = Arc::new(Pki::load(&config.data_dir)?);
+    let local_addr = listener.local_addr()?;
     let metrics = Metrics::new();
     let ca_expiry = crate::pki::certificate_not_after(&pki.ca_pem);
     let store = Arc::new(Store::open(&config.db_dir(), &config.store_options())?);
+    let server_certificate = tls::ServerCertificate::new(&pki.server_pem, &pki.server_key_pem)?;
+    let tls_config = tls::server_config(&pki.ca_pem, server_certificate.clone())?;
+    let idle_limit = Duration::from_secs(config.idle_connection_secs);
+    // A connection beyond max_connections is closed at accept: what many addresses can
+    // open at once is bounded, whatever each of them sends.
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let mut incoming = tls::accept(
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL)),
+        tls_config,
+        idle_limit,
+        connection_slots,
+        metrics.clone(),
+    );
+    let mut shutdown = std::pin::pin!(shutdown);
     // The log's committed entries are applied before the domain reads the store.
     let node = match config.replicated_log {
         true => {
-            // Where other nodes would reach this one (a one-node cluster has none yet).
-            let port = listener.local_addr().map(|address| address.port()).unwrap_or_default();
+            // Where other nodes reach this one (a one-node cluster has none yet).
+            let port = local_addr.port();
             let host = config.host_names.first().map_or("localhost", String::as_str);
             let address = format!("https://{host}:{port}");
             let credentials = match config.cluster_credentials_dir() {
@@ -96,9 +113,30 @@ pub async fn run(
                 ),
                 None => None,
             };
-            Some(Arc::new(
-                crate::cluster::node::Node::start(store.clone(), config.node_id, address, credentials).await?,
-            ))
+            let join = !config.join_trusted_nodes.is_empty();
+            let node = Arc::new(
+                crate::cluster::node::Node::start(store.clone(), config.node_id, address.clone(), credentials, join)
+                    .await?,
+            );
+            if join && !node.has_joined() {
+                let trusted = join_trusted_nodes(&config.join_trusted_nodes)?;
+                tracing::info!(
+                    node_id = config.node_id,
+                    %address,
+                    "waiting to join: on the leader, run `flagshare admin cluster add-node --id {} --address {address} --principal NAME`",
+                    config.node_id
+                );
+                match serve_until_joined(&node, trusted, incoming, shutdown.as_mut()).await? {
+                    Some(rest) => incoming = rest,
+                    None => {
+                        node.stop().await;
+                        tracing::info!("flagshare stopped before it joined its cluster");
+                        return Ok(());
+                    }
+                }
+                tracing::info!(node_id = config.node_id, "joined the cluster; serving");
+            }
+            Some(node)
         }
         false => None,
     };
@@ -108,6 +146,8 @@ pub async fn run(
     if let (Some(node), Some(leader)) = (&node, &leader) {
         // Another node's commits applied here change the store under the domain's memory.
         store.set_apply_listener(node.id(), Some(domain.apply_listener()));
+        // Entries applied between the domain's read and the listener's start.
+        domain.refresh()?;
         node.route_commits();
         // A follower answers reads; the leader commits their audit entries.
         domain.set_read_forwarder(Some(leader.clone()));
@@ -115,9 +155,6 @@ pub async fn run(
     let db_identity = domain.db_identity();
     let limits = limits::Limits::load(&config, domain.clone(), metrics.clone()).await?;
     let stream_limits = streams::StreamLimits::new(limits.clone());
-
-    let server_certificate = tls::ServerCertificate::new(&pki.server_pem, &pki.server_key_pem)?;
-    let tls_config = tls::server_config(&pki.ca_pem, server_certificate.clone())?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let fresh = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -183,7 +220,6 @@ pub async fn run(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(federation::MAX_PULL_MESSAGE_BYTES);
 
-    let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "flagshare serving (mutual TLS required)");
     let maintenance = tokio::spawn(maintenance_loop(
         domain.clone(),
@@ -236,19 +272,6 @@ pub async fn run(
         shutdown.await;
         let _ = stopping.send(true);
     };
-    let idle_limit = Duration::from_secs(config.idle_connection_secs);
-    // A connection beyond max_connections is closed at accept: what many addresses can
-    // open at once is bounded, whatever each of them sends.
-    let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-    let incoming = tls::accept(
-        TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(HTTP2_KEEPALIVE_INTERVAL)),
-        tls_config,
-        idle_limit,
-        connection_slots,
-        metrics.clone(),
-    );
     let serving = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
@@ -313,6 +336,82 @@ pub async fn run(
     drop(domain);
     tracing::info!("flagshare stopped");
     Ok(())
+}
+
+/// `join_trusted_nodes` as certificate fingerprints.
+fn join_trusted_nodes(hex_list: &[String]) -> anyhow::Result<Vec<[u8; 32]>> {
+    hex_list
+        .iter()
+        .enumerate()
+        .map(|(at, text)| {
+            hex::decode(text)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| anyhow::anyhow!("join_trusted_nodes[{at}]: '{text}' is not a SHA-256 in hex"))
+        })
+        .collect()
+}
+
+/// While a node joins, a call of any service but `Cluster` is answered UNAVAILABLE (a
+/// client listing several nodes tries the next), not UNIMPLEMENTED.
+fn not_joined_yet(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    if headers.get("grpc-status").is_some_and(|code| code.as_bytes() == b"12") {
+        headers.insert("grpc-status", HeaderValue::from_static("14"));
+        headers.insert(
+            "grpc-message",
+            HeaderValue::from_static(
+                "this%20node%20is%20joining%20its%20cluster%20and%20holds%20nothing%20yet%3B%20ask%20another%20node",
+            ),
+        );
+    }
+    response
+}
+
+/// A node made by `init --join` holds nothing yet: until its leader has sent it the
+/// cluster's state it serves only the `Cluster` service, to the nodes it was told to trust
+/// (and, once it knows one, its membership's). Returns the connections still to accept, or
+/// `None` when `shutdown` came first. The join server's connections (the leader's) stay
+/// open and keep reaching the same Raft after it stops accepting.
+async fn serve_until_joined(
+    node: &Arc<crate::cluster::node::Node>,
+    trusted: Vec<[u8; 32]>,
+    incoming: tls::Accepted,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Option<tls::Accepted>> {
+    let gate_node = node.clone();
+    let gate: cluster::NodeGate =
+        Arc::new(move |sha256| trusted.contains(sha256) || gate_node.has_member_certificate(sha256));
+    let (forward, forwarded) = tokio::sync::mpsc::channel(16);
+    let joining = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .layer(MapResponseLayer::new(not_joined_yet))
+        .add_service(cluster::service(node.raft().clone(), None, gate))
+        .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(forwarded));
+    tokio::spawn(async move {
+        if let Err(err) = joining.await {
+            tracing::warn!(%err, "the join phase's server stopped");
+        }
+    });
+    let mut accepted = incoming.into_inner();
+    let joined = node.wait_until_joined();
+    let mut joined = std::pin::pin!(joined);
+    loop {
+        tokio::select! {
+            done = &mut joined => {
+                done?;
+                return Ok(Some(tls::Accepted::new(accepted)));
+            }
+            () = &mut shutdown => return Ok(None),
+            connection = accepted.recv() => match connection {
+                Some(connection) => {
+                    let _ = forward.send(connection).await;
+                }
+                None => anyhow::bail!("the listener stopped before this node joined its cluster"),
+            },
+        }
+    }
 }
 
 /// Purges expired flags and prunes the audit log every `interval`, first right after start.

@@ -91,13 +91,16 @@ pub fn server_config(ca_pem: &str, certificate: Arc<ServerCertificate>) -> anyho
 
 /// Connections of `incoming` after their TLS handshake, each held to `idle_limit` and to
 /// one of `slots` (closed at accept when none is free). A failed handshake is dropped.
+/// Connections after their TLS handshake, in the order they completed.
+pub type Accepted = tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<IdleTimeout<TcpStream>>>>;
+
 pub fn accept(
     incoming: TcpIncoming,
     config: Arc<rustls::ServerConfig>,
     idle_limit: std::time::Duration,
     slots: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<TlsStream<IdleTimeout<TcpStream>>>> {
+) -> Accepted {
     let (ready, handshaken) = mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {

@@ -682,3 +682,172 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
     })
     .await;
 }
+
+/// `admin cluster invite` refused by field, by role and without a replicated log, each
+/// leaving the principals as they were; an invitation naming no node to trust is refused
+/// by `init --join`; a node made from an invitation answers members UNAVAILABLE until it
+/// joins, and admits to its `Cluster` service only the nodes it was told to trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_are_checked_and_a_joining_node_admits_only_its_trusted_nodes() {
+    use flagshare::model::Role;
+    use flagshare::pb::cluster_client::ClusterClient;
+    use rcgen::PublicKeyData as _;
+
+    let on_the_log = |config: &mut flagshare::config::Config| config.replicated_log = true;
+    let server = TestServer::start_configured(on_the_log).await;
+    let member = server.enroll("platform-a", Role::Member).await;
+    let mut admin = server.admin_client().await;
+    let principals = |admin: &mut pb::admin_client::AdminClient<_>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_principals(pb::ListPrincipalsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .principals
+                .len()
+        }
+    };
+    let before = principals(&mut admin).await;
+    let key = || flagshare::pki::generate_client_key().unwrap().subject_public_key_info();
+    let request = |name: &str, hosts: &[&str], server_key: Vec<u8>| pb::InviteClusterNodeRequest {
+        name: name.to_owned(),
+        host_names: hosts.iter().map(|host| (*host).to_owned()).collect(),
+        public_key_der: key(),
+        server_public_key_der: server_key,
+    };
+    let cases = [
+        (
+            request("node-2", &[], key()),
+            tonic::Code::InvalidArgument,
+            "host_names: 0 given",
+        ),
+        (
+            request("node-2", &["node-2.example", "no spaces"], key()),
+            tonic::Code::InvalidArgument,
+            "host_names[1]: 'no spaces' is neither",
+        ),
+        (
+            request("node-2", &["node-2.example"], b"not a key".to_vec()),
+            tonic::Code::InvalidArgument,
+            "server_public_key_der: ",
+        ),
+        (
+            request("Node 2", &["node-2.example"], key()),
+            tonic::Code::InvalidArgument,
+            "name: ",
+        ),
+        (
+            request("platform-a", &["node-2.example"], key()),
+            tonic::Code::AlreadyExists,
+            "name: ",
+        ),
+    ];
+    for (request, code, message) in cases {
+        let refused = admin.invite_cluster_node(request).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+        assert!(refused.message().starts_with(message), "{}", refused.message());
+    }
+    let mut as_member = pb::admin_client::AdminClient::new(server.channel(&member).await);
+    let refused = as_member
+        .invite_cluster_node(request("node-2", &["node-2.example"], key()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(principals(&mut admin).await, before, "no refusal made a principal");
+    let single = TestServer::start().await;
+    let refused = single
+        .admin_client()
+        .await
+        .invite_cluster_node(request("node-2", &["node-2.example"], key()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+
+    // This one-node cluster calls no other node (no cluster_credentials): its invitation
+    // names none to trust, and a node made from it could never be reached.
+    let untrusting = flagshare::client::invite(
+        &mut admin,
+        "node-2",
+        &["127.0.0.1".to_owned()],
+        &server.endpoint(),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert!(untrusting.details.trusted_nodes.is_empty());
+    let invitation_dir = tempfile::tempdir().unwrap();
+    untrusting.write(invitation_dir.path()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let refused = flagshare(&[
+        "init",
+        "--join",
+        path(invitation_dir.path()),
+        "--node-id",
+        "2",
+        "--data",
+        path(&data.path().join("node")),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("names no node to trust"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // The same invitation told to trust one node's certificate.
+    let trusted_node = server.enroll("node-1", Role::Node).await;
+    let other_node = server.enroll("node-9", Role::Node).await;
+    let mut trusting = flagshare::client::Invitation::load(invitation_dir.path()).unwrap();
+    trusting.details.trusted_nodes = vec![hex::encode(
+        flagshare::pki::pem_certificate_sha256(&trusted_node.cert_pem).unwrap(),
+    )];
+    let trusting_dir = tempfile::tempdir().unwrap();
+    trusting.write(trusting_dir.path()).unwrap();
+    let node_dir = data.path().join("node-2");
+    let made = flagshare(&[
+        "init",
+        "--join",
+        path(trusting_dir.path()),
+        "--node-id",
+        "2",
+        "--data",
+        path(&node_dir),
+    ]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(
+        !node_dir.join("pki/ca.key").exists(),
+        "a joining node never holds the CA key"
+    );
+    assert!(!node_dir.join("db").exists(), "nor a database");
+    let joining = crate::support::process::ServeProcess::start(&node_dir);
+    let endpoint = joining.endpoint();
+    let mut as_member = pb::flags_client::FlagsClient::new(member.connect(Some(&endpoint)).await.unwrap());
+    let waiting = as_member
+        .query(query_request(&[email_digest("a@example.com")]))
+        .await
+        .unwrap_err();
+    assert_eq!(waiting.code(), tonic::Code::Unavailable, "{waiting:?}");
+    assert!(
+        waiting.message().contains("joining its cluster"),
+        "{}",
+        waiting.message()
+    );
+    let stale_vote = pb::RaftRequest {
+        header: br#"{"vote":{"leader_id":{"term":0,"node_id":9},"committed":false},"last_log_id":null}"#.to_vec(),
+        ..Default::default()
+    };
+    for untrusted in [&other_node, &member, &server.admin] {
+        let mut client = ClusterClient::new(untrusted.connect(Some(&endpoint)).await.unwrap());
+        let refused = client.vote(stale_vote.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    let mut as_trusted = ClusterClient::new(trusted_node.connect(Some(&endpoint)).await.unwrap());
+    let answer = as_trusted.vote(stale_vote).await.unwrap().into_inner();
+    let outcome: serde_json::Value = serde_json::from_slice(&answer.outcome).unwrap();
+    assert!(
+        outcome["Ok"]["vote_granted"].is_boolean(),
+        "answered by the node's Raft: {outcome}"
+    );
+}

@@ -113,9 +113,9 @@ async fn start_load(
 
 /// Each node's audit chain verifies, and each is a prefix of the leader's: the entry
 /// after a node's head names that head as its predecessor on the leader.
-async fn assert_one_audit_chain(cluster: &ProcessCluster, leader: u64) {
+async fn assert_one_audit_chain(cluster: &ProcessCluster, leader: u64, nodes: &[u64]) {
     let mut heads = Vec::new();
-    for id in 1..=3 {
+    for &id in nodes {
         let verified = verified_audit(&mut cluster.admin_client(id).await).await;
         heads.push((id, verified.last_sequence, verified.head_hash));
     }
@@ -209,7 +209,7 @@ async fn a_killed_leader_is_replaced_and_loses_no_acknowledged_flag() {
         cluster.holds_all(other, &load.acknowledged)
     })
     .await;
-    assert_one_audit_chain(&cluster, new_leader).await;
+    assert_one_audit_chain(&cluster, new_leader, &[1, 2, 3]).await;
 }
 
 /// The leader paused (SIGSTOP) for 10 s mid-load: the other two elect a leader and go on;
@@ -303,5 +303,63 @@ async fn a_paused_leader_steps_down_and_nothing_it_held_is_lost_or_doubled() {
         })
         .await;
     }
-    assert_one_audit_chain(&cluster, new_leader).await;
+    assert_one_audit_chain(&cluster, new_leader, &[1, 2, 3]).await;
+}
+
+/// A fourth node made by `init --join` on a folder with no database (an invitation
+/// only) joins a cluster under load and catches up from a snapshot; a node taken out
+/// stops receiving the log while the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_catches_up_from_a_snapshot_and_a_removed_one_stops_receiving() {
+    let mut cluster = ProcessCluster::start(3).await;
+    let (_, _, stop, load) = start_load(&cluster).await;
+    let started = Instant::now();
+    cluster.join(4, 1).await;
+    let joined = started.elapsed();
+    // Node 4 serves members once it holds its cluster's state; until then it refuses.
+    let status = loop {
+        if let Some(status) = cluster.status(4).await {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "node 4 never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.leader_id, 1, "node 4 follows node 1");
+    assert!(status.snapshot_index > 0, "node 4 started from a snapshot: {status:?}");
+    let on_leader = cluster.status(1).await.unwrap();
+    let as_voter = on_leader.nodes.iter().find(|node| node.id == 4).unwrap();
+    assert_eq!(as_voter.role, "follower", "node 4 votes once caught up");
+
+    let mut admin = cluster.admin_client(1).await;
+    admin
+        .remove_cluster_node(pb::RemoveClusterNodeRequest { id: 2 })
+        .await
+        .unwrap();
+    // What was on its way to node 2 when it was removed may still land: read after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frozen = cluster.status(2).await.unwrap().applied_index;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let load = load.await.unwrap();
+    let leader_applied = cluster.status(1).await.unwrap().applied_index;
+    let removed_applied = cluster.status(2).await.unwrap().applied_index;
+    eprintln!(
+        "join: node 4 caught up and voted {:.2} s after its invitation; {} submissions acknowledged; node 2 removed at index {frozen}, the leader at {leader_applied}",
+        joined.as_secs_f64(),
+        load.acknowledged.len(),
+    );
+    assert_eq!(removed_applied, frozen, "node 2 receives no entry once removed");
+    assert!(leader_applied > frozen + 10, "the cluster went on committing");
+    let on_leader = cluster.status(1).await.unwrap();
+    assert!(
+        on_leader.nodes.iter().all(|node| node.id != 2),
+        "node 2 is not in the membership: {on_leader:?}"
+    );
+    for id in [1, 3, 4] {
+        eventually("every remaining node holds every acknowledged flag", || {
+            cluster.holds_all(id, &load.acknowledged)
+        })
+        .await;
+    }
+    assert_one_audit_chain(&cluster, 1, &[1, 3, 4]).await;
 }

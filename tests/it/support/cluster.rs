@@ -12,7 +12,7 @@ use flagshare::pb::admin_client::AdminClient;
 use flagshare::pb::flags_client::FlagsClient;
 use tonic::transport::Channel;
 
-use super::process::ServeProcess;
+use super::process::{ServeProcess, flagshare, path, stderr};
 use super::{TestServer, copy_dir, query_request, write_config};
 
 /// Longest a status call waits on a node: a paused node answers nothing.
@@ -131,6 +131,54 @@ impl ProcessCluster {
                 .unwrap();
         }
         cluster
+    }
+
+    /// Node `id` made as an operator makes one on a new machine: invited on node
+    /// `leader` (`admin cluster invite`), its folder made by `flagshare init --join` (no
+    /// database), started, and added with `add-node`, which returns once it caught up.
+    pub async fn join(&mut self, id: u64, leader: u64) {
+        let name = format!("node-{id}");
+        let invitation_dir = tempfile::tempdir().unwrap();
+        let mut admin = self.admin_client(leader).await;
+        let invitation = flagshare::client::invite(
+            &mut admin,
+            &name,
+            &["127.0.0.1".to_owned()],
+            &self.node(leader).endpoint(),
+            &self.admin.config.server_name,
+        )
+        .await
+        .unwrap();
+        invitation.write(invitation_dir.path()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let made = flagshare(&[
+            "init",
+            "--join",
+            path(invitation_dir.path()),
+            "--node-id",
+            &id.to_string(),
+            "--data",
+            path(&data),
+        ]);
+        assert!(made.status.success(), "init --join: {}", stderr(&made));
+        let process = ServeProcess::start(&data);
+        let node = Node {
+            dir: data,
+            port: process.port(),
+            process: Some(process),
+        };
+        let address = node.endpoint();
+        self.nodes.push(node);
+        self._dirs.push(dir);
+        admin
+            .add_cluster_node(pb::AddClusterNodeRequest {
+                id,
+                address,
+                principal: name,
+            })
+            .await
+            .unwrap();
     }
 
     pub fn node(&self, id: u64) -> &Node {

@@ -595,6 +595,38 @@ class BackupResponse(_message.Message):
     dir: str
     def __init__(self, dir: _Optional[str] = ...) -> None: ...
 
+class InviteClusterNodeRequest(_message.Message):
+    __slots__ = ("name", "host_names", "public_key_der", "server_public_key_der")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_DER_FIELD_NUMBER: _ClassVar[int]
+    SERVER_PUBLIC_KEY_DER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host_names: _containers.RepeatedScalarFieldContainer[str]
+    public_key_der: bytes
+    server_public_key_der: bytes
+    def __init__(self, name: _Optional[str] = ..., host_names: _Optional[_Iterable[str]] = ..., public_key_der: _Optional[bytes] = ..., server_public_key_der: _Optional[bytes] = ...) -> None: ...
+
+class InviteClusterNodeResponse(_message.Message):
+    __slots__ = ("principal", "certificate_pem", "server_certificate_pem", "ca_certificate_pem", "node_certificate_sha256", "operator_name", "operator_id", "operator_key")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    NODE_CERTIFICATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_NAME_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_KEY_FIELD_NUMBER: _ClassVar[int]
+    principal: Principal
+    certificate_pem: str
+    server_certificate_pem: str
+    ca_certificate_pem: str
+    node_certificate_sha256: _containers.RepeatedScalarFieldContainer[str]
+    operator_name: str
+    operator_id: bytes
+    operator_key: bytes
+    def __init__(self, principal: _Optional[_Union[Principal, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., server_certificate_pem: _Optional[str] = ..., ca_certificate_pem: _Optional[str] = ..., node_certificate_sha256: _Optional[_Iterable[str]] = ..., operator_name: _Optional[str] = ..., operator_id: _Optional[bytes] = ..., operator_key: _Optional[bytes] = ...) -> None: ...
+
 class RemoveClusterNodeRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -577,6 +577,11 @@ class AdminStub:
                 request_serializer=flagshare_dot_v1_dot_flagshare__pb2.RemoveClusterNodeRequest.SerializeToString,
                 response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
                 _registered_method=True)
+        self.InviteClusterNode = channel.unary_unary(
+                '/flagshare.v1.Admin/InviteClusterNode',
+                request_serializer=flagshare_dot_v1_dot_flagshare__pb2.InviteClusterNodeRequest.SerializeToString,
+                response_deserializer=flagshare_dot_v1_dot_flagshare__pb2.InviteClusterNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -723,6 +728,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InviteClusterNode(self, request, context):
+        """Everything a new node needs to join (on the leader): a principal with the `node`
+        role, a server certificate for its host names from the CA, and the certificates of
+        the cluster's nodes, whose calls it admits until it holds the cluster's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -830,6 +844,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.RemoveClusterNode,
                     request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.RemoveClusterNodeRequest.FromString,
                     response_serializer=flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.SerializeToString,
+            ),
+            'InviteClusterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteClusterNode,
+                    request_deserializer=flagshare_dot_v1_dot_flagshare__pb2.InviteClusterNodeRequest.FromString,
+                    response_serializer=flagshare_dot_v1_dot_flagshare__pb2.InviteClusterNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1400,6 +1419,33 @@ class Admin:
             '/flagshare.v1.Admin/RemoveClusterNode',
             flagshare_dot_v1_dot_flagshare__pb2.RemoveClusterNodeRequest.SerializeToString,
             flagshare_dot_v1_dot_flagshare__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteClusterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flagshare.v1.Admin/InviteClusterNode',
+            flagshare_dot_v1_dot_flagshare__pb2.InviteClusterNodeRequest.SerializeToString,
+            flagshare_dot_v1_dot_flagshare__pb2.InviteClusterNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
