@@ -340,8 +340,8 @@ pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
                 crate::client::invite(&mut client, name, host_names, &endpoint, &bundle.config.server_name).await?;
             invitation.write(out)?;
             println!(
-                "invited node principal '{name}' for {}; invitation written to {}
-                 on the new node: flagshare init --join {} --node-id ID --data DIR, then flagshare serve --data DIR;
+                "invited node principal '{name}' for {}; invitation written to {}\n\
+                 on the new node: flagshare init --join {} --node-id ID --data DIR, then flagshare serve --data DIR;\n\
                  then here: flagshare admin cluster add-node --id ID --address https://{}:PORT --principal {name}",
                 invitation.details.host_names.join(", "),
                 out.display(),

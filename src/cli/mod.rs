@@ -84,6 +84,11 @@ pub struct InitArgs {
     /// Address the server will listen on.
     #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
+    /// Make the first node of a replicated operator: `replicated_log = true`, and a
+    /// principal with the `node` role (`node-1`) whose credentials it calls the other
+    /// nodes with; add them with `admin cluster invite` and `add-node`.
+    #[arg(long, conflicts_with = "join")]
+    pub cluster: bool,
     /// Make a node of an existing replicated operator instead, from the folder `admin
     /// cluster invite` wrote: no CA key, no database; it receives the cluster's state
     /// once the leader adds it (`admin cluster add-node`).

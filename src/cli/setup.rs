@@ -55,6 +55,11 @@ pub async fn init_command(args: &InitArgs) -> anyhow::Result<()> {
     config.operator_name = args.operator.clone();
     config.host_names = args.host_names.clone();
     config.listen = args.listen;
+    if args.cluster {
+        config.replicated_log = true;
+        config.node_id = 1;
+        config.cluster_credentials = NODE_CREDENTIALS.to_owned();
+    }
     let report = initialize(&config).await?;
     std::fs::write(
         config.data_dir.join("flagshare.toml"),
@@ -90,7 +95,7 @@ pub fn join(
     crate::pki::write_file(&pki.join("server.pem"), &invitation.server_cert_pem, false)?;
     // Written last: its presence marks a complete PKI.
     crate::pki::write_file(&pki.join("ca.pem"), &invitation.credentials.ca_pem, false)?;
-    let credentials = "node-credentials";
+    let credentials = NODE_CREDENTIALS;
     invitation.credentials.write(&data_dir.join(credentials))?;
     let config = Config {
         data_dir: data_dir.to_owned(),
@@ -110,8 +115,13 @@ pub fn join(
     Ok(config)
 }
 
+/// Where `init --cluster` and `init --join` write the node's own credentials.
+const NODE_CREDENTIALS: &str = "node-credentials";
+
 /// Creates the PKI and the database of `config`, registers the principal `admin` and
-/// writes its bundle under `<data>/clients/admin`. Refuses if a PKI exists.
+/// writes its bundle under `<data>/clients/admin`; with `replicated_log` and
+/// `cluster_credentials` set, also the node principal `node-1` and its bundle there.
+/// Refuses if a PKI exists.
 pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     crate::util::create_private_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -153,5 +163,26 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
         ca_pem: pki.ca_pem.clone(),
     }
     .write(&admin_bundle)?;
+    if let Some(dir) = config.cluster_credentials_dir().filter(|_| config.replicated_log) {
+        let node_key = generate_client_key()?;
+        let (cert_pem, certificate) =
+            pki.issue_client_certificate("node-1", Role::Node, &node_key.subject_public_key_info())?;
+        domain
+            .add_principal(Actor::system(), "node-1".to_owned(), Role::Node, certificate)
+            .await?;
+        let admin = Bundle::load(&admin_bundle)?;
+        Bundle {
+            dir: dir.clone(),
+            config: BundleConfig {
+                name: "node-1".to_owned(),
+                role: Role::Node.to_string(),
+                ..admin.config
+            },
+            cert_pem,
+            key_pem: node_key.serialize_pem(),
+            ca_pem: pki.ca_pem.clone(),
+        }
+        .write(&dir)?;
+    }
     Ok(InitReport { admin_bundle })
 }

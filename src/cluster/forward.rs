@@ -24,6 +24,13 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// tries again (a read that finds the queue full waits for this at most).
 const READS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How recent a majority's acknowledgement must be for the leader to answer a read from
+/// its lease: well inside openraft's lease (the election timeout's maximum, 2 s), so
+/// clock drift between nodes does not matter.
+const LEASE_MILLIS: u64 = 1_000;
+/// How long a read on a leader whose lease lapsed waits for a majority to confirm it.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The leader, as this node's Raft knows it, reached with this node's credentials.
 pub struct Leader {
     raft: Raft<Config>,
@@ -47,6 +54,47 @@ impl Leader {
     pub fn is_this_node(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         metrics.current_leader == Some(metrics.id)
+    }
+
+    /// On the leader, makes a read see every write acknowledged before it began
+    /// (linearizable); on a follower, nothing (its reads are bounded-stale). Cheap while
+    /// the leader's lease holds: a majority acknowledged it within `LEASE` (followers
+    /// refuse to elect another for 2 s after a heartbeat, openraft's lease, so no other
+    /// node can lead yet) and it applied an entry of its own term (so every entry before
+    /// its term too; each of its own writes is applied before it is acknowledged).
+    /// Otherwise a read index: a round of heartbeats to a majority, then the apply up to
+    /// what was committed, within `READ_INDEX_TIMEOUT`.
+    pub async fn confirm_read(&self) -> Result<()> {
+        let leads_within_lease = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(metrics.id) {
+                return Ok(());
+            }
+            let membership = metrics.membership_config.membership();
+            let alone = membership.voter_ids().eq([metrics.id]);
+            let lease = alone
+                || metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|millis| millis <= LEASE_MILLIS);
+            lease
+                && metrics
+                    .last_applied
+                    .is_some_and(|log_id| log_id.leader_id.term == metrics.current_term)
+        };
+        if leads_within_lease {
+            return Ok(());
+        }
+        match tokio::time::timeout(READ_INDEX_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(unavailable(format!(
+                "this node cannot confirm that it still leads the cluster ({err}); ask another node"
+            ))),
+            Err(_) => Err(unavailable(
+                "this node cannot confirm that it still leads the cluster: no majority answered; ask another node"
+                    .to_owned(),
+            )),
+        }
     }
 
     fn address(&self) -> Result<(u64, String)> {

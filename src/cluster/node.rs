@@ -177,6 +177,11 @@ impl Node {
     /// A leader that restarted at another address, or with other credentials, says so in
     /// the membership, or the other nodes would call it where it no longer is. Only its
     /// own entry, and only while it leads (the change is an entry like any other).
+    ///
+    /// Bounded, and a failure only logged: a node that restarts believing it leads (its
+    /// vote is stored) may have been replaced meanwhile, and its change then never
+    /// commits. Waiting for it kept such a node from serving, so it never heard the new
+    /// leader and kept calling elections (found by the cluster benchmark's failovers).
     async fn keep_own_entry_current(&self, address: String, certificate_sha256: String) -> anyhow::Result<()> {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(metrics.id) {
@@ -190,13 +195,27 @@ impl Node {
         if membership.get_node(&metrics.id) == Some(&current) {
             return Ok(());
         }
-        self.raft
-            .change_membership(
-                openraft::ChangeMembers::SetNodes(BTreeMap::from([(metrics.id, current)])),
-                false,
-            )
-            .await
-            .context("recording this node's address in the membership")?;
+        let change = async {
+            // Still the leader? A majority must say so before the change is proposed.
+            self.raft.ensure_linearizable().await.map_err(|err| err.to_string())?;
+            self.raft
+                .change_membership(
+                    openraft::ChangeMembers::SetNodes(BTreeMap::from([(metrics.id, current)])),
+                    false,
+                )
+                .await
+                .map_err(|err| err.to_string())
+        };
+        match tokio::time::timeout(SETTLE_TIMEOUT, change).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(%err, "this node's address was not recorded in the membership (it may not lead any more)")
+            }
+            Err(_) => tracing::warn!(
+                "this node's address was not recorded in the membership within {} s (it may not lead any more)",
+                SETTLE_TIMEOUT.as_secs()
+            ),
+        }
         Ok(())
     }
 

@@ -43,16 +43,40 @@ pub struct FlagsService {
     pub fresh: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl FlagsService {
-    /// Fails while this node's data may be staler than its cluster allows.
-    fn check_fresh(&self) -> Result<(), Status> {
-        if self.fresh.load(std::sync::atomic::Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(Status::unavailable(
+/// Whether this node's answers are as fresh as its cluster promises.
+#[derive(Clone)]
+struct Freshness {
+    fresh: Arc<std::sync::atomic::AtomicBool>,
+    leader: Option<Arc<Leader>>,
+}
+
+impl Freshness {
+    /// Fails while this node's data may be staler than its cluster allows: on a
+    /// follower, cut off past the staleness bound; on the leader, when it cannot confirm
+    /// that it still leads (its reads are linearizable, `Leader::confirm_read`).
+    async fn check(&self) -> Result<(), Status> {
+        if !self.fresh.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Status::unavailable(
                 "this node has been cut off from its cluster for longer than its staleness bound; ask another node",
-            ))
+            ));
         }
+        if let Some(leader) = &self.leader {
+            leader.confirm_read().await?;
+        }
+        Ok(())
+    }
+}
+
+impl FlagsService {
+    fn freshness(&self) -> Freshness {
+        Freshness {
+            fresh: self.fresh.clone(),
+            leader: self.leader.clone(),
+        }
+    }
+
+    async fn check_fresh(&self) -> Result<(), Status> {
+        self.freshness().check().await
     }
 
     /// The leader when it is another node: a member's write sent here goes on to it. A
@@ -291,7 +315,7 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        self.check_fresh()?;
+        self.check_fresh().await?;
         let cursor = request.into_inner().cursor;
         let resume_from = match cursor.as_str() {
             "" => None,
@@ -321,7 +345,7 @@ impl pb::flags_server::Flags for FlagsService {
         request: Request<Streaming<pb::QueryBatch>>,
     ) -> Result<Response<QueryStreamStream>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        self.check_fresh()?;
+        self.check_fresh().await?;
         let permit = self.streams.acquire(&caller)?;
         let mut inbound = request.into_inner();
         let (answers, receiver) = mpsc::channel(STREAM_PIPELINE);
@@ -331,6 +355,7 @@ impl pb::flags_server::Flags for FlagsService {
         let domain = self.domain.clone();
         let metrics = self.metrics.clone();
         let limits = self.limits.clone();
+        let freshness = self.freshness();
         let mut reader = Outbox::new(answers.clone(), self.stopping.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -349,9 +374,13 @@ impl pb::flags_server::Flags for FlagsService {
                 };
                 match message {
                     Ok(Some(batch)) => {
-                        // Re-checked per batch: a suspension ends the stream at once.
+                        // Re-checked per batch: a suspension ends the stream at once, and a
+                        // node that may have gone stale answers no further batch.
                         if let Err(err) = domain.reauthorize(&caller) {
                             return reader.fail(err.into()).await;
+                        }
+                        if let Err(status) = freshness.check().await {
+                            return reader.fail(status).await;
                         }
                         let task = tokio::spawn(answer_batch(
                             domain.clone(),
@@ -385,7 +414,7 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn list_held(&self, request: Request<pb::ListHeldRequest>) -> Result<Response<pb::ListHeldResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        self.check_fresh()?;
+        self.check_fresh().await?;
         // A page costs as many queried digests as it can hold.
         self.limits
             .take(&caller, &[Limit::DigestsQueried], crate::domain::HELD_PAGE as u64)?;
@@ -404,7 +433,7 @@ impl pb::flags_server::Flags for FlagsService {
         request: Request<pb::RangeQueryRequest>,
     ) -> Result<Response<pb::RangeQueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        self.check_fresh()?;
+        self.check_fresh().await?;
         let request = request.into_inner();
         let (matches, next) = self
             .domain
@@ -445,7 +474,7 @@ impl pb::flags_server::Flags for FlagsService {
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         let caller = authorize(&self.domain, &request, &[Role::Member])?;
-        self.check_fresh()?;
+        self.check_fresh().await?;
         let response = query_packed(
             &self.domain,
             &self.metrics,

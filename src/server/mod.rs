@@ -489,18 +489,40 @@ async fn watch_staleness(
     }
 }
 
+/// How often a failure that goes on is logged again.
+const FAILURE_REPEAT: Duration = Duration::from_secs(10);
+
 /// Commits the audit entries of queries and other reads, queued as they are answered,
 /// every `READ_FLUSH_INTERVAL` (and once more as the server stops).
 async fn read_flush_loop(domain: Domain, mut stop_requested: tokio::sync::watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(crate::domain::READ_FLUSH_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A follower whose leader is away fails every 10 ms: said once, then every 10 s.
+    let mut failing_since: Option<(tokio::time::Instant, u64)> = None;
     loop {
         let stopping = tokio::select! {
             _ = ticks.tick() => false,
             _ = stop_requested.changed() => true,
         };
-        if let Err(err) = domain.flush_reads().await {
-            tracing::error!(%err, "committing read audit entries failed; they stay queued");
+        match domain.flush_reads().await {
+            Ok(()) => {
+                if let Some((_, failures)) = failing_since.take() {
+                    tracing::info!(failures, "read audit entries committed again");
+                }
+            }
+            Err(err) => match &mut failing_since {
+                Some((said_at, failures)) => {
+                    *failures += 1;
+                    if said_at.elapsed() >= FAILURE_REPEAT {
+                        tracing::error!(%err, failures = *failures, "committing read audit entries still fails; they stay queued");
+                        *said_at = tokio::time::Instant::now();
+                    }
+                }
+                None => {
+                    tracing::error!(%err, "committing read audit entries failed; they stay queued");
+                    failing_since = Some((tokio::time::Instant::now(), 1));
+                }
+            },
         }
         if stopping {
             return;

@@ -171,3 +171,85 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_in_a_scrape() {
         "{named:?}"
     );
 }
+
+const THREE_NODES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/three-nodes.sh");
+
+/// Stops the script's nodes however the test ends.
+struct StopNodes(std::path::PathBuf);
+
+impl Drop for StopNodes {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .args([THREE_NODES, self.0.to_str().unwrap(), "stop"])
+            .status();
+    }
+}
+
+/// deploy/three-nodes.sh, run as the README says: three nodes made with `init --cluster`
+/// and `init --join`, one leading and two following; a member's bundle naming the three
+/// writes through one follower and finds the flag on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_node_example_makes_a_cluster_members_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = dir.path().join("cluster");
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect();
+    drop(listeners);
+    let _stop = StopNodes(nodes.clone());
+    let made = std::process::Command::new("bash")
+        .arg(THREE_NODES)
+        .arg(&nodes)
+        .env("FLAGSHARE", env!("CARGO_BIN_EXE_flagshare"))
+        .env("PORTS", ports.iter().map(u16::to_string).collect::<Vec<_>>().join(" "))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&made.stdout);
+    assert!(
+        made.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // The table's rows: id, role, matched, lag, address.
+    let roles: Vec<&str> = out
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.next()?.parse::<u64>().ok()?;
+            words.next()
+        })
+        .collect();
+    assert_eq!(
+        (
+            roles.iter().filter(|role| **role == "leader").count(),
+            roles.iter().filter(|role| **role == "follower").count()
+        ),
+        (1, 2),
+        "{out}"
+    );
+
+    let member = flagshare::client::Bundle::load(&nodes.join("platform-a")).unwrap();
+    assert_eq!(member.endpoints().len(), 3, "the bundle names every node");
+    let digest = email_digest("three-nodes@example.com");
+    let on = |index: usize| format!("https://127.0.0.1:{}", ports[index]);
+    let mut via_second = pb::flags_client::FlagsClient::new(member.connect(Some(&on(1))).await.unwrap());
+    via_second
+        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+        .await
+        .unwrap();
+    let on_third = pb::flags_client::FlagsClient::new(member.connect(Some(&on(2))).await.unwrap());
+    eventually("the flag written through node 2 is found on node 3", || {
+        let mut on_third = on_third.clone();
+        async move {
+            on_third
+                .query(query_request(&[digest]))
+                .await
+                .is_ok_and(|answer| answer.get_ref().matches.len() == 1)
+        }
+    })
+    .await;
+}

@@ -363,3 +363,78 @@ async fn a_joining_node_catches_up_from_a_snapshot_and_a_removed_one_stops_recei
     }
     assert_one_audit_chain(&cluster, 1, &[1, 3, 4]).await;
 }
+
+/// Reads on the leader are linearizable: with both followers paused, the leader cannot
+/// confirm that it still leads (another could have been elected and taken writes), so it
+/// refuses reads once its lease has lapsed, long before its staleness bound (10 s); once
+/// a majority answers again it serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_confirm_its_lead_refuses_reads() {
+    let cluster = ProcessCluster::start(3).await;
+    assert_eq!(cluster.leader_by(1).await, Some(1));
+    let known = email_digest("known@example.com");
+    let mut on_leader = FlagsClient::new(cluster.member.connect(Some(&cluster.node(1).endpoint())).await.unwrap());
+    on_leader
+        .submit(submit_request(vec![flag(known, pb::Category::Grooming, 90)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_leader
+            .query(query_request(&[known]))
+            .await
+            .unwrap()
+            .get_ref()
+            .matches
+            .len(),
+        1
+    );
+
+    for id in [2, 3] {
+        cluster.node(id).process.as_ref().unwrap().signal("STOP");
+    }
+    let paused_at = Instant::now();
+    let refused = loop {
+        let call = on_leader.query(query_request(&[known]));
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(Ok(_)) => {
+                assert!(paused_at.elapsed() < Duration::from_secs(2), "answered past its lease");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("a read on the leader neither answered nor failed within 5 s"),
+        }
+    };
+    let refused_after = paused_at.elapsed();
+    for id in [2, 3] {
+        cluster.node(id).process.as_ref().unwrap().signal("CONT");
+    }
+    eprintln!(
+        "leader reads: refused {:.2} s after both followers were paused",
+        refused_after.as_secs_f64()
+    );
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("cannot confirm that it still leads"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused_after < Duration::from_secs(8),
+        "refused within the lease and one read index, not the staleness bound"
+    );
+    eventually("the leader (or its successor) serves reads again", || async {
+        for id in [1, 2, 3] {
+            if cluster.leader_by(id).await.is_some() {
+                let Ok(channel) = cluster.member.connect(Some(&cluster.node(id).endpoint())).await else {
+                    return false;
+                };
+                return FlagsClient::new(channel)
+                    .query(query_request(&[known]))
+                    .await
+                    .is_ok_and(|answer| answer.get_ref().matches.len() == 1);
+            }
+        }
+        false
+    })
+    .await;
+}

@@ -42,7 +42,18 @@ impl Drop for ProcessCluster {
     /// A failing scenario shows the end of each node's log (and keeps each whole in
     /// `$FLAGSHARE_TEST_LOGS`, when set).
     fn drop(&mut self) {
+        let keep = std::env::var("FLAGSHARE_TEST_LOGS").ok();
         if !std::thread::panicking() {
+            // Kept on request even when all went well (the benchmark's runs, say).
+            if let Some(keep) = keep {
+                let _ = std::fs::create_dir_all(&keep);
+                for (index, node) in self.nodes.iter().enumerate() {
+                    let _ = std::fs::copy(
+                        node.dir.join("serve.log"),
+                        std::path::Path::new(&keep).join(format!("node-{}.log", index + 1)),
+                    );
+                }
+            }
             return;
         }
         for (index, node) in self.nodes.iter().enumerate() {
