@@ -282,8 +282,32 @@ struct AddArgs {
     out: PathBuf,
 }
 
+/// Whether the command changes the operator's replicated state, so that it goes to the
+/// leader of a replicated operator. The rest are answered by the node asked (its own
+/// view, its own audit chain to verify, its own backup, compaction and certificate).
+fn changes_replicated_state(command: &AdminCommand) -> bool {
+    match command {
+        AdminCommand::Member(MemberCommand::List { .. }) => false,
+        AdminCommand::Member(_) | AdminCommand::AddMember(_) => true,
+        AdminCommand::Peer(PeerCommand::List { .. }) => false,
+        AdminCommand::Peer(_) => true,
+        AdminCommand::Quarantine(QuarantineCommand::List { .. }) => false,
+        AdminCommand::Quarantine(_) => true,
+        AdminCommand::Cluster(ClusterCommand::List { .. }) => false,
+        AdminCommand::Cluster(_) => true,
+        AdminCommand::Audit(_)
+        | AdminCommand::Stats { .. }
+        | AdminCommand::Compact
+        | AdminCommand::ServerCert(_)
+        | AdminCommand::Backup { .. } => false,
+    }
+}
+
 pub async fn run(args: &AdminArgs) -> anyhow::Result<()> {
-    let (mut client, bundle) = args.connect.admin_client().await?;
+    let (mut client, bundle) = match changes_replicated_state(&args.command) {
+        true => args.connect.admin_client_on_leader().await?,
+        false => args.connect.admin_client().await?,
+    };
     let endpoint = args.connect.endpoint.as_deref();
     match &args.command {
         AdminCommand::Member(MemberCommand::Add(add)) | AdminCommand::AddMember(add) => {

@@ -9,6 +9,7 @@ use tonic::transport::Channel;
 
 use crate::client::Bundle;
 use crate::config::DEFAULT_DATA_DIR;
+use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::flags_client::FlagsClient;
 
@@ -53,6 +54,41 @@ impl ConnectArgs {
         let bundle = self.load_bundle(Some(PathBuf::from(DEFAULT_DATA_DIR).join("clients").join("admin")))?;
         let client = AdminClient::new(self.channel(&bundle).await?).max_decoding_message_size(MAX_ANSWER_BYTES);
         Ok((client, bundle))
+    }
+}
+
+impl ConnectArgs {
+    /// An `Admin` client on the leader of a replicated operator, for a change: every
+    /// node answers reads, but only the leader changes anything, and a follower's admin
+    /// calls are not forwarded (a node's credentials never act as an admin). The node
+    /// first reached says which node leads; the client goes there when it is another. A
+    /// single server, or a leader out of reach, keeps the first connection (whose refusal
+    /// then names the leader).
+    pub async fn admin_client_on_leader(&self) -> anyhow::Result<(AdminClient<Channel>, Bundle)> {
+        let (mut client, bundle) = self.admin_client().await?;
+        let Ok(status) = client.get_cluster_status(pb::GetClusterStatusRequest {}).await else {
+            return Ok((client, bundle));
+        };
+        let status = status.into_inner();
+        if !status.replicated || status.leader_id == 0 || status.leader_id == status.node_id {
+            return Ok((client, bundle));
+        }
+        let Some(leader) = status.nodes.iter().find(|node| node.id == status.leader_id) else {
+            return Ok((client, bundle));
+        };
+        match bundle.connect(Some(&leader.address)).await {
+            Ok(channel) => Ok((
+                AdminClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES),
+                bundle,
+            )),
+            Err(err) => {
+                eprintln!(
+                    "warning: node {} leads the cluster, at {}, and cannot be reached ({err}); asking node {}",
+                    leader.id, leader.address, status.node_id
+                );
+                Ok((client, bundle))
+            }
+        }
     }
 }
 

@@ -843,6 +843,36 @@ mod replicated {
         assert!(cut.message().starts_with("entries[0]: "), "{}", cut.message());
         assert_eq!(fingerprint(&follower.store), before);
 
+        // A node's credentials speak for that node only: node 1's certificate asking for
+        // votes as another node, in a term from the future, is refused and the
+        // follower's vote stays as it was.
+        let vote_before = follower.raft.metrics().borrow().vote;
+        let forged = |term: u64, candidate: NodeId| crate::pb::RaftRequest {
+            header: serde_json::to_vec(&openraft::raft::VoteRequest::<NodeId> {
+                vote: openraft::Vote::new(term, candidate),
+                last_log_id: None,
+            })
+            .unwrap(),
+            ..Default::default()
+        };
+        let refused = client.vote(forged(1_000, 3)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("node 1's"), "{}", refused.message());
+        assert_eq!(follower.raft.metrics().borrow().vote, vote_before);
+        // A certificate of another operator's CA (naming itself node-1): the handshake
+        // fails, nothing is asked of the Raft.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other_pki =
+            crate::pki::Pki::create(other_dir.path(), "another operator", &["localhost".to_owned()]).unwrap();
+        let (mut stranger, _) = node_bundle(&other_pki, "node-1", Role::Node);
+        stranger.ca_pem = pki.ca_pem.clone();
+        let answered = match stranger.connect(Some(address)).await {
+            Ok(channel) => ClusterClient::new(channel).vote(forged(1_001, 1)).await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!answered, "a certificate of another CA is refused");
+        assert_eq!(follower.raft.metrics().borrow().vote, vote_before);
+
         for node in &nodes {
             node.raft.shutdown().await.unwrap();
         }

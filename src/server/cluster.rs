@@ -8,9 +8,9 @@ use openraft::Raft;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::Config;
 use crate::cluster::forward::read_from_pb;
 use crate::cluster::network::{self, BadRequest, MAX_MESSAGE_BYTES};
+use crate::cluster::{Config, NodeId};
 use crate::domain::Domain;
 use crate::pb;
 use crate::pki::certificate_sha256;
@@ -55,6 +55,40 @@ pub fn service(
     })
 }
 
+/// The SHA-256 of the calling certificate (the gate admitted only calls that have one).
+fn caller_sha256<T>(request: &Request<T>) -> Option<[u8; 32]> {
+    let certs = request.peer_certs()?;
+    Some(certificate_sha256(certs.first()?))
+}
+
+impl ClusterService {
+    /// A node's call speaks for that node only: a leader's append or snapshot, or a
+    /// candidate's vote request, must name as leader or candidate the node whose
+    /// certificate the membership records for the caller. Else a node's leaked
+    /// credentials could depose the leader in another node's name. A caller the
+    /// membership does not record (a node principal not yet added) is not checked here.
+    fn speaks_for_itself(&self, caller: Option<[u8; 32]>, claimed: NodeId) -> Result<(), Status> {
+        let Some(caller) = caller else {
+            return Ok(());
+        };
+        let wanted = hex::encode(caller);
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let recorded = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, node)| node.certificate_sha256 == wanted)
+            .map(|(id, _)| *id);
+        match recorded {
+            Some(id) if id != claimed => Err(Status::permission_denied(format!(
+                "vote: names node {claimed} as leader or candidate, but the caller's certificate is node {id}'s"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 fn invalid(err: BadRequest) -> Status {
     Status::invalid_argument(err.to_string())
 }
@@ -62,17 +96,23 @@ fn invalid(err: BadRequest) -> Status {
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn append_entries(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = caller_sha256(&request);
         let rpc = network::decode_append(request.into_inner()).map_err(invalid)?;
+        self.speaks_for_itself(caller, rpc.vote.leader_id.node_id)?;
         Ok(Response::new(network::reply(&self.raft.append_entries(rpc).await)))
     }
 
     async fn vote(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = caller_sha256(&request);
         let rpc = network::decode_vote(request.into_inner()).map_err(invalid)?;
+        self.speaks_for_itself(caller, rpc.vote.leader_id.node_id)?;
         Ok(Response::new(network::reply(&self.raft.vote(rpc).await)))
     }
 
     async fn install_snapshot(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let caller = caller_sha256(&request);
         let rpc = network::decode_snapshot(request.into_inner()).map_err(invalid)?;
+        self.speaks_for_itself(caller, rpc.vote.leader_id.node_id)?;
         Ok(Response::new(network::reply(&self.raft.install_snapshot(rpc).await)))
     }
 

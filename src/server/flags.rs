@@ -95,6 +95,74 @@ impl FlagsService {
     }
 }
 
+/// The metadata a forwarded call names its member by.
+fn on_behalf_of(caller: &Caller) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, Status> {
+    tonic::metadata::MetadataValue::try_from(hex::encode(caller.cert_sha256))
+        .map_err(|_| Status::internal("a certificate fingerprint did not fit in metadata"))
+}
+
+/// A member's import sent to a follower, streamed on to the leader as that member's own
+/// call, and the leader's answers streamed back. The follower holds the member's stream
+/// permit and an import slot meanwhile, as for an import of its own; the leader applies
+/// the member's limits. At most `STREAM_BUFFER` messages wait here in each direction.
+async fn forward_import(
+    leader: &Leader,
+    caller: &Caller,
+    mut inbound: Streaming<pb::ImportRequest>,
+    held: impl Send + 'static,
+) -> Result<Response<ImportStream>, Status> {
+    let channel = leader.channel().await?;
+    let mut client = pb::flags_client::FlagsClient::new(channel)
+        .max_encoding_message_size(super::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES);
+    let (to_leader, outbound) = mpsc::channel(streams::STREAM_BUFFER);
+    let mut request = Request::new(ReceiverStream::new(outbound));
+    request.metadata_mut().insert(ON_BEHALF_OF, on_behalf_of(caller)?);
+    let (sender, receiver) = mpsc::channel(streams::STREAM_BUFFER);
+    let relay_errors = sender.clone();
+    tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(message)) => {
+                    if to_leader.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                // The member's stream ended: so does the leader's.
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = relay_errors.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut answers = match client.import(request).await {
+        Ok(answers) => answers.into_inner(),
+        Err(status) => {
+            if status.code() == tonic::Code::Unavailable {
+                leader.forget_channel();
+            }
+            return Err(status);
+        }
+    };
+    tokio::spawn(async move {
+        let _held = held;
+        loop {
+            let answer = match answers.message().await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => return,
+                Err(status) => Err(status),
+            };
+            let failed = answer.is_err();
+            if sender.send(answer).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+}
+
 /// Sends a member's call on to the leader, which answers it as that member's own.
 async fn forward<Req, Resp, Fut>(
     leader: &Leader,
@@ -108,9 +176,7 @@ where
     let channel = leader.channel().await?;
     let client = pb::flags_client::FlagsClient::new(channel).max_encoding_message_size(super::MAX_MESSAGE_BYTES);
     let mut request = Request::new(message);
-    let member = tonic::metadata::MetadataValue::try_from(hex::encode(caller.cert_sha256))
-        .map_err(|_| Status::internal("a certificate fingerprint did not fit in metadata"))?;
-    request.metadata_mut().insert(ON_BEHALF_OF, member);
+    request.metadata_mut().insert(ON_BEHALF_OF, on_behalf_of(caller)?);
     request.set_timeout(FORWARD_TIMEOUT);
     let answered = call(client, request).await;
     if answered
@@ -286,6 +352,9 @@ impl pb::flags_server::Flags for FlagsService {
                 "import: {IMPORT_SLOTS} imports are running on this server, the most at once; retry when one ends"
             ))
         })?;
+        if let Some(leader) = self.forward_to(&request)? {
+            return forward_import(leader, &caller, request.into_inner(), (permit, slot)).await;
+        }
         let (sender, receiver) = mpsc::channel(streams::STREAM_BUFFER);
         let block = match self.domain.store().is_replicated() {
             true => REPLICATED_IMPORT_BLOCK,

@@ -681,6 +681,39 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
         }
     })
     .await;
+
+    // An import sent to the follower goes on to the leader as the member's own; the
+    // member sees the leader's answers.
+    let more: Vec<[u8; 32]> = (100_000..112_000u32)
+        .map(|n| *blake3::hash(&n.to_le_bytes()).as_bytes())
+        .collect();
+    let messages: Vec<pb::ImportRequest> = more
+        .chunks(4_000)
+        .map(|chunk| pb::ImportRequest {
+            flags: chunk.iter().map(|d| flag(*d, pb::Category::Grooming, 60)).collect(),
+            key_id: 1,
+        })
+        .collect();
+    let mut answers = on_second
+        .clone()
+        .import(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(answer) = answers.message().await.unwrap() {
+        last = Some((answer.n_created, answer.done));
+    }
+    assert_eq!(
+        last,
+        Some((12_000, true)),
+        "the leader's last answer, through the follower"
+    );
+    let mut found = 0;
+    for chunk in more.chunks(1_000) {
+        found += query(&mut on_leader, chunk).await.len();
+    }
+    assert_eq!(found, more.len(), "committed on the leader");
 }
 
 /// `admin cluster invite` refused by field, by role and without a replicated log, each

@@ -232,10 +232,34 @@ async fn the_three_node_example_makes_a_cluster_members_can_use() {
         "{out}"
     );
 
+    // An operator's change asked of a follower is made on the leader (the CLI goes there);
+    // a read is answered by the node asked, in its own view.
+    let bin = env!("CARGO_BIN_EXE_flagshare");
+    let admin = nodes.join("node-1/clients/admin");
+    let on = |index: usize| format!("https://127.0.0.1:{}", ports[index]);
+    let added = std::process::Command::new(bin)
+        .args(["admin", "--bundle", admin.to_str().unwrap(), "--endpoint", &on(1)])
+        .args([
+            "member",
+            "add",
+            "platform-b",
+            "--out",
+            nodes.join("platform-b").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let listed = std::process::Command::new(bin)
+        .args(["admin", "--bundle", admin.to_str().unwrap(), "--endpoint", &on(2)])
+        .args(["cluster", "list", "--json"])
+        .output()
+        .unwrap();
+    let view: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(view["node_id"], 3, "answered by the node asked: {view}");
+
     let member = flagshare::client::Bundle::load(&nodes.join("platform-a")).unwrap();
     assert_eq!(member.endpoints().len(), 3, "the bundle names every node");
     let digest = email_digest("three-nodes@example.com");
-    let on = |index: usize| format!("https://127.0.0.1:{}", ports[index]);
     let mut via_second = pb::flags_client::FlagsClient::new(member.connect(Some(&on(1))).await.unwrap());
     via_second
         .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
