@@ -207,16 +207,15 @@ pub async fn enroll(
         })
         .await?
         .into_inner();
-    let mut bundle = issued_bundle(
+    let bundle = issued_bundle(
         response.principal,
         response.certificate_pem,
         response.ca_certificate_pem,
         &key,
         endpoint,
         server_name,
+        (&response.operator_id, &response.operator_key),
     )?;
-    bundle.config.operator_id = hex::encode(&response.operator_id);
-    bundle.config.operator_key = hex::encode(&response.operator_key);
     Ok(bundle)
 }
 
@@ -301,16 +300,15 @@ pub async fn invite(
         })
         .await?
         .into_inner();
-    let mut credentials = issued_bundle(
+    let credentials = issued_bundle(
         response.principal,
         response.certificate_pem,
         response.ca_certificate_pem,
         &key,
         endpoint,
         server_name,
+        (&response.operator_id, &response.operator_key),
     )?;
-    credentials.config.operator_id = hex::encode(&response.operator_id);
-    credentials.config.operator_key = hex::encode(&response.operator_key);
     let mut all_names = host_names.to_vec();
     if !all_names.iter().any(|known| known == server_name) {
         all_names.push(server_name.to_owned());
@@ -344,16 +342,15 @@ pub async fn rotate(
         })
         .await?
         .into_inner();
-    let mut bundle = issued_bundle(
+    let bundle = issued_bundle(
         response.principal,
         response.certificate_pem,
         response.ca_certificate_pem,
         &key,
         endpoint,
         server_name,
+        (&response.operator_id, &response.operator_key),
     )?;
-    bundle.config.operator_id = hex::encode(&response.operator_id);
-    bundle.config.operator_key = hex::encode(&response.operator_key);
     Ok(bundle)
 }
 
@@ -365,6 +362,7 @@ fn issued_bundle(
     key: &rcgen::KeyPair,
     endpoint: &str,
     server_name: &str,
+    (operator_id, operator_key): (&[u8], &[u8]),
 ) -> Result<Bundle, EnrollError> {
     let principal = principal.ok_or_else(|| tonic::Status::internal("server sent no principal"))?;
     let role = crate::wire::role_of(principal.role).map_or("unknown", |role| role.as_str());
@@ -383,8 +381,8 @@ fn issued_bundle(
             endpoint: first_endpoint,
             endpoints: listed,
             server_name: server_name.to_owned(),
-            operator_id: String::new(),
-            operator_key: String::new(),
+            operator_id: hex::encode(operator_id),
+            operator_key: hex::encode(operator_key),
         },
         cert_pem,
         key_pem: key.serialize_pem(),
