@@ -115,6 +115,17 @@ pub fn join(
     Ok(config)
 }
 
+/// Registers principal `name` as `init` does (the system its actor): its certificate's
+/// PEM and its key pair, made here.
+async fn register(pki: &Pki, domain: &Domain, name: &str, role: Role) -> anyhow::Result<(String, rcgen::KeyPair)> {
+    let key = generate_client_key()?;
+    let (cert_pem, certificate) = pki.issue_client_certificate(name, role, &key.subject_public_key_info())?;
+    domain
+        .add_principal(Actor::system(), name.to_owned(), role, certificate)
+        .await?;
+    Ok((cert_pem, key))
+}
+
 /// Where `init --cluster` and `init --join` write the node's own credentials.
 const NODE_CREDENTIALS: &str = "node-credentials";
 
@@ -129,12 +140,7 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     let store = Store::open(&config.db_dir(), &config.store_options())?;
     let domain = Domain::open(store, config.policy().map_err(anyhow::Error::msg)?)?;
 
-    let admin_key = generate_client_key()?;
-    let (cert_pem, certificate) =
-        pki.issue_client_certificate("admin", Role::Admin, &admin_key.subject_public_key_info())?;
-    domain
-        .add_principal(Actor::system(), "admin".to_owned(), Role::Admin, certificate)
-        .await?;
+    let (cert_pem, admin_key) = register(&pki, &domain, "admin", Role::Admin).await?;
     let admin_bundle = config.clients_dir().join("admin");
     // Clients reach the server by its certificate's first host name; for a development
     // server that is "localhost", which is dialled as the loopback address it listens on.
@@ -164,12 +170,7 @@ pub async fn initialize(config: &Config) -> anyhow::Result<InitReport> {
     }
     .write(&admin_bundle)?;
     if let Some(dir) = config.cluster_credentials_dir().filter(|_| config.replicated_log) {
-        let node_key = generate_client_key()?;
-        let (cert_pem, certificate) =
-            pki.issue_client_certificate("node-1", Role::Node, &node_key.subject_public_key_info())?;
-        domain
-            .add_principal(Actor::system(), "node-1".to_owned(), Role::Node, certificate)
-            .await?;
+        let (cert_pem, node_key) = register(&pki, &domain, "node-1", Role::Node).await?;
         let admin = Bundle::load(&admin_bundle)?;
         Bundle {
             dir: dir.clone(),
