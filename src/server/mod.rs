@@ -126,7 +126,15 @@ pub async fn run(
                     "waiting to join: on the leader, run `flagshare admin cluster add-node --id {} --address {address} --principal NAME`",
                     config.node_id
                 );
-                match serve_until_joined(&node, trusted, incoming, shutdown.as_mut()).await? {
+                match serve_until_joined(
+                    &node,
+                    trusted,
+                    Duration::from_secs(config.request_timeout_secs),
+                    incoming,
+                    shutdown.as_mut(),
+                )
+                .await?
+                {
                     Some(rest) => incoming = rest,
                     None => {
                         node.stop().await;
@@ -376,6 +384,7 @@ fn not_joined_yet(mut response: http::Response<tonic::body::Body>) -> http::Resp
 async fn serve_until_joined(
     node: &Arc<crate::cluster::node::Node>,
     trusted: Vec<[u8; 32]>,
+    request_timeout: Duration,
     incoming: tls::Accepted,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> anyhow::Result<Option<tls::Accepted>> {
@@ -386,6 +395,8 @@ async fn serve_until_joined(
     let joining = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS_PER_CONNECTION))
+        .timeout(request_timeout)
         .layer(MapResponseLayer::new(not_joined_yet))
         .add_service(cluster::service(node.raft().clone(), None, gate))
         .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(forwarded));
