@@ -200,10 +200,31 @@ pub struct PeerReading {
     pub rejected: u64,
 }
 
+/// A node of a replicated operator as the scrape sees itself and its cluster.
+pub struct ClusterReading {
+    pub leads: bool,
+    pub leader_known: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// Whether it answers reads (in touch with its cluster within its staleness bound).
+    pub serving_reads: bool,
+    /// On the leader: each node's id and how many entries it lacks.
+    pub lags: Vec<(u64, u64)>,
+}
+
+/// A node of the cluster (its `node_id`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+}
+
 /// What is read off the server's state at scrape time.
 #[derive(Default)]
 pub struct Scraped {
     pub peers: Vec<PeerReading>,
+    /// With a replicated log only.
+    pub cluster: Option<ClusterReading>,
     pub rocks: crate::store::RocksReading,
     /// (certificate, principal, expiry as Unix seconds): `ca` and `server` with no
     /// principal, `client` with each principal's name.
@@ -345,6 +366,44 @@ impl Scraped {
             "Bytes of the database's files on disk",
             gauge(self.rocks.disk_bytes),
         );
+        if let Some(cluster) = &self.cluster {
+            registry.register(
+                "cluster_leader",
+                "1 while this node leads its cluster, else 0",
+                gauge(u64::from(cluster.leads)),
+            );
+            registry.register(
+                "cluster_leader_known",
+                "1 while this node knows a leader of its cluster (itself included), else 0",
+                gauge(u64::from(cluster.leader_known)),
+            );
+            registry.register("cluster_term", "This node's Raft term", gauge(cluster.term));
+            registry.register(
+                "cluster_last_log_index",
+                "The last entry of this node's Raft log",
+                gauge(cluster.last_log_index),
+            );
+            registry.register(
+                "cluster_applied_index",
+                "The last entry this node applied",
+                gauge(cluster.applied_index),
+            );
+            registry.register(
+                "cluster_serving_reads",
+                "1 while this node answers reads (in touch with its cluster within max_staleness_secs), else 0",
+                gauge(u64::from(cluster.serving_reads)),
+            );
+            let lags = Family::<NodeLabels, Gauge>::default();
+            for (node, lag) in &cluster.lags {
+                lags.get_or_create(&NodeLabels { node: node.to_string() })
+                    .set(saturating_i64(*lag));
+            }
+            registry.register(
+                "cluster_node_lag_entries",
+                "On the leader: the entries each node of the cluster lacks",
+                lags,
+            );
+        }
         let expiry = Family::<CertificateLabels, Gauge>::default();
         for (certificate, principal, not_after) in &self.certificates {
             expiry

@@ -97,7 +97,11 @@ impl Node {
         )
         .await
         .context("starting raft")?;
-        if !join && !raft.is_initialized().await.context("reading raft state")? {
+        // A store that never held a Raft becomes a one-node cluster. The wait below must
+        // know it: until the initialisation is processed the membership reads empty,
+        // and "applied what it knew committed" (nothing) would pass before it leads.
+        let new_cluster = !join && !raft.is_initialized().await.context("reading raft state")?;
+        if new_cluster {
             raft.initialize(BTreeMap::from([(
                 id,
                 ClusterNode {
@@ -113,9 +117,11 @@ impl Node {
                 |metrics| {
                     let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
                     let applied = metrics.last_applied.map(|log_id| log_id.index);
-                    match voters == [id] {
+                    match new_cluster || voters == [id] {
                         // Alone, every entry it holds is committed once it leads.
-                        true => applied == metrics.last_log_index && metrics.current_leader == Some(id),
+                        true => {
+                            applied.is_some() && applied == metrics.last_log_index && metrics.current_leader == Some(id)
+                        }
                         false => applied >= committed.map(|log_id| log_id.index),
                     }
                 },

@@ -257,6 +257,7 @@ pub async fn run(
         let scrape_domain = domain.clone();
         let scrape_peers = peers.clone();
         let scrape_certificate = server_certificate.clone();
+        let (scrape_node, scrape_fresh) = (node.clone(), fresh.clone());
         let scrape = move || {
             // The server certificate is read at each scrape: a renewal shows at once.
             let certificates = [
@@ -266,7 +267,10 @@ pub async fn run(
             .into_iter()
             .filter_map(|(name, at)| at.map(|at| (name.to_owned(), String::new(), at)))
             .collect();
-            scrape(scrape_domain.clone(), scrape_peers.clone(), certificates)
+            let cluster = scrape_node
+                .as_ref()
+                .map(|node| cluster_reading(node, scrape_fresh.load(std::sync::atomic::Ordering::Acquire)));
+            scrape(scrape_domain.clone(), scrape_peers.clone(), certificates, cluster)
         };
         tokio::spawn(crate::metrics::serve(
             metrics_listener,
@@ -588,10 +592,29 @@ async fn maintenance_loop(
 }
 
 /// What the metrics endpoint reads off the server at scrape time.
+/// This node and its cluster, for the metrics endpoint.
+fn cluster_reading(node: &crate::cluster::node::Node, serving_reads: bool) -> crate::metrics::ClusterReading {
+    let view = node.view();
+    crate::metrics::ClusterReading {
+        leads: view.leader_id == Some(view.node_id),
+        leader_known: view.leader_id.is_some(),
+        term: view.term,
+        last_log_index: view.last_log_index.unwrap_or(0),
+        applied_index: view.applied_index.unwrap_or(0),
+        serving_reads,
+        lags: view
+            .nodes
+            .iter()
+            .filter_map(|node| Some((node.id, node.lag?)))
+            .collect(),
+    }
+}
+
 async fn scrape(
     domain: Domain,
     peers: Arc<federation::Peers>,
     mut certificates: Vec<(String, String, i64)>,
+    cluster: Option<crate::metrics::ClusterReading>,
 ) -> Scraped {
     certificates.extend(
         domain
@@ -622,6 +645,7 @@ async fn scrape(
     let rocks = domain.rocks_reading().await.unwrap_or_default();
     Scraped {
         peers: readings,
+        cluster,
         rocks,
         certificates,
     }

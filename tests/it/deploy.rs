@@ -155,7 +155,10 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_in_a_scrape() {
     .await
     .unwrap();
 
-    let scraped = b.scrape().await.names();
+    let mut scraped = b.scrape().await.names();
+    // The cluster's metrics, from a node of a (one-node) replicated operator.
+    let node = TestServer::start_configured(|config| config.replicated_log = true).await;
+    scraped.extend(node.scrape().await.names());
     let mut named = BTreeSet::new();
     for expr in alerts.iter().chain(&panels) {
         metric_names(expr, &mut named);
