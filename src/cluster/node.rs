@@ -436,26 +436,30 @@ async fn snapshot_and_purge(raft: &Raft<Config>) -> Result<(), String> {
     let Some(applied) = raft.metrics().borrow().last_applied else {
         return Ok(());
     };
-    let wait = || raft.wait(Some(START_TIMEOUT));
+    // Each step is a trigger, then a wait until the metrics show it done.
+    let reached = |what: &'static str, at: fn(&openraft::RaftMetrics<NodeId, ClusterNode>) -> Option<u64>| async move {
+        raft.wait(Some(START_TIMEOUT))
+            .metrics(
+                move |metrics| at(metrics).is_some_and(|index| index >= applied.index),
+                what,
+            )
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    };
     raft.trigger().snapshot().await.map_err(|err| err.to_string())?;
-    wait()
-        .metrics(
-            |metrics| metrics.snapshot.is_some_and(|log_id| log_id.index >= applied.index),
-            "a snapshot of everything applied",
-        )
-        .await
-        .map_err(|err| err.to_string())?;
+    reached("a snapshot of everything applied", |metrics| {
+        metrics.snapshot.map(|log_id| log_id.index)
+    })
+    .await?;
     raft.trigger()
         .purge_log(applied.index)
         .await
         .map_err(|err| err.to_string())?;
-    wait()
-        .metrics(
-            |metrics| metrics.purged.is_some_and(|log_id| log_id.index >= applied.index),
-            "the log purged behind the snapshot",
-        )
-        .await
-        .map_err(|err| err.to_string())?;
+    reached("the log purged behind the snapshot", |metrics| {
+        metrics.purged.map(|log_id| log_id.index)
+    })
+    .await?;
     Ok(())
 }
 

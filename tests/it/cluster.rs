@@ -7,7 +7,8 @@ use flagshare::store::{Store, StoreOptions};
 
 use crate::support::process::{flagshare, path, stderr, stdout};
 use crate::support::{
-    TestServer, copy_dir, email_digest, eventually, flag, query, query_request, submit_request, verified_audit,
+    TestServer, copy_dir, email_digest, eventually, flag, import_messages_of, imported, query, query_request,
+    submit_request, verified_audit,
 };
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
@@ -666,16 +667,8 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
     let (leader, second, _) = seeded_pair(|_| {}).await;
     let member = leader.enroll("platform-a", Role::Member).await;
     let mut on_leader = flagshare::pb::flags_client::FlagsClient::new(leader.channel(&member).await);
-    let digests: Vec<[u8; 32]> = (0..25_000u32)
-        .map(|n| *blake3::hash(&n.to_le_bytes()).as_bytes())
-        .collect();
-    let messages: Vec<pb::ImportRequest> = digests
-        .chunks(5_000)
-        .map(|chunk| pb::ImportRequest {
-            flags: chunk.iter().map(|d| flag(*d, pb::Category::Grooming, 60)).collect(),
-            key_id: 1,
-        })
-        .collect();
+    let digests: Vec<[u8; 32]> = (0..25_000u32).map(imported).collect();
+    let messages = import_messages_of(0, 25_000, 5_000);
     let mut answers = on_leader
         .import(tokio_stream::iter(messages))
         .await
@@ -706,16 +699,8 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
 
     // An import sent to the follower goes on to the leader as the member's own; the
     // member sees the leader's answers.
-    let more: Vec<[u8; 32]> = (100_000..112_000u32)
-        .map(|n| *blake3::hash(&n.to_le_bytes()).as_bytes())
-        .collect();
-    let messages: Vec<pb::ImportRequest> = more
-        .chunks(4_000)
-        .map(|chunk| pb::ImportRequest {
-            flags: chunk.iter().map(|d| flag(*d, pb::Category::Grooming, 60)).collect(),
-            key_id: 1,
-        })
-        .collect();
+    let more: Vec<[u8; 32]> = (100_000..112_000u32).map(imported).collect();
+    let messages = import_messages_of(100_000, 112_000, 4_000);
     let mut answers = on_second
         .clone()
         .import(tokio_stream::iter(messages))

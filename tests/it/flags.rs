@@ -3,7 +3,7 @@
 use flagshare::pb;
 use tonic::Code;
 
-use crate::support::{TestServer, email_digest, flag, query, submit_request};
+use crate::support::{TestServer, email_digest, flag, import_messages_of, imported, query, submit_request};
 
 #[tokio::test]
 async fn a_flag_submitted_by_one_member_matches_another_members_query() {
@@ -328,29 +328,9 @@ async fn health_and_reflection_answer_without_proto_files() {
     }
 }
 
-/// Digest `i` of an import test.
-fn imported(i: u32) -> [u8; 32] {
-    *blake3::hash(&i.to_be_bytes()).as_bytes()
-}
-
 /// Messages of 10,000 flags with digests `from..to`.
 fn import_messages(from: u32, to: u32) -> Vec<pb::ImportRequest> {
     import_messages_of(from, to, 10_000)
-}
-
-/// Messages of `per_message` flags with digests `from..to`.
-fn import_messages_of(from: u32, to: u32, per_message: usize) -> Vec<pb::ImportRequest> {
-    (from..to)
-        .collect::<Vec<_>>()
-        .chunks(per_message)
-        .map(|chunk| pb::ImportRequest {
-            flags: chunk
-                .iter()
-                .map(|i| flag(imported(*i), pb::Category::Grooming, 60))
-                .collect(),
-            key_id: 1,
-        })
-        .collect()
 }
 
 /// Every answer of an import of `messages`, and how it ended.

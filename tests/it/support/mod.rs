@@ -359,3 +359,23 @@ impl Metrics {
         names
     }
 }
+
+/// Digest `i` of an import test.
+pub fn imported(i: u32) -> [u8; 32] {
+    *blake3::hash(&i.to_be_bytes()).as_bytes()
+}
+
+/// Messages of `per_message` flags with digests `from..to`.
+pub fn import_messages_of(from: u32, to: u32, per_message: usize) -> Vec<pb::ImportRequest> {
+    (from..to)
+        .collect::<Vec<_>>()
+        .chunks(per_message)
+        .map(|chunk| pb::ImportRequest {
+            flags: chunk
+                .iter()
+                .map(|i| flag(imported(*i), pb::Category::Grooming, 60))
+                .collect(),
+            key_id: 1,
+        })
+        .collect()
+}
