@@ -1,6 +1,8 @@
 //! The Raft log and vote, in the node's own families of the store (`cf::RAFT_LOG`,
 //! `cf::RAFT_STATE`). Every write is on disk before it is acknowledged: a vote or an entry
-//! a node forgot after a crash could elect two leaders or lose a committed flag.
+//! a node forgot after a crash could elect two leaders or lose a committed flag. Entries
+//! are acknowledged (openraft's `LogFlushed`) by a thread of their own once the WAL behind
+//! them is synced, so appends overlap their fsyncs.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -21,11 +23,24 @@ const READ_LIMIT: usize = 4_096;
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    /// Appends waiting for the disk, in order, to the thread that syncs the WAL behind
+    /// them (`sync_appends`). It ends when the last clone is dropped.
+    appended: std::sync::mpsc::Sender<LogFlushed<Config>>,
 }
 
 impl LogStore {
     pub fn new(store: Arc<Store>) -> LogStore {
-        LogStore { store }
+        let (appended, flushes) = std::sync::mpsc::channel();
+        let syncing = store.clone();
+        let started = std::thread::Builder::new()
+            .name("flagshare-raft-log".to_owned())
+            .spawn(move || sync_appends(&syncing, &flushes));
+        if let Err(err) = started {
+            // Without the thread every append reports a failed write (its callback is
+            // dropped unanswered): the node stops rather than acknowledge unsynced entries.
+            tracing::error!(%err, "starting the raft log's sync thread failed");
+        }
+        LogStore { store, appended }
     }
 
     /// The last entry this node knew committed when it last wrote that down.
@@ -48,6 +63,19 @@ impl LogStore {
             .into_iter()
             .map(|(index, bytes)| rows::decode_entry(index, &bytes).map_err(failed::read_logs))
             .collect()
+    }
+}
+
+/// Syncs the WAL behind each run of appends, then answers them in order, until every
+/// `LogStore` of the node is dropped.
+fn sync_appends(store: &Store, flushes: &std::sync::mpsc::Receiver<LogFlushed<Config>>) {
+    while let Ok(first) = flushes.recv() {
+        let waiting: Vec<LogFlushed<Config>> = std::iter::once(first).chain(flushes.try_iter()).collect();
+        // Every append waiting was written before it was queued: one sync covers them all.
+        let synced = store.persist_wal().map_err(|err| err.to_string());
+        for callback in waiting {
+            callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+        }
     }
 }
 
@@ -135,21 +163,22 @@ impl RaftLogStorage<Config> for LogStore {
                 ))
             })
             .collect::<Result<Vec<_>, StorageError<NodeId>>>()?;
-        let store = self.store.clone();
-        // The write waits for the disk: off the runtime's threads.
-        let written = tokio::task::spawn_blocking(move || store.append_raft_log(&rows))
-            .await
-            .map_err(failed::write_logs)?;
-        match written {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(err) => {
-                callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
-                Err(failed::write_logs(err))
-            }
+        // Written at once (readable, as openraft requires when this returns), synced by
+        // the log's thread, which tells openraft once the entries are on disk: the core
+        // goes on to the next entries meanwhile, and one fsync covers every append that
+        // arrived while the last one ran, as concurrent commits share one on a single
+        // server.
+        if let Err(err) = self.store.append_raft_log(&rows) {
+            callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+            return Err(failed::write_logs(err));
         }
+        self.appended
+            .send(callback)
+            .map_err(|std::sync::mpsc::SendError(callback)| {
+                let stopped = || std::io::Error::other("the raft log's sync thread stopped");
+                callback.log_io_completed(Err(stopped()));
+                failed::write_logs(stopped())
+            })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -15,7 +15,7 @@ use super::log::LogStore;
 use super::machine::StateMachine;
 use super::network::Network;
 use super::{ClusterNode, Config, NodeId, Proposal};
-use crate::store::{Replicator, Store, StoreError, WriteSet};
+use crate::store::{Proposed, Replicator, Store, StoreError, WriteSet};
 
 /// How long a starting node waits to lead its cluster and apply its log.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -385,27 +385,30 @@ struct Proposer {
 }
 
 impl Replicator for Proposer {
-    fn replicate(&self, writes: WriteSet) -> Result<(), StoreError> {
+    fn propose(&self, writes: WriteSet) -> Result<Proposed, StoreError> {
         let proposal = Proposal {
             writes: writes.into_bytes(),
         };
+        // Queued in order behind every earlier proposal (openraft's channel is FIFO), so
+        // the caller may release its locks once this returns and wait after.
+        let answer = tokio::task::block_in_place(|| self.runtime.block_on(self.raft.client_write_ff(proposal)))
+            .map_err(|err| StoreError::Unavailable(format!("the write was not committed: {err}")))?;
+        let runtime = self.runtime.clone();
         // Commits run on blocking threads (or a runtime thread, which gives up its tasks
         // while it waits); the proposal is answered once the entry is applied here.
-        let written = tokio::task::block_in_place(|| self.runtime.block_on(self.raft.client_write(proposal)));
-        written.map(|_| ()).map_err(|err| {
-            StoreError::Unavailable(match err.forward_to_leader() {
-                Some(forward) => match (forward.leader_id, &forward.leader_node) {
-                    (Some(id), Some(node)) => {
-                        format!("this node does not lead the cluster; node {id} does, at {}", node.addr)
-                    }
-                    _ => "this node does not lead the cluster and knows no leader yet".to_owned(),
-                },
-                None => format!("the write was not committed: {err}"),
-            })
-        })
+        Ok(Proposed::pending(move || {
+            match tokio::task::block_in_place(|| runtime.block_on(answer)) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(forward))) => Err(not_leading(&forward)),
+                Ok(Err(err)) => Err(StoreError::Unavailable(format!("the write was not committed: {err}"))),
+                Err(_) => Err(StoreError::Unavailable(
+                    "the write was not committed: the replicated log stopped".to_owned(),
+                )),
+            }
+        }))
     }
 
-    fn settle(&self) {
+    fn settle(&self) -> Option<u64> {
         let settled = tokio::task::block_in_place(|| {
             self.runtime.block_on(self.raft.wait(Some(SETTLE_TIMEOUT)).metrics(
                 |metrics| {
@@ -421,12 +424,21 @@ impl Replicator for Proposer {
             // The commit goes on and fails (or succeeds) on its own terms.
             tracing::warn!(%err, "leading, but the entries before this term are not applied yet");
         }
+        let metrics = self.raft.metrics().borrow().clone();
+        (metrics.current_leader == Some(metrics.id)).then_some(metrics.current_term)
     }
 
     fn trim_log(&self) -> Result<(), StoreError> {
         let trimmed = tokio::task::block_in_place(|| self.runtime.block_on(snapshot_and_purge(&self.raft)));
         trimmed.map_err(|err| StoreError::Unavailable(format!("trimming the replicated log failed: {err}")))
     }
+}
+
+fn not_leading(forward: &openraft::error::ForwardToLeader<NodeId, ClusterNode>) -> StoreError {
+    StoreError::Unavailable(match (forward.leader_id, &forward.leader_node) {
+        (Some(id), Some(node)) => format!("this node does not lead the cluster; node {id} does, at {}", node.addr),
+        _ => "this node does not lead the cluster and knows no leader yet".to_owned(),
+    })
 }
 
 /// Takes a snapshot of everything applied and drops the log behind it: `admin compact`

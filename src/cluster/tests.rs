@@ -255,7 +255,7 @@ struct Mirror {
 }
 
 impl crate::store::Replicator for Mirror {
-    fn replicate(&self, writes: crate::store::WriteSet) -> Result<(), crate::store::StoreError> {
+    fn propose(&self, writes: crate::store::WriteSet) -> Result<crate::store::Proposed, crate::store::StoreError> {
         let writes = writes.into_bytes();
         self.leader.apply_write_set(&writes, &[])?;
         let index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -265,7 +265,7 @@ impl crate::store::Replicator for Mirror {
                 .block_on(machine.apply(vec![entry(index, EntryPayload::Normal(Proposal { writes }))]))
         })
         .map_err(|err| crate::store::StoreError::Unavailable(err.to_string()))?;
-        Ok(())
+        Ok(crate::store::Proposed::done())
     }
 
     fn trim_log(&self) -> Result<(), crate::store::StoreError> {
@@ -358,6 +358,189 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
     let again = follower.verify_audit(admin).await.unwrap();
     assert!(again.broken.is_none(), "{:?}", again.broken);
     assert!(again.last_sequence > report.last_sequence);
+}
+
+/// A replicated log the test answers by hand: each proposal waits in `proposals` until the
+/// test applies it to the store (as the log's state machine would) or fails it.
+struct Gate {
+    proposals: std::sync::Mutex<std::sync::mpsc::Sender<Held>>,
+}
+
+/// A proposal held by `Gate`: its write set and where its answer goes.
+struct Held {
+    writes: Vec<u8>,
+    answer: std::sync::mpsc::Sender<Result<(), crate::store::StoreError>>,
+}
+
+impl crate::store::Replicator for Gate {
+    fn propose(&self, writes: crate::store::WriteSet) -> Result<crate::store::Proposed, crate::store::StoreError> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        let held = Held {
+            writes: writes.into_bytes(),
+            answer,
+        };
+        self.proposals
+            .lock()
+            .unwrap()
+            .send(held)
+            .map_err(|_| crate::store::StoreError::Unavailable("the test stopped".to_owned()))?;
+        Ok(crate::store::Proposed::pending(move || {
+            answered
+                .recv()
+                .unwrap_or_else(|_| Err(crate::store::StoreError::Unavailable("never answered".to_owned())))
+        }))
+    }
+
+    fn trim_log(&self) -> Result<(), crate::store::StoreError> {
+        Ok(())
+    }
+}
+
+/// Submissions on a replicated log hold the writer lock only while they stage and
+/// propose: a second one with other digests is proposed while the first is unanswered. A
+/// submission touching a digest in flight, and any other writer, waits until what is in
+/// flight landed, and then sees it. A proposal that fails leaves no trace: the next
+/// commit continues the change log and the audit chain from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again() {
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Duration;
+
+    use crate::domain::{Actor, Caller, Domain, NewFlag, Policy};
+    use crate::model::{IssuedCertificate, Role};
+
+    let (_dir, store) = open_store();
+    let domain = Domain::open(store.clone(), Policy::default()).unwrap();
+    let (proposals, held) = std::sync::mpsc::channel();
+    store.set_replicator(Some(Arc::new(Gate {
+        proposals: std::sync::Mutex::new(proposals),
+    })));
+    let next = || held.recv_timeout(Duration::from_secs(10)).expect("a proposal");
+    let apply = |proposal: Held| {
+        store.apply_write_set(&proposal.writes, &[]).unwrap();
+        proposal.answer.send(Ok(())).unwrap();
+    };
+    let quiet = |what: &str| match held.recv_timeout(Duration::from_millis(300)) {
+        Err(RecvTimeoutError::Timeout) => {}
+        other => panic!(
+            "{what} was proposed while a submission it must wait for was in flight: {:?}",
+            other.is_ok()
+        ),
+    };
+
+    let add = |name: &'static str| {
+        let domain = domain.clone();
+        tokio::spawn(async move {
+            let sha256 = *blake3::hash(name.as_bytes()).as_bytes();
+            let certificate = IssuedCertificate {
+                sha256,
+                not_after_ms: i64::MAX,
+            };
+            let record = domain
+                .add_principal(Actor::system(), name.to_owned(), Role::Member, certificate)
+                .await
+                .unwrap();
+            Caller {
+                id: record.id,
+                name: record.name,
+                role: Role::Member,
+                cert_sha256: sha256,
+            }
+        })
+    };
+    let adding = add("alpha");
+    apply(next());
+    let alpha = adding.await.unwrap();
+
+    let flags = |from: u32, to: u32| -> Vec<NewFlag> {
+        (from..to)
+            .map(|n| NewFlag {
+                digest: *blake3::hash(&n.to_be_bytes()).as_bytes(),
+                kind: Kind::Email,
+                category: Category::Grooming,
+                confidence: 60,
+                observed_at_ms: None,
+                expires_at_ms: None,
+                reference: Vec::new(),
+                distribution: None,
+            })
+            .collect()
+    };
+    let submit = |new_flags: Vec<NewFlag>| {
+        let (domain, alpha) = (domain.clone(), alpha.clone());
+        tokio::spawn(async move { domain.submit(alpha, new_flags, 1).await })
+    };
+
+    // A and B overlap: B is proposed before A is answered.
+    let a = submit(flags(0, 50));
+    let proposal_a = next();
+    let b = submit(flags(50, 100));
+    let proposal_b = next();
+    // C touches one of A's digests; another writer (a principal added) touches no
+    // digest: both wait for what is in flight.
+    let c = submit(flags(10, 11));
+    quiet("a submission on a digest in flight");
+    apply(proposal_a);
+    assert_eq!(a.await.unwrap().unwrap().n_created, 50);
+    quiet("a submission on a digest in flight, with another submission still in flight");
+    apply(proposal_b);
+    assert_eq!(b.await.unwrap().unwrap().n_created, 50);
+    apply(next());
+    let c = c.await.unwrap().unwrap();
+    assert_eq!((c.n_created, c.n_updated), (0, 1), "C staged without A's flag");
+
+    let d = submit(flags(100, 150));
+    let proposal_d = next();
+    let adding = add("beta");
+    quiet("a principal change");
+    // D fails: nothing of it reaches the store; its memory (sequences, the audit head)
+    // is read again before the next commit.
+    proposal_d
+        .answer
+        .send(Err(crate::store::StoreError::Unavailable(
+            "lost its leadership".to_owned(),
+        )))
+        .unwrap();
+    let failed = d.await.unwrap().unwrap_err();
+    assert!(failed.to_string().contains("lost its leadership"), "{failed}");
+    apply(next());
+    adding.await.unwrap();
+    let e = submit(flags(150, 160));
+    apply(next());
+    let e = e.await.unwrap().unwrap();
+    assert_eq!(e.n_created, 10);
+    // 50 + 50 + 1 changes, then E's 10: D's sequences were handed out again.
+    assert_eq!(e.sequence, 111);
+    let (_, _, head) = domain.feed_changes(alpha.clone(), 0, 0).await.unwrap();
+    assert_eq!(head, 111);
+    assert!(
+        domain
+            .query(alpha.clone(), flags(100, 150).iter().map(|flag| flag.digest).collect())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let admin = Caller {
+        id: 0,
+        name: "admin".to_owned(),
+        role: Role::Admin,
+        cert_sha256: [0; 32],
+    };
+    let verifying = {
+        let domain = domain.clone();
+        tokio::spawn(async move { domain.verify_audit(admin).await })
+    };
+    // Verification records itself (and the queued query's entry) through the log.
+    let report = loop {
+        if verifying.is_finished() {
+            break verifying.await.unwrap().unwrap();
+        }
+        if let Ok(proposal) = held.recv_timeout(Duration::from_millis(50)) {
+            apply(proposal);
+        }
+    };
+    assert!(report.broken.is_none(), "{:?}", report.broken);
 }
 
 mod replicated {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::{AuditEntry, AuditOp, PrincipalId, PrincipalStats};
-use crate::store::{Batch, Durability, Store, codec};
+use crate::store::{Batch, Durability, Proposed, Store, codec};
 
 /// Hash that the first entry of a never-pruned log points back to.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
@@ -138,19 +138,42 @@ impl Ledger {
         events: &[(AuditEvent, i64)],
         durability: Durability,
     ) -> Result<u64> {
+        let staged = self.stage_all(&mut batch, events)?;
+        store.commit_with(batch, durability)?;
+        Ok(self.advance(staged))
+    }
+
+    /// `commit_all` on a replicated log without waiting for the commit: the head moves
+    /// as the write is handed to the log, so the next commit chains onto it. If the
+    /// write then fails, the ledger is ahead of the store and must be read again.
+    pub fn propose_all(
+        &mut self,
+        store: &Store,
+        mut batch: Batch<'_>,
+        events: &[(AuditEvent, i64)],
+    ) -> Result<(u64, Proposed)> {
+        let staged = self.stage_all(&mut batch, events)?;
+        let proposed = store.propose(batch)?;
+        Ok((self.advance(staged), proposed))
+    }
+
+    fn stage_all(&self, batch: &mut Batch<'_>, events: &[(AuditEvent, i64)]) -> Result<Staged> {
         let mut staged = Staged {
             last_sequence: self.last_sequence,
             head: self.head,
             stats: HashMap::new(),
         };
         for (event, at_ms) in events {
-            self.stage(&mut staged, &mut batch, event, *at_ms)?;
+            self.stage(&mut staged, batch, event, *at_ms)?;
         }
-        store.commit_with(batch, durability)?;
+        Ok(staged)
+    }
+
+    fn advance(&mut self, staged: Staged) -> u64 {
         self.last_sequence = staged.last_sequence;
         self.head = staged.head;
         self.stats.extend(staged.stats);
-        Ok(self.last_sequence)
+        self.last_sequence
     }
 
     fn stage(&self, staged: &mut Staged, batch: &mut Batch<'_>, event: &AuditEvent, at_ms: i64) -> Result<()> {

@@ -57,6 +57,17 @@ pub(crate) struct State {
     /// Held for the whole read-modify-write of every change; guards the last sequence
     /// number handed out. Taken before `ledger` when both are needed.
     writer: Mutex<u64>,
+    /// Submissions handed to the replicated log and not answered yet: they hold the
+    /// writer lock only while they stage and propose, so the next one is staged while
+    /// they travel. What they change is in memory already and not yet in the store, so
+    /// any other writer (and a submission touching one of their digests) waits for them
+    /// to land first (`writer`, `submission_writer`).
+    in_flight: Mutex<InFlight>,
+    landed: parking_lot::Condvar,
+    /// The term this node led in when its memory was last known to match the store (0:
+    /// none yet). A new term means commits of the old one may have been lost or landed
+    /// without this copy knowing which: it reads the store again.
+    led_term: AtomicU64,
     /// Set when applied entries of another node's (or a snapshot) changed the store under
     /// this copy's memory and it has not read it again yet (`note_applied`).
     stale: std::sync::atomic::AtomicBool,
@@ -110,6 +121,63 @@ pub(crate) struct State {
 }
 
 const NO_HOLD: u64 = u64::MAX;
+
+/// See `State::in_flight`.
+#[derive(Default)]
+struct InFlight {
+    commits: usize,
+    /// The digests whose summary rows they change, each with how many change it.
+    digests: HashMap<Digest, usize>,
+}
+
+/// A submission on its way to the replicated log (`State::launch`): answered by `land`,
+/// after the caller released the writer lock.
+pub(super) struct Landing<'a> {
+    state: &'a State,
+    /// `None` for a commit made already (no replicated log): nothing was registered.
+    proposed: Option<crate::store::Proposed>,
+    digests: Vec<Digest>,
+}
+
+impl Landing<'_> {
+    /// Waits until the commit is part of the store. On failure this copy's memory (moved
+    /// on when it was proposed) is read again before the next commit.
+    pub(super) fn land(mut self) -> Result<()> {
+        let Some(proposed) = self.proposed.take() else {
+            return Ok(());
+        };
+        let landed = self.state.land(proposed);
+        self.deregister();
+        landed
+    }
+
+    fn deregister(&mut self) {
+        let mut in_flight = self.state.in_flight.lock();
+        in_flight.commits = in_flight.commits.saturating_sub(1);
+        for digest in &self.digests {
+            if let Some(count) = in_flight.digests.get_mut(digest) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.digests.remove(digest);
+                }
+            }
+        }
+        drop(in_flight);
+        self.digests.clear();
+        self.state.landed.notify_all();
+    }
+}
+
+impl Drop for Landing<'_> {
+    /// A landing dropped unanswered (a panic between the proposal and the wait) still
+    /// answers first: the writers waiting for it must not wait for ever.
+    fn drop(&mut self) {
+        if let Some(proposed) = self.proposed.take() {
+            let _ = self.state.land(proposed);
+            self.deregister();
+        }
+    }
+}
 
 /// Where a node that does not lead its cluster sends the audit entries of the reads it
 /// answered (`cluster::forward`).
@@ -288,6 +356,9 @@ impl State {
             registry,
             policy,
             writer: Mutex::new(cached.last_sequence),
+            in_flight: Mutex::new(InFlight::default()),
+            landed: parking_lot::Condvar::new(),
+            led_term: AtomicU64::new(0),
             stale: std::sync::atomic::AtomicBool::new(false),
             ledger: Mutex::new(cached.ledger),
             reads: Mutex::new(Vec::new()),
@@ -350,6 +421,14 @@ impl State {
                 None => return Ok(()),
             },
         };
+        // Commits in flight moved the memory ahead of the store: it is read again only
+        // once they landed (or failed). Each is registered before the ledger is released,
+        // so none is missed here.
+        if wait_for_ledger {
+            self.wait_for_landings(|_| true);
+        } else if self.in_flight.lock().commits > 0 {
+            return Ok(());
+        }
         // Cleared before the read: an entry applied meanwhile marks it again.
         self.stale.store(false, SeqCst);
         let mut cached = match Cached::read(&self.store) {
@@ -382,12 +461,85 @@ impl State {
     /// The writer lock, once a newly elected leader has applied what came before it
     /// (`Store::settle_replication`): a commit then starts from the current state.
     pub(super) fn writer(&self) -> MutexGuard<'_, u64> {
-        self.store.settle_replication();
+        self.settle();
         let mut writer = self.writer.lock();
+        self.wait_for_landings(|_| true);
         if let Err(err) = self.refresh_stale(&mut writer, true) {
             tracing::error!(%err, "reading the store again after another node's commits failed");
         }
         writer
+    }
+
+    /// `writer` for a submission changing the summary rows of `digests`: it waits only
+    /// for the submissions in flight that change one of them (or for all, when this copy
+    /// must read the store again). It proposes its commit (`propose_audited`), releases
+    /// the lock, and `land`s it.
+    pub(super) fn submission_writer(&self, digests: &[Digest]) -> MutexGuard<'_, u64> {
+        self.settle();
+        let mut writer = self.writer.lock();
+        let stale = self.is_stale();
+        self.wait_for_landings(|in_flight| {
+            stale || digests.iter().any(|digest| in_flight.digests.contains_key(digest))
+        });
+        if let Err(err) = self.refresh_stale(&mut writer, true) {
+            tracing::error!(%err, "reading the store again after another node's commits failed");
+        }
+        writer
+    }
+
+    /// Registers a proposed commit as in flight (with the ledger still held, so a copy
+    /// reading the store again waits for it) until its `Landing` lands.
+    pub(super) fn launch(&self, proposed: crate::store::Proposed, digests: Vec<Digest>) -> Landing<'_> {
+        if !proposed.is_pending() {
+            // Made already: nothing to wait for. `land` still reports its outcome.
+            return Landing {
+                state: self,
+                proposed: None,
+                digests: Vec::new(),
+            };
+        }
+        let mut in_flight = self.in_flight.lock();
+        in_flight.commits += 1;
+        for digest in &digests {
+            *in_flight.digests.entry(*digest).or_default() += 1;
+        }
+        Landing {
+            state: self,
+            proposed: Some(proposed),
+            digests,
+        }
+    }
+
+    /// Waits for a commit handed to the replicated log; on failure this copy's memory
+    /// (moved on when it was proposed) is read again before the next commit.
+    fn land(&self, proposed: crate::store::Proposed) -> Result<()> {
+        proposed.wait().map_err(|err| {
+            self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+            Error::from(err)
+        })
+    }
+
+    /// With the writer lock held (no commit can be launched meanwhile): waits until no
+    /// submission is in flight if `must_wait` says so. Landing needs no lock of this
+    /// copy's, so this ends when the log answers them.
+    fn wait_for_landings(&self, must_wait: impl Fn(&InFlight) -> bool) {
+        let mut in_flight = self.in_flight.lock();
+        if in_flight.commits == 0 || !must_wait(&in_flight) {
+            return;
+        }
+        while in_flight.commits > 0 {
+            self.landed.wait(&mut in_flight);
+        }
+    }
+
+    /// Waits for a newly elected leader's earlier entries (`Store::settle_replication`);
+    /// a term this node did not lead in before makes its memory stale.
+    fn settle(&self) {
+        if let Some(term) = self.store.settle_replication()
+            && self.led_term.swap(term, std::sync::atomic::Ordering::SeqCst) != term
+        {
+            self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// The newest committed sequence number, without waiting for a writer that holds the lock
@@ -546,29 +698,55 @@ impl State {
 
     /// Commits `batch` together with the audit entry of `event`.
     pub(super) fn commit_audited(&self, batch: Batch<'_>, event: AuditEvent, now: i64) -> Result<u64> {
+        let (sequence, landing) = self.propose_audited(batch, event, now, Vec::new())?;
+        landing.land()?;
+        Ok(sequence)
+    }
+
+    /// `commit_audited` up to the wait: on a replicated log the commit is handed to it,
+    /// in flight (changing the summary rows of `digests`) until the caller `land`s it;
+    /// without one it is on disk when this returns.
+    pub(super) fn propose_audited(
+        &self,
+        batch: Batch<'_>,
+        event: AuditEvent,
+        now: i64,
+        digests: Vec<Digest>,
+    ) -> Result<(u64, Landing<'_>)> {
         #[cfg(test)]
         #[allow(clippy::panic)]
         if self.fault.swap(false, std::sync::atomic::Ordering::SeqCst) {
             panic!("a fault injected by a test");
         }
-        // The ledger is held for the write only; the wait for the disk comes after it is
-        // released (the writer lock, when the caller holds it, still orders flag changes),
-        // so a query's audit entry never waits behind another call's fsync. Read entries
-        // queued before this commit go first, in the same write.
-        let sequence = {
+        let replicated = self.store.is_replicated();
+        // The ledger is held for the write only; the wait for the disk (or the log) comes
+        // after it is released (the writer lock, when the caller holds it, still orders
+        // flag changes), so a query's audit entry never waits behind another call's
+        // fsync. Read entries queued before this commit go first, in the same write.
+        let proposed = {
             let mut ledger = self.ledger();
             let mut events = std::mem::take(&mut *self.reads.lock());
             let n_reads = events.len();
             events.push((event, now));
-            let committed = ledger.commit_all(&self.store, batch, &events, Durability::Deferred);
+            let committed = match replicated {
+                true => ledger.propose_all(&self.store, batch, &events),
+                false => ledger
+                    .commit_all(&self.store, batch, &events, Durability::Deferred)
+                    .map(|sequence| (sequence, crate::store::Proposed::done())),
+            };
             if committed.is_err() {
                 events.truncate(n_reads);
                 self.requeue_reads(events);
             }
-            committed?
+            let (sequence, proposed) = committed?;
+            // In flight before the ledger is released: a copy reading the store again
+            // holds the ledger, so it finds this commit registered and waits for it.
+            (sequence, self.launch(proposed, digests))
         };
-        self.store.sync_wal()?;
-        Ok(sequence)
+        if !replicated {
+            self.store.sync_wal()?;
+        }
+        Ok(proposed)
     }
 
     /// Records a call that changes nothing else.
@@ -623,17 +801,38 @@ impl State {
             }
             return Ok(());
         }
-        self.store.settle_replication();
-        let mut ledger = self.ledger();
-        let events = std::mem::take(&mut *self.reads.lock());
-        if events.is_empty() {
-            return Ok(());
+        self.settle();
+        if self.is_stale() {
+            drop(self.writer());
         }
-        let committed = ledger.commit_all(&self.store, self.store.batch(), &events, Durability::Buffered);
-        if committed.is_err() {
+        let (events, landing) = {
+            let mut ledger = self.ledger();
+            let events = std::mem::take(&mut *self.reads.lock());
+            if events.is_empty() {
+                return Ok(());
+            }
+            let committed = match self.store.is_replicated() {
+                true => ledger
+                    .propose_all(&self.store, self.store.batch(), &events)
+                    .map(|(_, proposed)| proposed),
+                false => ledger
+                    .commit_all(&self.store, self.store.batch(), &events, Durability::Buffered)
+                    .map(|_| crate::store::Proposed::done()),
+            };
+            match committed {
+                Ok(proposed) => (events, self.launch(proposed, Vec::new())),
+                Err(err) => {
+                    self.requeue_reads(events);
+                    return Err(err);
+                }
+            }
+        };
+        // The log's answer comes after the ledger is released, as a commit's does.
+        if let Err(err) = landing.land() {
             self.requeue_reads(events);
+            return Err(err);
         }
-        committed.map(|_| ())
+        Ok(())
     }
 
     pub(super) fn set_read_forwarder(&self, forwarder: Option<std::sync::Arc<dyn ReadForwarder>>) {

@@ -130,7 +130,7 @@ impl State {
             unique_keys: sorted_keys,
             digests,
         } = sorted;
-        let mut last_sequence = self.writer();
+        let mut last_sequence = self.submission_writer(&digests);
         let mut summaries: Vec<Vec<SummaryEntry>> = self
             .store
             .get_summaries(&digests)?
@@ -238,21 +238,29 @@ impl State {
         if let Some((start, count)) = window {
             batch.put_quarantine_window(caller.id, start, count);
         }
-        if import {
+        let landing = if import {
             let rows: Vec<(Digest, Vec<SummaryEntry>)> = digests.into_iter().zip(summaries).collect();
             self.commit_ingesting(batch, event, now, &rows, *last_sequence, sequence)?;
+            None
         } else {
             for (digest, entries) in digests.iter().zip(&summaries) {
                 batch.put_summary(digest, entries)?;
             }
-            self.commit_audited(batch, event, now)?;
-        }
+            // On a replicated log the commit is on its way, not yet made: the memory moves
+            // on now, so the next submission is staged after it (and is read again from
+            // the store if it fails).
+            Some(self.propose_audited(batch, event, now, digests)?.1)
+        };
         *last_sequence = sequence;
         if let Some(window) = window {
             self.set_window(caller.id, window);
         }
         if n_quarantined > 0 {
             self.quarantined_members.write().insert(caller.id);
+        }
+        drop(last_sequence);
+        if let Some(landing) = landing {
+            landing.land()?;
         }
         Ok(SubmitOutcome {
             n_created,

@@ -61,7 +61,15 @@ pub enum StoreError {
 pub trait Replicator: Send + Sync {
     /// Makes `writes` part of the store through the replicated log; returns once they are
     /// applied here.
-    fn replicate(&self, writes: WriteSet) -> Result<(), StoreError>;
+    fn replicate(&self, writes: WriteSet) -> Result<(), StoreError> {
+        self.propose(writes)?.wait()
+    }
+
+    /// Hands `writes` to the replicated log, in order after every write proposed before
+    /// it, without waiting for the log to commit it: the caller releases its locks and
+    /// then waits (`Proposed::wait`), so the next commit is staged while this one is on
+    /// its way to the disks.
+    fn propose(&self, writes: WriteSet) -> Result<Proposed, StoreError>;
 
     /// Drops the log entries already applied (behind a fresh snapshot), so that the rows
     /// their write sets held leave the disk with the next compaction.
@@ -70,7 +78,35 @@ pub trait Replicator: Send + Sync {
     /// Waits (a bounded time) until a newly elected leader has applied every entry before
     /// its own: what a commit reads (sequence numbers, the audit head) is then current.
     /// Called before the writer's locks are taken, which applying those entries needs.
-    fn settle(&self) {}
+    /// Returns the term this node leads in, if it leads.
+    fn settle(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A commit on its way (`Store::propose`): `wait` answers once it is part of the store,
+/// or why it is not.
+#[must_use = "a proposed commit is acknowledged only once waited for"]
+pub struct Proposed(Option<Box<dyn FnOnce() -> Result<(), StoreError> + Send>>);
+
+impl Proposed {
+    /// A commit already made.
+    pub fn done() -> Proposed {
+        Proposed(None)
+    }
+
+    /// A commit `wait` completes.
+    pub fn pending(wait: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Proposed {
+        Proposed(Some(Box::new(wait)))
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn wait(self) -> Result<(), StoreError> {
+        self.0.map_or(Ok(()), |wait| wait())
+    }
 }
 
 /// Tuning that an operator may change without changing the on-disk format.
@@ -1263,11 +1299,9 @@ impl Store {
     }
 
     /// See `Replicator::settle`; nothing to wait for without a replicated log.
-    pub fn settle_replication(&self) {
+    pub fn settle_replication(&self) -> Option<u64> {
         let replicator = self.replicator.read().clone();
-        if let Some(replicator) = replicator {
-            replicator.settle();
-        }
+        replicator.and_then(|replicator| replicator.settle())
     }
 
     /// Whether commits go through a replicated log.
@@ -1337,6 +1371,22 @@ impl Store {
             Durability::Buffered | Durability::Deferred => self.db.write(batch.inner)?,
         }
         Ok(())
+    }
+
+    /// `commit` for a write that may go on without waiting: on a replicated log, handed
+    /// to it and answered by `Proposed::wait` (which the caller calls after releasing its
+    /// locks); else written and on disk (as configured) before this returns.
+    pub fn propose(&self, mut batch: Batch<'_>) -> Result<Proposed, StoreError> {
+        let replicator = self.replicator.read().clone();
+        if let (Some(replicator), Some(writes)) = (replicator, batch.recorded.take()) {
+            return if writes.is_empty() {
+                Ok(Proposed::done())
+            } else {
+                replicator.propose(writes)
+            };
+        }
+        self.commit_with(batch, Durability::Configured)?;
+        Ok(Proposed::done())
     }
 
     /// Waits until every write so far is on disk (with `sync_writes`; a no-op without):

@@ -59,13 +59,15 @@ impl Store {
         Ok(())
     }
 
-    /// Appends log entries (index, encoded entry), on disk before it returns.
+    /// Appends log entries (index, encoded entry) without waiting for the disk: readable
+    /// at once, on disk after the next `persist_wal` (`cluster::log` waits for it before it
+    /// tells openraft they are).
     pub fn append_raft_log(&self, rows: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for (index, row) in rows {
             batch.put_cf(self.cf(cf::RAFT_LOG), keys::sequence_key(*index), row);
         }
-        self.db.write_opt(batch, &Self::synced())?;
+        self.db.write(batch)?;
         Ok(())
     }
 
