@@ -1,7 +1,7 @@
 //! What a replicated operator costs, and how long its failover takes: `Submit` throughput
 //! and latency on a single server, a one-node cluster and three nodes (each node a
 //! `flagshare serve` process on loopback with its own folder, as `tests/it/failover.rs`
-//! runs them), an `Import` of 1,000,000 flags on three, and the time from the leader's
+//! runs them), an `Import` of 1,000,000 flags on each, and the time from the leader's
 //! SIGKILL until another node leads.
 //!
 //!     CARGO_PROFILE_DEV_OPT_LEVEL=3 scripts/cargo bench --profile dev --bench cluster
@@ -68,6 +68,37 @@ async fn submit_load(client: &FlagsClient<Channel>, seed: u64) -> (f64, Vec<Dura
     (rate, latencies)
 }
 
+/// An `Import` of `n` new flags (messages of 10,000) through `client`: the time until
+/// its last answer, which must count every flag created.
+async fn import_load(client: &FlagsClient<Channel>, seed: u64, n: u64) -> Duration {
+    let messages: Vec<pb::ImportRequest> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(10_000)
+        .map(|chunk| pb::ImportRequest {
+            flags: chunk
+                .iter()
+                .map(|n| flag(digest(seed, *n), pb::Category::Grooming, 60))
+                .collect(),
+            key_id: 1,
+        })
+        .collect();
+    let started = Instant::now();
+    let mut answers = client
+        .clone()
+        .import(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(answer) = answers.message().await.unwrap() {
+        last = Some(answer);
+    }
+    let imported = started.elapsed();
+    let last = last.expect("the import answers");
+    assert!(last.done && last.n_created == n, "{last:?}");
+    imported
+}
+
 fn row(what: &str, (rate, latencies): &(f64, Vec<Duration>)) -> String {
     format!(
         "| {what} | {rate:.0} | {:.1} / {:.1} ms |",
@@ -102,6 +133,11 @@ async fn main() -> anyhow::Result<()> {
     let client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await?);
     let single_row = submit_load(&client, 1).await;
     eprintln!("bench: single server {:.0} flags/s", single_row.0);
+    let single_import = import_load(&client, 6, n_import).await;
+    eprintln!(
+        "bench: imported {n_import} on a single server in {:.1} s",
+        single_import.as_secs_f64()
+    );
     drop(client);
     process.stop();
     drop(dir);
@@ -110,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
     let client = FlagsClient::new(one.member.connect(Some(&one.node(1).endpoint())).await?);
     let one_row = submit_load(&client, 2).await;
     eprintln!("bench: one-node cluster {:.0} flags/s", one_row.0);
+    let one_import = import_load(&client, 7, n_import).await;
+    eprintln!(
+        "bench: imported {n_import} on a one-node cluster in {:.1} s",
+        one_import.as_secs_f64()
+    );
     drop(client);
     drop(one);
 
@@ -140,31 +181,9 @@ async fn main() -> anyhow::Result<()> {
         three_row.0 / single_row.0
     );
     // An import on three: until the leader's last answer, then until every node holds it.
-    let messages: Vec<pb::ImportRequest> = (0..n_import)
-        .collect::<Vec<_>>()
-        .chunks(10_000)
-        .map(|chunk| pb::ImportRequest {
-            flags: chunk
-                .iter()
-                .map(|n| flag(digest(5, *n), pb::Category::Grooming, 60))
-                .collect(),
-            key_id: 1,
-        })
-        .collect();
     let started = Instant::now();
-    let mut answers = to_leader
-        .clone()
-        .import(tokio_stream::iter(messages))
-        .await?
-        .into_inner();
-    let mut last = None;
-    while let Some(answer) = answers.message().await? {
-        last = Some(answer);
-    }
-    let imported = started.elapsed();
+    let imported = import_load(&to_leader, 5, n_import).await;
     eprintln!("bench: imported {n_import} on three in {:.1} s", imported.as_secs_f64());
-    let last = last.expect("the import answers");
-    assert!(last.done && last.n_created == n_import, "{last:?}");
     let probe: Vec<[u8; 32]> = (0..n_import).step_by(9_973).map(|n| digest(5, n)).collect();
     for id in 1..=3 {
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -210,10 +229,19 @@ async fn main() -> anyhow::Result<()> {
         leader = next;
     }
 
+    let rate = |took: Duration| n_import as f64 / took.as_secs_f64();
+    println!(
+        "`Import` of {n_import} flags: single server {:.1} s ({:.0} flags/s); one-node cluster {:.1} s ({:.0} flags/s, {:.2} of the single server's rate)",
+        single_import.as_secs_f64(),
+        rate(single_import),
+        one_import.as_secs_f64(),
+        rate(one_import),
+        rate(one_import) / rate(single_import)
+    );
     println!(
         "`Import` of {n_import} flags on three nodes: {:.1} s to the leader's last answer ({:.0} flags/s), {:.1} s until every node holds it",
         imported.as_secs_f64(),
-        n_import as f64 / imported.as_secs_f64(),
+        rate(imported),
         everywhere.as_secs_f64()
     );
     let seconds: Vec<f64> = failovers.iter().map(Duration::as_secs_f64).collect();

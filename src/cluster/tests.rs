@@ -364,6 +364,8 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
 /// test applies it to the store (as the log's state machine would) or fails it.
 struct Gate {
     proposals: std::sync::Mutex<std::sync::mpsc::Sender<Held>>,
+    /// The term this node leads in (`Replicator::settle`); 0: none.
+    term: std::sync::atomic::AtomicU64,
 }
 
 /// A proposal held by `Gate`: its write set and where its answer goes.
@@ -394,6 +396,55 @@ impl crate::store::Replicator for Gate {
     fn trim_log(&self) -> Result<(), crate::store::StoreError> {
         Ok(())
     }
+
+    fn settle(&self) -> Option<u64> {
+        Some(self.term.load(std::sync::atomic::Ordering::SeqCst)).filter(|term| *term > 0)
+    }
+}
+
+/// Adds member `name` to `domain` (its commit goes through the gate, which the caller
+/// answers).
+fn gated_principal(
+    domain: &crate::domain::Domain,
+    name: &'static str,
+) -> tokio::task::JoinHandle<crate::domain::Caller> {
+    use crate::domain::{Actor, Caller};
+    use crate::model::{IssuedCertificate, Role};
+
+    let domain = domain.clone();
+    tokio::spawn(async move {
+        let sha256 = *blake3::hash(name.as_bytes()).as_bytes();
+        let certificate = IssuedCertificate {
+            sha256,
+            not_after_ms: i64::MAX,
+        };
+        let record = domain
+            .add_principal(Actor::system(), name.to_owned(), Role::Member, certificate)
+            .await
+            .unwrap();
+        Caller {
+            id: record.id,
+            name: record.name,
+            role: Role::Member,
+            cert_sha256: sha256,
+        }
+    })
+}
+
+/// New flags on the digests of `from..to`.
+fn gated_flags(from: u32, to: u32) -> Vec<crate::domain::NewFlag> {
+    (from..to)
+        .map(|n| crate::domain::NewFlag {
+            digest: *blake3::hash(&n.to_be_bytes()).as_bytes(),
+            kind: Kind::Email,
+            category: Category::Grooming,
+            confidence: 60,
+            observed_at_ms: None,
+            expires_at_ms: None,
+            reference: Vec::new(),
+            distribution: None,
+        })
+        .collect()
 }
 
 /// Submissions on a replicated log hold the writer lock only while they stage and
@@ -406,14 +457,15 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Duration;
 
-    use crate::domain::{Actor, Caller, Domain, NewFlag, Policy};
-    use crate::model::{IssuedCertificate, Role};
+    use crate::domain::{Caller, Domain, NewFlag, Policy};
+    use crate::model::Role;
 
     let (_dir, store) = open_store();
     let domain = Domain::open(store.clone(), Policy::default()).unwrap();
     let (proposals, held) = std::sync::mpsc::channel();
     store.set_replicator(Some(Arc::new(Gate {
         proposals: std::sync::Mutex::new(proposals),
+        term: std::sync::atomic::AtomicU64::new(0),
     })));
     let next = || held.recv_timeout(Duration::from_secs(10)).expect("a proposal");
     let apply = |proposal: Held| {
@@ -428,44 +480,12 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
         ),
     };
 
-    let add = |name: &'static str| {
-        let domain = domain.clone();
-        tokio::spawn(async move {
-            let sha256 = *blake3::hash(name.as_bytes()).as_bytes();
-            let certificate = IssuedCertificate {
-                sha256,
-                not_after_ms: i64::MAX,
-            };
-            let record = domain
-                .add_principal(Actor::system(), name.to_owned(), Role::Member, certificate)
-                .await
-                .unwrap();
-            Caller {
-                id: record.id,
-                name: record.name,
-                role: Role::Member,
-                cert_sha256: sha256,
-            }
-        })
-    };
+    let add = |name: &'static str| gated_principal(&domain, name);
     let adding = add("alpha");
     apply(next());
     let alpha = adding.await.unwrap();
 
-    let flags = |from: u32, to: u32| -> Vec<NewFlag> {
-        (from..to)
-            .map(|n| NewFlag {
-                digest: *blake3::hash(&n.to_be_bytes()).as_bytes(),
-                kind: Kind::Email,
-                category: Category::Grooming,
-                confidence: 60,
-                observed_at_ms: None,
-                expires_at_ms: None,
-                reference: Vec::new(),
-                distribution: None,
-            })
-            .collect()
-    };
+    let flags = gated_flags;
     let submit = |new_flags: Vec<NewFlag>| {
         let (domain, alpha) = (domain.clone(), alpha.clone());
         tokio::spawn(async move { domain.submit(alpha, new_flags, 1).await })
@@ -538,6 +558,88 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
         }
         if let Ok(proposal) = held.recv_timeout(Duration::from_millis(50)) {
             apply(proposal);
+        }
+    };
+    assert!(report.broken.is_none(), "{:?}", report.broken);
+}
+
+/// A commit reported failed may still land later (a leader that lost its lead while its
+/// entry was on its way: the next leader commits it, and it is applied here as this
+/// node's own). A node that leads again in a new term reads the store before its next
+/// commit, so it continues after that entry instead of handing out its sequences again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leading_in_a_new_term_reads_the_store_before_its_next_commit() {
+    use std::time::Duration;
+
+    use crate::domain::{Caller, Domain, Policy};
+    use crate::model::Role;
+
+    let (_dir, store) = open_store();
+    let domain = Domain::open(store.clone(), Policy::default()).unwrap();
+    let (proposals, held) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        proposals: std::sync::Mutex::new(proposals),
+        term: std::sync::atomic::AtomicU64::new(1),
+    });
+    store.set_replicator(Some(gate.clone()));
+    let next = || held.recv_timeout(Duration::from_secs(10)).expect("a proposal");
+    let apply = |writes: &[u8]| store.apply_write_set(writes, &[]).unwrap();
+
+    let adding = gated_principal(&domain, "alpha");
+    let proposal = next();
+    apply(&proposal.writes);
+    proposal.answer.send(Ok(())).unwrap();
+    let alpha = adding.await.unwrap();
+    let submit = |from: u32, to: u32| {
+        let (domain, alpha) = (domain.clone(), alpha.clone());
+        tokio::spawn(async move { domain.submit(alpha, gated_flags(from, to), 1).await })
+    };
+
+    let a = submit(0, 50);
+    let proposal = next();
+    apply(&proposal.writes);
+    proposal.answer.send(Ok(())).unwrap();
+    assert_eq!(a.await.unwrap().unwrap().sequence, 50);
+
+    // B is reported failed; the node reads the store again (as a follower's read flush
+    // does), then B lands after all.
+    let b = submit(50, 100);
+    let proposal_b = next();
+    proposal_b
+        .answer
+        .send(Err(crate::store::StoreError::Unavailable(
+            "lost its leadership".to_owned(),
+        )))
+        .unwrap();
+    assert!(b.await.unwrap().is_err());
+    domain.refresh().unwrap();
+    apply(&proposal_b.writes);
+
+    // Leading again, in term 2.
+    gate.term.store(2, std::sync::atomic::Ordering::SeqCst);
+    let c = submit(100, 110);
+    let proposal = next();
+    apply(&proposal.writes);
+    proposal.answer.send(Ok(())).unwrap();
+    assert_eq!(c.await.unwrap().unwrap().sequence, 110, "C reused B's sequences");
+
+    let admin = Caller {
+        id: 0,
+        name: "admin".to_owned(),
+        role: Role::Admin,
+        cert_sha256: [0; 32],
+    };
+    let verifying = {
+        let domain = domain.clone();
+        tokio::spawn(async move { domain.verify_audit(admin).await })
+    };
+    let report = loop {
+        if verifying.is_finished() {
+            break verifying.await.unwrap().unwrap();
+        }
+        if let Ok(proposal) = held.recv_timeout(Duration::from_millis(50)) {
+            apply(&proposal.writes);
+            proposal.answer.send(Ok(())).unwrap();
         }
     };
     assert!(report.broken.is_none(), "{:?}", report.broken);
