@@ -209,6 +209,8 @@ pub struct ClusterReading {
     pub applied_index: u64,
     /// Whether it answers reads (in touch with its cluster within its staleness bound).
     pub serving_reads: bool,
+    /// Read-index rounds run for reads while it led and its lease had lapsed.
+    pub read_index_rounds: u64,
     /// On the leader: each node's id and how many entries it lacks.
     pub lags: Vec<(u64, u64)>,
 }
@@ -392,6 +394,11 @@ impl Scraped {
                 "cluster_serving_reads",
                 "1 while this node answers reads (in touch with its cluster within max_staleness_secs), else 0",
                 gauge(u64::from(cluster.serving_reads)),
+            );
+            registry.register(
+                "cluster_read_index_rounds",
+                "Rounds of heartbeats this node ran as leader to confirm it still leads before reads (its lease had lapsed); concurrent reads share one",
+                counter(cluster.read_index_rounds),
             );
             let lags = Family::<NodeLabels, Gauge>::default();
             for (node, lag) in &cluster.lags {

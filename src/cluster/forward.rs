@@ -38,15 +38,25 @@ pub struct Leader {
     runtime: tokio::runtime::Handle,
     /// The connection last used, and the address it goes to.
     channel: parking_lot::Mutex<Option<(String, Channel)>>,
+    /// One read-index round at a time, and when the last began and how it ended: reads
+    /// that arrived before a round began take its outcome instead of a round each.
+    read_index: tokio::sync::Mutex<Option<(std::time::Instant, std::result::Result<(), String>)>>,
+    read_index_rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Leader {
-    pub fn new(raft: Raft<Config>, bundle: Option<Arc<Bundle>>) -> Leader {
+    pub fn new(
+        raft: Raft<Config>,
+        bundle: Option<Arc<Bundle>>,
+        read_index_rounds: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Leader {
         Leader {
             raft,
             bundle,
             runtime: tokio::runtime::Handle::current(),
             channel: parking_lot::Mutex::new(None),
+            read_index: tokio::sync::Mutex::new(None),
+            read_index_rounds,
         }
     }
 
@@ -85,16 +95,32 @@ impl Leader {
         if leads_within_lease {
             return Ok(());
         }
-        match tokio::time::timeout(READ_INDEX_TIMEOUT, self.raft.ensure_linearizable()).await {
+        // A round that began after this read arrived confirms it as well as its own: the
+        // leadership it confirms, and the commit index it waits to apply, are at least
+        // this read's. So concurrent reads share one round (and one failure) instead of
+        // sending the followers a heartbeat round each.
+        let arrived = std::time::Instant::now();
+        let mut last = self.read_index.lock().await;
+        if let Some((began, outcome)) = last.as_ref()
+            && *began >= arrived
+        {
+            return outcome.clone().map_err(unavailable);
+        }
+        let began = std::time::Instant::now();
+        self.read_index_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let outcome = match tokio::time::timeout(READ_INDEX_TIMEOUT, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(unavailable(format!(
+            Ok(Err(err)) => Err(format!(
                 "this node cannot confirm that it still leads the cluster ({err}); ask another node"
-            ))),
-            Err(_) => Err(unavailable(
+            )),
+            Err(_) => Err(
                 "this node cannot confirm that it still leads the cluster: no majority answered; ask another node"
                     .to_owned(),
-            )),
-        }
+            ),
+        };
+        *last = Some((began, outcome.clone()));
+        outcome.map_err(unavailable)
     }
 
     fn address(&self) -> Result<(u64, String)> {

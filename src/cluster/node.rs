@@ -59,6 +59,8 @@ pub struct Node {
     store: Arc<Store>,
     /// This node's credentials for calling the others.
     credentials: Option<Arc<crate::client::Bundle>>,
+    /// Read-index rounds its leader reads ran (`forward::Leader::confirm_read`).
+    read_index_rounds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Node {
@@ -133,6 +135,7 @@ impl Node {
             raft,
             store,
             credentials,
+            read_index_rounds: Arc::default(),
         };
         node.keep_own_entry_current(address, certificate_sha256).await?;
         Ok(node)
@@ -374,7 +377,16 @@ impl Node {
     /// The cluster's leader, reached with this node's credentials: where a follower sends
     /// the audit entries of its reads and the members' writes.
     pub fn leader(&self) -> Arc<super::forward::Leader> {
-        Arc::new(super::forward::Leader::new(self.raft.clone(), self.credentials.clone()))
+        Arc::new(super::forward::Leader::new(
+            self.raft.clone(),
+            self.credentials.clone(),
+            self.read_index_rounds.clone(),
+        ))
+    }
+
+    /// Read-index rounds run for reads on this node while it led (their lease lapsed).
+    pub fn read_index_rounds(&self) -> u64 {
+        self.read_index_rounds.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -602,6 +602,7 @@ fn cluster_reading(node: &crate::cluster::node::Node, serving_reads: bool) -> cr
         last_log_index: view.last_log_index.unwrap_or(0),
         applied_index: view.applied_index.unwrap_or(0),
         serving_reads,
+        read_index_rounds: node.read_index_rounds(),
         lags: view
             .nodes
             .iter()

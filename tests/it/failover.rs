@@ -405,9 +405,39 @@ async fn a_leader_that_cannot_confirm_its_lead_refuses_reads() {
         }
     };
     let refused_after = paused_at.elapsed();
+    // Reads arriving together while the lease is lapsed share read-index rounds: the
+    // followers (here: nobody) are asked once or twice, not once a read.
+    let leader_process = cluster.node(1).process.as_ref().unwrap();
+    let rounds = |scraped: &crate::support::Metrics| {
+        scraped
+            .value("flagshare_cluster_read_index_rounds_total", "")
+            .expect("the leader counts its read-index rounds")
+    };
+    let rounds_before = rounds(&leader_process.scrape().await);
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = on_leader.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(10), client.query(query_request(&[known]))).await
+            })
+        })
+        .collect();
+    for read in burst {
+        let refused = read.await.unwrap().expect("refused within 10 s").unwrap_err();
+        assert!(
+            refused.message().contains("cannot confirm that it still leads"),
+            "{refused:?}"
+        );
+    }
+    let burst_rounds = rounds(&leader_process.scrape().await) - rounds_before;
     for id in [2, 3] {
         cluster.node(id).process.as_ref().unwrap().signal("CONT");
     }
+    eprintln!("leader reads: 16 reads at once refused after {burst_rounds} read-index rounds");
+    assert!(
+        (1.0..=4.0).contains(&burst_rounds),
+        "{burst_rounds} rounds for 16 reads"
+    );
     eprintln!(
         "leader reads: refused {:.2} s after both followers were paused",
         refused_after.as_secs_f64()

@@ -30,6 +30,8 @@ pub fn path(p: &Path) -> &str {
 pub struct ServeProcess {
     child: Child,
     port: u16,
+    /// Where its metrics endpoint listens, once its log said so.
+    metrics: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
 }
 
 impl ServeProcess {
@@ -57,6 +59,8 @@ impl ServeProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (found, port) = std::sync::mpsc::channel();
+        let metrics = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let metrics_found = metrics.clone();
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -66,6 +70,11 @@ impl ServeProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 use std::io::Write as _;
                 let _ = writeln!(log, "{line}");
+                if let Some(address) = line.split("metrics at http://").nth(1)
+                    && let Some(Ok(address)) = address.split('/').next().map(str::parse)
+                {
+                    *metrics_found.lock().unwrap() = Some(address);
+                }
                 if let Some(address) = line.split("listening on ").nth(1) {
                     let port: u16 = address
                         .split_whitespace()
@@ -83,7 +92,23 @@ impl ServeProcess {
         let port = port
             .recv_timeout(Duration::from_secs(60))
             .expect("the server prints its address within a minute");
-        ServeProcess { child, port }
+        ServeProcess { child, port, metrics }
+    }
+
+    /// `GET /metrics` of this server (its endpoint as its log names it, waited for).
+    pub async fn scrape(&self) -> super::Metrics {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            if let Some(address) = *self.metrics.lock().unwrap() {
+                break address;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server names its metrics endpoint"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        super::Metrics(super::scrape(address).await)
     }
 
     /// The server's resident memory now, in bytes (Linux `/proc`).
