@@ -420,7 +420,7 @@ impl Replicator for Proposer {
         }))
     }
 
-    fn settle(&self) -> Option<u64> {
+    fn settle(&self) -> Result<Option<u64>, StoreError> {
         let settled = tokio::task::block_in_place(|| {
             self.runtime.block_on(self.raft.wait(Some(SETTLE_TIMEOUT)).metrics(
                 |metrics| {
@@ -432,12 +432,17 @@ impl Replicator for Proposer {
                 "the new leader's first entry applied",
             ))
         });
-        if let Err(err) = settled {
-            // The commit goes on and fails (or succeeds) on its own terms.
-            tracing::warn!(%err, "leading, but the entries before this term are not applied yet");
+        match settled {
+            Ok(metrics) if metrics.current_leader == Some(metrics.id) => Ok(Some(metrics.current_term)),
+            Ok(_) => Ok(None),
+            Err(err) => {
+                tracing::warn!(%err, "leading, but the entries before this term are not applied yet");
+                Err(StoreError::Unavailable(
+                    "this node leads the cluster but has not applied the entries of the leader before it yet; try again"
+                        .to_owned(),
+                ))
+            }
         }
-        let metrics = self.raft.metrics().borrow().clone();
-        (metrics.current_leader == Some(metrics.id)).then_some(metrics.current_term)
     }
 
     fn trim_log(&self) -> Result<(), StoreError> {

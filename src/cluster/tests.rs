@@ -364,7 +364,8 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
 /// test applies it to the store (as the log's state machine would) or fails it.
 struct Gate {
     proposals: std::sync::Mutex<std::sync::mpsc::Sender<Held>>,
-    /// The term this node leads in (`Replicator::settle`); 0: none.
+    /// The term this node leads in (`Replicator::settle`); 0: none; `u64::MAX`: it leads
+    /// but has not applied its predecessors' entries in time.
     term: std::sync::atomic::AtomicU64,
 }
 
@@ -397,8 +398,12 @@ impl crate::store::Replicator for Gate {
         Ok(())
     }
 
-    fn settle(&self) -> Option<u64> {
-        Some(self.term.load(std::sync::atomic::Ordering::SeqCst)).filter(|term| *term > 0)
+    fn settle(&self) -> Result<Option<u64>, crate::store::StoreError> {
+        match self.term.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(None),
+            u64::MAX => Err(crate::store::StoreError::Unavailable("not settled".to_owned())),
+            term => Ok(Some(term)),
+        }
     }
 }
 
@@ -566,7 +571,8 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
 /// A commit reported failed may still land later (a leader that lost its lead while its
 /// entry was on its way: the next leader commits it, and it is applied here as this
 /// node's own). A node that leads again in a new term reads the store before its next
-/// commit, so it continues after that entry instead of handing out its sequences again.
+/// commit, so it continues after that entry instead of handing out its sequences again;
+/// one that cannot apply what came before its term refuses to commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_leading_in_a_new_term_reads_the_store_before_its_next_commit() {
     use std::time::Duration;
@@ -622,6 +628,16 @@ async fn a_node_leading_in_a_new_term_reads_the_store_before_its_next_commit() {
     apply(&proposal.writes);
     proposal.answer.send(Ok(())).unwrap();
     assert_eq!(c.await.unwrap().unwrap().sequence, 110, "C reused B's sequences");
+
+    // A leader whose predecessors' entries are not applied in time stages nothing.
+    gate.term.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    let refused = submit(110, 120).await.unwrap().unwrap_err();
+    assert!(refused.to_string().contains("not settled"), "{refused}");
+    assert!(
+        held.try_recv().is_err(),
+        "a commit was proposed from an unsettled state"
+    );
+    gate.term.store(2, std::sync::atomic::Ordering::SeqCst);
 
     let admin = Caller {
         id: 0,

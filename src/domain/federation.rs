@@ -393,7 +393,7 @@ pub(super) fn apply(
     now: i64,
 ) -> Result<ApplyOutcome> {
     let mut outcome = ApplyOutcome::default();
-    let mut last_sequence = state.writer();
+    let mut last_sequence = state.writer()?;
     let mut peer = state
         .peer(peer_name)?
         .ok_or_else(|| Error::NotFound(format!("peer: no peer named '{peer_name}'")))?;
@@ -820,7 +820,7 @@ pub(super) fn configure_peer(state: &State, admin: &Caller, mut record: PeerReco
             record.operator_key
         )));
     }
-    let _writer = state.writer();
+    let _writer = state.writer()?;
     if let Some(existing) = state.peer(&record.name)? {
         record.cursor = existing.cursor;
         record.remote_db_identity = existing.remote_db_identity;
@@ -900,7 +900,7 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str, now: i6
             now,
         )?;
     }
-    let _writer = state.writer();
+    let _writer = state.writer()?;
     let mut peer = state
         .peer(name)?
         .ok_or_else(|| Error::NotFound(format!("name: no peer named '{name}'")))?;
@@ -928,7 +928,7 @@ pub(super) fn reset_peer_cursor(state: &State, name: &str, reason: &str, now: i6
 }
 
 pub(super) fn remove_peer(state: &State, admin: &Caller, name: &str, now: i64) -> Result<()> {
-    let _writer = state.writer();
+    let _writer = state.writer()?;
     if state.peer(name)?.is_none() {
         return Err(Error::NotFound(format!("name: no peer named '{name}'")));
     }

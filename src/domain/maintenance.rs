@@ -20,7 +20,7 @@ const PURGE_CHUNK: usize = 1_000;
 pub(super) fn forget_orphaned_members(state: &State, now: i64) -> Result<u64> {
     let scan = state.federation.begin_orphan_scan();
     let referenced = state.store.referenced_members()?;
-    let _writer = state.writer();
+    let _writer = state.writer()?;
     let orphans = state.federation.forget_orphans(&referenced, scan);
     if orphans.is_empty() {
         return Ok(0);
@@ -104,7 +104,7 @@ pub(super) fn delete_old_tombstones(state: &State, cutoff_ms: i64) -> Result<u64
     let start = state.store.change_horizon()?;
     let mut horizon = start;
     loop {
-        let last_sequence = state.writer();
+        let last_sequence = state.writer()?;
         let changes = state.store.changes_after(horizon, TOMBSTONE_CHUNK)?;
         let mut batch = state.store.batch();
         let mut reached = horizon;

@@ -27,7 +27,7 @@ impl State {
     ) -> Result<PrincipalRecord> {
         let cert_sha256 = certificate.sha256;
         principals::validate_principal_name(name)?;
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         if self.registry.by_name(name).is_some() {
             return Err(Error::AlreadyExists(format!("name: a principal named '{name}' exists")));
         }
@@ -74,7 +74,7 @@ impl State {
         if zero.contains(&true) {
             return Err(Error::invalid("limits: every limit must be at least 1"));
         }
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         if self.registry.by_name(name).is_none() {
             return Err(Error::NotFound(format!("name: no principal named '{name}'")));
         }
@@ -138,7 +138,7 @@ impl State {
             ));
         }
         let record = {
-            let _writer = self.writer();
+            let _writer = self.writer()?;
             let mut record = self
                 .registry
                 .by_name(name)
@@ -210,7 +210,7 @@ impl State {
         now: i64,
     ) -> Result<PrincipalRecord> {
         let cert_sha256 = certificate.sha256;
-        let _writer = self.writer();
+        let _writer = self.writer()?;
         let mut record = self
             .registry
             .by_name(name)

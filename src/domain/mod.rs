@@ -721,7 +721,7 @@ impl Domain {
             )?;
             // Under the writer lock: the copy never falls inside an import block (between
             // its commit and the ingestion of its summaries file, which the copy would lack).
-            let _writer = state.writer();
+            let _writer = state.writer()?;
             state.store.checkpoint(&dir).map_err(|err| {
                 tracing::warn!(dir = %dir.display(), %err, "backup failed");
                 Error::Internal(format!(

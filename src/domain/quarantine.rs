@@ -185,7 +185,7 @@ impl State {
     /// commit: they go live (and federate) as of now. Returns (released, still held).
     pub(super) fn quarantine_release(&self, admin: &Caller, name: &str, now: i64) -> Result<(u32, u64)> {
         let member = self.quarantined_member(name)?;
-        let mut last_sequence = self.writer();
+        let mut last_sequence = self.writer()?;
         // Checked under the lock: a suspension or removal may be under way.
         if let Some(record) = self.registry.by_name(name)
             && record.status != PrincipalStatus::Active
@@ -260,7 +260,7 @@ impl State {
     }
 
     fn reject_chunk(&self, admin: &Caller, member: PrincipalId, name: &str, now: i64) -> Result<(u32, u64)> {
-        let writer = self.writer();
+        let writer = self.writer()?;
         let rows = self.store.quarantined(Some(member), QUARANTINE_CHUNK)?;
         let mut batch = self.store.batch();
         for (key, _) in &rows {

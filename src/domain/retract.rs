@@ -23,7 +23,7 @@ impl State {
         digests.sort_unstable();
         digests.dedup();
 
-        let mut last_sequence = self.writer();
+        let mut last_sequence = self.writer()?;
         let mut summaries = self.read_summaries(&digests)?;
 
         let mut batch = self.store.batch();
@@ -120,7 +120,7 @@ impl State {
                 "member: a member cannot dispute its own flags; retract them instead",
             ));
         }
-        let mut last_sequence = self.writer();
+        let mut last_sequence = self.writer()?;
         let entries = self.store.get_summaries(&[digest])?.pop().flatten().unwrap_or_default();
         let disputed: Vec<&SummaryEntry> = entries
             .iter()

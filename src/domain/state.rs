@@ -460,31 +460,30 @@ impl State {
 
     /// The writer lock, once a newly elected leader has applied what came before it
     /// (`Store::settle_replication`): a commit then starts from the current state.
-    pub(super) fn writer(&self) -> MutexGuard<'_, u64> {
-        self.settle();
+    /// Fails (and nothing may be staged) if the state cannot be made current: a new
+    /// leader that has not applied its predecessors' entries in time, or a failed read of
+    /// the store.
+    pub(super) fn writer(&self) -> Result<MutexGuard<'_, u64>> {
+        self.settle()?;
         let mut writer = self.writer.lock();
         self.wait_for_landings(|_| true);
-        if let Err(err) = self.refresh_stale(&mut writer, true) {
-            tracing::error!(%err, "reading the store again after another node's commits failed");
-        }
-        writer
+        self.refresh_stale(&mut writer, true)?;
+        Ok(writer)
     }
 
     /// `writer` for a submission changing the summary rows of `digests`: it waits only
     /// for the submissions in flight that change one of them (or for all, when this copy
     /// must read the store again). It proposes its commit (`propose_audited`), releases
     /// the lock, and `land`s it.
-    pub(super) fn submission_writer(&self, digests: &[Digest]) -> MutexGuard<'_, u64> {
-        self.settle();
+    pub(super) fn submission_writer(&self, digests: &[Digest]) -> Result<MutexGuard<'_, u64>> {
+        self.settle()?;
         let mut writer = self.writer.lock();
         let stale = self.is_stale();
         self.wait_for_landings(|in_flight| {
             stale || digests.iter().any(|digest| in_flight.digests.contains_key(digest))
         });
-        if let Err(err) = self.refresh_stale(&mut writer, true) {
-            tracing::error!(%err, "reading the store again after another node's commits failed");
-        }
-        writer
+        self.refresh_stale(&mut writer, true)?;
+        Ok(writer)
     }
 
     /// Registers a proposed commit as in flight (with the ledger still held, so a copy
@@ -534,12 +533,13 @@ impl State {
 
     /// Waits for a newly elected leader's earlier entries (`Store::settle_replication`);
     /// a term this node did not lead in before makes its memory stale.
-    fn settle(&self) {
-        if let Some(term) = self.store.settle_replication()
+    fn settle(&self) -> Result<()> {
+        if let Some(term) = self.store.settle_replication()?
             && self.led_term.swap(term, std::sync::atomic::Ordering::SeqCst) != term
         {
             self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        Ok(())
     }
 
     /// The newest committed sequence number, without waiting for a writer that holds the lock
@@ -776,7 +776,7 @@ impl State {
         if self.is_stale() {
             // Applied entries left this copy behind (its refresh found the locks taken):
             // read again under the writer lock before anything here extends the chain.
-            drop(self.writer());
+            drop(self.writer()?);
         }
         let forwarder = self.read_forwarder.read().clone();
         if let Some(forwarder) = forwarder.filter(|forwarder| !forwarder.leads()) {
@@ -801,9 +801,9 @@ impl State {
             }
             return Ok(());
         }
-        self.settle();
+        self.settle()?;
         if self.is_stale() {
-            drop(self.writer());
+            drop(self.writer()?);
         }
         let (events, landing) = {
             let mut ledger = self.ledger();
@@ -913,7 +913,7 @@ impl State {
     ) -> Result<u64> {
         let mut n_withdrawn = 0u64;
         for digests in digests.chunks(chunk.max(1)) {
-            let mut last_sequence = self.writer();
+            let mut last_sequence = self.writer()?;
             let mut sequence = *last_sequence;
             let mut batch = self.store.batch();
             let mut n_chunk = 0u64;

@@ -130,7 +130,7 @@ impl State {
             unique_keys: sorted_keys,
             digests,
         } = sorted;
-        let mut last_sequence = self.submission_writer(&digests);
+        let mut last_sequence = self.submission_writer(&digests)?;
         let mut summaries: Vec<Vec<SummaryEntry>> = self
             .store
             .get_summaries(&digests)?

@@ -78,9 +78,11 @@ pub trait Replicator: Send + Sync {
     /// Waits (a bounded time) until a newly elected leader has applied every entry before
     /// its own: what a commit reads (sequence numbers, the audit head) is then current.
     /// Called before the writer's locks are taken, which applying those entries needs.
-    /// Returns the term this node leads in, if it leads.
-    fn settle(&self) -> Option<u64> {
-        None
+    /// Returns the term this node leads in, if it leads; fails if it leads and those
+    /// entries are not applied in time (a commit staged then would not start from the
+    /// current state).
+    fn settle(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
     }
 }
 
@@ -1299,9 +1301,9 @@ impl Store {
     }
 
     /// See `Replicator::settle`; nothing to wait for without a replicated log.
-    pub fn settle_replication(&self) -> Option<u64> {
+    pub fn settle_replication(&self) -> Result<Option<u64>, StoreError> {
         let replicator = self.replicator.read().clone();
-        replicator.and_then(|replicator| replicator.settle())
+        replicator.map_or(Ok(None), |replicator| replicator.settle())
     }
 
     /// Whether commits go through a replicated log.
