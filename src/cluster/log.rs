@@ -31,7 +31,9 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(store: Arc<Store>) -> LogStore {
         let (appended, flushes) = std::sync::mpsc::channel();
-        let syncing = store.clone();
+        // Weak: a node that stops closes its store when openraft drops its log, not when
+        // this thread next wakes.
+        let syncing = Arc::downgrade(&store);
         let started = std::thread::Builder::new()
             .name("flagshare-raft-log".to_owned())
             .spawn(move || sync_appends(&syncing, &flushes));
@@ -68,11 +70,14 @@ impl LogStore {
 
 /// Syncs the WAL behind each run of appends, then answers them in order, until every
 /// `LogStore` of the node is dropped.
-fn sync_appends(store: &Store, flushes: &std::sync::mpsc::Receiver<LogFlushed<Config>>) {
+fn sync_appends(store: &std::sync::Weak<Store>, flushes: &std::sync::mpsc::Receiver<LogFlushed<Config>>) {
     while let Ok(first) = flushes.recv() {
         let waiting: Vec<LogFlushed<Config>> = std::iter::once(first).chain(flushes.try_iter()).collect();
         // Every append waiting was written before it was queued: one sync covers them all.
-        let synced = store.persist_wal().map_err(|err| err.to_string());
+        let synced = match store.upgrade() {
+            Some(store) => store.persist_wal().map_err(|err| err.to_string()),
+            None => Err("the store is closed".to_owned()),
+        };
         for callback in waiting {
             callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
         }
