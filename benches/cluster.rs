@@ -1,5 +1,6 @@
 //! What a replicated operator costs, and how long its failover takes: `Submit` throughput
-//! and latency on a single server, a one-node cluster and three nodes (each node a
+//! and latency on a single server and a one-node cluster (loads alternating between the
+//! two, their ratio taken round by round), and on three nodes (each node a
 //! `flagshare serve` process on loopback with its own folder, as `tests/it/failover.rs`
 //! runs them), an `Import` of 1,000,000 flags on each, and the time from the leader's
 //! SIGKILL until another node leads.
@@ -31,6 +32,8 @@ const SUBMIT_CALLS: usize = 2_000;
 const FLAGS_PER_CALL: usize = 100;
 const WRITERS: usize = 4;
 const FAILOVERS: usize = 3;
+/// Alternating loads on the single server and the one-node cluster.
+const PAIRED_ROUNDS: usize = 6;
 
 fn digest(seed: u64, n: u64) -> [u8; 32] {
     *blake3::hash(&[seed.to_le_bytes(), n.to_le_bytes()].concat()).as_bytes()
@@ -130,28 +133,55 @@ async fn main() -> anyhow::Result<()> {
     let dir = single.stop().await;
     write_config(dir.path(), |_| {});
     let process = ServeProcess::start(dir.path());
-    let client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await?);
-    let single_row = submit_load(&client, 1).await;
-    eprintln!("bench: single server {:.0} flags/s", single_row.0);
-    let single_import = import_load(&client, 6, n_import).await;
+    let single_client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await?);
+    let one = ProcessCluster::start(1).await;
+    let one_client = FlagsClient::new(one.member.connect(Some(&one.node(1).endpoint())).await?);
+
+    // Single server and one-node cluster side by side, their loads alternating (the order
+    // swapped each round): this machine's speed drifts by a third within minutes, so only
+    // ratios of loads run next to each other mean anything.
+    let (mut single_rates, mut one_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut single_latencies, mut one_latencies) = (Vec::new(), Vec::new());
+    for round in 0..PAIRED_ROUNDS {
+        let seed = 100 + 2 * round as u64;
+        let (single_load, one_load) = if round % 2 == 0 {
+            let single_load = submit_load(&single_client, seed).await;
+            (single_load, submit_load(&one_client, seed + 1).await)
+        } else {
+            let one_load = submit_load(&one_client, seed + 1).await;
+            (submit_load(&single_client, seed).await, one_load)
+        };
+        eprintln!(
+            "bench: round {round}: single server {:.0}, one-node cluster {:.0} flags/s ({:.2})",
+            single_load.0,
+            one_load.0,
+            one_load.0 / single_load.0
+        );
+        ratios.push(one_load.0 / single_load.0);
+        single_rates.push(single_load.0);
+        one_rates.push(one_load.0);
+        single_latencies.extend(single_load.1);
+        one_latencies.extend(one_load.1);
+    }
+    single_latencies.sort();
+    one_latencies.sort();
+    let single_row = (median(single_rates), single_latencies);
+    let one_row = (median(one_rates), one_latencies);
+
+    let single_import = import_load(&single_client, 6, n_import).await;
     eprintln!(
         "bench: imported {n_import} on a single server in {:.1} s",
         single_import.as_secs_f64()
     );
-    drop(client);
-    process.stop();
-    drop(dir);
-
-    let one = ProcessCluster::start(1).await;
-    let client = FlagsClient::new(one.member.connect(Some(&one.node(1).endpoint())).await?);
-    let one_row = submit_load(&client, 2).await;
-    eprintln!("bench: one-node cluster {:.0} flags/s", one_row.0);
-    let one_import = import_load(&client, 7, n_import).await;
+    let one_import = import_load(&one_client, 7, n_import).await;
     eprintln!(
         "bench: imported {n_import} on a one-node cluster in {:.1} s",
         one_import.as_secs_f64()
     );
-    drop(client);
+    drop(single_client);
+    process.stop();
+    drop(dir);
+    drop(one_client);
     drop(one);
 
     let mut three = ProcessCluster::start(3).await;
@@ -167,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
     println!("flagshare replicated operator: processes on 127.0.0.1 of this machine, sharing its cores");
     println!();
     println!(
-        "| `Submit` of {FLAGS_PER_CALL} new flags a call, {WRITERS} callers one call at a time, {SUBMIT_CALLS} calls | flags/s | call p50 / p99 |"
+        "| `Submit` of {FLAGS_PER_CALL} new flags a call, {WRITERS} callers one call at a time, {SUBMIT_CALLS} calls a load | flags/s (median of loads) | call p50 / p99 |"
     );
     println!("|---|---|---|");
     println!("{}", row("single server (no replicated log)", &single_row));
@@ -175,9 +205,14 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", row("three nodes, to the leader", &three_row));
     println!("{}", row("three nodes, to a follower (forwarded)", &forwarded_row));
     println!();
+    let (low, high) = (
+        ratios.iter().copied().fold(f64::MAX, f64::min),
+        ratios.iter().copied().fold(f64::MIN, f64::max),
+    );
     println!(
-        "one-node cluster / single server: {:.2}; three nodes / single server: {:.2}",
-        one_row.0 / single_row.0,
+        "one-node cluster / single server, loads run next to each other: median {:.2} of {PAIRED_ROUNDS} rounds ({low:.2}-{high:.2}); p99 {:.2}; three nodes / single server: {:.2}",
+        median(ratios.clone()),
+        percentile(&one_row.1, 0.99).as_secs_f64() / percentile(&single_row.1, 0.99).as_secs_f64(),
         three_row.0 / single_row.0
     );
     // An import on three: until the leader's last answer, then until every node holds it.
