@@ -351,6 +351,15 @@ fn family_options(name: &str, cache: &Cache) -> Options {
             options.set_level_zero_stop_writes_trigger(80);
             options.set_max_bytes_for_level_base(256 << 20);
         }
+        cf::RAFT_LOG => {
+            // Entries are write sets of random digests (they do not compress), deleted once
+            // a snapshot covers them: no compression, and no compaction of level 0 before
+            // the purge usually drops its files whole.
+            options.set_compression_type(DBCompressionType::None);
+            options.set_level_zero_file_num_compaction_trigger(16);
+            options.set_level_zero_slowdown_writes_trigger(40);
+            options.set_level_zero_stop_writes_trigger(64);
+        }
         _ => options.set_compression_type(DBCompressionType::Lz4),
     }
     options.set_block_based_table_factory(&table);
