@@ -5,8 +5,9 @@
 //!
 //! Locks are `parking_lot`'s, which do not poison: a panic while one is held (a bug, or
 //! an input nobody foresaw) fails that one call and leaves the lock usable, and as the
-//! in-memory sequence moves only after a successful commit, the next write starts from
-//! the committed state.
+//! in-memory sequence moves only after a successful commit (on a replicated log: once the
+//! commit is handed to the log, and a commit that then fails marks the memory stale), the
+//! next write starts from the committed state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -54,8 +55,9 @@ pub(crate) struct State {
     pub(super) store: std::sync::Arc<Store>,
     pub(super) registry: Registry,
     pub(super) policy: Policy,
-    /// Held for the whole read-modify-write of every change; guards the last sequence
-    /// number handed out. Taken before `ledger` when both are needed.
+    /// Held for the whole read-modify-write of every change (a submission on a replicated
+    /// log releases it once its commit is handed to the log: `in_flight`); guards the last
+    /// sequence number handed out. Taken before `ledger` when both are needed.
     writer: Mutex<u64>,
     /// Submissions handed to the replicated log and not answered yet: they hold the
     /// writer lock only while they stage and propose, so the next one is staged while
