@@ -436,6 +436,34 @@ fn gated_principal(
     })
 }
 
+/// `admin audit verify` on a domain whose log is `held`: every commit it makes meanwhile
+/// is applied to `store` and answered.
+async fn verified_through_gate(
+    domain: &crate::domain::Domain,
+    store: &Store,
+    held: &std::sync::mpsc::Receiver<Held>,
+) -> crate::domain::VerifyReport {
+    let admin = crate::domain::Caller {
+        id: 0,
+        name: "admin".to_owned(),
+        role: crate::model::Role::Admin,
+        cert_sha256: [0; 32],
+    };
+    let verifying = {
+        let domain = domain.clone();
+        tokio::spawn(async move { domain.verify_audit(admin).await })
+    };
+    loop {
+        if verifying.is_finished() {
+            return verifying.await.unwrap().unwrap();
+        }
+        if let Ok(proposal) = held.recv_timeout(std::time::Duration::from_millis(50)) {
+            store.apply_write_set(&proposal.writes, &[]).unwrap();
+            proposal.answer.send(Ok(())).unwrap();
+        }
+    }
+}
+
 /// New flags on the digests of `from..to`.
 fn gated_flags(from: u32, to: u32) -> Vec<crate::domain::NewFlag> {
     (from..to)
@@ -462,8 +490,7 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
     use std::sync::mpsc::RecvTimeoutError;
     use std::time::Duration;
 
-    use crate::domain::{Caller, Domain, NewFlag, Policy};
-    use crate::model::Role;
+    use crate::domain::{Domain, NewFlag, Policy};
 
     let (_dir, store) = open_store();
     let domain = Domain::open(store.clone(), Policy::default()).unwrap();
@@ -546,25 +573,8 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
             .is_empty()
     );
 
-    let admin = Caller {
-        id: 0,
-        name: "admin".to_owned(),
-        role: Role::Admin,
-        cert_sha256: [0; 32],
-    };
-    let verifying = {
-        let domain = domain.clone();
-        tokio::spawn(async move { domain.verify_audit(admin).await })
-    };
     // Verification records itself (and the queued query's entry) through the log.
-    let report = loop {
-        if verifying.is_finished() {
-            break verifying.await.unwrap().unwrap();
-        }
-        if let Ok(proposal) = held.recv_timeout(Duration::from_millis(50)) {
-            apply(proposal);
-        }
-    };
+    let report = verified_through_gate(&domain, &store, &held).await;
     assert!(report.broken.is_none(), "{:?}", report.broken);
 }
 
@@ -577,8 +587,7 @@ async fn submissions_overlap_on_a_replicated_log_and_a_failed_one_is_read_again(
 async fn a_node_leading_in_a_new_term_reads_the_store_before_its_next_commit() {
     use std::time::Duration;
 
-    use crate::domain::{Caller, Domain, Policy};
-    use crate::model::Role;
+    use crate::domain::{Domain, Policy};
 
     let (_dir, store) = open_store();
     let domain = Domain::open(store.clone(), Policy::default()).unwrap();
@@ -639,25 +648,7 @@ async fn a_node_leading_in_a_new_term_reads_the_store_before_its_next_commit() {
     );
     gate.term.store(2, std::sync::atomic::Ordering::SeqCst);
 
-    let admin = Caller {
-        id: 0,
-        name: "admin".to_owned(),
-        role: Role::Admin,
-        cert_sha256: [0; 32],
-    };
-    let verifying = {
-        let domain = domain.clone();
-        tokio::spawn(async move { domain.verify_audit(admin).await })
-    };
-    let report = loop {
-        if verifying.is_finished() {
-            break verifying.await.unwrap().unwrap();
-        }
-        if let Ok(proposal) = held.recv_timeout(Duration::from_millis(50)) {
-            apply(&proposal.writes);
-            proposal.answer.send(Ok(())).unwrap();
-        }
-    };
+    let report = verified_through_gate(&domain, &store, &held).await;
     assert!(report.broken.is_none(), "{:?}", report.broken);
 }
 
