@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use common::{median, percentile};
 use support::cluster::ProcessCluster;
 use support::process::ServeProcess;
-use support::{TestServer, flag, submit_request, write_config};
+use support::{TestServer, flag, import_answers, submit_request, write_config};
 
 /// Submissions per measured load, split over `WRITERS` callers, each one call at a time.
 const SUBMIT_CALLS: usize = 2_000;
@@ -86,18 +86,9 @@ async fn import_load(client: &FlagsClient<Channel>, seed: u64, n: u64) -> Durati
         })
         .collect();
     let started = Instant::now();
-    let mut answers = client
-        .clone()
-        .import(tokio_stream::iter(messages))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(answer) = answers.message().await.unwrap() {
-        last = Some(answer);
-    }
+    let answers = import_answers(client, messages).await;
     let imported = started.elapsed();
-    let last = last.expect("the import answers");
+    let last = answers.last().expect("the import answers");
     assert!(last.done && last.n_created == n, "{last:?}");
     imported
 }

@@ -279,8 +279,8 @@ impl crate::store::Replicator for Mirror {
 /// the follower's memory stays behind (the principal is unknown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
-    use crate::domain::{Actor, Caller, Domain, NewFlag, Policy};
-    use crate::model::{IssuedCertificate, Role};
+    use crate::domain::{Domain, Policy};
+    use crate::model::Role;
 
     let (_leader_dir, leader_store) = open_store();
     let (_follower_dir, follower_store) = open_store();
@@ -292,27 +292,7 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
         index: std::sync::atomic::AtomicU64::new(0),
         runtime: tokio::runtime::Handle::current(),
     })));
-    let add = |name: &str| {
-        let leader = leader.clone();
-        let name = name.to_owned();
-        async move {
-            let sha256 = *blake3::hash(name.as_bytes()).as_bytes();
-            let certificate = IssuedCertificate {
-                sha256,
-                not_after_ms: i64::MAX,
-            };
-            let record = leader
-                .add_principal(Actor::system(), name, Role::Member, certificate)
-                .await
-                .unwrap();
-            Caller {
-                id: record.id,
-                name: record.name,
-                role: Role::Member,
-                cert_sha256: sha256,
-            }
-        }
-    };
+    let add = |name: &'static str| crate::domain::tests::member(&leader, name);
 
     // No listener: the rows arrive, the follower's memory does not follow.
     let early = add("early").await;
@@ -325,18 +305,7 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
         let known = follower.authorize(&caller.cert_sha256, &[Role::Member]).unwrap();
         assert_eq!((known.id, known.name.as_str()), (caller.id, caller.name.as_str()));
     }
-    let flags: Vec<NewFlag> = (0u32..50)
-        .map(|n| NewFlag {
-            digest: *blake3::hash(&n.to_be_bytes()).as_bytes(),
-            kind: Kind::Email,
-            category: Category::Grooming,
-            confidence: 60,
-            observed_at_ms: None,
-            expires_at_ms: None,
-            reference: Vec::new(),
-            distribution: None,
-        })
-        .collect();
+    let flags = gated_flags(0, 50);
     let digests: Vec<Digest> = flags.iter().map(|flag| flag.digest).collect();
     leader.submit(alpha.clone(), flags, 1).await.unwrap();
     assert_eq!(follower.query(early.clone(), digests.clone()).await.unwrap().len(), 50);
@@ -347,12 +316,7 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
 
     // The audit chain: the follower's own next entry (its query's, written to its own
     // store here, as no log routes it) links to the leader's head it was told of.
-    let admin = Caller {
-        id: 0,
-        name: "admin".to_owned(),
-        role: Role::Admin,
-        cert_sha256: [0; 32],
-    };
+    let admin = crate::domain::tests::admin();
     let report = follower.verify_audit(admin.clone()).await.unwrap();
     assert!(report.broken.is_none(), "{:?}", report.broken);
     let again = follower.verify_audit(admin).await.unwrap();
@@ -413,27 +377,8 @@ fn gated_principal(
     domain: &crate::domain::Domain,
     name: &'static str,
 ) -> tokio::task::JoinHandle<crate::domain::Caller> {
-    use crate::domain::{Actor, Caller};
-    use crate::model::{IssuedCertificate, Role};
-
     let domain = domain.clone();
-    tokio::spawn(async move {
-        let sha256 = *blake3::hash(name.as_bytes()).as_bytes();
-        let certificate = IssuedCertificate {
-            sha256,
-            not_after_ms: i64::MAX,
-        };
-        let record = domain
-            .add_principal(Actor::system(), name.to_owned(), Role::Member, certificate)
-            .await
-            .unwrap();
-        Caller {
-            id: record.id,
-            name: record.name,
-            role: Role::Member,
-            cert_sha256: sha256,
-        }
-    })
+    tokio::spawn(async move { crate::domain::tests::member(&domain, name).await })
 }
 
 /// `admin audit verify` on a domain whose log is `held`: every commit it makes meanwhile
@@ -443,12 +388,7 @@ async fn verified_through_gate(
     store: &Store,
     held: &std::sync::mpsc::Receiver<Held>,
 ) -> crate::domain::VerifyReport {
-    let admin = crate::domain::Caller {
-        id: 0,
-        name: "admin".to_owned(),
-        role: crate::model::Role::Admin,
-        cert_sha256: [0; 32],
-    };
+    let admin = crate::domain::tests::admin();
     let verifying = {
         let domain = domain.clone();
         tokio::spawn(async move { domain.verify_audit(admin).await })

@@ -892,4 +892,4 @@ impl Domain {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

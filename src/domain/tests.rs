@@ -31,7 +31,7 @@ fn quarantine_after_one() -> Policy {
     }
 }
 
-fn admin() -> Caller {
+pub(crate) fn admin() -> Caller {
     Caller {
         id: 0,
         name: "admin".to_owned(),
@@ -40,7 +40,8 @@ fn admin() -> Caller {
     }
 }
 
-async fn member(domain: &Domain, name: &str) -> Caller {
+/// Adds member `name` (its certificate's fingerprint the hash of its name).
+pub(crate) async fn member(domain: &Domain, name: &str) -> Caller {
     let fingerprint = *blake3::hash(name.as_bytes()).as_bytes();
     let record = domain
         .add_principal(

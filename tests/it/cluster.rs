@@ -7,8 +7,8 @@ use flagshare::store::{Store, StoreOptions};
 
 use crate::support::process::{flagshare, path, stderr, stdout};
 use crate::support::{
-    TestServer, copy_dir, email_digest, eventually, flag, import_messages_of, imported, query, query_request,
-    submit_request, verified_audit,
+    TestServer, copy_dir, email_digest, eventually, flag, import_answers, import_messages_of, imported, query,
+    query_request, submit_request, verified_audit,
 };
 
 /// Every row of the server's Raft log (index, entry), read from its stopped database.
@@ -669,15 +669,11 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
     let mut on_leader = flagshare::pb::flags_client::FlagsClient::new(leader.channel(&member).await);
     let digests: Vec<[u8; 32]> = (0..25_000u32).map(imported).collect();
     let messages = import_messages_of(0, 25_000, 5_000);
-    let mut answers = on_leader
-        .import(tokio_stream::iter(messages))
+    let progress: Vec<_> = import_answers(&on_leader, messages)
         .await
-        .unwrap()
-        .into_inner();
-    let mut progress = Vec::new();
-    while let Some(answer) = answers.message().await.unwrap() {
-        progress.push((answer.n_blocks, answer.n_created, answer.done));
-    }
+        .iter()
+        .map(|answer| (answer.n_blocks, answer.n_created, answer.done))
+        .collect();
     assert_eq!(
         progress,
         [(1, 10_000, false), (2, 20_000, false), (3, 25_000, true)],
@@ -701,16 +697,10 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
     // member sees the leader's answers.
     let more: Vec<[u8; 32]> = (100_000..112_000u32).map(imported).collect();
     let messages = import_messages_of(100_000, 112_000, 4_000);
-    let mut answers = on_second
-        .clone()
-        .import(tokio_stream::iter(messages))
+    let last = import_answers(&on_second, messages)
         .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(answer) = answers.message().await.unwrap() {
-        last = Some((answer.n_created, answer.done));
-    }
+        .last()
+        .map(|answer| (answer.n_created, answer.done));
     assert_eq!(
         last,
         Some((12_000, true)),

@@ -360,6 +360,25 @@ impl Metrics {
     }
 }
 
+/// Streams `messages` as one `Import` through `client` and collects every answer, the
+/// last one included.
+pub async fn import_answers(
+    client: &FlagsClient<Channel>,
+    messages: Vec<pb::ImportRequest>,
+) -> Vec<pb::ImportProgress> {
+    let mut answers = client
+        .clone()
+        .import(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        all.push(answer);
+    }
+    all
+}
+
 /// Digest `i` of an import test.
 pub fn imported(i: u32) -> [u8; 32] {
     *blake3::hash(&i.to_be_bytes()).as_bytes()
