@@ -7,7 +7,8 @@
 //!
 //!     CARGO_PROFILE_DEV_OPT_LEVEL=3 scripts/cargo bench --profile dev --bench cluster
 //!
-//! `FLAGSHARE_BENCH_N` sets the import's size. All processes share this machine's cores.
+//! `FLAGSHARE_BENCH_N` sets the import's size; `FLAGSHARE_BENCH_IMPORT_ONLY=1` runs only
+//! the paired imports. All processes share this machine's cores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
@@ -34,6 +35,8 @@ const WRITERS: usize = 4;
 const FAILOVERS: usize = 3;
 /// Alternating loads on the single server and the one-node cluster.
 const PAIRED_ROUNDS: usize = 6;
+/// Alternating imports on the two, likewise.
+const IMPORT_ROUNDS: usize = 5;
 
 fn digest(seed: u64, n: u64) -> [u8; 32] {
     *blake3::hash(&[seed.to_le_bytes(), n.to_le_bytes()].concat()).as_bytes()
@@ -93,6 +96,32 @@ async fn import_load(client: &FlagsClient<Channel>, seed: u64, n: u64) -> Durati
     imported
 }
 
+/// Waits (at most a minute) until none of `processes` is compacting or folding its
+/// presence filters after an import: on this shared machine one server's compaction or
+/// fold (a scan of every stored digest) ran during the other's measured import and
+/// halved it.
+async fn quiet(processes: &[&ServeProcess]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for process in processes {
+        loop {
+            let metrics = process.scrape().await;
+            let busy = metrics
+                .value("flagshare_presence_filters", "")
+                .is_some_and(|filters| filters > 1.0)
+                || metrics
+                    .value("flagshare_rocksdb_running_compactions", "")
+                    .is_some_and(|running| running > 0.0)
+                || metrics
+                    .value("flagshare_rocksdb_pending_compaction_bytes", "")
+                    .is_some_and(|pending| pending > 0.0);
+            if !busy || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 fn row(what: &str, (rate, latencies): &(f64, Vec<Duration>)) -> String {
     format!(
         "| {what} | {rate:.0} | {:.1} / {:.1} ms |",
@@ -133,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
     // ratios of loads run next to each other mean anything.
     let (mut single_rates, mut one_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut single_latencies, mut one_latencies) = (Vec::new(), Vec::new());
-    for round in 0..PAIRED_ROUNDS {
+    let import_only = std::env::var_os("FLAGSHARE_BENCH_IMPORT_ONLY").is_some();
+    for round in 0..if import_only { 0 } else { PAIRED_ROUNDS } {
         let seed = 100 + 2 * round as u64;
         let (single_load, one_load) = if round % 2 == 0 {
             let single_load = submit_load(&single_client, seed).await;
@@ -154,21 +184,54 @@ async fn main() -> anyhow::Result<()> {
         single_latencies.extend(single_load.1);
         one_latencies.extend(one_load.1);
     }
+    // Imports of new flags, alternating likewise (each round adds to both stores alike).
+    let (mut single_imports, mut one_imports, mut import_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..IMPORT_ROUNDS {
+        let seed = 200 + 2 * round as u64;
+        // Each import is measured while neither server is folding (`quiet`).
+        let servers = [&process, one.node(1).process.as_ref().unwrap()];
+        let (single_import, one_import) = if round % 2 == 0 {
+            quiet(&servers).await;
+            let single_import = import_load(&single_client, seed, n_import).await;
+            quiet(&servers).await;
+            (single_import, import_load(&one_client, seed + 1, n_import).await)
+        } else {
+            quiet(&servers).await;
+            let one_import = import_load(&one_client, seed + 1, n_import).await;
+            quiet(&servers).await;
+            (import_load(&single_client, seed, n_import).await, one_import)
+        };
+        let ratio = single_import.as_secs_f64() / one_import.as_secs_f64();
+        eprintln!(
+            "bench: import round {round}: {n_import} on a single server in {:.2} s, on a one-node cluster in {:.2} s ({ratio:.2} of the rate)",
+            single_import.as_secs_f64(),
+            one_import.as_secs_f64()
+        );
+        single_imports.push(single_import.as_secs_f64());
+        one_imports.push(one_import.as_secs_f64());
+        import_ratios.push(ratio);
+    }
+    let import_line = format!(
+        "`Import` of {n_import} new flags, {IMPORT_ROUNDS} rounds alternating: single server median {:.2} s ({:.0} flags/s); one-node cluster median {:.2} s ({:.0} flags/s); one-node / single rate per round: median {:.2} ({})",
+        median(single_imports.clone()),
+        n_import as f64 / median(single_imports),
+        median(one_imports.clone()),
+        n_import as f64 / median(one_imports),
+        median(import_ratios.clone()),
+        import_ratios
+            .iter()
+            .map(|ratio| format!("{ratio:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if import_only {
+        println!("{import_line}");
+        return Ok(());
+    }
     single_latencies.sort();
     one_latencies.sort();
     let single_row = (median(single_rates), single_latencies);
     let one_row = (median(one_rates), one_latencies);
-
-    let single_import = import_load(&single_client, 6, n_import).await;
-    eprintln!(
-        "bench: imported {n_import} on a single server in {:.1} s",
-        single_import.as_secs_f64()
-    );
-    let one_import = import_load(&one_client, 7, n_import).await;
-    eprintln!(
-        "bench: imported {n_import} on a one-node cluster in {:.1} s",
-        one_import.as_secs_f64()
-    );
     drop(single_client);
     process.stop();
     drop(dir);
@@ -256,14 +319,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let rate = |took: Duration| n_import as f64 / took.as_secs_f64();
-    println!(
-        "`Import` of {n_import} flags: single server {:.1} s ({:.0} flags/s); one-node cluster {:.1} s ({:.0} flags/s, {:.2} of the single server's rate)",
-        single_import.as_secs_f64(),
-        rate(single_import),
-        one_import.as_secs_f64(),
-        rate(one_import),
-        rate(one_import) / rate(single_import)
-    );
+    println!("{import_line}");
     println!(
         "`Import` of {n_import} flags on three nodes: {:.1} s to the leader's last answer ({:.0} flags/s), {:.1} s until every node holds it",
         imported.as_secs_f64(),

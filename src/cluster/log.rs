@@ -11,6 +11,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 
+use super::files::LogFiles;
 use super::rows::{self, COMMITTED, PURGED, VOTE};
 use super::{Config, Entry, NodeId, failed};
 use crate::store::Store;
@@ -23,6 +24,8 @@ const READ_LIMIT: usize = 4_096;
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<Store>,
+    /// The files its entries ingest.
+    files: LogFiles,
     /// Appends waiting for the disk, in order, to the thread that syncs the WAL behind
     /// them (`sync_appends`). It ends when the last clone is dropped.
     appended: std::sync::mpsc::Sender<LogFlushed<Config>>,
@@ -42,7 +45,31 @@ impl LogStore {
             // dropped unanswered): the node stops rather than acknowledge unsynced entries.
             tracing::error!(%err, "starting the raft log's sync thread failed");
         }
-        LogStore { store, appended }
+        let files = LogFiles::of(&store);
+        let log = LogStore { store, files, appended };
+        // Files of entries the log no longer holds: a node that stopped between keeping a
+        // file and writing its entry, or between removing entries and their files.
+        if let Err(err) = log.remove_orphan_files() {
+            tracing::warn!(%err, "removing files of entries the raft log no longer holds failed");
+        }
+        log
+    }
+
+    fn remove_orphan_files(&self) -> Result<(), StorageError<NodeId>> {
+        let purged = self.log_id_row(PURGED)?.map(|log_id| log_id.index);
+        let last = self
+            .store
+            .last_raft_log()
+            .map_err(failed::read_logs)?
+            .map(|(index, _)| index);
+        let removed = self
+            .files
+            .remove_where(|index| purged.is_some_and(|purged| index <= purged) || last.is_none_or(|last| index > last))
+            .map_err(failed::write_logs)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed files of entries the raft log no longer holds");
+        }
+        Ok(())
     }
 
     /// The last entry this node knew committed when it last wrote that down.
@@ -159,15 +186,27 @@ impl RaftLogStorage<Config> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut kept_files = false;
         let rows = entries
             .into_iter()
             .map(|entry| {
+                // An entry's files are kept before its row is written: a row in the log
+                // always has its files (a file without its row is removed at the next open).
+                if let openraft::EntryPayload::Normal(proposal) = &entry.payload {
+                    for file in &proposal.files {
+                        self.files.keep(entry.log_id.index, file).map_err(failed::write_logs)?;
+                        kept_files = true;
+                    }
+                }
                 Ok((
                     entry.log_id.index,
                     rows::encode_entry(&entry).map_err(failed::write_logs)?,
                 ))
             })
             .collect::<Result<Vec<_>, StorageError<NodeId>>>()?;
+        if kept_files {
+            self.files.sync().map_err(failed::write_logs)?;
+        }
         // Written at once (readable, as openraft requires when this returns), synced by
         // the log's thread, which tells openraft once the entries are on disk: the core
         // goes on to the next entries meanwhile, and one fsync covers every append that
@@ -187,12 +226,20 @@ impl RaftLogStorage<Config> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.store.truncate_raft_log(log_id.index).map_err(failed::write_logs)
+        self.store.truncate_raft_log(log_id.index).map_err(failed::write_logs)?;
+        self.files
+            .remove_where(|index| index >= log_id.index)
+            .map_err(failed::write_logs)?;
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.store
             .purge_raft_log(log_id.index, PURGED, &rows::encode_log_id(&log_id))
-            .map_err(failed::write_logs)
+            .map_err(failed::write_logs)?;
+        self.files
+            .remove_where(|index| index <= log_id.index)
+            .map_err(failed::write_logs)?;
+        Ok(())
     }
 }

@@ -31,6 +31,8 @@ type Meta = SnapshotMeta<NodeId, super::ClusterNode>;
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<Store>,
+    /// The files entries ingest, kept by the log.
+    files: super::files::LogFiles,
     /// Where the current snapshot (`current`) and those being built or received live.
     dir: PathBuf,
 }
@@ -41,7 +43,8 @@ impl StateMachine {
     pub fn open(store: Arc<Store>) -> Result<StateMachine, StorageError<NodeId>> {
         let dir = store.path().with_extension("snapshot");
         std::fs::create_dir_all(&dir).map_err(failed::write_snapshot)?;
-        let machine = StateMachine { store, dir };
+        let files = super::files::LogFiles::of(&store);
+        let machine = StateMachine { store, files, dir };
         if let Some(bytes) = machine.store.raft_state(INSTALLING).map_err(failed::read_snapshot)? {
             let meta: Meta = rows::decode_json("snapshot meta", &bytes).map_err(failed::read_snapshot)?;
             tracing::info!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a stop");
@@ -103,6 +106,7 @@ impl RaftStateMachine<Config> for StateMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let store = self.store.clone();
+        let files = self.files.clone();
         tokio::task::spawn_blocking(move || {
             let mut applied = Vec::with_capacity(entries.len());
             let leaders: Vec<NodeId> = entries
@@ -113,6 +117,19 @@ impl RaftStateMachine<Config> for StateMachine {
             for entry in entries {
                 let mut raft_rows = vec![(APPLIED, rows::encode_log_id(&entry.log_id))];
                 let writes: &[u8] = match &entry.payload {
+                    EntryPayload::Normal(proposal) if !proposal.files.is_empty() => {
+                        let paths: Vec<_> = proposal
+                            .files
+                            .iter()
+                            .map(|file| (file.kind, files.path(entry.log_id.index, file.kind)))
+                            .collect();
+                        let paths: Vec<_> = paths.iter().map(|(kind, path)| (*kind, path.as_path())).collect();
+                        store
+                            .apply_ingesting(&proposal.writes, &paths, &raft_rows)
+                            .map_err(failed::write_state_machine)?;
+                        applied.push(());
+                        continue;
+                    }
                     EntryPayload::Normal(proposal) => &proposal.writes,
                     EntryPayload::Membership(membership) => {
                         let stored = StoredMembership::new(Some(entry.log_id), membership.clone());

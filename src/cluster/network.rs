@@ -1,7 +1,8 @@
 //! Node-to-node traffic: openraft's three calls over the `Cluster` gRPC service, on the
 //! same mutual-TLS port as every other service. A call's small parts travel as openraft's
-//! own JSON; entries travel as the log stores them and snapshot chunks as raw bytes, so a
-//! write set is never spelled out as a JSON array of numbers.
+//! own JSON; entries travel as the log stores them (with the bytes of the files they
+//! ingest) and snapshot chunks as raw bytes, so a write set is never spelled out as a JSON
+//! array of numbers.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
+use super::files::LogFiles;
 use super::{ClusterNode, Config, NodeId, rows};
 use crate::client::Bundle;
 use crate::pb;
@@ -61,23 +63,37 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 /// as a partial one, so openraft sends the rest next.
 pub const APPEND_BUDGET_BYTES: usize = 4 << 20;
 
+/// About the bytes `entry` takes in an AppendEntries (its files' bytes included).
+fn wire_size(entry: &openraft::Entry<Config>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(proposal) => {
+            let files: u64 = proposal.files.iter().map(|file| file.len + 41).sum();
+            26 + proposal.writes.len() + usize::try_from(files).unwrap_or(usize::MAX)
+        }
+        // A membership's JSON: small.
+        _ => 26,
+    }
+}
+
 /// An AppendEntries as sent: its entries out of the JSON header, as many of them as fit
 /// `budget` bytes (at least one). The second value is the last entry sent when some were
 /// left out.
 pub fn encode_append(
     rpc: &AppendEntriesRequest<Config>,
     budget: usize,
+    files: &LogFiles,
 ) -> Result<(pb::RaftRequest, Option<openraft::LogId<NodeId>>), DecodeError> {
     let mut entries = Vec::new();
     let mut bytes_so_far = 0;
     let mut cut_at = None;
     for entry in &rpc.entries {
-        let mut bytes = entry.log_id.index.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&rows::encode_entry(entry)?);
-        if !entries.is_empty() && bytes_so_far + bytes.len() > budget {
+        // Sized before it is encoded: an entry's files are read only if it goes.
+        if !entries.is_empty() && bytes_so_far + wire_size(entry) > budget {
             cut_at = rpc.entries.get(entries.len() - 1).map(|entry| entry.log_id);
             break;
         }
+        let mut bytes = entry.log_id.index.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&rows::encode_wire_entry(entry, files)?);
         bytes_so_far += bytes.len();
         entries.push(bytes);
     }
@@ -122,7 +138,7 @@ pub fn decode_append(request: pb::RaftRequest) -> Result<AppendEntriesRequest<Co
             ));
         }
         rpc.entries
-            .push(rows::decode_entry(index, row).map_err(|err| bad(field(), err))?);
+            .push(rows::decode_wire_entry(index, row).map_err(|err| bad(field(), err))?);
     }
     Ok(rpc)
 }
@@ -173,11 +189,13 @@ pub fn reply<T: Serialize, E: Serialize>(outcome: &Result<T, E>) -> pb::RaftRepl
 #[derive(Clone)]
 pub struct Network {
     bundle: Option<Arc<Bundle>>,
+    /// The files the log's entries ingest, which entries carry to other nodes.
+    files: LogFiles,
 }
 
 impl Network {
-    pub fn new(bundle: Option<Arc<Bundle>>) -> Network {
-        Network { bundle }
+    pub fn new(bundle: Option<Arc<Bundle>>, files: LogFiles) -> Network {
+        Network { bundle, files }
     }
 }
 
@@ -189,6 +207,7 @@ impl RaftNetworkFactory<Config> for Network {
             target,
             address: node.addr.clone(),
             bundle: self.bundle.clone(),
+            files: self.files.clone(),
             client: None,
         }
     }
@@ -199,6 +218,7 @@ pub struct Peer {
     target: NodeId,
     address: String,
     bundle: Option<Arc<Bundle>>,
+    files: LogFiles,
     client: Option<ClusterClient<Channel>>,
 }
 
@@ -251,7 +271,8 @@ impl RaftNetwork<Config> for Peer {
         rpc: AppendEntriesRequest<Config>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, Failed<RaftError<NodeId>>> {
-        let (request, cut_at) = encode_append(&rpc, APPEND_BUDGET_BYTES).map_err(|err| NetworkError::new(&err))?;
+        let (request, cut_at) =
+            encode_append(&rpc, APPEND_BUDGET_BYTES, &self.files).map_err(|err| NetworkError::new(&err))?;
         let mut client = self.client().await?;
         let answered = client.append_entries(timed(request, &option)).await;
         match (self.outcome(answered)?, cut_at) {

@@ -93,7 +93,7 @@ impl Node {
         let raft = Raft::new(
             id,
             Arc::new(raft_config()?),
-            Network::new(credentials.clone()),
+            Network::new(credentials.clone(), super::files::LogFiles::of(&store)),
             log,
             machine,
         )
@@ -281,11 +281,25 @@ impl Node {
         snapshot_and_purge(&self.raft)
             .await
             .map_err(|err| ClusterChangeError::Failed(format!("a snapshot for the new node: {err}")))?;
+        let was_alone = metrics.membership_config.membership().nodes().count() == 1;
         let added = self
             .raft
             .add_learner(id, node, false)
             .await
             .map_err(|err| ClusterChangeError::Failed(err.to_string()))?;
+        if was_alone {
+            // An import block proposed while this node was alone may be larger than one
+            // AppendEntries carries (`entry_files`): every entry up to the addition goes
+            // behind a snapshot too, and later blocks are proposed small.
+            self.raft
+                .wait(Some(JOIN_TIMEOUT))
+                .applied_index_at_least(Some(added.log_id.index), "the new node's addition applied")
+                .await
+                .map_err(|err| ClusterChangeError::Failed(format!("applying the new node's addition: {err}")))?;
+            snapshot_and_purge(&self.raft)
+                .await
+                .map_err(|err| ClusterChangeError::Failed(format!("a snapshot for the new node: {err}")))?;
+        }
         // A voter must hold the log up to its own addition first (openraft's blocking add
         // may answer before a snapshot has even been sent).
         let added_at = added.log_id.index;
@@ -398,8 +412,10 @@ struct Proposer {
 
 impl Replicator for Proposer {
     fn propose(&self, writes: WriteSet) -> Result<Proposed, StoreError> {
+        let (writes, files) = writes.into_parts();
         let proposal = Proposal {
-            writes: writes.into_bytes(),
+            writes,
+            files: entry_files(files, self.alone())?,
         };
         // Queued in order behind every earlier proposal (openraft's channel is FIFO), so
         // the caller may release its locks once this returns and wait after.
@@ -418,6 +434,17 @@ impl Replicator for Proposer {
                 )),
             }
         }))
+    }
+
+    fn alone(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .count()
+            == 1
     }
 
     fn settle(&self) -> Result<Option<u64>, StoreError> {
@@ -450,6 +477,45 @@ impl Replicator for Proposer {
         trimmed.map_err(|err| StoreError::Unavailable(format!("trimming the replicated log failed: {err}")))
     }
 }
+
+/// The files a commit ingests, as its entry names them. Files larger together than an
+/// AppendEntries may carry (`MAX_SHARED_FILE_BYTES`) go only into the log of a cluster
+/// of one node (`alone`): another node could not receive the entry within a heartbeat.
+/// Hashed here when other nodes receive the entry; on a node alone (where reading back
+/// an import block's files was a fifth of its time) when it is first sent.
+pub(super) fn entry_files(
+    files: Vec<crate::store::IngestFile>,
+    alone: bool,
+) -> Result<Vec<super::EntryFile>, StoreError> {
+    let mut entry_files = Vec::with_capacity(files.len());
+    for file in files {
+        let (len, hash) = match alone {
+            true => (std::fs::metadata(&file.path)?.len(), super::UNHASHED),
+            false => {
+                let bytes = std::fs::read(&file.path)?;
+                (bytes.len() as u64, *blake3::hash(&bytes).as_bytes())
+            }
+        };
+        entry_files.push(super::EntryFile {
+            kind: file.kind,
+            len,
+            hash,
+            body: super::FileBody::Local(file.path),
+        });
+    }
+    entry_files.sort_by_key(|file| file.kind);
+    let total: u64 = entry_files.iter().map(|file| file.len).sum();
+    if total > MAX_SHARED_FILE_BYTES && !alone {
+        return Err(StoreError::Unavailable(format!(
+            "an import block of {total} bytes is more than another node may receive at once ({MAX_SHARED_FILE_BYTES}); the cluster grew during the import: import the rest again"
+        )));
+    }
+    Ok(entry_files)
+}
+
+/// Most bytes of files an entry may carry on a cluster of more than one node: an import
+/// block of `REPLICATED_IMPORT_BLOCK` flags is about 2.5 MB.
+pub(super) const MAX_SHARED_FILE_BYTES: u64 = super::network::APPEND_BUDGET_BYTES as u64;
 
 fn not_leading(forward: &openraft::error::ForwardToLeader<NodeId, ClusterNode>) -> StoreError {
     StoreError::Unavailable(match (forward.leader_id, &forward.leader_node) {

@@ -125,12 +125,212 @@ async fn write_sets_applied_by_the_state_machine_leave_a_copy_equal_to_the_leade
     let mut machine = StateMachine::open(follower.clone()).unwrap();
     let entries = (1..)
         .zip(sets)
-        .map(|(index, writes)| entry(index, EntryPayload::Normal(Proposal { writes })));
+        .map(|(index, writes)| entry(index, EntryPayload::Normal(Proposal::writes(writes))));
     machine.apply(entries.collect::<Vec<_>>()).await.unwrap();
 
     assert_eq!(rows_of(&leader), rows_of(&follower));
     let (applied, _) = machine.applied_state().await.unwrap();
     assert_eq!(applied.map(|log_id| log_id.index), Some(2));
+}
+
+/// An import block's files as its leader builds them (`n` flags, digests `[k; 32]` for
+/// `k` in `1..=n`, sequences from 1) and the entry that carries them, files by
+/// reference to where they were built.
+fn import_entry(store: &Store, index: u64, n: u8) -> Entry {
+    let staging = store.staging_dir();
+    let mut batch = store.batch().recording();
+    batch.defer_changes();
+    let mut rows = Vec::new();
+    for k in 1..=n {
+        let digest = [k; 32];
+        let (_, summary, change) = flag(digest, 7, u64::from(k));
+        batch.put_change(u64::from(k), &change);
+        rows.push((digest, vec![summary]));
+    }
+    batch.put_audit(1, b"{\"entry\":1}", &[9; 32]);
+    let changes = batch.take_deferred_changes();
+    let (summaries, changes_file, digests) = (
+        staging.join(format!("summaries-{index}.sst")),
+        staging.join(format!("changes-{index}.sst")),
+        staging.join(format!("summaries-{index}.digests")),
+    );
+    assert!(store.write_changes_file(&changes_file, &changes).unwrap());
+    let summary_rows: Vec<_> = rows
+        .iter()
+        .map(|(digest, entries)| (digest, entries.as_slice()))
+        .collect();
+    assert_eq!(
+        store
+            .write_replicated_summaries(&summaries, &digests, &summary_rows)
+            .unwrap(),
+        (true, true)
+    );
+    let files = [
+        (crate::store::FileKind::Summaries, summaries),
+        (crate::store::FileKind::Changes, changes_file),
+        (crate::store::FileKind::Digests, digests),
+    ]
+    .into_iter()
+    .map(|(kind, path)| crate::store::IngestFile { kind, path })
+    .collect();
+    let files = super::node::entry_files(files, false).unwrap();
+    let writes = batch.take_write_set().into_bytes();
+    entry(index, EntryPayload::Normal(Proposal { writes, files }))
+}
+
+fn files_of(store: &Store) -> Vec<String> {
+    let dir = store.path().with_extension("log-files");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|listing| {
+            listing
+                .map(|item| item.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// An entry that ingests files: its leader's log keeps the files (moved in, named by the
+/// entry's index) and its row only names them; over the network it carries their bytes,
+/// checked against their hashes; a follower keeps them as the leader does; applying it
+/// leaves both copies alike, the digests noted, and again after a stop midway; purging
+/// or truncating the log removes its files, and files of entries the log does not hold
+/// are removed when the log opens.
+#[tokio::test]
+async fn an_entry_that_ingests_files_travels_whole_and_is_applied_alike() {
+    use openraft::RaftLogReader;
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+
+    let (_leader_dir, leader) = open_store();
+    let (_follower_dir, follower) = open_store();
+    // Presence filters ready (nothing stored yet): a digest the apply did not note would
+    // then read as not stored.
+    for store in [&leader, &follower] {
+        assert!(store.scan_presence(&std::sync::atomic::AtomicBool::new(false)).unwrap());
+    }
+    let mut leader_log = LogStore::new(leader.clone());
+    let proposed = import_entry(&leader, 1, 40);
+    leader_log.blocking_append([proposed]).await.unwrap();
+    assert_eq!(
+        files_of(&leader),
+        [
+            "00000000000000000001.changes",
+            "00000000000000000001.digests",
+            "00000000000000000001.summaries"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_dir(leader.staging_dir()).unwrap().count(),
+        0,
+        "the built files were moved into the log"
+    );
+    let logged = leader_log.try_get_log_entries(1..2).await.unwrap().remove(0);
+    let EntryPayload::Normal(proposal) = &logged.payload else {
+        panic!("{logged:?}")
+    };
+    assert!(proposal.files.iter().all(|file| file.body == super::FileBody::Logged));
+    let row = super::rows::encode_entry(&logged).unwrap();
+    assert!(row.len() < 400, "the log's row names its files: {} bytes", row.len());
+
+    // The network's form carries the bytes; a damaged byte or the log's form is refused.
+    let files = super::files::LogFiles::of(&leader);
+    let wire = super::rows::encode_wire_entry(&logged, &files).unwrap();
+    let sent = super::rows::decode_wire_entry(1, &wire).unwrap();
+    let mut damaged = wire.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let refused = super::rows::decode_wire_entry(1, &damaged).unwrap_err();
+    assert!(refused.to_string().contains("do not match its hash"), "{refused}");
+    let refused = super::rows::decode_wire_entry(1, &row).unwrap_err();
+    assert!(refused.to_string().contains("unknown payload kind"), "{refused}");
+
+    let mut follower_log = LogStore::new(follower.clone());
+    follower_log.blocking_append([sent]).await.unwrap();
+    assert_eq!(files_of(&follower), files_of(&leader));
+
+    let mut leader_machine = StateMachine::open(leader.clone()).unwrap();
+    let mut follower_machine = StateMachine::open(follower.clone()).unwrap();
+    leader_machine.apply([logged.clone()]).await.unwrap();
+    let from_log = follower_log.try_get_log_entries(1..2).await.unwrap();
+    follower_machine.apply(from_log.clone()).await.unwrap();
+    let copied = rows_of(&follower);
+    assert_eq!(copied, rows_of(&leader));
+    // Noted by the follower's apply, and on the leader as it built the files.
+    let digests: Vec<Digest> = (1..=40u8).map(|k| [k; 32]).collect();
+    for store in [&follower, &leader] {
+        let found = store.get_summaries(&digests).unwrap();
+        assert!(
+            found
+                .iter()
+                .all(|summary| summary.as_ref().is_some_and(|entries| entries.len() == 1))
+        );
+    }
+    // Applied again, as after a stop before the applied index was written: the same rows.
+    follower_machine.apply(from_log).await.unwrap();
+    assert_eq!(rows_of(&follower), copied);
+    assert_eq!(files_of(&follower).len(), 3, "the log keeps its files after the apply");
+
+    // Purged past the entry: its files go. Truncated at a newer entry: that one's go.
+    follower_log.purge(logged.log_id).await.unwrap();
+    assert!(files_of(&follower).is_empty(), "{:?}", files_of(&follower));
+    leader_log.blocking_append([import_entry(&leader, 2, 3)]).await.unwrap();
+    assert_eq!(files_of(&leader).len(), 6);
+    leader_log.truncate(LogId::new(LeaderId::new(1, 1), 2)).await.unwrap();
+    assert_eq!(files_of(&leader).len(), 3, "{:?}", files_of(&leader));
+
+    // A file whose entry the log does not hold (a stop between the two) goes at open.
+    let stray = leader
+        .path()
+        .with_extension("log-files")
+        .join("00000000000000000007.summaries");
+    std::fs::write(&stray, b"left by a stop").unwrap();
+    drop(leader_log);
+    let _reopened = LogStore::new(leader.clone());
+    assert_eq!(files_of(&leader).len(), 3, "{:?}", files_of(&leader));
+    assert!(!stray.exists());
+}
+
+/// Files a commit ingests are hashed for the entry when other nodes receive it, and
+/// refused when more than an AppendEntries may carry; a node alone takes them whatever
+/// their size and leaves hashing to the first send.
+#[test]
+fn files_larger_than_an_append_go_only_into_a_one_node_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![7u8; super::node::MAX_SHARED_FILE_BYTES as usize + 1]).unwrap();
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"rows").unwrap();
+    let file = |path: &std::path::Path, kind| crate::store::IngestFile {
+        kind,
+        path: path.to_path_buf(),
+    };
+    let shared = super::node::entry_files(vec![file(&small, crate::store::FileKind::Changes)], false).unwrap();
+    assert_eq!((shared[0].len, shared[0].hash), (4, *blake3::hash(b"rows").as_bytes()));
+    let refused = super::node::entry_files(vec![file(&big, crate::store::FileKind::Summaries)], false).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("more than another node may receive at once"),
+        "{refused}"
+    );
+    let alone = super::node::entry_files(
+        vec![
+            file(&big, crate::store::FileKind::Summaries),
+            file(&small, crate::store::FileKind::Digests),
+        ],
+        true,
+    )
+    .unwrap();
+    let kinds: Vec<_> = alone.iter().map(|file| (file.kind, file.hash)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (crate::store::FileKind::Digests, super::UNHASHED),
+            (crate::store::FileKind::Summaries, super::UNHASHED)
+        ],
+        "in apply order, unhashed"
+    );
 }
 
 #[tokio::test]
@@ -144,9 +344,7 @@ async fn a_damaged_write_set_in_a_committed_entry_stops_the_apply_and_changes_no
     let refused = machine
         .apply(vec![entry(
             1,
-            EntryPayload::Normal(Proposal {
-                writes: damaged[..damaged.len() - 3].to_vec(),
-            }),
+            EntryPayload::Normal(Proposal::writes(damaged[..damaged.len() - 3].to_vec())),
         )])
         .await
         .unwrap_err();
@@ -262,7 +460,7 @@ impl crate::store::Replicator for Mirror {
         let mut machine = self.follower.lock().unwrap();
         tokio::task::block_in_place(|| {
             self.runtime
-                .block_on(machine.apply(vec![entry(index, EntryPayload::Normal(Proposal { writes }))]))
+                .block_on(machine.apply(vec![entry(index, EntryPayload::Normal(Proposal::writes(writes)))]))
         })
         .map_err(|err| crate::store::StoreError::Unavailable(err.to_string()))?;
         Ok(crate::store::Proposed::done())
@@ -734,9 +932,7 @@ mod replicated {
         let mut batch = scratch.batch().recording();
         batch.put_summary(&digest, &[summary]).unwrap();
         batch.put_change(n, &change);
-        Proposal {
-            writes: batch.take_write_set().into_bytes(),
-        }
+        Proposal::writes(batch.take_write_set().into_bytes())
     }
 
     const WAIT: Option<Duration> = Some(Duration::from_secs(20));
@@ -969,7 +1165,10 @@ mod replicated {
             let raft = Raft::new(
                 id,
                 Arc::new(config.validate().unwrap()),
-                super::super::network::Network::new(Some(std::sync::Arc::new(bundle.clone()))),
+                super::super::network::Network::new(
+                    Some(std::sync::Arc::new(bundle.clone())),
+                    super::super::files::LogFiles::of(&store),
+                ),
                 LogStore::new(store.clone()),
                 StateMachine::open(store.clone()).unwrap(),
             )
@@ -1059,6 +1258,7 @@ mod replicated {
                 }],
             },
             usize::MAX,
+            &super::super::files::LogFiles::of(&follower.store),
         )
         .unwrap()
         .0;
@@ -1127,7 +1327,9 @@ mod replicated {
                 })
                 .collect(),
         };
-        let encode = |budget| super::super::network::encode_append(&rpc, budget).unwrap();
+        let (_dir, store) = open_store();
+        let files = super::super::files::LogFiles::of(&store);
+        let encode = |budget| super::super::network::encode_append(&rpc, budget, &files).unwrap();
         let (whole, cut) = encode(usize::MAX);
         assert_eq!((whole.entries.len(), cut), (5, None));
         let one = whole.entries[0].len();

@@ -580,21 +580,12 @@ impl State {
         let changes = batch.take_deferred_changes();
         // From the file's notes until it is ingested (a fold of the filters waits).
         let _noting = self.store.presence_noting();
-        if self.store.is_replicated() {
-            // A replicated log carries rows, not files: the block is one ordinary commit,
-            // applied alike on every node.
-            for (sequence, row) in &changes {
-                batch.put_change_row(*sequence, row);
-            }
-            for (digest, entries) in rows {
-                batch.put_summary(digest, entries)?;
-            }
-            self.commit_audited(batch, event, now)?;
-            return Ok(());
-        }
         let staging = self.store.staging_dir();
         let file = staging.join(format!("summaries-{before}.sst"));
         let changes_file = staging.join(format!("changes-{before}.sst"));
+        if self.store.is_replicated() {
+            return self.commit_ingesting_replicated(batch, event, now, rows, changes, [file, changes_file]);
+        }
         let mut pending = PendingImport {
             first: before + 1,
             last,
@@ -677,6 +668,56 @@ impl State {
         self.store.clear_pending_ingest()?;
         self.hold.store(NO_HOLD, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// `commit_ingesting` on a replicated log: the block's files are built as a single
+    /// server builds them and go into the log with the audited commit (the log keeps them
+    /// and every node ingests them as it applies the entry), so the rows are written once
+    /// rather than spelled out in the entry, the WAL and the memtable.
+    fn commit_ingesting_replicated(
+        &self,
+        mut batch: Batch<'_>,
+        event: AuditEvent,
+        now: i64,
+        rows: &[(Digest, Vec<SummaryEntry>)],
+        changes: Vec<(u64, Vec<u8>)>,
+        [file, changes_file]: [std::path::PathBuf; 2],
+    ) -> Result<()> {
+        use crate::store::FileKind;
+        let digests_file = file.with_extension("digests");
+        let built = std::thread::scope(|scope| {
+            let changes_written = scope.spawn(|| self.store.write_changes_file(&changes_file, &changes));
+            let summaries: Vec<_> = rows
+                .iter()
+                .map(|(digest, entries)| (digest, entries.as_slice()))
+                .collect();
+            let (written, digests_written) = self
+                .store
+                .write_replicated_summaries(&file, &digests_file, &summaries)?;
+            let changes_written = changes_written
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("building the change-log file failed").into()))?;
+            Ok::<_, crate::store::StoreError>((written, changes_written, digests_written))
+        });
+        let committed = built
+            .map_err(Error::from)
+            .and_then(|(written, changes_written, digests_written)| {
+                for (kind, path, was_written) in [
+                    (FileKind::Digests, &digests_file, digests_written),
+                    (FileKind::Changes, &changes_file, changes_written),
+                    (FileKind::Summaries, &file, written),
+                ] {
+                    if was_written {
+                        batch.attach_file(kind, path.clone());
+                    }
+                }
+                self.commit_audited(batch, event, now).map(|_| ())
+            });
+        // The log moved each file it took; whatever is left was not proposed.
+        for path in [&digests_file, &changes_file, &file] {
+            let _ = std::fs::remove_file(path);
+        }
+        committed
     }
 
     /// Fails with `OutOfRange` when tombstones a reader at `after` has not seen were

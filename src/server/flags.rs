@@ -192,10 +192,10 @@ where
 /// before the import is refused: an import runs at the member's rate, not over it.
 const IMPORT_RATE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Flags in an import's block on a replicated log: a block is one log entry (its rows),
-/// which every follower must receive, write and acknowledge within one heartbeat
+/// Flags in an import's block when other nodes receive it: a block is one log entry (its
+/// files), which every follower must receive, write and acknowledge within one heartbeat
 /// (250 ms); 200,000 flags' rows (about 50 MB) did not, on a 2-core machine, and the
-/// cluster fell into repeated elections.
+/// cluster fell into repeated elections. A one-node cluster takes `IMPORT_BLOCK`.
 pub const REPLICATED_IMPORT_BLOCK: usize = 10_000;
 
 /// Imports that may run at once on a server; one more is refused until one ends.
@@ -356,13 +356,8 @@ impl pb::flags_server::Flags for FlagsService {
             return forward_import(leader, &caller, request.into_inner(), (permit, slot)).await;
         }
         let (sender, receiver) = mpsc::channel(streams::STREAM_BUFFER);
-        let block = match self.domain.store().is_replicated() {
-            true => REPLICATED_IMPORT_BLOCK,
-            false => crate::domain::IMPORT_BLOCK,
-        };
         let import = Import {
             domain: self.domain.clone(),
-            block,
             metrics: self.metrics.clone(),
             limits: self.limits.clone(),
             caller,
@@ -603,8 +598,6 @@ impl pb::flags_server::Flags for FlagsService {
 /// checked and committed (and answered with the running totals) when full.
 struct Import {
     domain: Domain,
-    /// `IMPORT_BLOCK`, or `REPLICATED_IMPORT_BLOCK` on a replicated log.
-    block: usize,
     metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     caller: Caller,
@@ -682,7 +675,8 @@ impl Import {
                 .await?;
             let mut flags = message.flags;
             while !flags.is_empty() {
-                let room = self.block - n_block;
+                let block_size = self.block_size();
+                let room = block_size.saturating_sub(n_block).max(1);
                 let rest = if flags.len() > room {
                     flags.split_off(room)
                 } else {
@@ -692,7 +686,7 @@ impl Import {
                 block.push((n_received, flags));
                 (n_block, n_received) = (n_block + n, n_received + n);
                 flags = rest;
-                if n_block == self.block {
+                if n_block >= block_size {
                     let full = std::mem::take(&mut block);
                     n_block = 0;
                     // Checked and sorted while the block before it commits.
@@ -708,6 +702,15 @@ impl Import {
             *committing = Some(self.start_commit(sorted, key_id.unwrap_or_default()));
         }
         Ok(())
+    }
+
+    /// Flags in a block: `IMPORT_BLOCK`, or `REPLICATED_IMPORT_BLOCK` when other nodes
+    /// receive each block (asked block by block: a node may join during the import).
+    fn block_size(&self) -> usize {
+        match self.domain.store().shares_commits() {
+            true => REPLICATED_IMPORT_BLOCK,
+            false => crate::domain::IMPORT_BLOCK,
+        }
     }
 
     /// A block's messages read into flags, checked (errors name each flag by its index in

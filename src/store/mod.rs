@@ -27,7 +27,7 @@ use crate::model::{
 
 pub use codec::{DecodeError, EncodeError};
 pub use keys::KeyError;
-pub use writeset::WriteSet;
+pub use writeset::{FileKind, IngestFile, WriteSet};
 
 /// Version of the layout described in `cf.rs`. Bumped when a family or a layout changes;
 /// a store written by another version is refused at open rather than misread.
@@ -83,6 +83,12 @@ pub trait Replicator: Send + Sync {
     /// current state).
     fn settle(&self) -> Result<Option<u64>, StoreError> {
         Ok(None)
+    }
+
+    /// Whether the cluster is this node alone: no other node receives its entries, so an
+    /// entry may carry an import block as large as a single server's.
+    fn alone(&self) -> bool {
+        false
     }
 }
 
@@ -264,10 +270,7 @@ fn write_sst<K: AsRef<[u8]>>(
     file: &Path,
     rows: impl IntoIterator<Item = Result<(K, Option<impl AsRef<[u8]>>), StoreError>>,
 ) -> Result<bool, StoreError> {
-    if let Some(folder) = file.parent() {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)?;
-    }
+    create_private_folder(file)?;
     let mut writer = rocksdb::SstFileWriter::create(options);
     writer.open(file)?;
     let mut any = false;
@@ -286,6 +289,15 @@ fn write_sst<K: AsRef<[u8]>>(
     }
     writer.finish()?;
     Ok(true)
+}
+
+/// Creates the folder `file` goes into (only its owner may read it), if missing.
+fn create_private_folder(file: &Path) -> std::io::Result<()> {
+    if let Some(folder) = file.parent() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(folder)?;
+    }
+    Ok(())
 }
 
 /// The `summaries` family's compaction settings as `family_options` sets them.
@@ -699,15 +711,53 @@ impl Store {
                         .map(|(digest, _)| digest.as_slice()),
                 );
             });
-            let encoded = rows.iter().map(|(digest, entries)| -> Result<_, StoreError> {
-                if entries.is_empty() {
-                    Ok((*digest, None))
-                } else {
-                    Ok((*digest, Some(codec::encode_summary(entries)?)))
-                }
-            });
-            write_sst(&self.summaries_options, file, encoded)
+            self.write_summaries_only(file, &rows)
         })
+    }
+
+    /// `write_summaries_file` for a replicated import block, with the digests file every
+    /// node notes before it ingests the rows (`write_digests_file`, `apply_ingesting`).
+    /// The digests are noted here too, beside the writing, so that this node's apply
+    /// finds them noted ahead and skips the work (a fifth of a block's apply).
+    pub fn write_replicated_summaries(
+        &self,
+        file: &Path,
+        digests_file: &Path,
+        rows: &[(&Digest, &[SummaryEntry])],
+    ) -> Result<(bool, bool), StoreError> {
+        let stored = || {
+            rows.iter()
+                .filter(|(_, entries)| !entries.is_empty())
+                .map(|(digest, _)| *digest)
+        };
+        std::thread::scope(|scope| {
+            let digests = scope.spawn(|| -> Result<bool, StoreError> {
+                self.presence.note_all(stored().map(|digest| digest.as_slice()));
+                let written = self.write_digests_file(digests_file, stored())?;
+                let mut hasher = blake3::Hasher::new();
+                for digest in stored() {
+                    hasher.update(digest);
+                }
+                self.presence.note_ahead(*hasher.finalize().as_bytes());
+                Ok(written)
+            });
+            let written = self.write_summaries_only(file, rows)?;
+            let digests_written = digests
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("writing the digests file failed").into()))?;
+            Ok((written, digests_written))
+        })
+    }
+
+    fn write_summaries_only(&self, file: &Path, rows: &[(&Digest, &[SummaryEntry])]) -> Result<bool, StoreError> {
+        let encoded = rows.iter().map(|(digest, entries)| -> Result<_, StoreError> {
+            if entries.is_empty() {
+                Ok((*digest, None))
+            } else {
+                Ok((*digest, Some(codec::encode_summary(entries)?)))
+            }
+        });
+        write_sst(&self.summaries_options, file, encoded)
     }
 
     /// An import begins: the `summaries` family compacts as `BULK_LOAD` says until the
@@ -1320,6 +1370,16 @@ impl Store {
         self.replicator.read().is_some()
     }
 
+    /// Whether this store's commits go to other nodes too (a replicated log with more
+    /// than this node): what an entry may carry is then bounded by what another node can
+    /// receive within a heartbeat.
+    pub fn shares_commits(&self) -> bool {
+        self.replicator
+            .read()
+            .as_ref()
+            .is_some_and(|replicator| !replicator.alone())
+    }
+
     /// Writes change-log rows (from `Batch::take_deferred_changes`, in increasing sequence
     /// order) to a new file at `file` for `ingest_changes`. False when there was nothing to
     /// write (no file is left then).
@@ -1330,6 +1390,33 @@ impl Store {
             rows.iter()
                 .map(|(sequence, row)| Ok((keys::sequence_key(*sequence), Some(row.as_slice())))),
         )
+    }
+
+    /// Writes `digests` (32 bytes each, no framing) to a new file at `file`, on disk when
+    /// this returns: the digests a replicated import block's summaries file stores, which
+    /// every node notes in its presence filter before it ingests that file. False when
+    /// there was none (no file is left then).
+    pub fn write_digests_file<'a>(
+        &self,
+        file: &Path,
+        digests: impl IntoIterator<Item = &'a Digest>,
+    ) -> Result<bool, StoreError> {
+        use std::io::Write as _;
+        create_private_folder(file)?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+        let mut any = false;
+        for digest in digests {
+            out.write_all(digest)?;
+            any = true;
+        }
+        let file_handle = out.into_inner().map_err(|err| StoreError::from(err.into_error()))?;
+        if !any {
+            drop(file_handle);
+            let _ = std::fs::remove_file(file);
+            return Ok(false);
+        }
+        file_handle.sync_all()?;
+        Ok(true)
     }
 
     /// Makes the rows of `file` (from `write_changes_file`) part of the change log at once,
@@ -1516,6 +1603,18 @@ impl Batch<'_> {
             set.delete_range(family, from, to);
         }
         self.inner.delete_range_cf(self.store.cf(family), from, to);
+    }
+
+    /// Makes `path` a file this commit ingests on a replicated log (an import block's rows,
+    /// built as files). False without a replicated log, where the caller ingests itself.
+    pub fn attach_file(&mut self, kind: FileKind, path: PathBuf) -> bool {
+        match &mut self.recorded {
+            Some(set) => {
+                set.attach(kind, path);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stores the summary of `digest`, or deletes it when no flag is left.

@@ -113,7 +113,14 @@ pub struct Presence {
     /// Random per process: digests are chosen by callers, and a caller who could aim many
     /// at one block would only raise its false positives, but need not be able to.
     seed: [u64; 3],
+    /// Sets of digests noted ahead (`note_ahead`), by their hash, with the generation
+    /// they were noted in; the oldest go first past `AHEAD_KEPT`.
+    ahead: parking_lot::Mutex<std::collections::VecDeque<([u8; 32], u64)>>,
 }
+
+/// Sets noted ahead that are remembered at most: one per import block in flight, and a
+/// few left by blocks whose commit failed.
+const AHEAD_KEPT: usize = 16;
 
 impl Presence {
     pub fn new() -> Presence {
@@ -128,6 +135,30 @@ impl Presence {
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             seed,
+            ahead: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Remembers that the digests whose concatenation hashes to `hash` are noted: a
+    /// replicated import block's, noted as its leader builds its files, so that applying
+    /// the block here need not note them again (`noted_ahead`).
+    pub fn note_ahead(&self, hash: [u8; 32]) {
+        let mut ahead = self.ahead.lock();
+        if ahead.len() == AHEAD_KEPT {
+            ahead.pop_front();
+        }
+        ahead.push_back((hash, self.generation()));
+    }
+
+    /// Whether the set hashing to `hash` was noted ahead in this filter's generation (a
+    /// reset since forgot it); forgets it either way.
+    pub fn noted_ahead(&self, hash: &[u8; 32]) -> bool {
+        let mut ahead = self.ahead.lock();
+        match ahead.iter().position(|(noted, _)| noted == hash) {
+            Some(at) => ahead
+                .remove(at)
+                .is_some_and(|(_, generation)| generation == self.generation()),
+            None => false,
         }
     }
 

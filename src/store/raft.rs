@@ -153,6 +153,61 @@ impl Store {
         Ok(())
     }
 
+    /// Applies a committed entry that ingests files (`files`: kind and where the log keeps
+    /// each, in `FileKind` order): digests noted, change rows then summary rows ingested,
+    /// then the write set and `raft_rows` as `apply_write_set`. The log's files stay where
+    /// they are (a hard link is ingested). A node that stops midway applies the entry
+    /// again: each file holds whole rows, the same bytes each time, and every later entry
+    /// is applied again after it.
+    pub fn apply_ingesting(
+        &self,
+        set: &[u8],
+        files: &[(super::FileKind, &std::path::Path)],
+        raft_rows: &[(&[u8], Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        // Decoded whole before anything is ingested: a damaged write set changes nothing.
+        writeset::decode(set)?;
+        let _noting = self.presence.noting();
+        let staging = self.staging_dir();
+        for (kind, path) in files {
+            match kind {
+                super::FileKind::Digests => {
+                    let digests = std::fs::read(path)?;
+                    if digests.len() % 32 != 0 {
+                        return Err(super::DecodeError {
+                            what: "digests file",
+                            reason: format!("{} bytes, not a multiple of 32", digests.len()),
+                        }
+                        .into());
+                    }
+                    // The leader noted its own block's as it built the files.
+                    if !self.presence.noted_ahead(blake3::hash(&digests).as_bytes()) {
+                        self.presence.note_all(digests.chunks_exact(32));
+                    }
+                }
+                super::FileKind::Changes | super::FileKind::Summaries => {
+                    let family = match kind {
+                        super::FileKind::Changes => cf::CHANGES,
+                        _ => cf::SUMMARIES,
+                    };
+                    let name = path
+                        .file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let link = staging.join(format!("apply-{name}"));
+                    super::create_private_folder(&link)?;
+                    match std::fs::remove_file(&link) {
+                        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                        _ => {}
+                    }
+                    std::fs::hard_link(path, &link)?;
+                    self.ingest(family, &link)?;
+                }
+            }
+        }
+        self.apply_write_set(set, raft_rows)
+    }
+
     /// Every row of every replicated family as of one moment, in family then key order
     /// (`visit(family index in cf::REPLICATED, key, value)`), and the `cf::RAFT_STATE` rows
     /// `raft_keys` as of the same moment: what a snapshot holds.

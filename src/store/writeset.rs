@@ -35,18 +35,65 @@ pub enum Write<'a> {
     },
 }
 
-/// The encoded write set of one commit, built as the commit's batch is staged.
+/// The encoded write set of one commit, built as the commit's batch is staged, and the
+/// files it ingests (an import block's rows, built as files: `IngestFile`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteSet {
     bytes: Vec<u8>,
+    files: Vec<IngestFile>,
 }
 
 impl Default for WriteSet {
     fn default() -> Self {
         WriteSet {
             bytes: vec![WRITE_SET_V1],
+            files: Vec::new(),
         }
     }
+}
+
+/// What a file a commit ingests holds. Applied in this order, before the write set:
+/// digests are noted in the presence filter before their rows exist, and change rows
+/// before the summary rows that point at them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum FileKind {
+    /// The block's stored digests, 32 bytes each, for the presence filter.
+    Digests,
+    /// An SST file of `cf::CHANGES` rows (`Store::write_changes_file`).
+    Changes,
+    /// An SST file of `cf::SUMMARIES` rows (`Store::write_summaries_file`).
+    Summaries,
+}
+
+impl FileKind {
+    pub const ALL: [FileKind; 3] = [FileKind::Digests, FileKind::Changes, FileKind::Summaries];
+
+    pub fn code(self) -> u8 {
+        match self {
+            FileKind::Digests => 0,
+            FileKind::Changes => 1,
+            FileKind::Summaries => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<FileKind> {
+        FileKind::ALL.into_iter().find(|kind| kind.code() == code)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Digests => "digests",
+            FileKind::Changes => "changes",
+            FileKind::Summaries => "summaries",
+        }
+    }
+}
+
+/// A file a replicated commit ingests, where its builder left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestFile {
+    pub kind: FileKind,
+    pub path: std::path::PathBuf,
 }
 
 impl WriteSet {
@@ -77,8 +124,18 @@ impl WriteSet {
         }
     }
 
+    /// Adds a file the commit ingests (at most one of each kind).
+    pub fn attach(&mut self, kind: FileKind, path: std::path::PathBuf) {
+        self.files.retain(|file| file.kind != kind);
+        self.files.push(IngestFile { kind, path });
+    }
+
+    pub fn files(&self) -> &[IngestFile] {
+        &self.files
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.bytes.len() == 1
+        self.bytes.len() == 1 && self.files.is_empty()
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -87,6 +144,11 @@ impl WriteSet {
 
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
+    }
+
+    /// The encoded rows and the files, apart.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<IngestFile>) {
+        (self.bytes, self.files)
     }
 }
 

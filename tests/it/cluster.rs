@@ -713,6 +713,54 @@ async fn an_import_on_a_replicated_log_commits_small_blocks_that_reach_the_follo
     assert_eq!(found, more.len(), "committed on the leader");
 }
 
+/// An import on a one-node cluster commits blocks as large as a single server's (no other
+/// node must receive them within a heartbeat); each block is one log entry whose rows the
+/// log keeps as the files it ingested, not in its row, until a compaction trims the log.
+/// Every flag is found, also after a restart, and the audit chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_on_a_one_node_cluster_commits_whole_blocks_whose_files_the_log_keeps() {
+    use flagshare::model::Role;
+
+    let on_the_log = |config: &mut flagshare::config::Config| config.replicated_log = true;
+    let server = TestServer::start_configured(on_the_log).await;
+    let member = server.enroll("platform-a", Role::Member).await;
+    let client = flagshare::pb::flags_client::FlagsClient::new(server.channel(&member).await);
+    let progress: Vec<_> = import_answers(&client, import_messages_of(0, 250_000, 10_000))
+        .await
+        .iter()
+        .map(|answer| (answer.n_blocks, answer.n_created, answer.done))
+        .collect();
+    assert_eq!(progress, [(1, 200_000, false), (2, 250_000, true)]);
+    let sample: Vec<[u8; 32]> = (0..250_000u32).step_by(997).map(imported).collect();
+    let mut on_server = server.member("beta").await;
+    assert_eq!(query(&mut on_server, &sample).await.len(), sample.len());
+    let log_files = || {
+        std::fs::read_dir(server.data_dir().join("db.log-files"))
+            .map(|listing| listing.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(log_files(), 6, "digests, change and summary files of two blocks");
+    let dir = server.stop().await;
+
+    // Each block's entry names its files: the log holds none of their rows.
+    let log = raft_log(dir.path());
+    let largest = log.iter().map(|(_, entry)| entry.len()).max();
+    assert!(largest.is_some_and(|largest| largest < 64 << 10), "{largest:?} bytes");
+    let server = TestServer::start_in_configured(dir, "flagshare-dev", on_the_log).await;
+    let log_files = || {
+        std::fs::read_dir(server.data_dir().join("db.log-files"))
+            .map(|listing| listing.count())
+            .unwrap_or(0)
+    };
+    let mut gamma = server.member("gamma").await;
+    assert_eq!(query(&mut gamma, &sample).await.len(), sample.len());
+    let mut admin = server.admin_client().await;
+    verified_audit(&mut admin).await;
+    admin.compact(pb::CompactRequest {}).await.unwrap();
+    assert_eq!(log_files(), 0, "trimmed with the log behind a snapshot");
+    assert_eq!(query(&mut gamma, &sample).await.len(), sample.len());
+}
+
 /// `admin cluster invite` refused by field, by role and without a replicated log, each
 /// leaving the principals as they were; an invitation naming no node to trust is refused
 /// by `init --join`; a node made from an invitation answers members UNAVAILABLE until it
