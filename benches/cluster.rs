@@ -148,10 +148,10 @@ async fn main() -> anyhow::Result<()> {
     let n_import = common::bench_n(1_000_000);
 
     // A single server, no replicated log: the README's default, as a process.
-    let single = TestServer::start().await;
+    let single = TestServer::start_single().await;
     let bundle = single.enroll("alpha", Role::Member).await;
     let dir = single.stop().await;
-    write_config(dir.path(), |_| {});
+    write_config(dir.path(), |config| config.replicated_log = false);
     let process = ServeProcess::start(dir.path());
     let single_client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await?);
     let one = ProcessCluster::start(1).await;

@@ -68,9 +68,10 @@ pub struct Config {
     pub rocksdb_statistics: bool,
     /// `text` (for a terminal) or `json` (one object per line, for log shippers).
     pub log_format: String,
-    /// Every commit goes through this server's Raft log as a one-node cluster: the path the
-    /// nodes of a replicated operator take, while their network is being built. Off by
-    /// default.
+    /// Every commit goes through this server's Raft log: a one-node cluster, which
+    /// `admin cluster invite` / `add-node` grow. On by default; off, every commit goes
+    /// straight to the server's own store (a data folder made before it was the default
+    /// says so in its `flagshare.toml`, and stays as it was).
     pub replicated_log: bool,
     /// With `replicated_log`: the client bundle (a certificate with the `node` role from
     /// this operator's CA) this node calls the other nodes with; relative to the data
@@ -115,7 +116,7 @@ impl Default for Config {
             tombstone_retention_secs: 30 * 24 * 3600,
             idle_connection_secs: 45,
             metrics_listen: DEFAULT_METRICS_LISTEN.to_owned(),
-            replicated_log: false,
+            replicated_log: true,
             cluster_credentials: String::new(),
             node_id: 1,
             join_trusted_nodes: Vec::new(),

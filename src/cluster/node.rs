@@ -1,8 +1,8 @@
 //! A node's Raft over its store, and the store's commits routed through it.
 //!
-//! For now a node is a one-node cluster (`replicated_log = true`): every commit is an
-//! entry of its log, applied by the state machine, exactly as a leader of several nodes
-//! commits. The network between nodes comes next; until then no node has peers to reach.
+//! Every server is a node (`replicated_log = true`, the default): a one-node cluster
+//! commits as a leader of several does (every commit an entry of its log, applied by the
+//! state machine), and grows by `add_node`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -413,10 +413,11 @@ struct Proposer {
 impl Replicator for Proposer {
     fn propose(&self, writes: WriteSet) -> Result<Proposed, StoreError> {
         let (writes, files) = writes.into_parts();
-        let proposal = Proposal {
-            writes,
-            files: entry_files(files, self.alone())?,
+        let files = match files.is_empty() {
+            true => Vec::new(),
+            false => entry_files(files, self.alone())?,
         };
+        let proposal = Proposal { writes, files };
         // Queued in order behind every earlier proposal (openraft's channel is FIFO), so
         // the caller may release its locks once this returns and wait after.
         let answer = tokio::task::block_in_place(|| self.runtime.block_on(self.raft.client_write_ff(proposal)))

@@ -145,7 +145,7 @@ async fn admin_cluster_list_shows_the_node_leading_its_one_node_cluster_with_its
     );
 
     // A server without a replicated log says so, and has no cluster metrics.
-    let single = TestServer::start().await;
+    let single = TestServer::start_single().await;
     assert_eq!(single.scrape().await.value("flagshare_cluster_leader", ""), None);
     let output = flagshare(&[
         "admin",
@@ -318,7 +318,7 @@ async fn the_cluster_service_answers_node_principals_only() {
     let status = cluster_list(&server);
     assert_eq!(status["leader_id"], 1, "{status}");
 
-    let single = TestServer::start().await;
+    let single = TestServer::start_single().await;
     let node = single.enroll("node-2", Role::Node).await;
     let absent = ClusterClient::new(single.channel(&node).await)
         .vote(pb::RaftRequest::default())
@@ -834,7 +834,7 @@ async fn invitations_are_checked_and_a_joining_node_admits_only_its_trusted_node
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert_eq!(principals(&mut admin).await, before, "no refusal made a principal");
-    let single = TestServer::start().await;
+    let single = TestServer::start_single().await;
     let refused = single
         .admin_client()
         .await

@@ -83,6 +83,12 @@ impl TestServer {
     }
 
     /// A new data folder and a server on it, with `adjust` applied to its settings.
+    /// A server without a replicated log (`replicated_log = false`): every commit straight
+    /// to its own store.
+    pub async fn start_single() -> TestServer {
+        TestServer::start_configured(|config| config.replicated_log = false).await
+    }
+
     pub async fn start_configured(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         flagshare::cli::setup::initialize(&test_config(dir.path(), "flagshare-dev"))
