@@ -281,7 +281,7 @@ impl Node {
         snapshot_and_purge(&self.raft)
             .await
             .map_err(|err| ClusterChangeError::Failed(format!("a snapshot for the new node: {err}")))?;
-        let was_alone = metrics.membership_config.membership().nodes().count() == 1;
+        let was_alone = alone(&metrics);
         let added = self
             .raft
             .add_learner(id, node, false)
@@ -438,14 +438,7 @@ impl Replicator for Proposer {
     }
 
     fn alone(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .count()
-            == 1
+        alone(&self.raft.metrics().borrow())
     }
 
     fn settle(&self) -> Result<Option<u64>, StoreError> {
@@ -517,6 +510,11 @@ pub(super) fn entry_files(
 /// Most bytes of files an entry may carry on a cluster of more than one node: an import
 /// block of `REPLICATED_IMPORT_BLOCK` flags is about 2.5 MB.
 pub(super) const MAX_SHARED_FILE_BYTES: u64 = super::network::APPEND_BUDGET_BYTES as u64;
+
+/// Whether the membership `metrics` show is one node (voter or learner).
+fn alone(metrics: &openraft::RaftMetrics<NodeId, ClusterNode>) -> bool {
+    metrics.membership_config.membership().nodes().count() == 1
+}
 
 fn not_leading(forward: &openraft::error::ForwardToLeader<NodeId, ClusterNode>) -> StoreError {
     StoreError::Unavailable(match (forward.leader_id, &forward.leader_node) {
