@@ -123,7 +123,6 @@ impl RaftStateMachine<Config> for StateMachine {
                             .iter()
                             .map(|file| (file.kind, files.path(entry.log_id.index, file.kind)))
                             .collect();
-                        let paths: Vec<_> = paths.iter().map(|(kind, path)| (*kind, path.as_path())).collect();
                         store
                             .apply_ingesting(&proposal.writes, &paths, &raft_rows)
                             .map_err(failed::write_state_machine)?;

@@ -733,13 +733,11 @@ impl Store {
         std::thread::scope(|scope| {
             let digests = scope.spawn(|| -> Result<bool, StoreError> {
                 self.presence.note_all(stored().map(|digest| digest.as_slice()));
-                let written = self.write_digests_file(digests_file, stored())?;
-                let mut hasher = blake3::Hasher::new();
-                for digest in stored() {
-                    hasher.update(digest);
+                let hash = self.write_digests_file(digests_file, stored())?;
+                if let Some(hash) = hash {
+                    self.presence.note_ahead(hash);
                 }
-                self.presence.note_ahead(*hasher.finalize().as_bytes());
-                Ok(written)
+                Ok(hash.is_some())
             });
             let written = self.write_summaries_only(file, rows)?;
             let digests_written = digests
@@ -1394,29 +1392,31 @@ impl Store {
 
     /// Writes `digests` (32 bytes each, no framing) to a new file at `file`, on disk when
     /// this returns: the digests a replicated import block's summaries file stores, which
-    /// every node notes in its presence filter before it ingests that file. False when
-    /// there was none (no file is left then).
-    pub fn write_digests_file<'a>(
+    /// every node notes in its presence filter before it ingests that file. Returns the
+    /// file's hash, or `None` when there was no digest (no file is left then).
+    fn write_digests_file<'a>(
         &self,
         file: &Path,
         digests: impl IntoIterator<Item = &'a Digest>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<[u8; 32]>, StoreError> {
         use std::io::Write as _;
         create_private_folder(file)?;
         let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+        let mut hasher = blake3::Hasher::new();
         let mut any = false;
         for digest in digests {
             out.write_all(digest)?;
+            hasher.update(digest);
             any = true;
         }
         let file_handle = out.into_inner().map_err(|err| StoreError::from(err.into_error()))?;
         if !any {
             drop(file_handle);
             let _ = std::fs::remove_file(file);
-            return Ok(false);
+            return Ok(None);
         }
         file_handle.sync_all()?;
-        Ok(true)
+        Ok(Some(*hasher.finalize().as_bytes()))
     }
 
     /// Makes the rows of `file` (from `write_changes_file`) part of the change log at once,

@@ -162,7 +162,7 @@ impl Store {
     pub fn apply_ingesting(
         &self,
         set: &[u8],
-        files: &[(super::FileKind, &std::path::Path)],
+        files: &[(super::FileKind, std::path::PathBuf)],
         raft_rows: &[(&[u8], Vec<u8>)],
     ) -> Result<(), StoreError> {
         // Decoded whole before anything is ingested: a damaged write set changes nothing.
