@@ -28,6 +28,9 @@ const READS_TIMEOUT: Duration = Duration::from_secs(5);
 /// its lease: well inside openraft's lease (the election timeout's maximum, 2 s), so
 /// clock drift between nodes does not matter.
 const LEASE_MILLIS: u64 = 1_000;
+/// How recent a majority's acknowledgement must be for the leader to take a write: the
+/// election timeout's maximum (past it, the other nodes elect another leader).
+const WRITE_QUORUM_MILLIS: u64 = 2_000;
 /// How long a read on a leader whose lease lapsed waits for a majority to confirm it.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,6 +67,27 @@ impl Leader {
     pub fn is_this_node(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
         metrics.current_leader == Some(metrics.id)
+    }
+
+    /// On the leader, fails unless a majority acknowledged it within the election
+    /// timeout: a write proposed without one waits (a blocking thread held) until the
+    /// node hears a majority again, which on a leader cut off may be never. Writes that
+    /// arrive after that are refused instead, so what waits is bounded by what arrives
+    /// in one election timeout.
+    pub fn check_majority(&self) -> Result<()> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.current_leader != Some(metrics.id)
+            || metrics.membership_config.membership().voter_ids().eq([metrics.id])
+        {
+            return Ok(());
+        }
+        match metrics.millis_since_quorum_ack {
+            Some(millis) if millis <= WRITE_QUORUM_MILLIS => Ok(()),
+            _ => Err(unavailable(format!(
+                "this node has not heard from a majority of its cluster for over {WRITE_QUORUM_MILLIS} ms: the write was not taken; ask another node"
+            ))),
+        }
     }
 
     /// On the leader, makes a read see every write acknowledged before it began

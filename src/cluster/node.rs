@@ -167,15 +167,18 @@ impl Node {
         self.store.set_replicator(Some(Arc::new(Proposer {
             raft: self.raft.clone(),
             runtime: tokio::runtime::Handle::current(),
+            led: parking_lot::Mutex::new(None),
         })));
     }
 
-    /// Routes commits straight to the store again and stops the Raft.
+    /// Stops the Raft. A commit waiting for it fails; so does every later one: a write
+    /// straight to the store would be this node's alone, never replicated or applied
+    /// elsewhere. Stopping twice does nothing more.
     pub async fn stop(&self) {
-        self.store.set_replicator(None);
+        self.store.set_replicator(Some(Arc::new(Stopped)));
         self.store.set_apply_listener(self.id(), None);
         if let Err(err) = self.raft.shutdown().await {
-            tracing::warn!(%err, "stopping raft");
+            tracing::debug!(%err, "stopping raft");
         }
     }
 
@@ -404,10 +407,28 @@ impl Node {
     }
 }
 
+/// The replicator of a node whose Raft stopped: every commit is refused.
+struct Stopped;
+
+impl Replicator for Stopped {
+    fn propose(&self, _writes: WriteSet) -> Result<Proposed, StoreError> {
+        Err(StoreError::Unavailable(
+            "this node is stopping: its replicated log takes no more writes".to_owned(),
+        ))
+    }
+
+    fn trim_log(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// Proposes each commit's write set and waits until it is applied here.
 struct Proposer {
     raft: Raft<Config>,
     runtime: tokio::runtime::Handle,
+    /// The term this node was last seen leading, and its log's last index then: the
+    /// entries a commit must find applied before it is staged (`settle`).
+    led: parking_lot::Mutex<Option<(u64, u64)>>,
 }
 
 impl Replicator for Proposer {
@@ -441,16 +462,39 @@ impl Replicator for Proposer {
         alone(&self.raft.metrics().borrow())
     }
 
+    /// A leader's log may hold entries that this process did not propose: those of the
+    /// leaders before it (openraft appends an entry of the new term after them), and,
+    /// when this node restarted still leading its term (openraft resumes the lead from
+    /// the stored vote, with no election), the entries its previous process appended
+    /// but never saw committed. A commit staged before they are applied would reuse
+    /// their sequence numbers. So the first commit of each term led waits until
+    /// everything in the log when it began is applied.
     fn settle(&self) -> Result<Option<u64>, StoreError> {
+        let up_to = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(metrics.id) {
+                return Ok(None);
+            }
+            let mut led = self.led.lock();
+            match *led {
+                Some((term, up_to)) if term == metrics.current_term => up_to,
+                _ => {
+                    let up_to = metrics.last_log_index.unwrap_or(0);
+                    *led = Some((metrics.current_term, up_to));
+                    up_to
+                }
+            }
+        };
         let settled = tokio::task::block_in_place(|| {
             self.runtime.block_on(self.raft.wait(Some(SETTLE_TIMEOUT)).metrics(
                 |metrics| {
                     metrics.current_leader != Some(metrics.id)
-                        || metrics
-                            .last_applied
-                            .is_some_and(|log_id| log_id.leader_id.term == metrics.current_term)
+                        || metrics.last_applied.is_some_and(|log_id| {
+                            log_id.leader_id.term == metrics.current_term && log_id.index >= up_to
+                        })
                 },
-                "the new leader's first entry applied",
+                "the entries before this leader's first commit applied",
             ))
         });
         match settled {
@@ -459,7 +503,7 @@ impl Replicator for Proposer {
             Err(err) => {
                 tracing::warn!(%err, "leading, but the entries before this term are not applied yet");
                 Err(StoreError::Unavailable(
-                    "this node leads the cluster but has not applied the entries of the leader before it yet; try again"
+                    "this node leads the cluster but has not yet applied the entries its log held when it began leading; try again"
                         .to_owned(),
                 ))
             }

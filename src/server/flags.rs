@@ -79,13 +79,18 @@ impl FlagsService {
         self.freshness().check().await
     }
 
-    /// The leader when it is another node: a member's write sent here goes on to it. A
+    /// The leader when it is another node: a member's write sent here goes on to it.
+    /// This node, leading, takes it only while a majority hears it (`check_majority`). A
     /// call another node forwarded is not forwarded again (it could only travel in a
     /// circle while two nodes disagree on who leads): it is refused instead.
     fn forward_to<T>(&self, request: &Request<T>) -> Result<Option<&Leader>, Status> {
-        let Some(leader) = self.leader.as_deref().filter(|leader| !leader.is_this_node()) else {
+        let Some(leader) = self.leader.as_deref() else {
             return Ok(None);
         };
+        if leader.is_this_node() {
+            leader.check_majority()?;
+            return Ok(None);
+        }
         if request.metadata().contains_key(ON_BEHALF_OF) {
             return Err(Status::unavailable(
                 "this node does not lead the cluster any more; call again and the leader is asked",

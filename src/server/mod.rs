@@ -39,6 +39,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After serving stopped, how long to wait for the last calls to let go of the database.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// After serving stopped, how long the last commits (maintenance, queued read audit
+/// entries) may wait for the cluster before the node's log stops under them.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams one connection may have open at once.
 pub const MAX_CONCURRENT_STREAMS_PER_CONNECTION: u32 = 64;
 /// An idle connection is pinged this often, and closed when a ping goes unanswered for
@@ -317,31 +320,54 @@ pub async fn run(
             "calls still open after the shutdown grace period; closing their connections"
         ),
     }
-    maintenance.await.context("maintenance task")?;
-    read_flusher.await.context("read audit flusher")?;
-    if let Some(metrics_server) = metrics_server {
-        match metrics_server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(%err, "the metrics endpoint failed"),
-            Err(err) => tracing::error!(%err, "the metrics task failed"),
+    let finish = async {
+        maintenance.await.context("maintenance task")?;
+        read_flusher.await.context("read audit flusher")?;
+        if let Some(metrics_server) = metrics_server {
+            match metrics_server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(%err, "the metrics endpoint failed"),
+                Err(err) => tracing::error!(%err, "the metrics task failed"),
+            }
         }
-    }
-    peers.join_all().await;
-    drop(peers);
-    // Stream tasks end on the shutdown signal within a poll; the store closes when the last
-    // of them lets go of the domain, and a restart on the same folder needs it closed. A
-    // connection dropped after the grace period may still hold it: then the process exit
-    // closes it, a little later.
-    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
-    while !domain.is_sole_owner() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if !domain.is_sole_owner() {
-        tracing::warn!("calls still hold the database after the shutdown grace period");
-    }
-    if let Err(err) = domain.flush_reads().await {
-        tracing::error!(%err, "committing queued read audit entries failed");
-    }
+        peers.join_all().await;
+        drop(peers);
+        // Stream tasks end on the shutdown signal within a poll; the store closes when the last
+        // of them lets go of the domain, and a restart on the same folder needs it closed. A
+        // connection dropped after the grace period may still hold it: then the process exit
+        // closes it, a little later.
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        while !domain.is_sole_owner() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !domain.is_sole_owner() {
+            tracing::warn!("calls still hold the database after the shutdown grace period");
+        }
+        if let Err(err) = domain.flush_reads().await {
+            tracing::error!(%err, "committing queued read audit entries failed");
+        }
+        anyhow::Ok(())
+    };
+    let mut finish = Box::pin(finish);
+    let finished = match &node {
+        Some(node) => match tokio::time::timeout(COMMIT_WAIT, &mut finish).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                // A leader whose other nodes stopped first waits for ever for a majority:
+                // its log stops, and the commits still waiting fail (they were never
+                // acknowledged).
+                tracing::warn!(
+                    wait_secs = COMMIT_WAIT.as_secs(),
+                    "commits still wait for a majority of the cluster; stopping without them"
+                );
+                node.stop().await;
+                (&mut finish).await
+            }
+        },
+        None => (&mut finish).await,
+    };
+    drop(finish);
+    finished?;
     if let Some(node) = node {
         node.stop().await;
     }

@@ -13,7 +13,7 @@ use flagshare::pb::flags_client::FlagsClient;
 use tonic::transport::Channel;
 
 use crate::support::cluster::{CALL_TIMEOUT, ProcessCluster};
-use crate::support::{email_digest, eventually, flag, query_request, submit_request, verified_audit};
+use crate::support::{audit_count, email_digest, eventually, flag, query_request, submit_request, verified_audit};
 
 /// Bounds of each load: submissions and time.
 const MAX_SUBMITS: usize = 4_000;
@@ -430,6 +430,24 @@ async fn a_leader_that_cannot_confirm_its_lead_refuses_reads() {
         );
     }
     let burst_rounds = rounds(&leader_process.scrape().await) - rounds_before;
+    // A write proposed now would wait for a majority that may never come back, holding
+    // a thread: past the election timeout it is refused before it is proposed.
+    tokio::time::sleep(Duration::from_millis(2_500).saturating_sub(paused_at.elapsed())).await;
+    let write = on_leader.submit(submit_request(vec![flag(
+        email_digest("unheard@example.com"),
+        pb::Category::Grooming,
+        90,
+    )]));
+    let write_refused = tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("a write on a leader cut off is refused, not left waiting")
+        .unwrap_err();
+    assert_eq!(write_refused.code(), tonic::Code::Unavailable, "{write_refused:?}");
+    assert!(
+        write_refused.message().contains("has not heard from a majority"),
+        "{}",
+        write_refused.message()
+    );
     for id in [2, 3] {
         cluster.node(id).process.as_ref().unwrap().signal("CONT");
     }
@@ -467,4 +485,55 @@ async fn a_leader_that_cannot_confirm_its_lead_refuses_reads() {
         false
     })
     .await;
+}
+
+/// A leader whose followers are gone cannot commit the audit entry of the read it
+/// answered last: it still stops on SIGTERM (once that commit had waited long enough),
+/// and nothing is written behind its log's back. Restarted, it leads its term again
+/// (its vote is stored) with that entry in its log: it commits it before anything it
+/// stages anew, so no entry is overwritten and the three share one audit chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_followers_are_gone_still_stops_on_sigterm() {
+    let mut cluster = ProcessCluster::start(3).await;
+    assert_eq!(cluster.leader_by(1).await, Some(1));
+    let known = email_digest("known@example.com");
+    let mut on_leader = FlagsClient::new(cluster.member.connect(Some(&cluster.node(1).endpoint())).await.unwrap());
+    on_leader.query(query_request(&[known])).await.unwrap();
+    eventually("the first read's audit entry reaches a follower", || async {
+        audit_count(&mut cluster.admin_client(2).await, "query").await == 1
+    })
+    .await;
+    cluster.kill(2);
+    cluster.kill(3);
+    // Within the lease: answered, and its audit entry proposed, never to be committed.
+    on_leader
+        .query(query_request(&[known]))
+        .await
+        .expect("a read within the leader's lease is answered");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = cluster.nodes[0].process.take().unwrap();
+    leader.stop_within(Duration::from_secs(60));
+    let log = std::fs::read_to_string(cluster.node(1).dir.join("serve.log")).unwrap();
+    assert!(
+        log.contains("commits still wait for a majority of the cluster; stopping without them"),
+        "the stop waited for the read's audit entry, then gave up on it"
+    );
+    cluster.restart(1);
+    // An admin's call on it while it is alone: it waits (and with it, its audit entry)
+    // until the entry the last process left in the log is committed and applied.
+    let mut admin = cluster.admin_client(1).await;
+    let early_call = tokio::spawn(async move { admin.verify_audit(pb::VerifyAuditRequest {}).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.restart(2);
+    cluster.restart(3);
+    match early_call.await.unwrap() {
+        Ok(verified) => assert!(verified.get_ref().ok, "{verified:?}"),
+        Err(status) => assert!(status.message().contains("try again"), "{status:?}"),
+    }
+    let leader = cluster.wait_for_leader(&[1, 2, 3], Duration::from_secs(60)).await;
+    eventually("both reads' audit entries are committed", || async {
+        audit_count(&mut cluster.admin_client(leader).await, "query").await == 2
+    })
+    .await;
+    assert_one_audit_chain(&cluster, leader, &[1, 2, 3]).await;
 }
