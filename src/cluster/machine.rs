@@ -109,10 +109,10 @@ impl RaftStateMachine<Config> for StateMachine {
         let files = self.files.clone();
         tokio::task::spawn_blocking(move || {
             let mut applied = Vec::with_capacity(entries.len());
-            let leaders: Vec<NodeId> = entries
+            let proposed: Vec<(u64, NodeId)> = entries
                 .iter()
                 .filter(|entry| matches!(entry.payload, EntryPayload::Normal(_)))
-                .map(|entry| entry.log_id.leader_id.node_id)
+                .map(|entry| (entry.log_id.index, entry.log_id.leader_id.node_id))
                 .collect();
             for entry in entries {
                 let mut raft_rows = vec![(APPLIED, rows::encode_log_id(&entry.log_id))];
@@ -147,7 +147,7 @@ impl RaftStateMachine<Config> for StateMachine {
                     .map_err(failed::write_state_machine)?;
                 applied.push(());
             }
-            store.applied(Some(&leaders));
+            store.applied(Some(&proposed));
             Ok(applied)
         })
         .await

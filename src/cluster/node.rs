@@ -61,6 +61,8 @@ pub struct Node {
     credentials: Option<Arc<crate::client::Bundle>>,
     /// Read-index rounds its leader reads ran (`forward::Leader::confirm_read`).
     read_index_rounds: Arc<std::sync::atomic::AtomicU64>,
+    /// The last index its log held when this process started.
+    inherited_through: u64,
 }
 
 impl Node {
@@ -90,6 +92,11 @@ impl Node {
         // between appending and committing holds some, which the next leader replaces,
         // so waiting for them would keep this node from serving (and being replaced).
         let committed = log.committed().context("reading the committed index")?;
+        // Entries up to here were proposed before this process (`own_entries`).
+        let inherited_through = store
+            .last_raft_log()
+            .context("reading the log's last entry")?
+            .map_or(0, |(index, _)| index);
         let raft = Raft::new(
             id,
             Arc::new(raft_config()?),
@@ -136,6 +143,7 @@ impl Node {
             store,
             credentials,
             read_index_rounds: Arc::default(),
+            inherited_through,
         };
         node.keep_own_entry_current(address, certificate_sha256).await?;
         Ok(node)
@@ -176,7 +184,7 @@ impl Node {
     /// elsewhere. Stopping twice does nothing more.
     pub async fn stop(&self) {
         self.store.set_replicator(Some(Arc::new(Stopped)));
-        self.store.set_apply_listener(self.id(), None);
+        self.store.set_apply_listener(self.own_entries(), None);
         if let Err(err) = self.raft.shutdown().await {
             tracing::debug!(%err, "stopping raft");
         }
@@ -184,6 +192,14 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.raft.metrics().borrow().id
+    }
+
+    /// The entries this process proposes: its domain knows them without being told.
+    pub fn own_entries(&self) -> crate::store::OwnEntries {
+        crate::store::OwnEntries {
+            id: self.id(),
+            after: self.inherited_through,
+        }
     }
 
     /// A leader that restarted at another address, or with other credentials, says so in

@@ -497,7 +497,10 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
     assert!(follower.authorize(&early.cert_sha256, &[Role::Member]).is_err());
 
     // This node is 2; the entries were proposed by node 1.
-    follower_store.set_apply_listener(2, Some(follower.apply_listener()));
+    follower_store.set_apply_listener(
+        crate::store::OwnEntries { id: 2, after: 0 },
+        Some(follower.apply_listener()),
+    );
     let alpha = add("alpha").await;
     for caller in [&early, &alpha] {
         let known = follower.authorize(&caller.cert_sha256, &[Role::Member]).unwrap();
@@ -520,6 +523,44 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
     let again = follower.verify_audit(admin).await.unwrap();
     assert!(again.broken.is_none(), "{:?}", again.broken);
     assert!(again.last_sequence > report.last_sequence);
+}
+
+/// Entries of this node's own id are news to its domain only when a previous process
+/// proposed them (at or below the last index its log held when this one started): a
+/// leader restarted in its term applies them after its domain read the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_is_told_of_its_nodes_entries_that_a_previous_process_proposed() {
+    use crate::domain::{Domain, Policy};
+    use crate::model::Role;
+
+    let (_leader_dir, leader_store) = open_store();
+    let (_restarted_dir, restarted_store) = open_store();
+    let leader = Domain::open(leader_store.clone(), Policy::default()).unwrap();
+    let restarted = Domain::open(restarted_store.clone(), Policy::default()).unwrap();
+    leader_store.set_replicator(Some(Arc::new(Mirror {
+        leader: leader_store.clone(),
+        follower: std::sync::Mutex::new(StateMachine::open(restarted_store.clone()).unwrap()),
+        index: std::sync::atomic::AtomicU64::new(0),
+        runtime: tokio::runtime::Handle::current(),
+    })));
+    let add = |name: &'static str| crate::domain::tests::member(&leader, name);
+
+    // The entries are node 1's (`entry`), and this process started with its log at 1,000.
+    restarted_store.set_apply_listener(
+        crate::store::OwnEntries { id: 1, after: 1_000 },
+        Some(restarted.apply_listener()),
+    );
+    let inherited = add("inherited").await;
+    let known = restarted.authorize(&inherited.cert_sha256, &[Role::Member]).unwrap();
+    assert_eq!(known.name, "inherited");
+
+    // Node 1's entries past where its log was at start are this process's own: not news.
+    restarted_store.set_apply_listener(
+        crate::store::OwnEntries { id: 1, after: 0 },
+        Some(restarted.apply_listener()),
+    );
+    let own = add("own").await;
+    assert!(restarted.authorize(&own.cert_sha256, &[Role::Member]).is_err());
 }
 
 /// A replicated log the test answers by hand: each proposal waits in `proposals` until the

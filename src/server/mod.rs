@@ -156,7 +156,7 @@ pub async fn run(
     let leader = node.as_ref().map(|node| node.leader());
     if let (Some(node), Some(leader)) = (&node, &leader) {
         // Another node's commits applied here change the store under the domain's memory.
-        store.set_apply_listener(node.id(), Some(domain.apply_listener()));
+        store.set_apply_listener(node.own_entries(), Some(domain.apply_listener()));
         // Entries applied between the domain's read and the listener's start.
         domain.refresh()?;
         node.route_commits();

@@ -156,9 +156,9 @@ pub struct Store {
     replicator: parking_lot::RwLock<Option<std::sync::Arc<dyn Replicator>>>,
     /// Which digests `summaries` may hold (`scan_presence` makes it ready).
     presence: presence::Presence,
-    /// This node's id and what to tell when rows another node wrote were applied here
-    /// (`set_apply_listener`).
-    apply_listener: parking_lot::RwLock<Option<(u64, ApplyListener)>>,
+    /// Whose entries the domain's memory knows of already, and what to tell when others
+    /// were applied here (`set_apply_listener`).
+    apply_listener: parking_lot::RwLock<Option<(OwnEntries, ApplyListener)>>,
     /// Imports running (`begin_bulk_load`); held while the settings change.
     bulk_loads: parking_lot::Mutex<usize>,
 }
@@ -180,6 +180,16 @@ impl Drop for BulkLoad {
 /// leader proposed, or a snapshot), so that what is kept in memory of the store is read
 /// again.
 pub type ApplyListener = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// The log entries this process proposed: those of node `id` past index `after` (the
+/// last its log held when the process started). Its domain moved its memory on as it
+/// proposed them; any other entry applied here (another node's, or one this node's
+/// previous process proposed and never saw applied) is news to it.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnEntries {
+    pub id: u64,
+    pub after: u64,
+}
 
 /// Digests from which `Store::get_summaries` reads on two threads.
 const PARALLEL_READ: usize = 50_000;
@@ -944,17 +954,22 @@ impl Store {
         }
     }
 
-    /// From now on `listener` is told when entries proposed by a leader other than node
-    /// `own_id`, or a snapshot, were applied to the store.
-    pub fn set_apply_listener(&self, own_id: u64, listener: Option<ApplyListener>) {
-        *self.apply_listener.write() = listener.map(|listener| (own_id, listener));
+    /// From now on `listener` is told when entries other than `own` (or a snapshot) were
+    /// applied to the store.
+    pub fn set_apply_listener(&self, own: OwnEntries, listener: Option<ApplyListener>) {
+        *self.apply_listener.write() = listener.map(|listener| (own, listener));
     }
 
-    /// The state machine applied entries proposed by `leaders` (`None`: a snapshot).
-    pub fn applied(&self, leaders: Option<&[u64]>) {
+    /// The state machine applied the entries of `proposed` (index, proposing leader;
+    /// `None`: a snapshot).
+    pub fn applied(&self, proposed: Option<&[(u64, u64)]>) {
         let listener = self.apply_listener.read().clone();
-        if let Some((own_id, listener)) = listener
-            && leaders.is_none_or(|leaders| leaders.iter().any(|leader| *leader != own_id))
+        if let Some((own, listener)) = listener
+            && proposed.is_none_or(|proposed| {
+                proposed
+                    .iter()
+                    .any(|(index, leader)| *leader != own.id || *index <= own.after)
+            })
         {
             listener();
         }
