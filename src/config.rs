@@ -270,6 +270,7 @@ impl Config {
             block_cache_bytes: self.block_cache_mib << 20,
             sync_writes: self.sync_writes,
             statistics: self.rocksdb_statistics,
+            replicated: self.replicated_log,
         }
     }
 

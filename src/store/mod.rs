@@ -127,6 +127,11 @@ pub struct StoreOptions {
     pub sync_writes: bool,
     /// Whether RocksDB counts block cache hits and stalls (`rocksdb_statistics`).
     pub statistics: bool,
+    /// Whether this store holds a replicated log: what the state machine applies is
+    /// written without the WAL (the log holds it, and a node that stops before it reaches
+    /// the disk applies it again from there), and every family flushes together, so the
+    /// applied log id never reaches the disk ahead of the rows it covers.
+    pub replicated: bool,
 }
 
 impl Default for StoreOptions {
@@ -135,6 +140,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 256 << 20,
             sync_writes: true,
             statistics: false,
+            replicated: false,
         }
     }
 }
@@ -150,6 +156,8 @@ pub struct Store {
     statistics: bool,
     path: PathBuf,
     write_options: WriteOptions,
+    /// How the state machine writes what it applies (`StoreOptions::replicated`).
+    apply_options: WriteOptions,
     /// Whether a commit is answered only once its WAL record is on disk.
     sync_writes: bool,
     /// Set while commits go through a replicated log (`set_replicator`).
@@ -396,6 +404,7 @@ impl Store {
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
+        db_options.set_atomic_flush(store_options.replicated);
         db_options.increase_parallelism(2);
         // Compactions keep their priority (import blocks do not, `domain::state::bulk`): at
         // nice 19 they made single-digest p99 during an import of 10,000,000 4.6-5.4 ms
@@ -442,6 +451,8 @@ impl Store {
         })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(store_options.sync_writes);
+        let mut apply_options = WriteOptions::default();
+        apply_options.disable_wal(store_options.replicated);
         let store = Store {
             db,
             db_options,
@@ -450,6 +461,7 @@ impl Store {
             statistics: store_options.statistics,
             path: path.to_owned(),
             write_options,
+            apply_options,
             sync_writes: store_options.sync_writes,
             replicator: parking_lot::RwLock::new(None),
             presence: presence::Presence::new(),

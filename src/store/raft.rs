@@ -59,6 +59,16 @@ impl Store {
         Ok(())
     }
 
+    /// Flushes every family (together, on a replicated store): what the state machine
+    /// applied without the WAL is on disk when this returns.
+    pub fn persist_applied(&self) -> Result<(), StoreError> {
+        let families: Vec<_> = cf::all().map(|name| self.cf(name)).collect();
+        let mut options = rocksdb::FlushOptions::default();
+        options.set_wait(true);
+        self.db.flush_cfs_opt(&families, &options)?;
+        Ok(())
+    }
+
     /// Appends log entries (index, encoded entry) without waiting for the disk: readable
     /// at once, on disk after the next `persist_wal` (`cluster::log` waits for it before it
     /// tells openraft they are).
@@ -116,6 +126,9 @@ impl Store {
     /// Deletes log entries up to and including `through`, and records `purged` (the log id
     /// of the last one) under `purged_key` in the same write.
     pub fn purge_raft_log(&self, through: u64, purged_key: &[u8], purged: &[u8]) -> Result<(), StoreError> {
+        // What the entries wrote may be in memory only (applied without the WAL): on disk
+        // first, or a stop now would lose rows that no log entry holds any more.
+        self.persist_applied()?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::RAFT_STATE), purged_key, purged);
         batch.delete_range_cf(
@@ -149,7 +162,7 @@ impl Store {
         for (key, value) in raft_rows {
             batch.put_cf(self.cf(cf::RAFT_STATE), key, value);
         }
-        self.db.write(batch)?;
+        self.db.write_opt(batch, &self.apply_options)?;
         Ok(())
     }
 

@@ -959,3 +959,100 @@ async fn a_new_one_node_cluster_leads_before_it_serves() {
             .unwrap();
     }
 }
+
+/// A node applies its entries without the WAL (its log holds them). A one-node cluster
+/// killed with SIGKILL has the rows it applied since its last flush nowhere but in its
+/// log, and applies the log again as it starts: every acknowledged flag is back and the
+/// audit chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_one_node_cluster_applies_its_log_again_and_loses_no_acknowledged_flag() {
+    use flagshare::model::Role;
+    use flagshare::pb::flags_client::FlagsClient;
+
+    use crate::support::process::ServeProcess;
+    use crate::support::write_config;
+
+    let server = TestServer::start().await;
+    let bundle = server.enroll("alpha", Role::Member).await;
+    let dir = server.stop().await;
+    write_config(dir.path(), |config| config.replicated_log = true);
+    let process = ServeProcess::start(dir.path());
+    let mut client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await.unwrap());
+    let mut digests: Vec<flagshare::digest::Digest> = (0..2_000)
+        .map(|n| email_digest(&format!("killed-{n}@example.com")))
+        .collect();
+    for chunk in digests.chunks(100) {
+        let flags = chunk
+            .iter()
+            .map(|digest| flag(*digest, pb::Category::Grooming, 80))
+            .collect();
+        client.submit(submit_request(flags)).await.unwrap();
+    }
+    drop(client);
+    process.kill();
+
+    // What was applied is not on disk: only the log's entries are (a store opened
+    // offline replays its WAL, which holds the log and not the applied rows).
+    digests.sort();
+    {
+        let store = Store::open(&dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let on_disk = store.get_summaries(&digests).unwrap().iter().flatten().count();
+        assert!(on_disk < digests.len(), "{on_disk} of {} on disk", digests.len());
+    }
+
+    let process = ServeProcess::start(dir.path());
+    let mut client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await.unwrap());
+    for chunk in digests.chunks(1_000) {
+        assert_eq!(query(&mut client, chunk).await.len(), chunk.len());
+    }
+    let admin = flagshare::client::Bundle::load(&dir.path().join("clients/admin")).unwrap();
+    let mut admin =
+        flagshare::pb::admin_client::AdminClient::new(admin.connect(Some(&process.endpoint())).await.unwrap());
+    verified_audit(&mut admin).await;
+
+    // Past 20,000 entries the log is trimmed behind a snapshot: what the trimmed entries
+    // applied is flushed first, so a kill right after loses nothing the log no longer holds.
+    let mut later: Vec<flagshare::digest::Digest> = (0..20_500)
+        .map(|n| email_digest(&format!("trimmed-{n}@example.com")))
+        .collect();
+    let callers: Vec<_> = later
+        .chunks(later.len().div_ceil(4))
+        .map(|part| {
+            let (mut client, part) = (client.clone(), part.to_vec());
+            tokio::spawn(async move {
+                for digest in part {
+                    client
+                        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    eventually("the log trimmed behind a snapshot", || {
+        let mut admin = admin.clone();
+        async move {
+            let status = admin
+                .get_cluster_status(pb::GetClusterStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            status.snapshot_index > 10_000
+        }
+    })
+    .await;
+    drop((client, admin));
+    process.kill();
+    let kept = raft_log(dir.path()).len();
+    assert!(kept < 5_000, "{kept} entries: the log was trimmed");
+    let process = ServeProcess::start(dir.path());
+    let mut client = FlagsClient::new(bundle.connect(Some(&process.endpoint())).await.unwrap());
+    later.sort();
+    for chunk in digests.chunks(1_000).chain(later.chunks(1_000)) {
+        assert_eq!(query(&mut client, chunk).await.len(), chunk.len());
+    }
+    assert!(process.stop().success());
+}
