@@ -77,9 +77,7 @@ impl Leader {
     pub fn check_majority(&self) -> Result<()> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        if metrics.current_leader != Some(metrics.id)
-            || metrics.membership_config.membership().voter_ids().eq([metrics.id])
-        {
+        if metrics.current_leader != Some(metrics.id) || sole_voter(&metrics) {
             return Ok(());
         }
         match metrics.millis_since_quorum_ack {
@@ -105,9 +103,7 @@ impl Leader {
             if metrics.current_leader != Some(metrics.id) {
                 return Ok(());
             }
-            let membership = metrics.membership_config.membership();
-            let alone = membership.voter_ids().eq([metrics.id]);
-            let lease = alone
+            let lease = sole_voter(&metrics)
                 || metrics
                     .millis_since_quorum_ack
                     .is_some_and(|millis| millis <= LEASE_MILLIS);
@@ -261,4 +257,9 @@ pub fn read_from_pb(at: usize, read: pb::ForwardedRead) -> Result<ForwardedRead>
         digests: chunks.to_vec(),
         at_ms: read.at_ms,
     })
+}
+
+/// Whether this node is its cluster's only voter: a majority is itself.
+fn sole_voter(metrics: &openraft::RaftMetrics<super::NodeId, super::ClusterNode>) -> bool {
+    metrics.membership_config.membership().voter_ids().eq([metrics.id])
 }

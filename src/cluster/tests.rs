@@ -471,17 +471,17 @@ impl crate::store::Replicator for Mirror {
     }
 }
 
-/// A follower's domain reads the store again when another node's commits are applied
-/// under it: a principal added on the leader is known, its flags are found, the change
-/// log's head and the audit chain's head move with the leader's; without the listener,
-/// the follower's memory stays behind (the principal is unknown).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
+/// A leader's domain whose commits `Mirror` applies to a follower's store, and the
+/// follower's domain and store (its listener not set yet).
+fn mirrored_pair() -> (
+    [tempfile::TempDir; 2],
+    crate::domain::Domain,
+    crate::domain::Domain,
+    Arc<Store>,
+) {
     use crate::domain::{Domain, Policy};
-    use crate::model::Role;
-
-    let (_leader_dir, leader_store) = open_store();
-    let (_follower_dir, follower_store) = open_store();
+    let (leader_dir, leader_store) = open_store();
+    let (follower_dir, follower_store) = open_store();
     let leader = Domain::open(leader_store.clone(), Policy::default()).unwrap();
     let follower = Domain::open(follower_store.clone(), Policy::default()).unwrap();
     leader_store.set_replicator(Some(Arc::new(Mirror {
@@ -490,6 +490,18 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
         index: std::sync::atomic::AtomicU64::new(0),
         runtime: tokio::runtime::Handle::current(),
     })));
+    ([leader_dir, follower_dir], leader, follower, follower_store)
+}
+
+/// A follower's domain reads the store again when another node's commits are applied
+/// under it: a principal added on the leader is known, its flags are found, the change
+/// log's head and the audit chain's head move with the leader's; without the listener,
+/// the follower's memory stays behind (the principal is unknown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
+    use crate::model::Role;
+
+    let (_dirs, leader, follower, follower_store) = mirrored_pair();
     let add = |name: &'static str| crate::domain::tests::member(&leader, name);
 
     // No listener: the rows arrive, the follower's memory does not follow.
@@ -530,19 +542,9 @@ async fn a_followers_domain_follows_the_leaders_commits_applied_under_it() {
 /// leader restarted in its term applies them after its domain read the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_domain_is_told_of_its_nodes_entries_that_a_previous_process_proposed() {
-    use crate::domain::{Domain, Policy};
     use crate::model::Role;
 
-    let (_leader_dir, leader_store) = open_store();
-    let (_restarted_dir, restarted_store) = open_store();
-    let leader = Domain::open(leader_store.clone(), Policy::default()).unwrap();
-    let restarted = Domain::open(restarted_store.clone(), Policy::default()).unwrap();
-    leader_store.set_replicator(Some(Arc::new(Mirror {
-        leader: leader_store.clone(),
-        follower: std::sync::Mutex::new(StateMachine::open(restarted_store.clone()).unwrap()),
-        index: std::sync::atomic::AtomicU64::new(0),
-        runtime: tokio::runtime::Handle::current(),
-    })));
+    let (_dirs, leader, restarted, restarted_store) = mirrored_pair();
     let add = |name: &'static str| crate::domain::tests::member(&leader, name);
 
     // The entries are node 1's (`entry`), and this process started with its log at 1,000.
