@@ -226,6 +226,12 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Fails unless `status` has `code` and its message names `fragment`.
+pub fn assert_status(status: &tonic::Status, code: tonic::Code, fragment: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(fragment), "{}", status.message());
+}
+
 /// Queries `digests` as `client` and returns the matches.
 pub async fn query(client: &mut FlagsClient<Channel>, digests: &[Digest]) -> Vec<pb::Match> {
     client.query(query_request(digests)).await.unwrap().into_inner().matches
