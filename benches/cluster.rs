@@ -8,7 +8,8 @@
 //!     CARGO_PROFILE_DEV_OPT_LEVEL=3 scripts/cargo bench --profile dev --bench cluster
 //!
 //! `FLAGSHARE_BENCH_N` sets the import's size; `FLAGSHARE_BENCH_IMPORT_ONLY=1` runs only
-//! the paired imports. All processes share this machine's cores.
+//! the paired imports, `FLAGSHARE_BENCH_SUBMIT_ONLY=1` only the paired `Submit` loads.
+//! All processes share this machine's cores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a panic fails the test or benchmark
 
 mod common;
@@ -130,6 +131,21 @@ fn row(what: &str, (rate, latencies): &(f64, Vec<Duration>)) -> String {
     )
 }
 
+/// The one-node / single server ratios of the paired Submit loads: throughput per round,
+/// and p99 of every call (`one` and `single` sorted).
+fn paired_line(ratios: &[f64], one: &[Duration], single: &[Duration]) -> String {
+    let (low, high) = (
+        ratios.iter().copied().fold(f64::MAX, f64::min),
+        ratios.iter().copied().fold(f64::MIN, f64::max),
+    );
+    format!(
+        "one-node cluster / single server, loads run next to each other: median {:.2} of {} rounds ({low:.2}-{high:.2}); p99 {:.2}",
+        median(ratios.to_vec()),
+        ratios.len(),
+        percentile(one, 0.99).as_secs_f64() / percentile(single, 0.99).as_secs_f64(),
+    )
+}
+
 /// The node of `among` that says it leads, polled until `limit` passes.
 async fn leader_within(cluster: &ProcessCluster, among: &[u64], limit: Duration) -> Option<u64> {
     let started = Instant::now();
@@ -172,17 +188,37 @@ async fn main() -> anyhow::Result<()> {
             let one_load = submit_load(&one_client, seed + 1).await;
             (submit_load(&single_client, seed).await, one_load)
         };
+        let p99 = |load: &(f64, Vec<Duration>)| percentile(&load.1, 0.99).as_secs_f64() * 1e3;
         eprintln!(
-            "bench: round {round}: single server {:.0}, one-node cluster {:.0} flags/s ({:.2})",
+            "bench: round {round}: single server {:.0}, one-node cluster {:.0} flags/s ({:.2}); p99 {:.1} / {:.1} ms",
             single_load.0,
             one_load.0,
-            one_load.0 / single_load.0
+            one_load.0 / single_load.0,
+            p99(&single_load),
+            p99(&one_load)
         );
         ratios.push(one_load.0 / single_load.0);
         single_rates.push(single_load.0);
         one_rates.push(one_load.0);
         single_latencies.extend(single_load.1);
         one_latencies.extend(one_load.1);
+    }
+    if std::env::var_os("FLAGSHARE_BENCH_SUBMIT_ONLY").is_some() {
+        single_latencies.sort();
+        one_latencies.sort();
+        println!(
+            "{}",
+            row(
+                "single server (no replicated log)",
+                &(median(single_rates), single_latencies.clone())
+            )
+        );
+        println!(
+            "{}",
+            row("one-node cluster", &(median(one_rates), one_latencies.clone()))
+        );
+        println!("{}", paired_line(&ratios, &one_latencies, &single_latencies));
+        return Ok(());
     }
     // Imports of new flags, alternating likewise (each round adds to both stores alike).
     let (mut single_imports, mut one_imports, mut import_ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -259,14 +295,9 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", row("three nodes, to the leader", &three_row));
     println!("{}", row("three nodes, to a follower (forwarded)", &forwarded_row));
     println!();
-    let (low, high) = (
-        ratios.iter().copied().fold(f64::MAX, f64::min),
-        ratios.iter().copied().fold(f64::MIN, f64::max),
-    );
     println!(
-        "one-node cluster / single server, loads run next to each other: median {:.2} of {PAIRED_ROUNDS} rounds ({low:.2}-{high:.2}); p99 {:.2}; three nodes / single server: {:.2}",
-        median(ratios.clone()),
-        percentile(&one_row.1, 0.99).as_secs_f64() / percentile(&single_row.1, 0.99).as_secs_f64(),
+        "{}; three nodes / single server: {:.2}",
+        paired_line(&ratios, &one_row.1, &single_row.1),
         three_row.0 / single_row.0
     );
     // An import on three: until the leader's last answer, then until every node holds it.
