@@ -131,17 +131,19 @@ fn row(what: &str, (rate, latencies): &(f64, Vec<Duration>)) -> String {
     )
 }
 
-/// The one-node / single server ratios of the paired Submit loads: throughput per round,
-/// and p99 of every call (`one` and `single` sorted).
-fn paired_line(ratios: &[f64], one: &[Duration], single: &[Duration]) -> String {
+/// The one-node / single server ratios of the paired Submit loads: throughput and p99
+/// round by round (`ratios`, `p99_ratios`), and p99 of every call (`one` and `single`
+/// sorted), which one slow stretch of the machine can move by half.
+fn paired_line(ratios: &[f64], p99_ratios: &[f64], one: &[Duration], single: &[Duration]) -> String {
     let (low, high) = (
         ratios.iter().copied().fold(f64::MAX, f64::min),
         ratios.iter().copied().fold(f64::MIN, f64::max),
     );
     format!(
-        "one-node cluster / single server, loads run next to each other: median {:.2} of {} rounds ({low:.2}-{high:.2}); p99 {:.2}",
+        "one-node cluster / single server, loads run next to each other: median {:.2} of {} rounds ({low:.2}-{high:.2}); p99 median {:.2} round by round, {:.2} of every call",
         median(ratios.to_vec()),
         ratios.len(),
+        median(p99_ratios.to_vec()),
         percentile(one, 0.99).as_secs_f64() / percentile(single, 0.99).as_secs_f64(),
     )
 }
@@ -177,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
     // swapped each round): this machine's speed drifts by a third within minutes, so only
     // ratios of loads run next to each other mean anything.
     let (mut single_rates, mut one_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut p99_ratios = Vec::new();
     let (mut single_latencies, mut one_latencies) = (Vec::new(), Vec::new());
     let import_only = std::env::var_os("FLAGSHARE_BENCH_IMPORT_ONLY").is_some();
     for round in 0..if import_only { 0 } else { PAIRED_ROUNDS } {
@@ -198,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             p99(&one_load)
         );
         ratios.push(one_load.0 / single_load.0);
+        p99_ratios.push(p99(&one_load) / p99(&single_load));
         single_rates.push(single_load.0);
         one_rates.push(one_load.0);
         single_latencies.extend(single_load.1);
@@ -217,7 +221,10 @@ async fn main() -> anyhow::Result<()> {
             "{}",
             row("one-node cluster", &(median(one_rates), one_latencies.clone()))
         );
-        println!("{}", paired_line(&ratios, &one_latencies, &single_latencies));
+        println!(
+            "{}",
+            paired_line(&ratios, &p99_ratios, &one_latencies, &single_latencies)
+        );
         return Ok(());
     }
     // Imports of new flags, alternating likewise (each round adds to both stores alike).
@@ -297,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "{}; three nodes / single server: {:.2}",
-        paired_line(&ratios, &one_row.1, &single_row.1),
+        paired_line(&ratios, &p99_ratios, &one_row.1, &single_row.1),
         three_row.0 / single_row.0
     );
     // An import on three: until the leader's last answer, then until every node holds it.
