@@ -17,6 +17,7 @@
 // these helpers return what the traits do.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 pub mod files;
 pub mod forward;
 pub mod log;

@@ -175,6 +175,7 @@ impl Node {
         self.store.set_replicator(Some(Arc::new(Proposer {
             raft: self.raft.clone(),
             runtime: tokio::runtime::Handle::current(),
+            batcher: super::batch::Batcher::start(self.raft.clone()),
             led: parking_lot::Mutex::new(None),
         })));
     }
@@ -442,6 +443,8 @@ impl Replicator for Stopped {
 struct Proposer {
     raft: Raft<Config>,
     runtime: tokio::runtime::Handle,
+    /// The queue in front of the log (group commit).
+    batcher: super::batch::Batcher,
     /// The term this node was last seen leading, and its log's last index then: the
     /// entries a commit must find applied before it is staged (`settle`).
     led: parking_lot::Mutex<Option<(u64, u64)>>,
@@ -454,24 +457,7 @@ impl Replicator for Proposer {
             true => Vec::new(),
             false => entry_files(files, self.alone())?,
         };
-        let proposal = Proposal { writes, files };
-        // Queued in order behind every earlier proposal (openraft's channel is FIFO), so
-        // the caller may release its locks once this returns and wait after.
-        let answer = tokio::task::block_in_place(|| self.runtime.block_on(self.raft.client_write_ff(proposal)))
-            .map_err(|err| StoreError::Unavailable(format!("the write was not committed: {err}")))?;
-        let runtime = self.runtime.clone();
-        // Commits run on blocking threads (or a runtime thread, which gives up its tasks
-        // while it waits); the proposal is answered once the entry is applied here.
-        Ok(Proposed::pending(move || {
-            match tokio::task::block_in_place(|| runtime.block_on(answer)) {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(forward))) => Err(not_leading(&forward)),
-                Ok(Err(err)) => Err(StoreError::Unavailable(format!("the write was not committed: {err}"))),
-                Err(_) => Err(StoreError::Unavailable(
-                    "the write was not committed: the replicated log stopped".to_owned(),
-                )),
-            }
-        }))
+        self.batcher.propose(Proposal { writes, files })
     }
 
     fn alone(&self) -> bool {
@@ -576,11 +562,11 @@ fn alone(metrics: &openraft::RaftMetrics<NodeId, ClusterNode>) -> bool {
     metrics.membership_config.membership().nodes().count() == 1
 }
 
-fn not_leading(forward: &openraft::error::ForwardToLeader<NodeId, ClusterNode>) -> StoreError {
-    StoreError::Unavailable(match (forward.leader_id, &forward.leader_node) {
+pub(super) fn not_leading(forward: &openraft::error::ForwardToLeader<NodeId, ClusterNode>) -> String {
+    match (forward.leader_id, &forward.leader_node) {
         (Some(id), Some(node)) => format!("this node does not lead the cluster; node {id} does, at {}", node.addr),
         _ => "this node does not lead the cluster and knows no leader yet".to_owned(),
-    })
+    }
 }
 
 /// Takes a snapshot of everything applied and drops the log behind it: `admin compact`

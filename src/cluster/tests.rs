@@ -1028,14 +1028,9 @@ mod replicated {
         (rows.len(), hasher.finalize().to_hex().to_string())
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn three_nodes_apply_the_same_rows_survive_a_cut_off_leader_and_a_new_node_catches_up_from_a_snapshot() {
-        let router = Router::default();
-        let nodes = [
-            start(&router, 1).await,
-            start(&router, 2).await,
-            start(&router, 3).await,
-        ];
+    /// Nodes 1, 2 and 3, started and made one cluster.
+    async fn three_nodes(router: &Router) -> [Node; 3] {
+        let nodes = [start(router, 1).await, start(router, 2).await, start(router, 3).await];
         let members: BTreeMap<NodeId, ClusterNode> = (1..=3)
             .map(|id| {
                 (
@@ -1048,6 +1043,72 @@ mod replicated {
             })
             .collect();
         nodes[0].raft.initialize(members).await.unwrap();
+        nodes
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn proposals_made_while_the_log_is_busy_share_entries_and_each_is_answered_once_applied_everywhere() {
+        let router = Router::default();
+        let nodes = three_nodes(&router).await;
+        let leader = leader_among(&nodes.iter().collect::<Vec<_>>()).await;
+        let leader = nodes
+            .iter()
+            .find(|node| node.raft.metrics().borrow().id == leader)
+            .unwrap();
+        let before = write(leader, 1..=1).await;
+
+        // Sixty proposals queued at once, as sixty writers would: the first entries go
+        // alone, the rest wait for them and share the next.
+        const N: u64 = 60;
+        let proposals: Vec<Proposal> = (2..=N + 1).map(|n| proposal(&leader.store, n)).collect();
+        let batcher = crate::cluster::batch::Batcher::start(leader.raft.clone());
+        let store = leader.store.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            let pending: Vec<_> = proposals
+                .into_iter()
+                .map(|proposal| batcher.propose(proposal).unwrap())
+                .collect();
+            // Each is answered once its entry is applied on the leader.
+            pending
+                .into_iter()
+                .enumerate()
+                .map(|(i, proposed)| {
+                    proposed.wait().unwrap();
+                    let digest: Digest = blake3::hash(&(i as u64 + 2).to_be_bytes()).into();
+                    store.get_summaries(&[digest]).unwrap()[0].is_some()
+                })
+                .collect::<Vec<bool>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            answered.iter().all(|applied| *applied),
+            "answered before applied: {answered:?}"
+        );
+
+        let head = leader.raft.metrics().borrow().last_applied.unwrap().index;
+        assert!(
+            head - before < N / 2,
+            "{} entries for {N} proposals queued at once: they were not gathered",
+            head - before
+        );
+        for node in &nodes {
+            node.raft
+                .wait(WAIT)
+                .applied_index_at_least(Some(head), "caught up")
+                .await
+                .unwrap();
+            assert_eq!(fingerprint(&node.store), fingerprint(&leader.store));
+            let digests: Vec<Digest> = (1..=N + 1).map(|n| blake3::hash(&n.to_be_bytes()).into()).collect();
+            let found = node.store.get_summaries(&digests).unwrap();
+            assert!(found.iter().all(Option::is_some), "a proposal is missing on a node");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_nodes_apply_the_same_rows_survive_a_cut_off_leader_and_a_new_node_catches_up_from_a_snapshot() {
+        let router = Router::default();
+        let nodes = three_nodes(&router).await;
         let by_id = |id: NodeId| nodes.iter().find(|node| node.raft.metrics().borrow().id == id).unwrap();
 
         let first = leader_among(&nodes.iter().collect::<Vec<_>>()).await;

@@ -193,6 +193,20 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Write<'_>>, DecodeError> {
     Ok(writes)
 }
 
+/// Appends the changes of the encoded write set `more` to those of `into`: one write set
+/// that changes what applying both in turn would (a later change of a key wins, as it
+/// would have). False, and `into` unchanged, when either is not a write set of this
+/// layout.
+pub fn concat(into: &mut Vec<u8>, more: &[u8]) -> bool {
+    match (into.first(), more.split_first()) {
+        (Some(&WRITE_SET_V1), Some((&WRITE_SET_V1, ops))) => {
+            into.extend_from_slice(ops);
+            true
+        }
+        _ => false,
+    }
+}
+
 fn part<'a>(reader: &mut Reader<'a>) -> Result<&'a [u8], DecodeError> {
     let len = reader.u32()? as usize;
     reader.take(len)
@@ -229,6 +243,25 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn concatenated_write_sets_decode_to_both_in_turn() {
+        let mut first = WriteSet::default();
+        first.put(cf::SUMMARIES, b"digest", b"old");
+        let mut second = WriteSet::default();
+        second.put(cf::SUMMARIES, b"digest", b"new");
+        second.delete(cf::CHANGES, &7u64.to_be_bytes());
+        let mut both = first.as_bytes().to_vec();
+        assert!(concat(&mut both, second.as_bytes()));
+        assert!(concat(&mut both, WriteSet::EMPTY));
+        let mut expected = decode(first.as_bytes()).unwrap();
+        expected.extend(decode(second.as_bytes()).unwrap());
+        assert_eq!(decode(&both).unwrap(), expected);
+        let before = both.clone();
+        assert!(!concat(&mut both, &[9, 1, 2]), "another layout is not appended");
+        assert!(!concat(&mut both, &[]));
+        assert_eq!(both, before);
     }
 
     #[test]

@@ -1007,36 +1007,48 @@ async fn a_killed_one_node_cluster_applies_its_log_again_and_loses_no_acknowledg
 
     // Past 20,000 entries the log is trimmed behind a snapshot: what the trimmed entries
     // applied is flushed first, so a kill right after loses nothing the log no longer holds.
-    let mut later: Vec<flagshare::digest::Digest> = (0..20_500)
-        .map(|n| email_digest(&format!("trimmed-{n}@example.com")))
-        .collect();
-    let callers: Vec<_> = later
-        .chunks(later.len().div_ceil(4))
-        .map(|part| {
-            let (mut client, part) = (client.clone(), part.to_vec());
-            tokio::spawn(async move {
-                for digest in part {
-                    client
-                        .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for caller in callers {
-        caller.await.unwrap();
-    }
-    eventually("the log trimmed behind a snapshot", || {
+    // Commits made together may share an entry (group commit), so flags go in rounds of
+    // 4,000 from four callers until the log has passed 20,000 entries (at most 80,000).
+    let status = |admin: &flagshare::pb::admin_client::AdminClient<tonic::transport::Channel>| {
         let mut admin = admin.clone();
         async move {
-            let status = admin
+            admin
                 .get_cluster_status(pb::GetClusterStatusRequest {})
                 .await
                 .unwrap()
-                .into_inner();
-            status.snapshot_index > 10_000
+                .into_inner()
         }
+    };
+    let mut later: Vec<flagshare::digest::Digest> = Vec::new();
+    for round in 0..20 {
+        if status(&admin).await.last_log_index > 20_500 {
+            break;
+        }
+        let part: Vec<flagshare::digest::Digest> = (0..4_000)
+            .map(|n| email_digest(&format!("trimmed-{round}-{n}@example.com")))
+            .collect();
+        let callers: Vec<_> = part
+            .chunks(1_000)
+            .map(|part| {
+                let (mut client, part) = (client.clone(), part.to_vec());
+                tokio::spawn(async move {
+                    for digest in part {
+                        client
+                            .submit(submit_request(vec![flag(digest, pb::Category::Grooming, 80)]))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
+        later.extend(part);
+    }
+    eventually("the log trimmed behind a snapshot", || {
+        let status = status(&admin);
+        async move { status.await.snapshot_index > 10_000 }
     })
     .await;
     drop((client, admin));
