@@ -1046,6 +1046,19 @@ mod replicated {
         nodes
     }
 
+    /// Waits until each of `nodes` has applied its log up to `head`, and asserts each then
+    /// holds the rows `like` holds.
+    async fn converged(nodes: &[&Node], head: u64, like: &Store) {
+        for node in nodes {
+            node.raft
+                .wait(WAIT)
+                .applied_index_at_least(Some(head), "caught up")
+                .await
+                .unwrap();
+            assert_eq!(fingerprint(&node.store), fingerprint(like));
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn proposals_made_while_the_log_is_busy_share_entries_and_each_is_answered_once_applied_everywhere() {
         let router = Router::default();
@@ -1092,13 +1105,8 @@ mod replicated {
             "{} entries for {N} proposals queued at once: they were not gathered",
             head - before
         );
+        converged(&nodes.iter().collect::<Vec<_>>(), head, &leader.store).await;
         for node in &nodes {
-            node.raft
-                .wait(WAIT)
-                .applied_index_at_least(Some(head), "caught up")
-                .await
-                .unwrap();
-            assert_eq!(fingerprint(&node.store), fingerprint(&leader.store));
             let digests: Vec<Digest> = (1..=N + 1).map(|n| blake3::hash(&n.to_be_bytes()).into()).collect();
             let found = node.store.get_summaries(&digests).unwrap();
             assert!(found.iter().all(Option::is_some), "a proposal is missing on a node");
@@ -1113,17 +1121,7 @@ mod replicated {
 
         let first = leader_among(&nodes.iter().collect::<Vec<_>>()).await;
         let head = write(by_id(first), 1..=25).await;
-        for node in &nodes {
-            node.raft
-                .wait(WAIT)
-                .applied_index_at_least(Some(head), "caught up")
-                .await
-                .unwrap();
-        }
-        let leader_rows = fingerprint(&by_id(first).store);
-        for node in &nodes {
-            assert_eq!(fingerprint(&node.store), leader_rows);
-        }
+        converged(&nodes.iter().collect::<Vec<_>>(), head, &by_id(first).store).await;
 
         // The leader is cut off: the other two elect one of themselves and go on; the old
         // leader can no longer commit anything.
@@ -1153,17 +1151,7 @@ mod replicated {
 
         // Back in: the old leader follows, converges, and what it alone held is gone.
         router.cut.lock().clear();
-        for node in &nodes {
-            node.raft
-                .wait(WAIT)
-                .applied_index_at_least(Some(head), "caught up after the cut")
-                .await
-                .unwrap();
-        }
-        let leader_rows = fingerprint(&by_id(second).store);
-        for node in &nodes {
-            assert_eq!(fingerprint(&node.store), leader_rows);
-        }
+        converged(&nodes.iter().collect::<Vec<_>>(), head, &by_id(second).store).await;
         let stray: Digest = blake3::hash(&1_000u64.to_be_bytes()).into();
         assert!(by_id(first).store.get_summaries(&[stray]).unwrap()[0].is_none());
 
