@@ -66,8 +66,10 @@ impl Batcher {
     }
 }
 
+const STOPPED: &str = "the write was not committed: the replicated log stopped";
+
 fn stopped() -> StoreError {
-    StoreError::Unavailable("the write was not committed: the replicated log stopped".to_owned())
+    StoreError::Unavailable(STOPPED.to_owned())
 }
 
 async fn propose_queued(raft: Raft<Config>, mut queued: mpsc::UnboundedReceiver<Queued>) {
@@ -96,7 +98,7 @@ async fn propose_queued(raft: Raft<Config>, mut queued: mpsc::UnboundedReceiver<
                             Err(super::node::not_leading(&forward))
                         }
                         Ok(Err(err)) => Err(format!("the write was not committed: {err}")),
-                        Err(_) => Err("the write was not committed: the replicated log stopped".to_owned()),
+                        Err(_) => Err(STOPPED.to_owned()),
                     };
                     drop(permit);
                     answer(answers, &outcome);
